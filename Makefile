@@ -1,0 +1,45 @@
+# One entry point for users and CI: `make study`, `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Offline on these machines: the datasets sit in ../shared/data beside the checkout.
+ifeq ($(DEEPSHRINK_DATA),)
+ifneq ($(wildcard ../shared/data),)
+export DEEPSHRINK_DATA := $(abspath ../shared/data)
+endif
+endif
+
+.PHONY: setup test lint study quick clean bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel of torch 2.13.0 lies on disk; an unpinned torch would pull a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+
+study: setup
+	$(BIN)/deepshrink study paper
+	@echo "report: runs/paper/report.html"
+
+quick: setup
+	$(BIN)/deepshrink study quick
+	@echo "report: runs/quick/report.html"
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from deepshrink.cli import main
+
+main()

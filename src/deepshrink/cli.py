@@ -1,0 +1,184 @@
+"""Command line: parses arguments and calls into study/measure/data. No logic of its own."""
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deepshrink.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress neural networks for embedded deployment and measure what each compression buys.")
+data_app = typer.Typer(no_args_is_help=True, help="Find, verify and download datasets.")
+app.add_typer(data_app, name="data")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding mnist/ and cifar10/ "
+                                              "(else $DEEPSHRINK_DATA, the user cache, then download).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling and augmentation.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _check_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device!r}: expected auto, cpu or cuda")
+    return device
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option("--dataset", help="mnist, cifar10 or idx:PATH.")],
+    model: Annotated[str, typer.Option("--model", help="lenet-300-100, lenet-5, lenet-5-caffe or mlp-50.")],
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override the tuned default.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/train-DATASET-MODEL).")] = None,
+    data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
+) -> None:
+    """Train one baseline, export it, measure it, and write results.csv / latency.csv / layers.csv."""
+    from deepshrink.config import default_train
+    from deepshrink.study import run_train, slug
+
+    cfg = default_train(dataset, model, epochs=epochs, seed=seed)
+    out = out or Path("runs") / slug(f"train-{dataset}-{model}")
+    row = run_train(dataset, model, cfg, out, data_dir, _check_device(device), quiet=quiet)
+    Console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
+                    f"{row['size_bytes']} bytes -> {out}")
+
+
+@app.command()
+def compress(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (its .json manifest beside it).")],
+    step: Annotated[list[str], typer.Option("--step", help="NAME:key=value,... ; repeat to chain steps.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/compress).")] = None,
+    data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
+) -> None:
+    """Apply a chain of compression steps to a trained model and measure it beside the original."""
+    from deepshrink.study import run_compress
+
+    out = out or Path("runs") / "compress"
+    row = run_compress(checkpoint, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
+    Console().print(f"{row['variant']}: accuracy {row['accuracy_pct']:.2f}% (baseline "
+                    f"{float(row['baseline_accuracy_pct']):.2f}%), {row['size_bytes']} bytes -> {out}")
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.csv.")]) -> None:
+    """Print a run's results table."""
+    from deepshrink.results import read_rows
+
+    path = run_dir / "results.csv"
+    if not path.exists():
+        raise UserError(f"{path}: no results.csv in this run directory")
+    cols = [("variant", "variant"), ("pipeline", "pipeline"), ("precision", "prec"), ("sparsity", "sparsity"),
+            ("params_nonzero", "params≠0"), ("size_kb", "kB"), ("accuracy_pct", "acc %"),
+            ("baseline_accuracy_pct", "base %"), ("energy_nj_est", "nJ/img"), ("status", "status")]
+    table = Table(title=str(path))
+    for _, title in cols:
+        table.add_column(title, overflow="fold")
+    for r in read_rows(path):
+        table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in cols])
+    Console().print(table)
+
+
+def _fmt_cell(v: str) -> str:
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return str(int(f)) if f.is_integer() and abs(f) > 1 else f"{f:.3f}".rstrip("0").rstrip(".")
+
+
+@app.command()
+def bench(
+    artifact: Annotated[Path, typer.Argument(help="An .onnx file or a .safetensors checkpoint.")],
+    runtime: Annotated[str, typer.Option("--runtime", help="torch or onnxruntime.")] = "onnxruntime",
+    threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = 1,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = 256,
+    data_dir: DataDir = None, device: Device = "cpu", seed: Seed = 0, quiet: Quiet = False,
+) -> None:
+    """Time one artifact on its dataset's test set (batched and batch-1)."""
+    from deepshrink.bench import bench_artifact
+
+    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet)
+    table = Table(title=str(artifact))
+    for c in ("runtime", "device", "threads", "batch", "us/img median", "min", "max"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(str(r["runtime"]), str(r["device"]), str(r["threads"]), str(r["batch"]),
+                      f"{r['us_per_image_median']:.2f}", f"{r['us_per_image_min']:.2f}",
+                      f"{r['us_per_image_max']:.2f}")
+    Console().print(table)
+
+
+@data_app.command("where")
+def data_where(data_dir: DataDir = None) -> None:
+    """Print where datasets are looked up, in order, and what is found there."""
+    from deepshrink.data.sources import SOURCES, locate, search_roots
+
+    for origin, root in search_roots(data_dir):
+        Console().print(f"{origin}: {root}{'' if root.exists() else ' (missing)'}")
+    for name, source in SOURCES.items():
+        found = locate(source, data_dir)
+        Console().print(f"{name}: {found[0] if found else 'not found'}")
+
+
+@data_app.command("verify")
+def data_verify(name: Annotated[str | None, typer.Argument(help="mnist, cifar10 or idx:PATH.")] = None,
+                data_dir: DataDir = None) -> None:
+    """Check each dataset file: structure, sample and class counts, canonical checksum or not."""
+    from deepshrink.data.sources import SOURCES
+    from deepshrink.data.verify import verify
+
+    console = Console()
+    for ds in [name] if name else sorted(SOURCES):
+        for r in verify(ds, data_dir):
+            warn = "" if r.checksum == "canonical" else "  [yellow](warning)[/]"
+            console.print(f"{r.file}: structure {r.structure}, {r.samples} samples"
+                          f"{', classes ' + ' '.join(map(str, r.class_counts)) if r.class_counts else ''}, "
+                          f"{r.checksum}{warn}")
+
+
+@data_app.command("download")
+def data_download(name: Annotated[str | None, typer.Argument(help="mnist or cifar10.")] = None) -> None:
+    """Download datasets into the user cache, checked against published hashes."""
+    from deepshrink.data.sources import SOURCES, download
+
+    for ds in [name] if name else sorted(SOURCES):
+        if ds not in SOURCES:
+            raise UserError(f"unknown dataset {ds!r} (known: {', '.join(sorted(SOURCES))})")
+        Console().print(f"{ds}: {download(SOURCES[ds])}")
+
+
+def main() -> None:
+    """Entry point: user errors exit 2 with one line, internal errors exit 1 (traceback with --debug)."""
+    debug = "--debug" in sys.argv or bool(os.environ.get("DEEPSHRINK_DEBUG"))
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  f"(rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)

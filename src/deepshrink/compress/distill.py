@@ -1,0 +1,1 @@
+"""Registered compression steps: distill (see SPEC §5)."""

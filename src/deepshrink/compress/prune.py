@@ -1,0 +1,1 @@
+"""Registered compression steps: prune (see SPEC §5)."""

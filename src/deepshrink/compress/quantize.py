@@ -1,0 +1,1 @@
+"""Registered compression steps: quantize (see SPEC §5)."""

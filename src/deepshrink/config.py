@@ -1,0 +1,63 @@
+"""Configuration defaults shared by commands: training settings per (dataset, model) and `--set`
+style typed overrides of frozen dataclasses.
+"""
+
+import dataclasses
+from typing import Any, TypeVar
+
+from deepshrink.errors import UserError
+from deepshrink.train import TrainConfig
+
+C = TypeVar("C")
+
+# Tuned on the validation split to beat the reference study within ~5 minutes on 2 CPU cores.
+_TRAIN_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("mnist", "lenet-300-100"): {"epochs": 20, "augment": "shift", "lr": 0.05},
+    ("mnist", "lenet-5"): {"epochs": 15, "augment": "shift", "lr": 0.05},
+    ("mnist", "lenet-5-caffe"): {"epochs": 12, "augment": "shift", "lr": 0.05},
+    ("mnist", "mlp-50"): {"epochs": 20, "augment": "none", "lr": 0.05},
+    ("cifar10", "lenet-300-100"): {"epochs": 40, "augment": "crop-flip", "lr": 0.02},
+    ("cifar10", "lenet-5"): {"epochs": 30, "augment": "crop-flip", "lr": 0.05},
+    ("cifar10", "lenet-5-caffe"): {"epochs": 25, "augment": "crop-flip", "lr": 0.03},
+    ("cifar10", "mlp-50"): {"epochs": 30, "augment": "none", "lr": 0.02},
+}
+
+
+def _family(dataset: str) -> str:
+    return "mnist" if dataset.startswith("idx:") else dataset
+
+
+def default_train(dataset: str, model: str, **overrides: Any) -> TrainConfig:
+    base = dict(_TRAIN_DEFAULTS.get((_family(dataset), model), {}))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)
+
+
+def coerce(value: str, current: Any, key: str) -> Any:
+    """Parse a `--set` string into the type of the field it replaces."""
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, tuple):
+            return tuple(coerce(v.strip(), current[0], key) for v in value.split(",")) if current else \
+                tuple(v.strip() for v in value.split(","))
+    except ValueError:
+        raise UserError(f"{key}={value!r}: expected {type(current).__name__}") from None
+    return value
+
+
+def replace_fields(cfg: C, overrides: dict[str, str], prefix: str) -> C:
+    """dataclasses.replace with string values coerced to each field's type; unknown keys fail."""
+    names = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise UserError(f"unknown key {prefix}{key} (known: {', '.join(sorted(names))})")
+        changes[key] = coerce(value, getattr(cfg, key), f"{prefix}{key}")
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

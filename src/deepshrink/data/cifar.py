@@ -1,0 +1,126 @@
+"""CIFAR-10 readers: python version (tar.gz or extracted folder) and binary version (tar.gz).
+
+The python batches are pickles. They are read with a restricted unpickler that admits only the
+numpy reconstruction callables a batch needs, so a crafted file can never execute code.
+"""
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepshrink.errors import UserError
+
+PY_DIR = "cifar-10-batches-py"
+BIN_DIR = "cifar-10-batches-bin"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
+
+# Both numpy spellings: batches written by numpy 1.x name numpy.core, numpy 2.x names numpy._core.
+_ALLOWED = {
+    (mod, name)
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        if module.startswith("numpy.core"):
+            module = module.replace("numpy.core", "numpy._core", 1)  # numpy 2 keeps the old path as a shim
+        return super().find_class(module, name)
+
+
+def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One python-version batch: images (N,3,32,32) uint8 and labels (N,) int64."""
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{name}: refused to unpickle ({e})") from None
+    except Exception as e:  # any other parse failure means a corrupt file
+        raise UserError(f"{name}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{name}: not a CIFAR-10 batch (top-level {type(obj).__name__}, expected dict)")
+    obj = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    if "data" not in obj or "labels" not in obj:
+        raise UserError(f"{name}: CIFAR-10 batch lacks 'data' or 'labels'")
+    x = np.asarray(obj["data"])
+    y = np.asarray(obj["labels"], dtype=np.int64)
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        raise UserError(f"{name}: 'data' is {x.dtype} {x.shape}, expected uint8 (N, 3072)")
+    return _check(x.reshape(-1, 3, 32, 32), y, name)
+
+
+def _check(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(x) != len(y):
+        raise UserError(f"{name}: {len(y)} labels for {len(x)} images")
+    if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise UserError(f"{name}: label {int(y.max()) if y.max() > 9 else int(y.min())} out of range 0-9")
+    return x, y
+
+
+def _read_members(tar_path: Path, wanted: list[str]) -> dict[str, bytes]:
+    """Read the named members (by base name) of a tar.gz, without extracting anything to disk."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(tar_path, "r:*") as tf:
+            for member in tf:
+                base = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and base in wanted:
+                    f = tf.extractfile(member)
+                    if f is not None:
+                        found[base] = f.read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"{tar_path}: corrupt or truncated archive ({e})") from None
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise UserError(f"{tar_path}: archive is missing {', '.join(missing)}")
+    return found
+
+
+def _split(batches: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str]) -> tuple[np.ndarray, ...]:
+    xs, ys = zip(*(batches[n] for n in names), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def load_python(path: Path) -> dict[str, np.ndarray]:
+    """`cifar-10-python.tar.gz` or an extracted `cifar-10-batches-py/` folder."""
+    names = [*TRAIN_BATCHES, TEST_BATCH]
+    if path.is_dir():
+        raw = {}
+        for n in names:
+            p = path / n
+            if not p.is_file():
+                raise UserError(f"{path}: missing CIFAR-10 batch {n}")
+            raw[n] = p.read_bytes()
+        where = {n: str(path / n) for n in names}
+    else:
+        raw = _read_members(path, names)
+        where = {n: f"{path}:{n}" for n in names}
+    batches = {n: load_batch(raw[n], where[n]) for n in names}
+    tx, ty = _split(batches, TRAIN_BATCHES)
+    sx, sy = _split(batches, [TEST_BATCH])
+    return {"train_x": tx, "train_y": ty, "test_x": sx, "test_y": sy}
+
+
+def parse_binary(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Binary-version batch: records of 1 label byte followed by 3072 pixel bytes."""
+    if len(data) % 3073:
+        raise UserError(f"{name}: {len(data)} bytes is not a whole number of 3073-byte records")
+    rec = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3073)
+    return _check(rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64), name)
+
+
+def load_binary(path: Path) -> dict[str, np.ndarray]:
+    """`cifar-10-binary.tar.gz` (data_batch_1.bin .. data_batch_5.bin, test_batch.bin)."""
+    names = [f"{n}.bin" for n in [*TRAIN_BATCHES, TEST_BATCH]]
+    raw = _read_members(path, names)
+    batches = {n: parse_binary(raw[n], f"{path}:{n}") for n in names}
+    tx, ty = _split(batches, names[:5])
+    sx, sy = _split(batches, names[5:])
+    return {"train_x": tx, "train_y": ty, "test_x": sx, "test_y": sy}

@@ -1,0 +1,1 @@
+"""Measurement of deployed artifacts: accuracy, size, parameters, MACs, time per image, energy."""

@@ -1,0 +1,70 @@
+"""What produced a run: code version, packages, machine, threads, device, seeds, command line."""
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepshrink.measure.latency import all_cores
+
+_PACKAGES = ("deepshrink", "torch", "onnx", "onnxruntime", "numpy", "torch-pruning", "safetensors", "pandas")
+
+
+def _git(*args: str) -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def code_version() -> dict[str, Any]:
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"commit": commit or "unknown", "dirty": dirty}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def collect(device: str, seeds: dict[str, int], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "code": code_version(),
+        "versions": versions(),
+        "machine": {"cpu": cpu_model(), "cores": all_cores(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "device": device,
+        "seeds": seeds,
+        "argv": sys.argv,
+        **(extra or {}),
+    }
+
+
+def config_hash(obj: Any, length: int = 10) -> str:
+    """Stable short hash of any JSON-able object (shrinkbench's run-directory digest)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
