@@ -24,6 +24,11 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuf
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
+def _console() -> Console:
+    """Piped output (files, CI logs) gets wide lines instead of rich's 80-column folding."""
+    return Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
+
+
 def _check_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {device!r}: expected auto, cpu or cuda")
@@ -45,7 +50,7 @@ def train(
     cfg = default_train(dataset, model, epochs=epochs, seed=seed)
     out = out or Path("runs") / slug(f"train-{dataset}-{model}")
     row = run_train(dataset, model, cfg, out, data_dir, _check_device(device), quiet=quiet)
-    Console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
+    _console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
                     f"{row['size_bytes']} bytes -> {out}")
 
 
@@ -61,7 +66,7 @@ def compress(
 
     out = out or Path("runs") / "compress"
     row = run_compress(checkpoint, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
-    Console().print(f"{row['variant']}: accuracy {row['accuracy_pct']:.2f}% (baseline "
+    _console().print(f"{row['variant']}: accuracy {row['accuracy_pct']:.2f}% (baseline "
                     f"{float(row['baseline_accuracy_pct']):.2f}%), {row['size_bytes']} bytes -> {out}")
 
 
@@ -81,7 +86,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding r
         table.add_column(title, overflow="fold")
     for r in read_rows(path):
         table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in cols])
-    Console().print(table)
+    _console().print(table)
 
 
 def _fmt_cell(v: str) -> str:
@@ -111,7 +116,7 @@ def bench(
         table.add_row(str(r["runtime"]), str(r["device"]), str(r["threads"]), str(r["batch"]),
                       f"{r['us_per_image_median']:.2f}", f"{r['us_per_image_min']:.2f}",
                       f"{r['us_per_image_max']:.2f}")
-    Console().print(table)
+    _console().print(table)
 
 
 @data_app.command("where")
@@ -120,10 +125,10 @@ def data_where(data_dir: DataDir = None) -> None:
     from deepshrink.data.sources import SOURCES, locate, search_roots
 
     for origin, root in search_roots(data_dir):
-        Console().print(f"{origin}: {root}{'' if root.exists() else ' (missing)'}")
+        _console().print(f"{origin}: {root}{'' if root.exists() else ' (missing)'}")
     for name, source in SOURCES.items():
         found = locate(source, data_dir)
-        Console().print(f"{name}: {found[0] if found else 'not found'}")
+        _console().print(f"{name}: {found[0] if found else 'not found'}")
 
 
 @data_app.command("verify")
@@ -133,7 +138,7 @@ def data_verify(name: Annotated[str | None, typer.Argument(help="mnist, cifar10 
     from deepshrink.data.sources import SOURCES
     from deepshrink.data.verify import verify
 
-    console = Console()
+    console = Console(soft_wrap=True)
     for ds in [name] if name else sorted(SOURCES):
         for r in verify(ds, data_dir):
             warn = "" if r.checksum == "canonical" else "  [yellow](warning)[/]"
@@ -150,7 +155,7 @@ def data_download(name: Annotated[str | None, typer.Argument(help="mnist or cifa
     for ds in [name] if name else sorted(SOURCES):
         if ds not in SOURCES:
             raise UserError(f"unknown dataset {ds!r} (known: {', '.join(sorted(SOURCES))})")
-        Console().print(f"{ds}: {download(SOURCES[ds])}")
+        _console().print(f"{ds}: {download(SOURCES[ds])}")
 
 
 def main() -> None:
@@ -159,26 +164,14 @@ def main() -> None:
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:
-        app(standalone_mode=False)
+        app()  # standalone: usage errors (bad flags) exit 2 with click's message
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
         if debug:
             traceback.print_exc()
         else:
-            print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                  f"(rerun with --debug for the traceback)", file=sys.stderr)
+            first = str(e).splitlines()[0] if str(e) else ""
+            print(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)

@@ -169,10 +169,11 @@ def run_compress(checkpoint: Path, steps: list[str], out: Path, data_dir: Path |
     """`deepshrink compress`: a chain of steps applied to a trained checkpoint, measured beside it."""
     import copy
 
-    from deepshrink.checkpoint import load_checkpoint
+    from deepshrink.checkpoint import load_checkpoint, read_manifest
     from deepshrink.compress import apply, parse_step
     from deepshrink.variant import StepContext
 
+    read_manifest(checkpoint)
     configs = [parse_step(s) for s in steps]  # every step validated before any work starts
     device = resolve_device(device)
     latency = latency or LatencyConfig(devices=("cpu", "cuda") if device == "cuda" else ("cpu",))

@@ -89,7 +89,9 @@ def _adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimize
 
 @SCHEDULES.register("onecycle")
 def _onecycle(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.25)
+    if steps < 4:  # OneCycleLR divides by the warm-up length, which is zero for so few steps
+        return _constant(opt, cfg, steps)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=max(0.25, 2 / steps))
 
 
 @SCHEDULES.register("cosine")

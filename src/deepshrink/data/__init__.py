@@ -4,6 +4,7 @@ Names: `mnist`, `cifar10`, and `idx:PATH` (any folder of MNIST-layout IDX files)
 """
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def load_arrays(name: str, data_dir: Path | None = None, allow_download: bool = 
         raise UserError(f"unknown dataset {name!r} (known: {', '.join(dataset_names())})")
     source = SOURCES[name]
     found = locate(source, data_dir)
-    if found is None and allow_download:
+    if found is None and allow_download and not os.environ.get("DEEPSHRINK_OFFLINE"):
         try:
             download(source, progress=False)
         except UserError as e:
@@ -80,6 +81,8 @@ def _fingerprint(arrays: dict[str, np.ndarray]) -> str:
 def split_arrays(arrays: dict[str, np.ndarray], val_size: int, split_seed: int) -> dict[str, np.ndarray]:
     """Carve a fixed validation set out of the training set; the test set is left untouched."""
     n = len(arrays["train_x"])
+    if 2 * val_size > n:  # small custom (idx:) datasets: keep a tenth for validation instead
+        val_size = n // 10
     if not 0 <= val_size < n:
         raise UserError(f"val_size={val_size}: must be in [0, {n}) for this dataset")
     perm = np.random.default_rng(split_seed).permutation(n)
