@@ -119,6 +119,48 @@ def bench(
     _console().print(table)
 
 
+@app.command()
+def study(
+    recipe: Annotated[str, typer.Argument(help="Built-in name (`deepshrink recipes`) or a .toml path.")] = "quick",
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/RECIPE).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", help="Independent variants in parallel processes.")] = 1,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="SECTION.KEY=VALUE override; repeatable.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached steps and earlier results.")] = False,
+    data_dir: DataDir = None, device: Device = "auto", quiet: Quiet = False,
+) -> None:
+    """Run a whole study from a recipe (resumes by default), then write report.md / report.html."""
+    from deepshrink.study import run_study
+
+    run_dir, statuses = run_study(recipe, out, data_dir, _check_device(device), jobs, tuple(set_ or ()), fresh, quiet)
+    failed = {v: s for v, s in statuses.items() if s != "ok"}
+    for vid, status in failed.items():
+        _console().print(f"{vid}: {status}")
+    _console().print(f"{len(statuses) - len(failed)} ok, {len(failed)} failed -> {run_dir / 'report.html'}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes with a one-line description and expected run time."""
+    from deepshrink.recipes import builtin_names, describe
+
+    table = Table()
+    for c in ("recipe", "description", "expected"):
+        table.add_column(c)
+    for name in builtin_names():
+        n, desc, minutes = describe(name)
+        table.add_row(n, desc, f"~{minutes:g} min on 2 CPU cores" if minutes else "")
+    _console().print(table)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A study's run directory.")]) -> None:
+    """Re-render report.md, report.html and figures/ from a run's result files alone (no training)."""
+    from deepshrink.report import render_report
+
+    md, html = render_report(run_dir)
+    _console().print(f"{md}\n{html}")
+
+
 @data_app.command("where")
 def data_where(data_dir: DataDir = None) -> None:
     """Print where datasets are looked up, in order, and what is found there."""
@@ -173,5 +215,6 @@ def main() -> None:
             traceback.print_exc()
         else:
             first = str(e).splitlines()[0] if str(e) else ""
-            print(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+            print(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
         sys.exit(1)

@@ -15,6 +15,7 @@ import torch
 from deepshrink import provenance
 from deepshrink.checkpoint import Manifest, atomic_write_bytes, save_checkpoint
 from deepshrink.data import DataSplits, load_dataset
+from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.measure import energy
 from deepshrink.measure.latency import LatencyConfig, measure_latency
@@ -51,8 +52,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        from deepshrink.errors import UserError
-
         raise UserError("--device cuda: no CUDA device is available on this machine")
     return device
 
@@ -193,3 +192,168 @@ def run_compress(checkpoint: Path, steps: list[str], out: Path, data_dir: Path |
     write_measured(out, [base_m, m], lat)
     write_provenance(out, device, {"compress": seed}, data)
     return m.row
+
+
+# ---- `deepshrink study`: a recipe run as a DAG of cached steps (runner.py), resumable ----
+
+@dataclass(frozen=True)
+class StudyOptions:
+    out: Path
+    data_dir: Path | None = None
+    device: str = "cpu"
+    quiet: bool = False
+    threads: int = 0  # torch threads per job; 0 = leave torch's default
+
+
+_DATA: dict[tuple[str, int], DataSplits] = {}  # per process: each dataset is decoded once
+
+
+def _data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
+    if (name, val_size) not in _DATA:
+        _DATA[name, val_size] = load_dataset(name, opts.data_dir, val_size=val_size)
+    return _DATA[name, val_size]
+
+
+def _record(out: Path, measured: list[Measured], lat: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    from deepshrink import runner
+
+    for m in measured:
+        m.row.update(extra)
+    with runner.results_lock(out):
+        write_measured(out, measured, lat)
+
+
+def _record_failure(out: Path, work: Any, reason: str) -> None:
+    from deepshrink import runner
+
+    row = {"variant": work.vid, "dataset": work.dataset, "model": work.model, "base_model": work.model,
+           "label": work.label, "pipeline": " | ".join(work.steps), "recipe_steps": " | ".join(work.steps),
+           "seed": work.seed, "status": f"failed: {reason}"}
+    with runner.results_lock(out):
+        upsert(out / "results.csv", [row], RESULTS_COLUMNS, RESULTS_KEY)
+
+
+def _step_applier(ctx: Any, base_ckpt: Path) -> Any:
+    from deepshrink import runner
+    from deepshrink.compress import STEP_CONFIGS, apply, parse_step
+    from deepshrink.recipes import CANONICAL_STEPS
+
+    def apply_step(v: Variant, text: str) -> Variant:
+        run_text, _ = runner.substitute(text, base_ckpt, "")
+        name = run_text.partition(":")[0].strip()
+        if name in CANONICAL_STEPS and name not in STEP_CONFIGS:
+            raise RuntimeError(f"step {name!r} is not implemented in this build")
+        ctx.progress.log(f"  step {run_text}")
+        return apply(v, parse_step(run_text), ctx)
+
+    return apply_step
+
+
+def _baseline(recipe: Any, opts: StudyOptions, base_work: Any, data: DataSplits,
+              progress: Progress) -> tuple[Variant, str]:
+    from deepshrink import runner
+    from deepshrink.config import default_train
+
+    overrides = recipe.train_overrides(base_work.dataset, base_work.model)
+    cfg = default_train(base_work.dataset, base_work.model, **{**overrides, "seed": base_work.seed})
+    key = runner.baseline_key(base_work.dataset, base_work.model, cfg.to_dict(), data.fingerprint, recipe.val_size)
+    v, _ = runner.cached_or_compute(
+        opts.out / "cache" / key, base_work.vid,
+        lambda: train_baseline(base_work.dataset, base_work.model, cfg, data, opts.device, progress, base_work.vid),
+        fresh=False)
+    return v, key
+
+
+def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any], done: set[str],
+              progress: Progress | None = None, overall: int | None = None) -> list[tuple[str, str]]:
+    """Produce a baseline (if needed) and the pipelines of one tree, measuring each beside the baseline."""
+    from deepshrink import runner
+    from deepshrink.export import Deployment
+    from deepshrink.variant import StepContext
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    progress = progress or Progress(enabled=False)
+    statuses: list[tuple[str, str]] = []
+
+    def tick(vid: str, status: str) -> None:
+        statuses.append((vid, status))
+        if overall is not None:
+            progress.update(overall, advance=1, info=f"{vid}: {status[:40]}")
+
+    todo = [w for w in works if w.vid not in done]
+    need_base = base_work.vid not in done
+    if not todo and not need_base:
+        return statuses
+    try:
+        data = _data(base_work.dataset, opts, recipe.val_size)
+        base, key = _baseline(recipe, opts, base_work, data, progress)
+    except Exception as e:  # no baseline: every variant of the group is recorded as failed
+        reason = runner.failure_reason(e)
+        for w in [base_work] * need_base + todo:
+            _record_failure(opts.out, w, reason)
+            tick(w.vid, f"failed: {reason}")
+        return statuses
+    sram = recipe.measure.sram_kb * 1024 or energy.DEFAULT_SRAM_BUDGET_BYTES
+    lat_cfg = recipe.measure.latency(opts.device)
+    x_time = data.test_x[: recipe.measure.images or None].numpy()
+    extra_base = {"label": "baseline", "base_model": base_work.model, "recipe_steps": "", "pipeline_seconds": 0.0}
+    if need_base:
+        m = measure_variant(base, data, opts.out, sram_budget=sram)
+        lat = measure_latency([(base.id, m.artifact)], x_time, lat_cfg, progress)
+        _record(opts.out, [m], lat, extra_base)
+        write_provenance(opts.out, opts.device, {"study": base_work.seed}, data,
+                         {"recipe": recipe.raw, "recipe_source": recipe.source, "torch_threads_per_job": opts.threads})
+        tick(base.id, "ok")
+    if not todo:
+        return statuses
+    base_acc = next(float(r["accuracy_pct"]) for r in runner.read_rows(opts.out / "results.csv")
+                    if r["variant"] == base_work.vid)
+    ctx_export = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
+    base_art = export(base.model, Deployment(), opts.out / "cache" / key / "export" / "model", ctx_export)
+    ctx = StepContext(data=data, device=opts.device, seed=base_work.seed, progress=progress,
+                      cache_dir=opts.out / "cache" / "steps")
+    base_ckpt = opts.out / "cache" / key / "model.safetensors"
+    apply_step = _step_applier(ctx, base_ckpt)
+    memo = runner.Prefixes()
+    memo.done[()] = (base, key, 0.0)
+    ids = {w.steps[:i]: w.vid if i == len(w.steps) else variant_id(w.dataset, w.model, list(w.steps[:i]))
+           for w in works for i in range(1, len(w.steps) + 1)}
+    for w in todo:
+        if overall is not None:
+            progress.update(overall, info=f"{w.vid} ({len(w.steps)} steps)")
+        try:
+            v, seconds = runner.realize(
+                w.steps, memo, apply_step, opts.out / "cache", lambda s: ids.get(s, "prefix"),
+                lambda t: runner.substitute(t, base_ckpt, key)[1], data.fingerprint, w.seed, fresh=False)
+            v.id = w.vid
+            m = measure_variant(v, data, opts.out, baseline=(base.id, base_acc), sram_budget=sram)
+            lat = [r for r in measure_latency([(base.id, base_art), (v.id, m.artifact)], x_time, lat_cfg, progress)
+                   if r["variant"] == v.id]
+            _record(opts.out, [m], lat, {"label": w.label, "base_model": w.model,
+                                         "recipe_steps": " | ".join(w.steps), "pipeline_seconds": seconds})
+            tick(w.vid, "ok")
+        except Exception as e:  # a failed variant is a result too; the study goes on
+            reason = runner.failure_reason(e)
+            _record_failure(opts.out, w, reason)
+            progress.log(f"{w.vid}: failed: {reason}")
+            tick(w.vid, f"failed: {reason}")
+    return statuses
+
+
+def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None = None, device: str = "auto",
+              jobs: int = 1, overrides: tuple[str, ...] = (), fresh: bool = False,
+              quiet: bool = False) -> tuple[Path, dict[str, str]]:
+    """`deepshrink study`: validate the recipe, run what is not yet done, render the report."""
+    from deepshrink import runner
+    from deepshrink.recipes import load_recipe
+    from deepshrink.report import render_report
+
+    recipe = load_recipe(recipe_name, list(overrides))  # every problem surfaces before any work
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: must be >= 1")
+    out = out or Path("runs") / slug(recipe.name)
+    opts = StudyOptions(out=out, data_dir=data_dir, device=resolve_device(device), quiet=quiet)
+    statuses = runner.execute(recipe, opts, jobs=jobs, fresh=fresh)
+    render_report(out)
+    return out, statuses

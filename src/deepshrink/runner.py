@@ -1,0 +1,291 @@
+"""Study execution as a DAG: baselines, then pipelines as step chains whose outputs are cached under
+a hash of (step, input's hash, data fingerprint, code version), so shared prefixes run once.
+
+Work is grouped into trees (dataset, model, seed, first step): a tree runs in one process, which
+keeps every prefix it computes in memory and on disk; independent trees run in parallel with
+`--jobs`. Results rows are upserted after each variant under a file lock, so a killed study loses
+at most the variant in progress.
+"""
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from deepshrink import __version__, provenance
+from deepshrink.checkpoint import atomic_write_bytes, load_checkpoint, paths_for, save_checkpoint
+from deepshrink.errors import UserError
+from deepshrink.export import Deployment
+from deepshrink.recipes import BASELINE_PLACEHOLDER, Recipe
+from deepshrink.results import read_rows
+from deepshrink.train import TrainLog
+from deepshrink.variant import Variant
+
+
+@dataclass(frozen=True)
+class Work:
+    """One variant to produce: a baseline (no steps) or a pipeline applied to one."""
+
+    vid: str
+    dataset: str
+    model: str
+    seed: int
+    label: str
+    steps: tuple[str, ...] = ()
+
+    @property
+    def base_group(self) -> tuple[str, str, int]:
+        return self.dataset, self.model, self.seed
+
+
+def plan(recipe: Recipe) -> list[Work]:
+    """Every variant of the recipe, baselines first, in a deterministic order."""
+    from deepshrink.study import variant_id
+
+    multi_seed = len(recipe.seeds) > 1
+    out: list[Work] = []
+    for ds in recipe.datasets:
+        for model in recipe.models:
+            for seed in recipe.seeds:
+                def vid(steps: tuple[str, ...], seed: int = seed, ds: str = ds, model: str = model) -> str:
+                    return variant_id(ds, model, list(steps)) + (f"--seed{seed}" if multi_seed else "")
+
+                out.append(Work(vid(()), ds, model, seed, "baseline"))
+                out += [Work(vid(p.steps), ds, model, seed, p.name, p.steps)
+                        for p in recipe.pipelines if p.applies(ds, model)]
+    seen: set[str] = set()
+    for w in out:
+        if w.vid in seen:
+            raise UserError(f"{recipe.source}: two pipelines give the same variant {w.vid!r}")
+        seen.add(w.vid)
+    return out
+
+
+def trees(works: Iterable[Work]) -> list[list[Work]]:
+    """Pipelines grouped by (dataset, model, seed, first step): each group shares its prefixes."""
+    groups: dict[tuple[Any, ...], list[Work]] = {}
+    for w in works:
+        if w.steps:
+            groups.setdefault((*w.base_group, w.steps[0]), []).append(w)
+    return [sorted(g, key=lambda w: w.steps) for g in groups.values()]
+
+
+def code_version() -> str:
+    # The commit, not the dirty flag: uncommitted edits would otherwise invalidate the whole cache
+    # on every save while developing; `--fresh` is the escape hatch.
+    return f"{__version__}+{provenance.code_version()['commit']}"
+
+
+def baseline_key(dataset: str, model: str, train: dict[str, Any], fingerprint: str, val_size: int) -> str:
+    return provenance.config_hash({"dataset": dataset, "model": model, "train": train, "data": fingerprint,
+                                   "val_size": val_size, "code": code_version()}, 16)
+
+
+def step_key(parent: str, step: str, fingerprint: str, seed: int) -> str:
+    """The cache key of a step's output: any change upstream (config, input, data, code) changes it."""
+    return provenance.config_hash({"step": step, "input": parent, "data": fingerprint, "seed": seed,
+                                   "code": code_version()}, 16)
+
+
+# ---- step outputs on disk: safetensors + manifest + a sidecar with what the Variant carries ----
+
+def save_cached(folder: Path, v: Variant, seconds: float) -> None:
+    save_checkpoint(v.model, v.manifest, folder / "model")
+    meta = {"deployment": {"name": v.deployment.name, "options": [list(o) for o in v.deployment.options]},
+            "info": {k: x for k, x in v.info.items() if isinstance(x, int | float | str | bool)},
+            "train_seconds": v.train_seconds, "epochs": v.epochs, "seed": v.seed, "seconds": seconds,
+            "log": v.log.__dict__ if v.log else None}
+    atomic_write_bytes(folder / "variant.json", json.dumps(meta, default=str).encode())
+
+
+def _options(raw: list[list[Any]]) -> tuple[tuple[str, Any], ...]:
+    return tuple((str(k), tuple(x) if isinstance(x, list) else x) for k, x in raw)
+
+
+def load_cached(folder: Path, vid: str) -> tuple[Variant, float] | None:
+    """The cached variant, or None when absent or not reloadable (then it is computed again)."""
+    side = folder / "variant.json"
+    if not side.exists() or not paths_for(folder / "model")[0].exists():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        model, manifest = load_checkpoint(folder / "model")
+    except (UserError, json.JSONDecodeError, OSError, KeyError):
+        return None
+    log = TrainLog(**meta["log"]) if meta.get("log") else None
+    dep = Deployment(meta["deployment"]["name"], _options(meta["deployment"]["options"]))
+    v = Variant(vid, model, manifest, deployment=dep, log=log, train_seconds=meta["train_seconds"],
+                epochs=meta["epochs"], seed=meta["seed"], info=dict(meta["info"]))
+    return v, float(meta.get("seconds", 0.0))
+
+
+def cached_or_compute(folder: Path, vid: str, compute: Callable[[], Variant], fresh: bool) -> tuple[Variant, float]:
+    """Reuse a cached output, else compute and cache it. A computed output continues from its reloaded
+    copy, so a fresh run and a resumed run feed identical weights downstream."""
+    if not fresh:
+        hit = load_cached(folder, vid)
+        if hit is not None:
+            return hit
+    t0 = time.perf_counter()
+    v = compute()
+    seconds = time.perf_counter() - t0
+    if folder.exists():
+        shutil.rmtree(folder)
+    save_cached(folder, v, seconds)
+    again = load_cached(folder, vid)
+    if again is None:  # e.g. a quantized model whose state dict the registry model cannot hold
+        shutil.rmtree(folder, ignore_errors=True)
+        return v, seconds
+    return again
+
+
+@dataclass
+class Prefixes:
+    """In-memory memo of a tree's prefixes: (steps) -> (variant, cache key, seconds) or the failure."""
+
+    done: dict[tuple[str, ...], tuple[Variant, str, float]] = field(default_factory=dict)
+    failed: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+
+def substitute(step: str, baseline_ckpt: Path, baseline_key: str) -> tuple[str, str]:
+    """(step text to run, step text to hash): the placeholder hashes as the baseline's cache key."""
+    return step.replace(BASELINE_PLACEHOLDER, str(baseline_ckpt)), step.replace(BASELINE_PLACEHOLDER,
+                                                                                f"baseline:{baseline_key}")
+
+
+def realize(steps: tuple[str, ...], memo: Prefixes, apply_step: Callable[[Variant, str], Variant],
+            cache: Path, ids: Callable[[tuple[str, ...]], str], hash_text: Callable[[str], str],
+            fingerprint: str, seed: int, fresh: bool) -> tuple[Variant, float]:
+    """The variant for `steps`, computing only the suffix not yet in memory or on disk."""
+    if steps in memo.failed:
+        raise RuntimeError(memo.failed[steps])
+    if steps in memo.done:
+        v, _, seconds = memo.done[steps]
+        return copy.deepcopy(v), seconds
+    parent, parent_key, parent_seconds = memo.done[()] if len(steps) == 1 else (None, "", 0.0)
+    if len(steps) > 1:
+        realize(steps[:-1], memo, apply_step, cache, ids, hash_text, fingerprint, seed, fresh)
+        parent, parent_key, parent_seconds = memo.done[steps[:-1]]
+    assert parent is not None
+    key = step_key(parent_key, hash_text(steps[-1]), fingerprint, seed)
+    src = parent
+
+    def compute() -> Variant:
+        torch.manual_seed(seed)  # each step starts from the same RNG state whatever ran before it
+        return apply_step(copy.deepcopy(src), steps[-1])
+
+    try:
+        v, seconds = cached_or_compute(cache / key, ids(steps), compute, fresh)
+    except Exception as e:
+        memo.failed[steps] = _reason(e)
+        raise
+    v.id = ids(steps)
+    memo.done[steps] = (v, key, parent_seconds + seconds)
+    return copy.deepcopy(v), parent_seconds + seconds
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, UserError | RuntimeError) else f"{type(e).__name__}: {text}"
+
+
+def failure_reason(e: BaseException) -> str:
+    return _reason(e)[:300]
+
+
+def finished(run_dir: Path) -> set[str]:
+    """Variants whose row says `ok`: a resumed study skips them."""
+    return {r["variant"] for r in read_rows(run_dir / "results.csv") if r.get("status") == "ok"}
+
+
+def lock(run_dir: Path) -> FileLock:
+    """One study per run directory; the lock file is released by the OS if the process is killed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(run_dir / ".study.lock"), timeout=0)
+
+
+def results_lock(run_dir: Path) -> FileLock:
+    return FileLock(str(run_dir / ".results.lock"))
+
+
+# ---- scheduling ----
+
+def _groups(works: list[Work]) -> list[tuple[Work, list[Work]]]:
+    """(baseline, pipelines of one tree) units: baselines alone first, then every tree."""
+    bases = {w.base_group: w for w in works if not w.steps}
+    return [(b, []) for b in bases.values()] + [(bases[t[0].base_group], t) for t in trees(works)]
+
+
+def _clear(run_dir: Path) -> None:
+    for name in ("results.csv", "latency.csv", "layers.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+
+
+def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> dict[str, str]:
+    """Run every variant of `recipe` not yet `ok` in the run directory; returns variant -> status."""
+    from filelock import Timeout
+
+    from deepshrink.measure.latency import all_cores
+    from deepshrink.progress import Progress
+
+    works = plan(recipe)
+    guard = lock(opts.out)
+    try:
+        guard.acquire()
+    except Timeout:
+        raise UserError(f"{opts.out}: another study is writing this run directory (lock {guard.lock_file})") from None
+    try:
+        if fresh:
+            _clear(opts.out)
+        done = finished(opts.out)
+        statuses = {w.vid: "ok" for w in works if w.vid in done}
+        units = _groups(works)
+        with Progress(enabled=not opts.quiet) as progress:
+            overall = progress.add(f"study {recipe.name}", total=len(works))
+            progress.update(overall, advance=len(statuses))
+            if jobs <= 1:
+                for base, tree in units:
+                    got = _run_unit(recipe, opts, base, tree, done, progress, overall)
+                    statuses.update(got)
+                    done |= {vid for vid, status in got if status == "ok"}
+            else:
+                statuses.update(_parallel(recipe, opts, units, done, jobs, all_cores(), progress, overall))
+    finally:
+        guard.release()
+    return statuses
+
+
+def _run_unit(recipe: Recipe, opts: Any, base: Work, tree: list[Work], done: set[str], progress: Any,
+              overall: int | None) -> list[tuple[str, str]]:
+    from deepshrink.study import run_group
+
+    return run_group(recipe, opts, base, tree, done, progress, overall)
+
+
+def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], done: set[str], jobs: int,
+              cores: int, progress: Any, overall: int) -> dict[str, str]:
+    """Baselines in parallel, then trees in parallel; threads per job so jobs x threads <= cores."""
+    import dataclasses
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    worker_opts = dataclasses.replace(opts, threads=max(1, cores // jobs), quiet=True)
+    statuses: dict[str, str] = {}
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools or locks
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        for phase in ([u for u in units if not u[1]], [u for u in units if u[1]]):
+            ok = done | {v for v, s in statuses.items() if s == "ok"}
+            futures = {pool.submit(_run_unit, recipe, worker_opts, b, t, ok, None, None): b for b, t in phase}
+            for fut in as_completed(futures):
+                for vid, status in fut.result():
+                    statuses[vid] = status
+                    progress.update(overall, advance=1, info=f"{vid}: {status[:40]}")
+    return statuses
