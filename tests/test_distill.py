@@ -257,3 +257,13 @@ def test_real_mnist_logits_cache_roundtrip(tmp_path: Path) -> None:
     a = dt.train_logits(t, real, tmp_path)
     dt.clear_memory_cache()
     assert a.shape == (len(real.train_x), 10) and torch.equal(a, dt.train_logits(t, real, tmp_path))
+
+
+def test_distillation_table_has_one_scratch_and_one_row_per_teacher(data: DataSplits, teacher: Variant) -> None:
+    from deepshrink.compress.distill import distillation_table
+
+    other = _teacher(data, "lenet-5", epochs=1, seed=2)
+    rows = distillation_table([teacher, other], DistillConfig(epochs=1), StepContext(data=data, seed=0))
+    assert [r.info["distill_role"] for r in rows] == ["scratch", "distilled", "distilled"]
+    assert [r.info.get("distill_teacher_model") for r in rows] == [None, "lenet-300-100", "lenet-5"]
+    assert len({r.id for r in rows}) == 3 and all(r.manifest.model == "mlp-50" for r in rows)

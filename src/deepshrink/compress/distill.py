@@ -192,3 +192,22 @@ def distill_with_control(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tu
         pair.append(out)
     return pair[0], pair[1]
 
+
+
+def distillation_table(teachers: list[Variant], cfg: DistillConfig, ctx: StepContext) -> list[Variant]:
+    """The reference's Tables 11-12 as variants to measure: the student from scratch (once: it does not
+    depend on the teacher), then the student distilled from each teacher. Teachers themselves are
+    measured by the caller as the baselines they are."""
+    from deepshrink.study import variant_id
+
+    if not teachers:
+        return []
+    first = teachers[0]
+    scratch = apply(first, scratch_config(cfg), ctx)
+    scratch.id = variant_id(first.manifest.dataset, scratch.manifest.model, ["scratch", *scratch.manifest.pipeline])
+    out = [scratch]
+    for t in teachers:
+        kd = apply(t, dataclasses.replace(cfg, teacher=""), ctx)
+        kd.id = variant_id(t.manifest.dataset, t.manifest.model, kd.manifest.pipeline)
+        out.append(kd)
+    return out
