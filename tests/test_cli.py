@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires_real_data
 
 from deepshrink.results import LATENCY_COLUMNS, LAYERS_COLUMNS, RESULTS_COLUMNS
+
+from conftest import requires_real_data
 
 SPEC_RESULTS = ["variant", "dataset", "model", "pipeline", "precision", "sparsity", "params_total",
                 "params_nonzero", "size_bytes", "size_kb", "artifact", "accuracy_pct", "baseline_accuracy_pct",

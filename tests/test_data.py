@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_images, write_idx, write_mnist_folder
 
 from deepshrink.data import cifar, idx, load_dataset, split_arrays
 from deepshrink.errors import UserError
+
+from conftest import synthetic_images, write_idx, write_mnist_folder
 
 
 def test_idx_roundtrip_raw_and_gz(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from conftest import make_splits
 
 from deepshrink.export import Deployment, ExportContext, export
 from deepshrink.measure import energy
@@ -14,6 +13,8 @@ from deepshrink.measure.params import layer_stats
 from deepshrink.models import create_model
 from deepshrink.study import artifact_accuracy
 from deepshrink.train import evaluate
+
+from conftest import make_splits
 
 
 def test_lenet5_macs_and_params() -> None:

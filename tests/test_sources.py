@@ -8,10 +8,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import write_mnist_folder
 
 from deepshrink.data import load_dataset, sources
 from deepshrink.errors import UserError
+
+from conftest import write_mnist_folder
 
 
 @pytest.fixture

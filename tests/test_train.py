@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from conftest import make_splits
 
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.models import create_model
 from deepshrink.train import AUGMENTS, TrainConfig, evaluate, fit
+
+from conftest import make_splits
 
 
 def _train(seed: int, **kw: object) -> tuple[torch.nn.Module, float]:

@@ -17,7 +17,8 @@ RESULTS_COLUMNS = [
     "train_seconds", "epochs", "seed", "checkpoint", "status",
     # Beyond the contract: more measured facts the report uses.
     "baseline_variant", "runtime", "deployment", "checkpoint_bytes", "macs", "macs_nonzero",
-    "energy_memory", "val_accuracy_pct", "epochs_to_converge", "best_epoch", "accuracy_torch_pct",
+    "energy_memory", "energy_nj_measured", "energy_source", "val_accuracy_pct", "epochs_to_converge", "best_epoch",
+    "accuracy_torch_pct",
 ]
 LATENCY_COLUMNS = ["variant", "runtime", "device", "threads", "batch", "us_per_image_median",
                    "us_per_image_min", "us_per_image_max", "speedup", "reference"]

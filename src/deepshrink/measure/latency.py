@@ -35,6 +35,14 @@ def all_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _runs_on_cuda(runtime: str) -> bool:
+    if runtime != "onnxruntime":
+        return True
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def _pass(run: Runner, x: np.ndarray, batch: int) -> float:
     """Seconds for one pass over `x` in batches."""
     t0 = time.perf_counter()
@@ -68,7 +76,7 @@ def measure_latency(named: Sequence[tuple[str, Artifact]], x: np.ndarray, cfg: L
     progress = progress or null_progress()
     rows: list[dict[str, object]] = []
     settings = [(rt, dev, th) for dev in cfg.devices for rt in cfg.runtimes for th in cfg.threads
-                if dev == "cpu" or th == cfg.threads[0]]
+                if dev == "cpu" or (th == cfg.threads[0] and _runs_on_cuda(rt))]
     task = progress.add("latency", total=len(settings))
     prev_threads = torch.get_num_threads()
     try:
