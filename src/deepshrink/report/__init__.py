@@ -37,6 +37,7 @@ def _provenance(run_dir: Path) -> dict[str, Any]:
 def _env() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("deepshrink", "templates"),
                               autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True,
                               undefined=jinja2.StrictUndefined)
 
 

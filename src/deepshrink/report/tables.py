@@ -67,9 +67,7 @@ def _num(v: Any) -> float | None:
 def fmt(v: float | None, digits: int = 2) -> str:
     if v is None:
         return "–"
-    if abs(v) >= 1000 or float(v).is_integer():
-        return f"{v:,.0f}"
-    return f"{v:.{digits}f}"
+    return f"{v:,.{digits}f}"
 
 
 def cell(ours: float | None, theirs: Any, digits: int = 2) -> str:
@@ -201,6 +199,8 @@ def layer_table(data: RunData, tid: str, title: str, specs: list[Spec], layers: 
             continue
         assert row is not None
         got, r = data.layer_params(row["variant"]), ref(tid, name)
+        if not got:
+            continue
         t.rows.append([name, *[cell(float(got.get(la, 0)), r.get(la), 0) for la in layers],
                        cell(float(sum(got.values())), r.get("total"), 0)])
     return t
