@@ -1,0 +1,148 @@
+"""Exporters for reduced precision: `int8` (integer QDQ ONNX, with the "never slower" choice),
+`fp16` and `fp64` (ONNX in that dtype, accuracy measured in that dtype).
+"""
+
+import copy
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from deepshrink.compress.quant_graph import observe_ranges
+from deepshrink.compress.quant_onnx import Ranges, build_qdq, weighted_layers
+from deepshrink.export import EXPORTERS, Artifact, ExportContext, Runner, RunnerFactory, export_onnx, torch_runner
+
+# Layer sets per INT8 deployment mode. "weights" keeps every layer's compute in float.
+MODES: dict[str, Any] = {
+    "full": lambda m: set(weighted_layers(m)),
+    "mixed": lambda m: set(weighted_layers(m, nn.Linear)),  # convs in float, where INT8 is slow here
+    "weights": lambda m: set(),
+}
+DEPLOY_CHOICES = (*MODES, "auto")
+
+
+def qdq_runner(path: Path, fold_weights: bool = False) -> RunnerFactory:
+    """ONNX Runtime runner; `fold_weights` lets it fold DequantizeLinear of int8 initializers into
+    float weights at load (QDQ fusion off), which is how a weight-only file gets FP32 speed."""
+    def make(threads: int, device: str) -> Runner:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        if fold_weights:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(str(path), opts, providers=providers)
+        name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(sess.run(None, {name: x})[0])
+
+        return run
+
+    return make
+
+
+def _time_us(runners: dict[str, Runner], x: np.ndarray, repeats: int = 7, batch: int = 256) -> dict[str, float]:
+    """Median batched µs/image per runner, passes interleaved so machine load hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for run in runners.values():
+        run(x[:batch])
+    for _ in range(repeats):
+        for k, run in runners.items():
+            t0 = time.perf_counter()
+            for i in range(0, len(x), batch):
+                run(x[i : i + batch])
+            times[k].append((time.perf_counter() - t0) / len(x) * 1e6)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext) -> tuple[str, dict[str, Any]]:
+    """Time FP32 and every INT8 mode side by side (ONNX Runtime, 1 thread); the fastest INT8 mode
+    wins. "weights" runs the FP32 kernels, so the winner is never meaningfully slower than FP32."""
+    shape = tuple(ctx.example.shape[1:])
+    work = stem.with_name(f".{stem.name}-timing")
+    work.mkdir(parents=True, exist_ok=True)
+    ref = export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example)
+    runners = {"fp32": qdq_runner(ref)(1, "cpu")}
+    for mode, layers in MODES.items():
+        path = work / f"{mode}.onnx"
+        onnx.save(build_qdq(model, ranges, shape, layers(model)), str(path))
+        runners[mode] = qdq_runner(path, fold_weights=mode == "weights")(1, "cpu")
+    calib = ctx.calib if ctx.calib is not None else ctx.example
+    x = np.resize(calib.numpy().astype(np.float32), (max(1024, len(calib)), *shape))
+    us = _time_us(runners, x)
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    mode = min(MODES, key=lambda m: us[m])
+    info = {f"int8_us_{k}": round(v, 3) for k, v in us.items()}
+    info["int8_speedup_vs_fp32"] = round(us["fp32"] / us[mode], 3)
+    return mode, info
+
+
+def ranges_from(opts: dict[str, Any], model: nn.Module, ctx: ExportContext) -> Ranges:
+    if opts.get("ranges"):
+        return {name: (lo, hi) for name, lo, hi in opts["ranges"]}
+    calib = ctx.calib if ctx.calib is not None else ctx.example
+    return observe_ranges(model, calib[: int(opts.get("calib", len(calib)))])
+
+
+@EXPORTERS.register("int8")
+def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
+    model = model.eval().float()
+    ranges = ranges_from(opts, model, ctx)
+    mode = str(opts.get("mode", "full"))
+    info: dict[str, Any] = {"int8_mode": mode}
+    if mode == "auto":
+        mode, timing = choose_mode(model, ranges, stem, ctx)
+        info = {"int8_mode": mode, "int8_mode_chosen_by": "measured (onnxruntime, 1 thread)", **timing}
+    path = stem.with_suffix(".onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(build_qdq(model, ranges, tuple(ctx.example.shape[1:]), MODES[mode](model)), str(tmp))
+    tmp.replace(path)
+    # Only "full" computes in int8; the energy model costs the others' MACs as fp32.
+    precision = {"full": "int8", "mixed": "int8-mixed", "weights": "int8-weights"}[mode]
+    return Artifact(path=path, kind=f"onnx-qdq-int8-{mode}", precision=precision,
+                    files={path.name: path.stat().st_size},
+                    runners={"onnxruntime": qdq_runner(path, fold_weights=mode == "weights")}, info=info)
+
+
+def _ort_runs(path: Path, x: np.ndarray) -> str | None:
+    """None when ONNX Runtime's CPU kernels run the file, else why not (e.g. no float64 Conv)."""
+    try:
+        qdq_runner(path)(1, "cpu")(x)
+    except Exception as e:  # onnxruntime raises its own exception types for missing kernels
+        return str(e).splitlines()[0][:160]
+    return None
+
+
+def _export_float(model: nn.Module, stem: Path, ctx: ExportContext, dtype: torch.dtype, label: str,
+                  np_dtype: Any) -> Artifact:
+    path = export_onnx(copy.deepcopy(model), stem.with_suffix(".onnx"), ctx.example, dtype)
+    runners: dict[str, RunnerFactory] = {}
+    why = _ort_runs(path, ctx.example.numpy().astype(np_dtype))
+    if why is None:
+        runners["onnxruntime"] = qdq_runner(path)
+    runners["torch"] = torch_runner(copy.deepcopy(model), dtype)
+    info = {"onnxruntime": "ok" if why is None else f"unsupported: {why}"}
+    return Artifact(path=path, kind=f"onnx-{label}", precision=label, files={path.name: path.stat().st_size},
+                    runners=runners, input_dtype=np_dtype, info=info)
+
+
+@EXPORTERS.register("fp16")
+def export_fp16(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
+    return _export_float(model, stem, ctx, torch.float16, "fp16", np.float16)
+
+
+@EXPORTERS.register("fp64")
+def export_fp64(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
+    return _export_float(model, stem, ctx, torch.float64, "fp64", np.float64)
