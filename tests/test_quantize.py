@@ -75,6 +75,8 @@ def test_int8_ptq_is_integer_smaller_and_agrees(model: str, data: DataSplits, tm
     assert (ref.argmax(1) == out.argmax(1)).mean() >= 0.97
     assert np.abs(ref - out).max() <= 0.1 * np.abs(ref).max()
     assert q.manifest.info["quantized"] is True and art.precision == "int8"
+    in_torch = _logits(art, data.test_x, "torch")  # PyTorch's x86 quantized engine, same scales
+    assert (in_torch.argmax(1) == out.argmax(1)).mean() >= 0.97
 
 
 def test_onnxruntime_runs_integer_kernels(cnn: Variant, data: DataSplits, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from deepshrink.compress.quant_graph import observe_ranges
 from deepshrink.compress.quant_onnx import Ranges, build_qdq, weighted_layers
+from deepshrink.compress.quant_torch import torch_int8_runner
 from deepshrink.export import EXPORTERS, Artifact, ExportContext, Runner, RunnerFactory, export_onnx, torch_runner
 
 # Layer sets per INT8 deployment mode. "weights" keeps every layer's compute in float.
@@ -111,9 +112,11 @@ def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
     tmp.replace(path)
     # Only "full" computes in int8; the energy model costs the others' MACs as fp32.
     precision = {"full": "int8", "mixed": "int8-mixed", "weights": "int8-weights"}[mode]
+    runners = {"onnxruntime": qdq_runner(path, fold_weights=mode == "weights")}
+    if mode == "full":  # PyTorch's x86 quantized engine runs the same integer model (same scales)
+        runners["torch"] = torch_int8_runner(copy.deepcopy(model), ranges)
     return Artifact(path=path, kind=f"onnx-qdq-int8-{mode}", precision=precision,
-                    files={path.name: path.stat().st_size},
-                    runners={"onnxruntime": qdq_runner(path, fold_weights=mode == "weights")}, info=info)
+                    files={path.name: path.stat().st_size}, runners=runners, info=info)
 
 
 def _ort_runs(path: Path, x: np.ndarray) -> str | None:
