@@ -20,8 +20,8 @@ from deepshrink.compress.prune_structured import IMPORTANCES, LAYER_KINDS, candi
 from deepshrink.compress.prune_unstructured import (
     SALIENCIES,
     SCHEDULES,
-    Masks,
     MaskCallback,
+    Masks,
     Round,
     apply_masks,
     compute_masks,
@@ -139,12 +139,14 @@ def prune_unstructured(model: nn.Module, cfg: PruneUnstructuredConfig, data: Dat
         if not rnd.epochs:
             continue
 
-        def reprune(m: nn.Module, epoch: int, r: int = r) -> Masks | None:
+        cb = MaskCallback(masks)
+
+        def reprune(m: nn.Module, epoch: int, r: int = r, cb: MaskCallback = cb) -> Masks | None:
             if epoch == 1 or plan.target(r, epoch - 1) == plan.target(r, epoch - 2):
                 return None
             return compute_masks(m, cfg.saliency, plan.target(r, epoch - 1), cfg.scope, layers, data, cb.masks)
 
-        cb = MaskCallback(masks, reprune)
+        cb.reprune = reprune
         logs.append(fit(model, data, dataclasses.replace(train, epochs=rnd.epochs), callbacks=[cb],
                         progress=ctx.progress, label=f"prune round {r + 1}/{len(plan.rounds)}", device=ctx.device))
         masks = cb.masks
@@ -197,7 +199,7 @@ def structured_ratios(model: nn.Module, cfg: PruneStructuredConfig) -> dict[str,
 
 def widths(model: nn.Module) -> str:
     """`fc1=60,fc2=20,...`: output units per layer, for results.csv."""
-    return ",".join(f"{n}={m.weight.shape[0]}" for n, m in model.named_modules()  # type: ignore[union-attr]
+    return ",".join(f"{n}={m.weight.shape[0]}" for n, m in model.named_modules()
                     if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 

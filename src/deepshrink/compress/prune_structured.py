@@ -57,9 +57,11 @@ def taylor_importance(model: nn.Module, layers: list[str], data: DataSplits | No
         F.cross_entropy(model(data.train_x[sel].to(device)), data.train_y[sel].to(device)).backward()
         for n in layers:
             mod = model.get_submodule(n)
-            contrib = (mod.weight.grad * mod.weight).flatten(1).sum(1)  # type: ignore[operator]
-            if getattr(mod, "bias", None) is not None and mod.bias.grad is not None:  # type: ignore[union-attr]
-                contrib = contrib + mod.bias.grad * mod.bias  # type: ignore[operator,union-attr]
+            w, b = mod.weight, getattr(mod, "bias", None)
+            assert isinstance(w, Tensor) and w.grad is not None
+            contrib = (w.grad * w).flatten(1).sum(1)
+            if isinstance(b, Tensor) and b.grad is not None:
+                contrib = contrib + b.grad * b
             scores[n] += contrib.detach().pow(2)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
@@ -75,7 +77,7 @@ def candidate_layers(model: nn.Module, kind: str) -> list[str]:
 
 def units_to_remove(scores: Tensor, ratio: float, layer: str, key: str) -> list[int]:
     n = scores.numel()
-    k = int(round(ratio * n))
+    k = round(ratio * n)
     if k >= n:
         raise UserError(f"{key}: ratio {ratio:g} would remove every unit of {layer} ({n} units)")
     return sorted(torch.argsort(scores.float().cpu(), stable=True)[:k].tolist())

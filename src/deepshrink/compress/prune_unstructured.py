@@ -110,14 +110,14 @@ def compute_masks(model: nn.Module, saliency: str, sparsity: float | dict[str, f
         if isinstance(sparsity, dict):
             raise UserError("scope=global: takes one sparsity, not per-layer values")
         flat = torch.cat([scores[n].flatten().float().cpu() for n in layers])
-        k = int(round(sparsity * flat.numel()))
+        k = round(sparsity * flat.numel())
         if k == 0:
             return {n: torch.ones_like(scores[n], dtype=torch.bool) for n in layers}
         keep = _mask_k_lowest(flat, k)
-        sizes = [scores[n].numel() for n in layers]
-        return {n: part.view(scores[n].shape).to(scores[n].device) for n, part in zip(layers, keep.split(sizes))}
+        parts = keep.split([scores[n].numel() for n in layers])
+        return {n: p.view(scores[n].shape).to(scores[n].device) for n, p in zip(layers, parts, strict=True)}
     per_layer = sparsity if isinstance(sparsity, dict) else dict.fromkeys(layers, sparsity)
-    return {n: _mask_k_lowest(scores[n], int(round(per_layer.get(n, 0.0) * scores[n].numel()))) for n in layers}
+    return {n: _mask_k_lowest(scores[n], round(per_layer.get(n, 0.0) * scores[n].numel())) for n in layers}
 
 
 @torch.no_grad()

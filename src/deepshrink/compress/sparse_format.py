@@ -14,6 +14,7 @@ import json
 import lzma
 import struct
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,16 @@ from torch import Tensor, nn
 
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
-from deepshrink.export import EXPORTERS, Artifact, ExportContext, Runner, RunnerFactory, export_onnx, ort_runner
-from deepshrink.export import torch_runner
+from deepshrink.export import (
+    EXPORTERS,
+    Artifact,
+    ExportContext,
+    Runner,
+    RunnerFactory,
+    export_onnx,
+    ort_runner,
+    torch_runner,
+)
 from deepshrink.registry import Registry
 
 MAGIC = b"DSPARSE1"
@@ -131,7 +140,9 @@ class SparseLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        self.weight_csr = linear.weight.detach().to_sparse_csr()
+        with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all this uses
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight_csr = linear.weight.detach().to_sparse_csr()
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
     def forward(self, x: Tensor) -> Tensor:
