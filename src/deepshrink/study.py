@@ -4,6 +4,7 @@
 
 import contextlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from deepshrink.checkpoint import Manifest, atomic_write_bytes, save_checkpoint
 from deepshrink.data import DataSplits, load_dataset
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
-from deepshrink.measure import energy, power
+from deepshrink.measure import energy
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.measure.params import layer_stats
 from deepshrink.models import create_model
@@ -79,8 +80,6 @@ def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str
     nonzero = sum(s.params_nonzero for s in stats)
     macs = sum(s.macs for s in stats)
     macs_nz = sum(s.macs_nonzero for s in stats)
-    measured_nj, power_source = power.measure_energy_per_image(
-        artifact.runners[runtime](0, "cpu"), data.test_x.numpy().astype(artifact.input_dtype), "cpu")
     sparse = bool(artifact.info.get("sparse"))
     est = energy.estimate(macs_nz if sparse else macs, artifact.size_bytes, artifact.precision, sram_budget)
     row = {
@@ -95,7 +94,6 @@ def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str
         "baseline_variant": baseline[0] if baseline else v.id, "runtime": runtime,
         "deployment": artifact.kind, "checkpoint_bytes": ckpt.stat().st_size, "macs": macs,
         "macs_nonzero": macs_nz, "energy_memory": est.memory,
-        "energy_nj_measured": measured_nj if measured_nj is not None else "n/a", "energy_source": power_source,
         "val_accuracy_pct": v.log.best_val_acc if v.log else None,
         "epochs_to_converge": v.log.epochs_to_converge() if v.log and v.log.history else None,
         "best_epoch": v.log.best_epoch if v.log else None, "accuracy_torch_pct": acc_torch,
@@ -238,13 +236,13 @@ def _record_failure(out: Path, work: Any, reason: str) -> None:
 
 def _step_applier(ctx: Any, base_ckpt: Path) -> Any:
     from deepshrink import runner
-    from deepshrink.compress import STEP_CONFIGS, apply, parse_step
+    from deepshrink.compress import apply, parse_step, step_names
     from deepshrink.recipes import CANONICAL_STEPS
 
     def apply_step(v: Variant, text: str) -> Variant:
         run_text, _ = runner.substitute(text, base_ckpt, "")
         name = run_text.partition(":")[0].strip()
-        if name in CANONICAL_STEPS and name not in STEP_CONFIGS:
+        if name in CANONICAL_STEPS and name not in step_names():  # step_names() imports the techniques
             raise RuntimeError(f"step {name!r} is not implemented in this build")
         ctx.progress.log(f"  step {run_text}")
         return apply(v, parse_step(run_text), ctx)
@@ -313,7 +311,9 @@ def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any],
     base_acc = next(float(r["accuracy_pct"]) for r in runner.read_rows(opts.out / "results.csv")
                     if r["variant"] == base_work.vid)
     ctx_export = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
-    base_art = export(base.model, Deployment(), opts.out / "cache" / key / "export" / "model", ctx_export)
+    # One folder per process: parallel trees of one baseline must not share export temp files.
+    base_art = export(base.model, Deployment(), opts.out / "cache" / key / f"export-{os.getpid()}" / "model",
+                      ctx_export)
     ctx = StepContext(data=data, device=opts.device, seed=base_work.seed, progress=progress,
                       cache_dir=opts.out / "cache" / "steps")
     base_ckpt = opts.out / "cache" / key / "model.safetensors"
