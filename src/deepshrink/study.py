@@ -234,7 +234,7 @@ def _record_failure(out: Path, work: Any, reason: str) -> None:
         upsert(out / "results.csv", [row], RESULTS_COLUMNS, RESULTS_KEY)
 
 
-def _step_applier(ctx: Any, base_ckpt: Path) -> Any:
+def _step_applier(ctx: Any, base_ckpt: Path, on_step: Any) -> Any:
     from deepshrink import runner
     from deepshrink.compress import apply, parse_step, step_names
     from deepshrink.recipes import CANONICAL_STEPS
@@ -244,7 +244,7 @@ def _step_applier(ctx: Any, base_ckpt: Path) -> Any:
         name = run_text.partition(":")[0].strip()
         if name in CANONICAL_STEPS and name not in step_names():  # step_names() imports the techniques
             raise RuntimeError(f"step {name!r} is not implemented in this build")
-        ctx.progress.log(f"  step {run_text}")
+        on_step(text)
         return apply(v, parse_step(run_text), ctx)
 
     return apply_step
@@ -286,6 +286,8 @@ def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any],
     need_base = base_work.vid not in done
     if not todo and not need_base:
         return statuses
+    if overall is not None:
+        progress.update(overall, info=f"{base_work.vid}: baseline")
     try:
         data = _data(base_work.dataset, opts, recipe.val_size)
         base, key = _baseline(recipe, opts, base_work, data, progress)
@@ -317,12 +319,19 @@ def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any],
     ctx = StepContext(data=data, device=opts.device, seed=base_work.seed, progress=progress,
                       cache_dir=opts.out / "cache" / "steps")
     base_ckpt = opts.out / "cache" / key / "model.safetensors"
-    apply_step = _step_applier(ctx, base_ckpt)
+    current = [""]
+
+    def on_step(text: str) -> None:  # the live view: which variant, which step (fit adds epoch bars)
+        if overall is not None:
+            progress.update(overall, info=f"{current[0]} > {text}")
+
+    apply_step = _step_applier(ctx, base_ckpt, on_step)
     memo = runner.Prefixes()
     memo.done[()] = (base, key, 0.0)
     ids = {w.steps[:i]: w.vid if i == len(w.steps) else variant_id(w.dataset, w.model, list(w.steps[:i]))
            for w in works for i in range(1, len(w.steps) + 1)}
     for w in todo:
+        current[0] = w.vid
         if overall is not None:
             progress.update(overall, info=f"{w.vid} ({len(w.steps)} steps)")
         try:
