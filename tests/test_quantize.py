@@ -24,7 +24,7 @@ from deepshrink.models import create_model
 from deepshrink.train import TrainConfig, evaluate, fit
 from deepshrink.variant import StepContext, Variant
 
-from conftest import make_splits
+from conftest import make_splits, requires_real_data
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +186,23 @@ def test_accuracy_vs_bits_plot(tmp_path: Path) -> None:
                                                                                            (8, 98.3), (32, 98.4))]
     png = plot_accuracy_vs_bits(rows, tmp_path / "bits.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@requires_real_data
+def test_real_mnist_int8_ptq_within_a_point(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from deepshrink.data import load_dataset
+
+    from conftest import real_data_dir
+
+    full = load_dataset("mnist", real_data_dir())
+    data = replace(full, train_x=full.train_x[:5000], train_y=full.train_y[:5000], val_x=full.val_x[:1000],
+                   val_y=full.val_y[:1000], test_x=full.test_x[:2000], test_y=full.test_y[:2000])
+    v = _trained(data, "lenet-300-100")
+    _, art, base = _quantized(v, "quantize:precision=int8,method=ptq", data, tmp_path)
+    y = data.test_y.numpy()
+    acc_fp32 = (_logits(base, data.test_x).argmax(1) == y).mean() * 100
+    acc_int8 = (_logits(art, data.test_x).argmax(1) == y).mean() * 100
+    assert acc_fp32 > 90 and acc_int8 >= acc_fp32 - 1.0
+    assert art.size_bytes <= 0.27 * base.size_bytes
