@@ -98,6 +98,8 @@ def test_smoke_study_end_to_end_then_resume(tmp_path: Path, mnist_dir: Path) -> 
     assert again[rows["half"]["variant"]] == "ok"
     ok_before = [r for r in read_rows(out / "results.csv") if r["status"] == "ok"]
     assert ok_before == [r for r in _rows_from(before) if r["status"] == "ok"]
+    # From scratch again (--fresh): everything recomputed, same accuracies and sizes.
+    _fresh_recomputes_and_gives_identical_numbers(tmp_path, mnist_dir, out)
 
 
 def _rows_from(text: str) -> list[dict[str, str]]:
@@ -107,9 +109,7 @@ def _rows_from(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def test_fresh_recomputes_and_gives_identical_numbers(tmp_path: Path, mnist_dir: Path) -> None:
-    out = tmp_path / "run"
-    run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
+def _fresh_recomputes_and_gives_identical_numbers(tmp_path: Path, mnist_dir: Path, out: Path) -> None:
     first = {r["variant"]: (r["accuracy_pct"], r["size_bytes"]) for r in read_rows(out / "results.csv")}
     CALLS.clear()
     run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True, fresh=True)

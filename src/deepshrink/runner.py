@@ -47,7 +47,7 @@ class Work:
 
 def plan(recipe: Recipe) -> list[Work]:
     """Every variant of the recipe, baselines first, in a deterministic order."""
-    from deepshrink.study import variant_id
+    from deepshrink.study import slug, variant_id
 
     multi_seed = len(recipe.seeds) > 1
     out: list[Work] = []
@@ -58,8 +58,12 @@ def plan(recipe: Recipe) -> list[Work]:
                     return variant_id(ds, model, list(steps)) + (f"--seed{seed}" if multi_seed else "")
 
                 out.append(Work(vid(()), ds, model, seed, "baseline"))
-                out += [Work(vid(p.steps), ds, model, seed, p.name, p.steps)
-                        for p in recipe.pipelines if p.applies(ds, model)]
+                for p in recipe.pipelines:
+                    if p.applies(ds, model):
+                        # A named pipeline's id is its label (readable: mnist-lenet-5--prune80+int8).
+                        named = p.name != "+".join(p.steps) and len(p.name) <= 60
+                        pid = f"{slug(f'{ds}-{model}')}--{slug(p.name)}" + (f"--seed{seed}" if multi_seed else "")
+                        out.append(Work(pid if named else vid(p.steps), ds, model, seed, p.name, p.steps))
     seen: set[str] = set()
     for w in out:
         if w.vid in seen:
@@ -229,6 +233,15 @@ def _clear(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "cache", ignore_errors=True)
 
 
+def _drop_stale(run_dir: Path, planned: set[str]) -> None:
+    """Rows of variants the recipe no longer makes (edited recipe, --set) would mislead the report."""
+    from deepshrink.results import remove_variant
+
+    for r in read_rows(run_dir / "results.csv"):
+        if r["variant"] not in planned:
+            remove_variant(run_dir, r["variant"])
+
+
 def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> dict[str, str]:
     """Run every variant of `recipe` not yet `ok` in the run directory; returns variant -> status."""
     from filelock import Timeout
@@ -245,6 +258,7 @@ def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> di
     try:
         if fresh:
             _clear(opts.out)
+        _drop_stale(opts.out, {w.vid for w in works})
         done = finished(opts.out)
         statuses = {w.vid: "ok" for w in works if w.vid in done}
         units = _groups(works)
