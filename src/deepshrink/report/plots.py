@@ -23,11 +23,14 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str]], xlabel: str) -> None:
-    for x, y, label in pts:
-        ax.scatter(x, y, s=18, color="tab:red" if label == "baseline" else "tab:blue")
-        ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     front = pareto([(x, y) for x, y, _ in pts])
-    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green", lw=1, label="Pareto front")
+    on_front = set(front)
+    for x, y, label in pts:
+        ax.scatter(x, y, s=18, color="tab:red" if label == "baseline" else "tab:blue", zorder=3)
+        if label == "baseline" or (x, y) in on_front:  # labelling every point would be unreadable
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green", lw=1, marker="o",
+            markersize=7, markerfacecolor="none", label="Pareto front (labelled)")
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")

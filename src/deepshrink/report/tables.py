@@ -170,7 +170,8 @@ FAMILIES: dict[str, Callable[[str], bool]] = {
 def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: bool) -> Table:
     cols = ["", "size kB", "× smaller", "accuracy %", "µs / image", "speedup"] + (["epochs"] if epochs else [])
     t = Table(tid, title, cols, note="Ours (reference in parentheses). Time: ours µs/image batched on this machine; "
-              "reference Config1 converted to µs.")
+              "reference Config1 converted to µs. Speedup: baseline time / variant time, the two timed "
+              "interleaved in one run (same runtime, threads and batch).")
     for name, ds, model, label in specs:
         row, base = data.find(ds, model, label), data.find(ds, model, "baseline")
         if not ok(row):
