@@ -154,7 +154,8 @@ def apply_quantize(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> Variant
     if v.manifest.info.get("quantized"):
         raise UserError(f"quantize: the input model is already quantized ({v.manifest.info.get('quant_precision')}); "
                         "quantize its float checkpoint instead")
-    plan(v.model)  # unsupported layers fail here, before any work
+    if cfg.precision == "int8":
+        plan(v.model)  # layers the integer writers cannot express fail here, before any work
     t0 = time.perf_counter()
     deployment, info = QUANTIZERS.get(_key(cfg))(v, cfg, ctx)
     label = cfg.precision if cfg.bits == 8 else f"int{cfg.bits}-weights"
