@@ -295,11 +295,15 @@ def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], d
     statuses: dict[str, str] = {}
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools or locks
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        for phase in ([u for u in units if not u[1]], [u for u in units if u[1]]):
+        for name, phase in (("baselines", [u for u in units if not u[1]]), ("pipelines", [u for u in units if u[1]])):
             ok = done | {v for v, s in statuses.items() if s == "ok"}
-            futures = {pool.submit(_run_unit, recipe, worker_opts, b, t, ok, None, None): b for b, t in phase}
+            futures = {pool.submit(_run_unit, recipe, worker_opts, b, t, ok, None, None): (b, t) for b, t in phase}
+            running = {f: (t[0].label if t else b.vid) for f, (b, t) in futures.items()}
+            progress.update(overall, info=f"{name}: {len(futures)} units on {jobs} jobs")
             for fut in as_completed(futures):
+                running.pop(fut)
                 for vid, status in fut.result():
                     statuses[vid] = status
-                    progress.update(overall, advance=1, info=f"{vid}: {status[:40]}")
+                    progress.update(overall, advance=1)
+                progress.update(overall, info=f"{name}: running {', '.join(list(running.values())[:jobs]) or '-'}")
     return statuses
