@@ -27,12 +27,12 @@ LENET5_DENSE_CONV = "conv1=0.5+conv2=0.5+fc1=0.867+fc2=0.857"  # 3-8-16-12-10: 3
 
 EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "sparse92": ("mlp", ["prune.unstructured:sparsity=0.92,saliency=magnitude,scope=global,schedule=iterative,"
-                         "rounds=3,epochs=12"]),
+                         "rounds=3,epochs=9"]),
     "sparse92-obd": ("mlp", ["prune.unstructured:sparsity=0.92,saliency=obd,scope=global,schedule=iterative,"
-                             "rounds=3,epochs=12"]),
-    "neurons80": ("mlp", ["prune.structured:ratio=0.8,layers=fc,importance=l1,epochs=12"]),
+                             "rounds=3,epochs=9"]),
+    "neurons80": ("mlp", ["prune.structured:ratio=0.8,layers=fc,importance=l1,epochs=8"]),
     "lenet5-dense": ("cnn", [f"prune.structured:layers={LENET5_DENSE},importance=l1,epochs=10"]),
-    "lenet5-dense-conv": ("cnn", [f"prune.structured:layers={LENET5_DENSE_CONV},importance=l1,epochs=15"]),
+    "lenet5-dense-conv": ("cnn", [f"prune.structured:layers={LENET5_DENSE_CONV},importance=l1,epochs=10"]),
     **{f"weights{int(s * 100)}": ("mlp", [f"prune.unstructured:sparsity={s},schedule=iterative,rounds=2,epochs=6"])
        for s in SWEEP},
     **{f"units{int(s * 100)}": ("mlp", [f"prune.structured:ratio={s},layers=fc,epochs=6"]) for s in SWEEP},
@@ -57,6 +57,33 @@ def run(name: str, ckpts: dict[str, Path], out: Path) -> dict[str, Any]:
     return {"experiment": name, **{k: row[k] for k in keep if k in row}, **speedups(out / name, row["variant"])}
 
 
+def saliency_table(ckpt: Path, out: Path, sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.92, 0.95),
+                   ) -> list[dict[str, Any]]:
+    """OBD vs magnitude at equal sparsity, one-shot without retraining; accuracy from the decoded
+    sparse artifact run in onnxruntime."""
+    import copy
+
+    from deepshrink.compress.prune_unstructured import apply_masks, compute_masks
+    from deepshrink.export import Deployment, ExportContext, export
+    from deepshrink.study import artifact_accuracy
+
+    model, manifest = load_checkpoint(ckpt)
+    data = load_dataset(manifest.dataset)
+    rows = []
+    for scope in ("layer", "global"):
+        for s in sparsities:
+            row: dict[str, Any] = {"scope": scope, "sparsity": s}
+            for saliency in ("magnitude", "obd", "obd-fisher"):
+                m = copy.deepcopy(model)
+                apply_masks(m, compute_masks(m, saliency, s, scope, data=data))
+                art = export(m, Deployment("sparse"), out / "saliency" / f"{scope}-{int(s * 100)}-{saliency}",
+                             ExportContext(data.test_x[:1], data.train_x[:256]))
+                row[f"{saliency}_acc"] = artifact_accuracy(art, data, "onnxruntime")
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def run_sensitivity(ckpt: Path, out: Path) -> list[dict[str, Any]]:
     model, manifest = load_checkpoint(ckpt)
     data = load_dataset(manifest.dataset)
@@ -74,12 +101,14 @@ def main() -> None:
     ap.add_argument("--mlp", type=Path, help="trained lenet-300-100 checkpoint")
     ap.add_argument("--cnn", type=Path, help="trained lenet-5 checkpoint")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-prune"))
-    ap.add_argument("experiments", nargs="*", help=f"any of: sensitivity, {', '.join(EXPERIMENTS)}")
+    ap.add_argument("experiments", nargs="*", help=f"any of: sensitivity, saliency, {', '.join(EXPERIMENTS)}")
     args = ap.parse_args()
     ckpts = {k: v for k, v in (("mlp", args.mlp), ("cnn", args.cnn)) if v}
     for name in args.experiments or list(EXPERIMENTS):
         if name == "sensitivity":
             rows: Any = run_sensitivity(ckpts["mlp"], args.out)
+        elif name == "saliency":
+            rows = saliency_table(ckpts["mlp"], args.out)
         else:
             rows = run(name, ckpts, args.out)
         print(json.dumps(rows, default=str), flush=True)

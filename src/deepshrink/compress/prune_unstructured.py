@@ -42,11 +42,14 @@ def magnitude_saliency(model: nn.Module, layers: list[str], data: DataSplits | N
 
 
 def fisher_diagonal(model: nn.Module, data: DataSplits, samples: int = 1024, chunk: int = 128,
-                    seed: int = 0) -> dict[str, Tensor]:
-    """Diagonal empirical Fisher, E[g_i^2] over per-sample gradients (torch.func vmap of grad).
+                    seed: int = 0, sampled_labels: bool = False) -> dict[str, Tensor]:
+    """Diagonal Fisher, E[g_i^2] over per-sample gradients (torch.func vmap of grad).
 
     Per-sample (not per-batch) squares: the mean of squared batch gradients would shrink by the
-    batch size and mix in gradient correlations between samples.
+    batch size and mix in gradient correlations between samples. With `sampled_labels` the labels
+    are drawn from the model's own softmax (the true Fisher, equal in expectation to the Gauss-Newton
+    Hessian of cross-entropy); otherwise the data's labels (the empirical Fisher), which nearly
+    vanishes on the well-fit training samples (Kunstner et al. 2019).
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
     was_training = model.training
@@ -63,21 +66,36 @@ def fisher_diagonal(model: nn.Module, data: DataSplits, samples: int = 1024, chu
     acc = {k: torch.zeros_like(v) for k, v in params.items()}
     for i in range(0, len(idx), chunk):
         sel = idx[i : i + chunk]
-        grads = per_sample(params, data.train_x[sel].to(device), data.train_y[sel].to(device))
+        x, y = data.train_x[sel].to(device), data.train_y[sel].to(device)
+        if sampled_labels:
+            with torch.no_grad():
+                probs = F.softmax(model(x).float(), dim=1).cpu()
+            y = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(device)
+        grads = per_sample(params, x, y)
         for k, g in grads.items():
             acc[k] += g.pow(2).sum(0)
     model.train(was_training)
     return {k: v / len(idx) for k, v in acc.items()}
 
 
+def _obd(model: nn.Module, layers: list[str], data: DataSplits | None, sampled: bool) -> dict[str, Tensor]:
+    if data is None:
+        raise UserError("saliency=obd: needs training data for its Fisher estimate")
+    fisher = fisher_diagonal(model, data, sampled_labels=sampled)
+    return {n: 0.5 * fisher[f"{n}.weight"] * weight_of(model, n).detach().pow(2) for n in layers}
+
+
 @SALIENCIES.register("obd")
 def obd_saliency(model: nn.Module, layers: list[str], data: DataSplits | None) -> dict[str, Tensor]:
     """Optimal Brain Damage (LeCun et al. 1990): s_i = h_ii w_i^2 / 2, the diagonal Hessian h_ii
-    estimated by the empirical Fisher (equal to the Gauss-Newton Hessian at a well-fit optimum)."""
-    if data is None:
-        raise UserError("saliency=obd: needs training data for its Fisher estimate")
-    fisher = fisher_diagonal(model, data)
-    return {n: 0.5 * fisher[f"{n}.weight"] * weight_of(model, n).detach().pow(2) for n in layers}
+    estimated by the empirical Fisher of the training samples."""
+    return _obd(model, layers, data, sampled=False)
+
+
+@SALIENCIES.register("obd-fisher")
+def obd_true_fisher_saliency(model: nn.Module, layers: list[str], data: DataSplits | None) -> dict[str, Tensor]:
+    """OBD with h_ii from the true Fisher (labels sampled from the model): the Gauss-Newton diagonal."""
+    return _obd(model, layers, data, sampled=True)
 
 
 def _kth_threshold(scores: Tensor, k: int) -> float:
