@@ -123,7 +123,7 @@ def bench(
 def study(
     recipe: Annotated[str, typer.Argument(help="Built-in name (`deepshrink recipes`) or a .toml path.")] = "quick",
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/RECIPE).")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", help="Independent variants in parallel processes.")] = 1,
+    jobs: Annotated[int | None, typer.Option("--jobs", help="Parallel processes (default: the recipe's).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="SECTION.KEY=VALUE override; repeatable.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached steps and earlier results.")] = False,
     data_dir: DataDir = None, device: Device = "auto", quiet: Quiet = False,

@@ -25,7 +25,8 @@ BASELINE_PLACEHOLDER = "{baseline}"
 
 _TOP_KEYS = {"name": str, "description": str, "expected_minutes": float,
              "study": dict, "train": dict, "measure": dict, "pipeline": list}
-_STUDY_KEYS: dict[str, Any] = {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0], "val_size": 5000}
+_STUDY_KEYS: dict[str, Any] = {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0], "val_size": 5000,
+                               "jobs": 1}
 _MEASURE_KEYS: dict[str, Any] = {"runtimes": ["torch", "onnxruntime"], "threads": [1, 0], "batch": 256,
                                  "repeats": 10, "single_calls": 1000, "images": 0, "sram_kb": 0}
 _PIPELINE_KEYS: dict[str, Any] = {"name": "", "steps": [""], "models": [""], "datasets": [""]}
@@ -69,6 +70,7 @@ class Recipe:
     models: tuple[str, ...] = ("lenet-5",)
     seeds: tuple[int, ...] = (0,)
     val_size: int = 5000
+    jobs: int = 1  # default --jobs: parallel processes for independent variants
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for every baseline
     train_per: dict[str, dict[str, Any]] = field(default_factory=dict)  # "dataset/model", "model" or "dataset"
     measure: MeasureSpec = field(default_factory=MeasureSpec)
@@ -189,8 +191,8 @@ def validate(raw: dict[str, Any], source: str, default_name: str = "recipe") -> 
     pipelines = _pipelines(raw.get("pipeline", []), source)
     return Recipe(name=str(raw.get("name", default_name)), source=source, description=str(raw.get("description", "")),
                   expected_minutes=float(raw.get("expected_minutes", 0.0)), datasets=study["datasets"],
-                  models=study["models"], seeds=study["seeds"], val_size=study["val_size"], train=train,
-                  train_per=per, measure=measure, pipelines=pipelines, raw=raw)
+                  models=study["models"], seeds=study["seeds"], val_size=study["val_size"], jobs=study["jobs"],
+                  train=train, train_per=per, measure=measure, pipelines=pipelines, raw=raw)
 
 
 def _check_names(study: dict[str, Any], source: str) -> None:
@@ -205,6 +207,8 @@ def _check_names(study: dict[str, Any], source: str) -> None:
             raise UserError(f"{source}: study.models: unknown model {m!r} (known: {', '.join(list_models())})")
     if study["val_size"] < 1:
         raise UserError(f"{source}: study.val_size: must be >= 1")
+    if study["jobs"] < 1:
+        raise UserError(f"{source}: study.jobs: must be >= 1")
     if any(s < 0 for s in study["seeds"]):
         raise UserError(f"{source}: study.seeds: seeds must be >= 0")
 

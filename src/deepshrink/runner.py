@@ -9,7 +9,9 @@ at most the variant in progress.
 
 import copy
 import json
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from deepshrink import __version__, provenance
 from deepshrink.checkpoint import atomic_write_bytes, load_checkpoint, paths_for, save_checkpoint
 from deepshrink.errors import UserError
 from deepshrink.export import Deployment
+from deepshrink.progress import Progress
 from deepshrink.recipes import BASELINE_PLACEHOLDER, Recipe
 from deepshrink.results import read_rows
 from deepshrink.train import TrainLog
@@ -247,7 +250,6 @@ def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> di
     from filelock import Timeout
 
     from deepshrink.measure.latency import all_cores
-    from deepshrink.progress import Progress
 
     works = plan(recipe)
     guard = lock(opts.out)
@@ -294,10 +296,11 @@ def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], d
     worker_opts = dataclasses.replace(opts, threads=max(1, cores // jobs), quiet=True)
     statuses: dict[str, str] = {}
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools or locks
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, \
+            Relay(manager.Queue(), progress) as relay:
         for name, phase in (("baselines", [u for u in units if not u[1]]), ("pipelines", [u for u in units if u[1]])):
             ok = done | {v for v, s in statuses.items() if s == "ok"}
-            futures = {pool.submit(_run_unit, recipe, worker_opts, b, t, ok, None, None): (b, t) for b, t in phase}
+            futures = {pool.submit(_run_relayed, recipe, worker_opts, b, t, ok, relay.queue): (b, t) for b, t in phase}
             running = {f: (t[0].label if t else b.vid) for f, (b, t) in futures.items()}
             progress.update(overall, info=f"{name}: {len(futures)} units on {jobs} jobs")
             for fut in as_completed(futures):
@@ -307,3 +310,62 @@ def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], d
                     progress.update(overall, advance=1)
                 progress.update(overall, info=f"{name}: running {', '.join(list(running.values())[:jobs]) or '-'}")
     return statuses
+
+
+# ---- the live view from worker processes: their progress events relayed to the parent's bars ----
+
+class QueueProgress(Progress):
+    """A worker's Progress: every call becomes a message for the parent (epoch bars, latency)."""
+
+    def __init__(self, queue: Any) -> None:
+        super().__init__(enabled=False)
+        self.queue = queue
+        self._next = 0
+
+    def add(self, description: str, total: int) -> int:
+        self._next += 1
+        self.queue.put(("add", os.getpid(), self._next, description, total))
+        return self._next
+
+    def update(self, task: int, advance: int = 0, info: str | None = None, description: str | None = None) -> None:
+        self.queue.put(("update", os.getpid(), task, advance, info, description))
+
+    def finish(self, task: int) -> None:
+        self.queue.put(("finish", os.getpid(), task))
+
+    def log(self, message: str) -> None:
+        self.queue.put(("log", os.getpid(), message))
+
+
+class Relay:
+    """Drains worker messages on a thread and replays them on the parent's Progress."""
+
+    def __init__(self, queue: Any, progress: Progress) -> None:
+        self.queue, self.progress = queue, progress
+        self.tasks: dict[tuple[int, int], int] = {}
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+
+    def __enter__(self) -> "Relay":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10)
+
+    def _drain(self) -> None:
+        while (msg := self.queue.get()) is not None:
+            kind, pid, *rest = msg
+            if kind == "add":
+                self.tasks[pid, rest[0]] = self.progress.add(f"[{pid}] {rest[1]}", rest[2])
+            elif kind == "update" and (pid, rest[0]) in self.tasks:
+                self.progress.update(self.tasks[pid, rest[0]], advance=rest[1], info=rest[2], description=rest[3])
+            elif kind == "finish" and (pid, rest[0]) in self.tasks:
+                self.progress.finish(self.tasks.pop((pid, rest[0])))
+            elif kind == "log":
+                self.progress.log(f"[{pid}] {rest[0]}")
+
+
+def _run_relayed(recipe: Recipe, opts: Any, base: Work, tree: list[Work], done: set[str],
+                 queue: Any) -> list[tuple[str, str]]:
+    return _run_unit(recipe, opts, base, tree, done, QueueProgress(queue), None)

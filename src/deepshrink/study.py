@@ -354,7 +354,7 @@ def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any],
 
 
 def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None = None, device: str = "auto",
-              jobs: int = 1, overrides: tuple[str, ...] = (), fresh: bool = False,
+              jobs: int | None = None, overrides: tuple[str, ...] = (), fresh: bool = False,
               quiet: bool = False) -> tuple[Path, dict[str, str]]:
     """`deepshrink study`: validate the recipe, run what is not yet done, render the report."""
     from deepshrink import runner
@@ -362,6 +362,7 @@ def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None =
     from deepshrink.report import render_report
 
     recipe = load_recipe(recipe_name, list(overrides))  # every problem surfaces before any work
+    jobs = recipe.jobs if jobs is None else jobs
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: must be >= 1")
     out = out or Path("runs") / slug(recipe.name)
