@@ -160,3 +160,41 @@ def test_plan_is_deterministic_and_filters_pipelines(tmp_path: Path) -> None:
     assert "only5" not in [w.label for w in works if w.model == "lenet-300-100"]
     groups = runner.trees(works)
     assert sorted(len(g) for g in groups) == [1, 1, 1, 2, 2]
+
+
+def test_baseline_placeholder_hashes_as_the_baseline_key(tmp_path: Path) -> None:
+    run, hashed = runner.substitute("distill:student=input,teacher={baseline}", tmp_path / "b.safetensors", "k1")
+    assert run == f"distill:student=input,teacher={tmp_path / 'b.safetensors'}"
+    # The path is where the cache happens to be; the key is what the teacher is.
+    assert hashed == "distill:student=input,teacher=baseline:k1"
+
+
+def test_worker_progress_is_relayed_to_the_parent() -> None:
+    import queue
+
+    class Recorder(runner.Progress):
+        def __init__(self) -> None:
+            super().__init__(enabled=False)
+            self.events: list[tuple] = []
+
+        def add(self, description: str, total: int) -> int:
+            self.events.append(("add", description, total))
+            return 7
+
+        def update(self, task: int, advance: int = 0, info: str | None = None,
+                   description: str | None = None) -> None:
+            self.events.append(("update", task, advance, info))
+
+        def finish(self, task: int) -> None:
+            self.events.append(("finish", task))
+
+    parent = Recorder()
+    q: queue.Queue = queue.Queue()
+    with runner.Relay(q, parent):
+        worker = runner.QueueProgress(q)
+        t = worker.add("mnist lenet-5", 3)
+        worker.update(t, advance=1, info="loss 0.1")
+        worker.finish(t)
+        worker.update(99, advance=1)  # a task the parent never saw is ignored
+    assert [e[0] for e in parent.events] == ["add", "update", "finish"]
+    assert parent.events[0][1].endswith("mnist lenet-5") and parent.events[1] == ("update", 7, 1, "loss 0.1")
