@@ -126,12 +126,14 @@ def study(
     jobs: Annotated[int | None, typer.Option("--jobs", help="Parallel processes (default: the recipe's).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="SECTION.KEY=VALUE override; repeatable.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached steps and earlier results.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Same as --set study.seeds=N.")] = None,
     data_dir: DataDir = None, device: Device = "auto", quiet: Quiet = False,
 ) -> None:
     """Run a whole study from a recipe (resumes by default), then write report.md / report.html."""
     from deepshrink.study import run_study
 
-    run_dir, statuses = run_study(recipe, out, data_dir, _check_device(device), jobs, tuple(set_ or ()), fresh, quiet)
+    overrides = (*(set_ or ()), *([f"study.seeds={seed}"] if seed is not None else []))
+    run_dir, statuses = run_study(recipe, out, data_dir, _check_device(device), jobs, overrides, fresh, quiet)
     failed = {v: s for v, s in statuses.items() if s != "ok"}
     for vid, status in failed.items():
         _console().print(f"{vid}: {status}")
