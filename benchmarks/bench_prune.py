@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import deepshrink.compress.prune  # noqa: F401  (registers the steps and the `sparse` exporter)
 from deepshrink.checkpoint import load_checkpoint
 from deepshrink.compress.prune_sensitivity import pick_layer_sparsities, plot_sensitivity, sensitivity
 from deepshrink.data import load_dataset
@@ -30,6 +31,8 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
                          "rounds=3,epochs=9"]),
     "sparse92-obd": ("mlp", ["prune.unstructured:sparsity=0.92,saliency=obd,scope=global,schedule=iterative,"
                              "rounds=3,epochs=9"]),
+    "sparse92-obdf": ("mlp", ["prune.unstructured:sparsity=0.92,saliency=obd-fisher,scope=global,"
+                              "schedule=iterative,rounds=3,epochs=9"]),
     "neurons80": ("mlp", ["prune.structured:ratio=0.8,layers=fc,importance=l1,epochs=8"]),
     "lenet5-dense": ("cnn", [f"prune.structured:layers={LENET5_DENSE},importance=l1,epochs=10"]),
     "lenet5-dense-conv": ("cnn", [f"prune.structured:layers={LENET5_DENSE_CONV},importance=l1,epochs=10"]),
