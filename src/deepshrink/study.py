@@ -265,92 +265,107 @@ def _baseline(recipe: Any, opts: StudyOptions, base_work: Any, data: DataSplits,
     return v, key
 
 
+class _Group:
+    """One unit of study work: a baseline and (optionally) a tree of pipelines sharing it."""
+
+    def __init__(self, recipe: Any, opts: StudyOptions, base_work: Any, progress: Progress,
+                 overall: int | None) -> None:
+        self.recipe, self.opts, self.base_work = recipe, opts, base_work
+        self.progress, self.overall = progress, overall
+        self.statuses: list[tuple[str, str]] = []
+        self.sram = recipe.measure.sram_kb * 1024 or energy.DEFAULT_SRAM_BUDGET_BYTES
+        self.lat_cfg = recipe.measure.latency(opts.device)
+
+    def say(self, info: str, advance: int = 0) -> None:
+        if self.overall is not None:
+            self.progress.update(self.overall, advance=advance, info=info)
+
+    def tick(self, vid: str, status: str) -> None:
+        self.statuses.append((vid, status))
+        self.say(f"{vid}: {status[:40]}", advance=1)
+
+    def fail(self, work: Any, e: BaseException) -> None:
+        from deepshrink import runner
+
+        reason = runner.failure_reason(e)
+        _record_failure(self.opts.out, work, reason)
+        self.progress.log(f"{work.vid}: failed: {reason}")
+        self.tick(work.vid, f"failed: {reason}")
+
+    def measure_baseline(self, base: Variant, data: DataSplits, x_time: np.ndarray) -> None:
+        m = measure_variant(base, data, self.opts.out, sram_budget=self.sram)
+        lat = measure_latency([(base.id, m.artifact)], x_time, self.lat_cfg, self.progress)
+        _record(self.opts.out, [m], lat, {"label": "baseline", "base_model": self.base_work.model,
+                                          "recipe_steps": "", "pipeline_seconds": 0.0})
+        write_provenance(self.opts.out, self.opts.device, {"study": self.base_work.seed}, data,
+                         {"recipe": self.recipe.raw, "recipe_source": self.recipe.source,
+                          "torch_threads_per_job": self.opts.threads})
+        self.tick(base.id, "ok")
+
+    def pipelines(self, base: Variant, key: str, data: DataSplits, x_time: np.ndarray, works: list[Any],
+                  todo: list[Any]) -> None:
+        """Each pipeline from the shared prefixes, measured (and timed interleaved) beside the baseline."""
+        from deepshrink import runner
+        from deepshrink.export import Deployment
+        from deepshrink.variant import StepContext
+
+        out = self.opts.out
+        base_acc = next(float(r["accuracy_pct"]) for r in runner.read_rows(out / "results.csv")
+                        if r["variant"] == base.id)
+        ctx_export = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
+        # One folder per process: parallel trees of one baseline must not share export temp files.
+        base_art = export(base.model, Deployment(), out / "cache" / key / f"export-{os.getpid()}" / "model", ctx_export)
+        ctx = StepContext(data=data, device=self.opts.device, seed=self.base_work.seed, progress=self.progress,
+                          cache_dir=out / "cache" / "steps")
+        base_ckpt = out / "cache" / key / "model.safetensors"
+        current = [""]
+        apply_step = _step_applier(ctx, base_ckpt, lambda text: self.say(f"{current[0]} > {text}"))
+        memo = runner.Prefixes()
+        memo.done[()] = (base, key, 0.0)
+        ids = {w.steps[:i]: w.vid if i == len(w.steps) else variant_id(w.dataset, w.model, list(w.steps[:i]))
+               for w in works for i in range(1, len(w.steps) + 1)}
+        for w in todo:
+            current[0] = w.vid
+            self.say(f"{w.vid} ({len(w.steps)} steps)")
+            try:
+                v, seconds = runner.realize(
+                    w.steps, memo, apply_step, out / "cache", lambda s: ids.get(s, "prefix"),
+                    lambda t: runner.substitute(t, base_ckpt, key)[1], data.fingerprint, w.seed, fresh=False)
+                v.id = w.vid
+                m = measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram)
+                lat = [r for r in measure_latency([(base.id, base_art), (v.id, m.artifact)], x_time, self.lat_cfg,
+                                                  self.progress) if r["variant"] == v.id]
+                _record(out, [m], lat, {"label": w.label, "base_model": w.model,
+                                        "recipe_steps": " | ".join(w.steps), "pipeline_seconds": seconds})
+                self.tick(w.vid, "ok")
+            except Exception as e:  # a failed variant is a result too; the study goes on
+                self.fail(w, e)
+
+
 def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any], done: set[str],
               progress: Progress | None = None, overall: int | None = None) -> list[tuple[str, str]]:
     """Produce a baseline (if needed) and the pipelines of one tree, measuring each beside the baseline."""
-    from deepshrink import runner
-    from deepshrink.export import Deployment
-    from deepshrink.variant import StepContext
-
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    progress = progress or Progress(enabled=False)
-    statuses: list[tuple[str, str]] = []
-
-    def tick(vid: str, status: str) -> None:
-        statuses.append((vid, status))
-        if overall is not None:
-            progress.update(overall, advance=1, info=f"{vid}: {status[:40]}")
-
+    group = _Group(recipe, opts, base_work, progress or Progress(enabled=False), overall)
     todo = [w for w in works if w.vid not in done]
     need_base = base_work.vid not in done
     if not todo and not need_base:
-        return statuses
-    if overall is not None:
-        progress.update(overall, info=f"{base_work.vid}: baseline")
+        return group.statuses
+    group.say(f"{base_work.vid}: baseline")
     try:
         data = _data(base_work.dataset, opts, recipe.val_size)
-        base, key = _baseline(recipe, opts, base_work, data, progress)
+        base, key = _baseline(recipe, opts, base_work, data, group.progress)
     except Exception as e:  # no baseline: every variant of the group is recorded as failed
-        reason = runner.failure_reason(e)
         for w in [base_work] * need_base + todo:
-            _record_failure(opts.out, w, reason)
-            tick(w.vid, f"failed: {reason}")
-        return statuses
-    sram = recipe.measure.sram_kb * 1024 or energy.DEFAULT_SRAM_BUDGET_BYTES
-    lat_cfg = recipe.measure.latency(opts.device)
+            group.fail(w, e)
+        return group.statuses
     x_time = data.test_x[: recipe.measure.images or None].numpy()
-    extra_base = {"label": "baseline", "base_model": base_work.model, "recipe_steps": "", "pipeline_seconds": 0.0}
     if need_base:
-        m = measure_variant(base, data, opts.out, sram_budget=sram)
-        lat = measure_latency([(base.id, m.artifact)], x_time, lat_cfg, progress)
-        _record(opts.out, [m], lat, extra_base)
-        write_provenance(opts.out, opts.device, {"study": base_work.seed}, data,
-                         {"recipe": recipe.raw, "recipe_source": recipe.source, "torch_threads_per_job": opts.threads})
-        tick(base.id, "ok")
-    if not todo:
-        return statuses
-    base_acc = next(float(r["accuracy_pct"]) for r in runner.read_rows(opts.out / "results.csv")
-                    if r["variant"] == base_work.vid)
-    ctx_export = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
-    # One folder per process: parallel trees of one baseline must not share export temp files.
-    base_art = export(base.model, Deployment(), opts.out / "cache" / key / f"export-{os.getpid()}" / "model",
-                      ctx_export)
-    ctx = StepContext(data=data, device=opts.device, seed=base_work.seed, progress=progress,
-                      cache_dir=opts.out / "cache" / "steps")
-    base_ckpt = opts.out / "cache" / key / "model.safetensors"
-    current = [""]
-
-    def on_step(text: str) -> None:  # the live view: which variant, which step (fit adds epoch bars)
-        if overall is not None:
-            progress.update(overall, info=f"{current[0]} > {text}")
-
-    apply_step = _step_applier(ctx, base_ckpt, on_step)
-    memo = runner.Prefixes()
-    memo.done[()] = (base, key, 0.0)
-    ids = {w.steps[:i]: w.vid if i == len(w.steps) else variant_id(w.dataset, w.model, list(w.steps[:i]))
-           for w in works for i in range(1, len(w.steps) + 1)}
-    for w in todo:
-        current[0] = w.vid
-        if overall is not None:
-            progress.update(overall, info=f"{w.vid} ({len(w.steps)} steps)")
-        try:
-            v, seconds = runner.realize(
-                w.steps, memo, apply_step, opts.out / "cache", lambda s: ids.get(s, "prefix"),
-                lambda t: runner.substitute(t, base_ckpt, key)[1], data.fingerprint, w.seed, fresh=False)
-            v.id = w.vid
-            m = measure_variant(v, data, opts.out, baseline=(base.id, base_acc), sram_budget=sram)
-            lat = [r for r in measure_latency([(base.id, base_art), (v.id, m.artifact)], x_time, lat_cfg, progress)
-                   if r["variant"] == v.id]
-            _record(opts.out, [m], lat, {"label": w.label, "base_model": w.model,
-                                         "recipe_steps": " | ".join(w.steps), "pipeline_seconds": seconds})
-            tick(w.vid, "ok")
-        except Exception as e:  # a failed variant is a result too; the study goes on
-            reason = runner.failure_reason(e)
-            _record_failure(opts.out, w, reason)
-            progress.log(f"{w.vid}: failed: {reason}")
-            tick(w.vid, f"failed: {reason}")
-    return statuses
+        group.measure_baseline(base, data, x_time)
+    if todo:
+        group.pipelines(base, key, data, x_time, works, todo)
+    return group.statuses
 
 
 def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None = None, device: str = "auto",
