@@ -6,12 +6,14 @@
 Writes OUT/bench_distill.json (total and per-temperature seconds, teacher-logit seconds, pass/fail
 against the target), OUT/sweep.csv and OUT/distill_temperature.png. The clock covers everything a
 sweep costs after the data is loaded: teacher logits (computed once, then cached) and every student.
+On a shared machine compare `cpu_seconds` (process CPU time) too; `load_average_1min` shows the contention.
 """
 
 import argparse
 import csv
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -47,9 +49,9 @@ def main() -> None:
     cfg = DistillConfig(student=args.student, alpha=args.alpha, epochs=args.epochs)
     ctx = StepContext(data=data, seed=args.seed, cache_dir=args.out / "cache")
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     rows = temperature_sweep(teacher, cfg, ctx, temps)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     for r in rows:
         r["teacher"] = f"{manifest.model} ({manifest.dataset})"
     plot_sweep(rows, args.out / "distill_temperature.png")
@@ -61,7 +63,9 @@ def main() -> None:
     result = {
         "teacher": str(args.teacher), "dataset": manifest.dataset, "student": args.student,
         "temperatures": temps, "epochs_per_student": rows[0]["epochs"], "threads": args.threads,
-        "total_seconds": round(total, 2), "per_temperature_seconds": [round(r["seconds"], 2) for r in rows],
+        "total_seconds": round(total, 2), "cpu_seconds": round(cpu, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "per_temperature_seconds": [round(r["seconds"], 2) for r in rows],
         "target_seconds": TARGET_SECONDS, "within_target": total <= TARGET_SECONDS,
         "chosen_temperature": next(r["temperature"] for r in rows if r["chosen"]),
         "val_acc_pct": [round(r["val_acc_pct"], 2) for r in rows],
