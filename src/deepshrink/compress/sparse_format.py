@@ -193,7 +193,8 @@ def export_sparse(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[s
     """Primary file: the sparse file. Every runner runs the model decoded from that file."""
     path = write_sparse(model, stem.with_suffix(".dsparse"), str(opts.get("codec", "lzma")))
     decoded = load_sparse_into(model, path)
-    onnx_path = export_onnx(decoded, stem.with_name(stem.name + "-zerofilled").with_suffix(".onnx"), ctx.example)
+    # The zero-filled dense ONNX sits beside the manifest, so `deepshrink bench` can time it.
+    onnx_path = export_onnx(decoded, stem.with_suffix(".onnx"), ctx.example)
     dense, sparse = torch_runner(decoded), torch_runner(to_sparse_kernels(decoded))
     probe = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma")),
