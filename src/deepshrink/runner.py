@@ -84,10 +84,20 @@ def trees(works: Iterable[Work]) -> list[list[Work]]:
     return [sorted(g, key=lambda w: w.steps) for g in groups.values()]
 
 
+_CODE: list[str] = []  # pinned once per study: a commit landing mid-run must not change the keys
+
+
 def code_version() -> str:
     # The commit, not the dirty flag: uncommitted edits would otherwise invalidate the whole cache
     # on every save while developing; `--fresh` is the escape hatch.
-    return f"{__version__}+{provenance.code_version()['commit']}"
+    if not _CODE:
+        _CODE.append(f"{__version__}+{provenance.code_version()['commit']}")
+    return _CODE[0]
+
+
+def pin_code_version(version: str) -> None:
+    """Workers use the parent's code version, read once when the study started."""
+    _CODE[:] = [version]
 
 
 def baseline_key(dataset: str, model: str, train: dict[str, Any], fingerprint: str, val_size: int) -> str:
@@ -258,6 +268,9 @@ def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> di
     except Timeout:
         raise UserError(f"{opts.out}: another study is writing this run directory (lock {guard.lock_file})") from None
     try:
+        import dataclasses
+
+        opts = dataclasses.replace(opts, code=code_version())
         if fresh:
             _clear(opts.out)
         _drop_stale(opts.out, {w.vid for w in works})

@@ -204,6 +204,7 @@ class StudyOptions:
     device: str = "cpu"
     quiet: bool = False
     threads: int = 0  # torch threads per job; 0 = leave torch's default
+    code: str = ""  # the code version in cache keys, pinned by the parent for the whole study
 
 
 _DATA: dict[tuple[str, int], DataSplits] = {}  # per process: each dataset is decoded once
@@ -313,8 +314,10 @@ class _Group:
         base_acc = next(float(r["accuracy_pct"]) for r in runner.read_rows(out / "results.csv")
                         if r["variant"] == base.id)
         ctx_export = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
-        # One folder per process: parallel trees of one baseline must not share export temp files.
-        base_art = export(base.model, Deployment(), out / "cache" / key / f"export-{os.getpid()}" / "model", ctx_export)
+        # One folder per process (parallel trees of one baseline must not share export temp files), outside
+        # the baseline's cache folder, which a recomputation replaces.
+        base_art = export(base.model, Deployment(), out / "cache" / "exports" / f"{key}-{os.getpid()}" / "model",
+                          ctx_export)
         ctx = StepContext(data=data, device=self.opts.device, seed=self.base_work.seed, progress=self.progress,
                           cache_dir=out / "cache" / "steps")
         base_ckpt = out / "cache" / key / "model.safetensors"
@@ -345,8 +348,12 @@ class _Group:
 def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any], done: set[str],
               progress: Progress | None = None, overall: int | None = None) -> list[tuple[str, str]]:
     """Produce a baseline (if needed) and the pipelines of one tree, measuring each beside the baseline."""
+    from deepshrink import runner
+
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if opts.code:
+        runner.pin_code_version(opts.code)
     group = _Group(recipe, opts, base_work, progress or Progress(enabled=False), overall)
     todo = [w for w in works if w.vid not in done]
     need_base = base_work.vid not in done
