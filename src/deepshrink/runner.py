@@ -318,11 +318,24 @@ def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], d
             progress.update(overall, info=f"{name}: {len(futures)} units on {jobs} jobs")
             for fut in as_completed(futures):
                 running.pop(fut)
-                for vid, status in fut.result():
+                for vid, status in _unit_result(fut, *futures[fut], opts):
                     statuses[vid] = status
                     progress.update(overall, advance=1)
                 progress.update(overall, info=f"{name}: running {', '.join(list(running.values())[:jobs]) or '-'}")
     return statuses
+
+
+def _unit_result(fut: Any, base: Work, tree: list[Work], opts: Any) -> list[tuple[str, str]]:
+    """A worker that died (or raised) fails its unit's variants; the study goes on."""
+    from deepshrink.study import _record_failure
+
+    try:
+        return list(fut.result())
+    except Exception as e:
+        reason = failure_reason(e)
+        for w in tree or [base]:
+            _record_failure(opts.out, w, reason)
+        return [(w.vid, f"failed: {reason}") for w in tree or [base]]
 
 
 # ---- the live view from worker processes: their progress events relayed to the parent's bars ----

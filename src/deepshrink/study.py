@@ -369,9 +369,20 @@ def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any],
         return group.statuses
     x_time = data.test_x[: recipe.measure.images or None].numpy()
     if need_base:
-        group.measure_baseline(base, data, x_time)
+        try:
+            group.measure_baseline(base, data, x_time)
+        except Exception as e:  # an unmeasured baseline leaves nothing to compare the pipelines with
+            for w in [base_work, *todo]:
+                group.fail(w, e)
+            return group.statuses
     if todo:
-        group.pipelines(base, key, data, x_time, works, todo)
+        try:
+            group.pipelines(base, key, data, x_time, works, todo)
+        except Exception as e:  # set-up shared by the tree failed (e.g. the paired baseline export)
+            finished = {vid for vid, _ in group.statuses}
+            for w in todo:
+                if w.vid not in finished:
+                    group.fail(w, e)
     return group.statuses
 
 
