@@ -246,6 +246,24 @@ def _clear(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "cache", ignore_errors=True)
 
 
+def _write_provenance(run_dir: Path, recipe: Recipe, jobs: int, device: str) -> None:
+    """The run's provenance as of this invocation; per-dataset entries written by the workers are kept."""
+    from deepshrink.measure.latency import all_cores
+
+    path = run_dir / "provenance.json"
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except (json.JSONDecodeError, OSError):
+        old = {}
+    threads = max(1, all_cores() // jobs) if jobs > 1 else 0
+    prov = provenance.collect(device, {"study": recipe.seeds[0]} if len(recipe.seeds) == 1 else
+                              {f"seed{i}": s for i, s in enumerate(recipe.seeds)},
+                              {"recipe": recipe.raw, "recipe_source": recipe.source, "jobs": jobs,
+                               "torch_threads_per_job": threads, "cache_code_version": code_version()})
+    prov["data"] = old.get("data", {})
+    atomic_write_bytes(path, json.dumps(prov, indent=2, default=str).encode())
+
+
 def _drop_stale(run_dir: Path, planned: set[str]) -> None:
     """Rows of variants the recipe no longer makes (edited recipe, --set) would mislead the report."""
     from deepshrink.results import remove_variant
@@ -280,6 +298,7 @@ def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> di
         with Progress(enabled=not opts.quiet) as progress:
             overall = progress.add(f"study {recipe.name}", total=len(works))
             progress.update(overall, advance=len(statuses))
+            _write_provenance(opts.out, recipe, jobs, opts.device)
             if jobs <= 1:
                 for base, tree in units:
                     got = _run_unit(recipe, opts, base, tree, done, progress, overall)

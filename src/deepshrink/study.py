@@ -216,6 +216,18 @@ def _data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
     return _DATA[name, val_size]
 
 
+def _merge_data_provenance(out: Path, data: DataSplits) -> None:
+    """Add this dataset's origin and fingerprint to provenance.json (the parent writes the rest)."""
+    path = out / "provenance.json"
+    try:
+        prov = json.loads(path.read_text()) if path.exists() else {}
+    except (json.JSONDecodeError, OSError):
+        prov = {}
+    prov.setdefault("data", {})[data.name] = {"origin": data.origin, "fingerprint": data.fingerprint,
+                                             "mean": data.mean, "std": data.std}
+    atomic_write_bytes(path, json.dumps(prov, indent=2, default=str).encode())
+
+
 def _record(out: Path, measured: list[Measured], lat: list[dict[str, Any]], extra: dict[str, Any]) -> None:
     from deepshrink import runner
 
@@ -298,9 +310,10 @@ class _Group:
         lat = measure_latency([(base.id, m.artifact)], x_time, self.lat_cfg, self.progress)
         _record(self.opts.out, [m], lat, {"label": "baseline", "base_model": self.base_work.model,
                                           "recipe_steps": "", "pipeline_seconds": 0.0})
-        write_provenance(self.opts.out, self.opts.device, {"study": self.base_work.seed}, data,
-                         {"recipe": self.recipe.raw, "recipe_source": self.recipe.source,
-                          "torch_threads_per_job": self.opts.threads})
+        from deepshrink import runner
+
+        with runner.results_lock(self.opts.out):
+            _merge_data_provenance(self.opts.out, data)
         self.tick(base.id, "ok")
 
     def pipelines(self, base: Variant, key: str, data: DataSplits, x_time: np.ndarray, works: list[Any],
