@@ -20,10 +20,10 @@ from deepshrink.study import run_compress
 STEPS = {
     "ptq": "quantize:precision=int8,method=ptq",
     "qat": "quantize:precision=int8,method=qat",
-    "auto": "quantize:precision=int8,method=qat,deploy=auto",
+    "auto": "quantize:precision=int8,method=ptq,deploy=auto",
     "fp16": "quantize:precision=fp16",
-    "w4": "quantize:precision=int8,method=qat,bits=4,epochs=5,lr=0.01",
-    "w2": "quantize:precision=int8,method=qat,bits=2,epochs=5,lr=0.01",
+    "w4": "quantize:precision=int8,method=qat,bits=4,epochs=2,lr=0.01",
+    "w2": "quantize:precision=int8,method=qat,bits=2,epochs=2,lr=0.01",
 }
 
 
