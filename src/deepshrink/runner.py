@@ -240,6 +240,11 @@ def _groups(works: list[Work]) -> list[tuple[Work, list[Work]]]:
     return [(b, []) for b in bases.values()] + [(bases[t[0].base_group], t) for t in trees(works)]
 
 
+def _pending(works: Iterable[Work], done: set[str]) -> frozenset[tuple[str, str, int]]:
+    """Baselines (dataset, model, seed) that some unfinished pipeline still starts from."""
+    return frozenset(w.base_group for w in works if w.steps and w.vid not in done)
+
+
 def _clear(run_dir: Path) -> None:
     for name in ("results.csv", "latency.csv", "layers.csv"):
         (run_dir / name).unlink(missing_ok=True)
@@ -301,7 +306,7 @@ def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> di
             _write_provenance(opts.out, recipe, jobs, opts.device)
             if jobs <= 1:
                 for base, tree in units:
-                    got = _run_unit(recipe, opts, base, tree, done, progress, overall)
+                    got = _run_unit(recipe, opts, base, tree, done, progress, overall, _pending(works, done))
                     statuses.update(got)
                     done |= {vid for vid, status in got if status == "ok"}
             else:
@@ -312,10 +317,12 @@ def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> di
 
 
 def _run_unit(recipe: Recipe, opts: Any, base: Work, tree: list[Work], done: set[str], progress: Any,
-              overall: int | None) -> list[tuple[str, str]]:
+              overall: int | None, pending: frozenset[tuple[str, str, int]] = frozenset()) -> list[tuple[str, str]]:
     from deepshrink.study import run_group
 
-    return run_group(recipe, opts, base, tree, done, progress, overall)
+    # A baseline unit whose pipelines are not all done makes sure the baseline is in the cache, so the
+    # parallel trees that follow load it instead of each training it again.
+    return run_group(recipe, opts, base, tree, done, progress, overall, ensure=base.base_group in pending)
 
 
 def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], done: set[str], jobs: int,
@@ -332,7 +339,9 @@ def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], d
             Relay(manager.Queue(), progress) as relay:
         for name, phase in (("baselines", [u for u in units if not u[1]]), ("pipelines", [u for u in units if u[1]])):
             ok = done | {v for v, s in statuses.items() if s == "ok"}
-            futures = {pool.submit(_run_relayed, recipe, worker_opts, b, t, ok, relay.queue): (b, t) for b, t in phase}
+            pending = _pending([w for _, t in units for w in t], ok)
+            futures = {pool.submit(_run_relayed, recipe, worker_opts, b, t, ok, relay.queue, pending): (b, t)
+                       for b, t in phase}
             running = {f: (t[0].label if t else b.vid) for f, (b, t) in futures.items()}
             progress.update(overall, info=f"{name}: {len(futures)} units on {jobs} jobs")
             for fut in as_completed(futures):
@@ -412,5 +421,5 @@ class Relay:
 
 
 def _run_relayed(recipe: Recipe, opts: Any, base: Work, tree: list[Work], done: set[str],
-                 queue: Any) -> list[tuple[str, str]]:
-    return _run_unit(recipe, opts, base, tree, done, QueueProgress(queue), None)
+                 queue: Any, pending: frozenset[tuple[str, str, int]]) -> list[tuple[str, str]]:
+    return _run_unit(recipe, opts, base, tree, done, QueueProgress(queue), None, pending)

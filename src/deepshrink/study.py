@@ -264,18 +264,19 @@ def _step_applier(ctx: Any, base_ckpt: Path, on_step: Any) -> Any:
 
 
 def _baseline(recipe: Any, opts: StudyOptions, base_work: Any, data: DataSplits,
-              progress: Progress) -> tuple[Variant, str]:
+              progress: Progress) -> tuple[Variant, str, bool]:
     from deepshrink import runner
     from deepshrink.config import default_train
 
     overrides = recipe.train_overrides(base_work.dataset, base_work.model)
     cfg = default_train(base_work.dataset, base_work.model, **{**overrides, "seed": base_work.seed})
     key = runner.baseline_key(base_work.dataset, base_work.model, cfg.to_dict(), data.fingerprint, recipe.val_size)
+    cached = (opts.out / "cache" / key / "variant.json").exists()
     v, _ = runner.cached_or_compute(
         opts.out / "cache" / key, base_work.vid,
         lambda: train_baseline(base_work.dataset, base_work.model, cfg, data, opts.device, progress, base_work.vid),
         fresh=False)
-    return v, key
+    return v, key, not cached
 
 
 class _Group:
@@ -359,8 +360,10 @@ class _Group:
 
 
 def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any], done: set[str],
-              progress: Progress | None = None, overall: int | None = None) -> list[tuple[str, str]]:
-    """Produce a baseline (if needed) and the pipelines of one tree, measuring each beside the baseline."""
+              progress: Progress | None = None, overall: int | None = None,
+              ensure: bool = False) -> list[tuple[str, str]]:
+    """Produce a baseline (if needed) and the pipelines of one tree, measuring each beside the baseline.
+    `ensure`: train (or load) the baseline into the cache even when its own row is done."""
     from deepshrink import runner
 
     if opts.threads:
@@ -370,18 +373,20 @@ def run_group(recipe: Any, opts: StudyOptions, base_work: Any, works: list[Any],
     group = _Group(recipe, opts, base_work, progress or Progress(enabled=False), overall)
     todo = [w for w in works if w.vid not in done]
     need_base = base_work.vid not in done
-    if not todo and not need_base:
+    if not todo and not need_base and not ensure:
         return group.statuses
     group.say(f"{base_work.vid}: baseline")
     try:
         data = _data(base_work.dataset, opts, recipe.val_size)
-        base, key = _baseline(recipe, opts, base_work, data, group.progress)
+        base, key, retrained = _baseline(recipe, opts, base_work, data, group.progress)
     except Exception as e:  # no baseline: every variant of the group is recorded as failed
         for w in [base_work] * need_base + todo:
             group.fail(w, e)
         return group.statuses
     x_time = data.test_x[: recipe.measure.images or None].numpy()
-    if need_base:
+    # A baseline trained again (its cache was gone or the code changed) is measured again too, so its
+    # row always describes the model the pipelines start from.
+    if need_base or retrained:
         try:
             group.measure_baseline(base, data, x_time)
         except Exception as e:  # an unmeasured baseline leaves nothing to compare the pipelines with
