@@ -73,7 +73,11 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
     work.mkdir(parents=True, exist_ok=True)
     ref = export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example)
     runners = {"fp32": qdq_runner(ref)(1, "cpu")}
+    seen: list[set[str]] = []
     for mode, layers in MODES.items():
+        if layers(model) in seen:  # e.g. "mixed" is "full" for a model without convolutions
+            continue
+        seen.append(layers(model))
         path = work / f"{mode}.onnx"
         onnx.save(build_qdq(model, ranges, shape, layers(model)), str(path))
         runners[mode] = qdq_runner(path, fold_weights=mode == "weights")(1, "cpu")
@@ -83,7 +87,7 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
     for f in work.iterdir():
         f.unlink()
     work.rmdir()
-    mode = min(MODES, key=lambda m: us[m])
+    mode = min((m for m in MODES if m in us), key=lambda m: us[m])
     info = {f"int8_us_{k}": round(v, 3) for k, v in us.items()}
     info["int8_speedup_vs_fp32"] = round(us["fp32"] / us[mode], 3)
     return mode, info
