@@ -93,7 +93,8 @@ def main() -> None:
     bits = {"qat": 8, "w4": 4, "w2": 2}
     points = [{"series": r["baseline"], "bits": bits[r["step"]], "accuracy_pct": r["acc"]} for r in rows
               if r["step"] in bits]
-    points += [{"series": r["baseline"], "bits": 32, "accuracy_pct": r["fp32_acc"]} for r in rows if r["step"] == "qat"]
+    fp32 = {r["baseline"]: r["fp32_acc"] for r in rows if r["step"] in bits}
+    points += [{"series": b, "bits": 32, "accuracy_pct": acc} for b, acc in fp32.items()]
     if points:
         print(plot_accuracy_vs_bits(points, args.out / "accuracy_vs_bits.png"))
 
