@@ -88,10 +88,16 @@ _CODE: list[str] = []  # pinned once per study: a commit landing mid-run must no
 
 
 def code_version() -> str:
-    # The commit, not the dirty flag: uncommitted edits would otherwise invalidate the whole cache
-    # on every save while developing; `--fresh` is the escape hatch.
+    """A hash of the package's own source (code, recipes, templates): unlike the git commit it sees
+    uncommitted edits and ignores commits that touch only docs or tests."""
     if not _CODE:
-        _CODE.append(f"{__version__}+{provenance.code_version()['commit']}")
+        import hashlib
+
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256(__version__.encode())
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml", ".j2") and p.is_file()):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _CODE.append(f"{__version__}+src.{h.hexdigest()[:12]}")
     return _CODE[0]
 
 
@@ -335,13 +341,13 @@ def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], d
     worker_opts = dataclasses.replace(opts, threads=max(1, cores // jobs), quiet=True)
     statuses: dict[str, str] = {}
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools or locks
-    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, \
-            Relay(manager.Queue(), progress) as relay:
+    queue = ctx.Queue()  # handed to workers at start-up: a plain Queue cannot travel with each task
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(queue, os.getpid())) as pool, Relay(queue, progress):
         for name, phase in (("baselines", [u for u in units if not u[1]]), ("pipelines", [u for u in units if u[1]])):
             ok = done | {v for v, s in statuses.items() if s == "ok"}
             pending = _pending([w for _, t in units for w in t], ok)
-            futures = {pool.submit(_run_relayed, recipe, worker_opts, b, t, ok, relay.queue, pending): (b, t)
-                       for b, t in phase}
+            futures = {pool.submit(_run_relayed, recipe, worker_opts, b, t, ok, pending): (b, t) for b, t in phase}
             running = {f: (t[0].label if t else b.vid) for f, (b, t) in futures.items()}
             progress.update(overall, info=f"{name}: {len(futures)} units on {jobs} jobs")
             for fut in as_completed(futures):
@@ -371,17 +377,25 @@ def _unit_result(fut: Any, base: Work, tree: list[Work], opts: Any) -> list[tupl
 class QueueProgress(Progress):
     """A worker's Progress: every call becomes a message for the parent (epoch bars, latency)."""
 
-    def __init__(self, queue: Any) -> None:
+    def __init__(self, queue: Any, parent: int = 0) -> None:
         super().__init__(enabled=False)
-        self.queue = queue
+        self.queue, self.parent = queue, parent
         self._next = 0
 
+    def _parent_alive(self) -> None:
+        # A study killed with SIGKILL leaves its workers orphaned; they stop at the next progress event
+        # (each epoch, each step) instead of racing the rerun for the same cache folders.
+        if self.parent and os.getppid() != self.parent:
+            os._exit(1)
+
     def add(self, description: str, total: int) -> int:
+        self._parent_alive()
         self._next += 1
         self.queue.put(("add", os.getpid(), self._next, description, total))
         return self._next
 
     def update(self, task: int, advance: int = 0, info: str | None = None, description: str | None = None) -> None:
+        self._parent_alive()
         self.queue.put(("update", os.getpid(), task, advance, info, description))
 
     def finish(self, task: int) -> None:
@@ -420,6 +434,15 @@ class Relay:
                 self.progress.log(f"[{pid}] {rest[0]}")
 
 
+_WORKER: dict[str, Any] = {}  # set in each worker process by _init_worker
+
+
+def _init_worker(queue: Any, parent: int) -> None:
+    _WORKER.update(queue=queue, parent=parent)
+
+
 def _run_relayed(recipe: Recipe, opts: Any, base: Work, tree: list[Work], done: set[str],
-                 queue: Any, pending: frozenset[tuple[str, str, int]]) -> list[tuple[str, str]]:
-    return _run_unit(recipe, opts, base, tree, done, QueueProgress(queue), None, pending)
+                 pending: frozenset[tuple[str, str, int]]) -> list[tuple[str, str]]:
+    progress = QueueProgress(_WORKER["queue"], _WORKER["parent"])
+    progress._parent_alive()
+    return _run_unit(recipe, opts, base, tree, done, progress, None, pending)
