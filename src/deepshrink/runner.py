@@ -300,6 +300,7 @@ def execute(recipe: Recipe, opts: Any, jobs: int = 1, fresh: bool = False) -> di
         import dataclasses
 
         opts = dataclasses.replace(opts, code=code_version())
+        wait_for_orphans(opts.out)
         if fresh:
             _clear(opts.out)
         _drop_stale(opts.out, {w.vid for w in works})
@@ -343,7 +344,7 @@ def _parallel(recipe: Recipe, opts: Any, units: list[tuple[Work, list[Work]]], d
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools or locks
     queue = ctx.Queue()  # handed to workers at start-up: a plain Queue cannot travel with each task
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(queue, os.getpid())) as pool, Relay(queue, progress):
+                             initargs=(queue, os.getpid(), str(opts.out))) as pool, Relay(queue, progress):
         for name, phase in (("baselines", [u for u in units if not u[1]]), ("pipelines", [u for u in units if u[1]])):
             ok = done | {v for v, s in statuses.items() if s == "ok"}
             pending = _pending([w for _, t in units for w in t], ok)
@@ -437,8 +438,32 @@ class Relay:
 _WORKER: dict[str, Any] = {}  # set in each worker process by _init_worker
 
 
-def _init_worker(queue: Any, parent: int) -> None:
-    _WORKER.update(queue=queue, parent=parent)
+def _init_worker(queue: Any, parent: int, run_dir: str) -> None:
+    import fcntl
+
+    # Held (shared) for the worker's life: a rerun after a SIGKILL waits until orphans are gone.
+    fd = os.open(os.path.join(run_dir, ".workers.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _WORKER.update(queue=queue, parent=parent, lock_fd=fd)
+
+
+def wait_for_orphans(run_dir: Path, timeout: float = 300.0) -> None:
+    """Workers of a killed study stop at their next progress event; wait for them before starting."""
+    import fcntl
+
+    fd = os.open(run_dir / ".workers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"{run_dir}: worker processes of an earlier study are still running") from None
+                time.sleep(0.5)
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _run_relayed(recipe: Recipe, opts: Any, base: Work, tree: list[Work], done: set[str],
