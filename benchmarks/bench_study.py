@@ -47,24 +47,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", nargs="?", default="quick")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=0, help="0 = the recipe's")
     ap.add_argument("--kill-after", type=float, default=0.0)
     args = ap.parse_args()
     out = args.out or Path("runs") / f"bench-study-{args.recipe}"
     target = load_recipe(args.recipe).expected_minutes * 60
     t0 = time.perf_counter()
-    rc = _study(args.recipe, out / "clean", ["--fresh", "--jobs", str(args.jobs)]).wait()
+    jobs = ["--jobs", str(args.jobs)] if args.jobs else []
+    rc = _study(args.recipe, out / "clean", ["--fresh", *jobs]).wait()
     wall = time.perf_counter() - t0
     report: dict[str, object] = {"recipe": args.recipe, "jobs": args.jobs, "wall_seconds": round(wall, 1),
                                  "target_seconds": target, "time_ok": rc == 0 and wall <= target, "rc": rc}
     if args.kill_after:
-        proc = _study(args.recipe, out / "killed", ["--fresh", "--jobs", str(args.jobs)])
+        proc = _study(args.recipe, out / "killed", ["--fresh", *jobs])
         time.sleep(args.kill_after)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         before = _rows(out / "killed")
         stamps = _mtimes(out / "killed", before)
-        rc2 = _study(args.recipe, out / "killed", ["--jobs", str(args.jobs)]).wait()
+        rc2 = _study(args.recipe, out / "killed", jobs).wait()
         after, clean = _rows(out / "killed"), _rows(out / "clean")
         recomputed = [v for v, t in stamps.items() if _mtimes(out / "killed", after).get(v) != t]
         differ = [v for v in clean if tuple(clean[v][k] for k in KEYS) != tuple(after.get(v, {}).get(k) for k in KEYS)]
