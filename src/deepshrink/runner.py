@@ -445,6 +445,14 @@ def _init_worker(queue: Any, parent: int, run_dir: str) -> None:
     fd = os.open(os.path.join(run_dir, ".workers.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
     _WORKER.update(queue=queue, parent=parent, lock_fd=fd)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """An orphaned worker (the study was SIGKILLed) exits within a second, busy or idle."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def wait_for_orphans(run_dir: Path, timeout: float = 300.0) -> None:
