@@ -18,7 +18,7 @@ from deepshrink.checkpoint import Manifest, atomic_write_bytes, save_checkpoint
 from deepshrink.data import DataSplits, load_dataset
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
-from deepshrink.measure import energy
+from deepshrink.measure import energy, power
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.measure.params import layer_stats
 from deepshrink.models import create_model
@@ -80,6 +80,8 @@ def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str
     nonzero = sum(s.params_nonzero for s in stats)
     macs = sum(s.macs for s in stats)
     macs_nz = sum(s.macs_nonzero for s in stats)
+    measured_nj, power_source = power.measure_energy_per_image(
+        artifact.runners[runtime](0, "cpu"), data.test_x.numpy().astype(artifact.input_dtype), "cpu")
     sparse = bool(artifact.info.get("sparse"))
     est = energy.estimate(macs_nz if sparse else macs, artifact.size_bytes, artifact.precision, sram_budget)
     row = {
@@ -94,6 +96,7 @@ def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str
         "baseline_variant": baseline[0] if baseline else v.id, "runtime": runtime,
         "deployment": artifact.kind, "checkpoint_bytes": ckpt.stat().st_size, "macs": macs,
         "macs_nonzero": macs_nz, "energy_memory": est.memory,
+        "energy_nj_measured": measured_nj if measured_nj is not None else "n/a", "energy_source": power_source,
         "val_accuracy_pct": v.log.best_val_acc if v.log else None,
         "epochs_to_converge": v.log.epochs_to_converge() if v.log and v.log.history else None,
         "best_epoch": v.log.best_epoch if v.log else None, "accuracy_torch_pct": acc_torch,
