@@ -81,7 +81,8 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, dtype: torc
     return path
 
 
-def ort_runner(path: Path) -> RunnerFactory:
+def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> RunnerFactory:
+    """ONNX Runtime runner; `config_entries` are session config keys (e.g. QDQ fusion switches)."""
     def make(threads: int, device: str) -> Runner:
         import onnxruntime as ort
 
@@ -89,6 +90,8 @@ def ort_runner(path: Path) -> RunnerFactory:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        for key, value in (config_entries or {}).items():
+            opts.add_session_config_entry(key, value)
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         sess = ort.InferenceSession(str(path), opts, providers=providers)
         name = sess.get_inputs()[0].name

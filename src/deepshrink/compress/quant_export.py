@@ -16,7 +16,16 @@ from torch import nn
 from deepshrink.compress.quant_graph import observe_ranges
 from deepshrink.compress.quant_onnx import Ranges, build_qdq, weighted_layers
 from deepshrink.compress.quant_torch import torch_int8_runner
-from deepshrink.export import EXPORTERS, Artifact, ExportContext, Runner, RunnerFactory, export_onnx, torch_runner
+from deepshrink.export import (
+    EXPORTERS,
+    Artifact,
+    ExportContext,
+    Runner,
+    RunnerFactory,
+    export_onnx,
+    ort_runner,
+    torch_runner,
+)
 
 # Layer sets per INT8 deployment mode. "weights" keeps every layer's compute in float.
 MODES: dict[str, Any] = {
@@ -30,25 +39,7 @@ DEPLOY_CHOICES = (*MODES, "auto")
 def qdq_runner(path: Path, fold_weights: bool = False) -> RunnerFactory:
     """ONNX Runtime runner; `fold_weights` lets it fold DequantizeLinear of int8 initializers into
     float weights at load (QDQ fusion off), which is how a weight-only file gets FP32 speed."""
-    def make(threads: int, device: str) -> Runner:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        if fold_weights:
-            opts.add_session_config_entry("session.disable_quant_qdq", "1")
-        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        sess = ort.InferenceSession(str(path), opts, providers=providers)
-        name = sess.get_inputs()[0].name
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(sess.run(None, {name: x})[0])
-
-        return run
-
-    return make
+    return ort_runner(path, {"session.disable_quant_qdq": "1"} if fold_weights else None)
 
 
 def _time_us(runners: dict[str, Runner], x: np.ndarray, repeats: int = 7, batch: int = 256) -> dict[str, float]:
