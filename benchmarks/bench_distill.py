@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench-distill"))
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--student", default="mlp-50")
-    ap.add_argument("--alpha", type=float, default=0.9)
+    ap.add_argument("--alpha", type=float, default=DistillConfig.alpha)
     ap.add_argument("--epochs", type=int, default=0, help="0 = the student's tuned default")
     ap.add_argument("--temperatures", default=",".join(f"{t:g}" for t in DEFAULT_TEMPERATURES))
     ap.add_argument("--threads", type=int, default=2)

@@ -13,8 +13,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from deepshrink.compress.quant_pack import plot_accuracy_vs_bits
 from deepshrink.measure.latency import LatencyConfig
+from deepshrink.report.plots import plot_accuracy_vs_bits
 from deepshrink.study import run_compress
 
 STEPS = {
@@ -22,6 +22,7 @@ STEPS = {
     "qat": "quantize:precision=int8,method=qat",
     "auto": "quantize:precision=int8,method=ptq,deploy=auto",
     "fp16": "quantize:precision=fp16",
+    "fp64": "quantize:precision=fp64",
     "w4": "quantize:precision=int8,method=qat,bits=4,epochs=2,lr=0.01",
     "w2": "quantize:precision=int8,method=qat,bits=2,epochs=2,lr=0.01",
 }

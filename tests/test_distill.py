@@ -233,8 +233,11 @@ def test_cli_compress_distill_and_bad_input(mnist_dir: Path, tmp_path: Path) -> 
                             "--data-dir", str(mnist_dir), "--quiet"])
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader((out / "results.csv").open()))
-    kd = next(row for row in rows if row["pipeline"].startswith("distill"))
-    assert kd["model"] == "mlp-50" and kd["distill_role"] == "distilled" and kd["epochs_to_converge"]
+    kd = next(row for row in rows if row["distill_role"] == "distilled")
+    assert kd["model"] == "mlp-50" and kd["pipeline"].startswith("distill") and kd["epochs_to_converge"]
+    control = next(row for row in rows if row["distill_role"] == "scratch")  # reported beside it, same budget
+    assert control["model"] == "mlp-50" and control["epochs"] == kd["epochs"] and "alpha=0" in control["pipeline"]
+    assert "accuracy" in r.output and control["variant"] in r.output
     assert list((out / "cache" / "teacher_logits").glob("*.safetensors"))
     bad = subprocess.run([sys.executable, "-m", "deepshrink", "compress", str(ckpt), "--step",
                           "distill:student=nope", "--out", str(out), "--data-dir", str(mnist_dir)],

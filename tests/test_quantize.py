@@ -15,12 +15,13 @@ import torch
 from deepshrink.checkpoint import Manifest, save_checkpoint
 from deepshrink.compress import apply, format_step, parse_step
 from deepshrink.compress.quant_onnx import int8_weight_elements
-from deepshrink.compress.quant_pack import decode, pack_bits, plot_accuracy_vs_bits, unpack_bits
+from deepshrink.compress.quant_pack import decode, pack_bits, unpack_bits
 from deepshrink.compress.quantize import QuantizeConfig
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.models import create_model
+from deepshrink.report.plots import plot_accuracy_vs_bits
 from deepshrink.train import TrainConfig, evaluate, fit
 from deepshrink.variant import StepContext, Variant
 

@@ -29,6 +29,7 @@ def _run(tmp_path: Path) -> Path:
         _row("d1", "distill-T1", 160.0, 95.0, "distill:temperature=1"),
         _row("d4", "distill", 160.0, 96.5, "distill:temperature=4"),
         _row("bad", "fp16", 0, 0, "quantize:precision=fp16", status="failed: step 'quantize' is not implemented"),
+        {**_row("w4", "w4", 140.0, 97.8, "quantize:method=qat,bits=4"), "weight_bits": 4},
     ]
     write_rows(run / "results.csv", results, RESULTS_COLUMNS) if run.mkdir() is None else None
     lat = [{"variant": v, "runtime": "onnxruntime", "device": "cpu", "threads": 1, "batch": 256,
@@ -56,9 +57,10 @@ def test_report_tables_put_reference_numbers_beside_ours(tmp_path: Path) -> None
     assert "failed: step 'quantize' is not implemented" in text  # ... but is listed under all variants
     assert "TestCPU" in text and "abc123" in text
     page = html.read_text()
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2  # Figure 1 + one Pareto plot
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # Figure 1, accuracy vs bits, one Pareto
+    assert "| MNIST LeNet-300-100 4-bit weights | 140.0 |" in text  # Table 1b: every baseline's precisions
     assert not re.search(r'(src|href)="https?:', page)
-    assert (run / "figures" / "figure1-temperature.png").exists()
+    assert (run / "figures" / "figure1-temperature.png").exists() and (run / "figures" / "accuracy-vs-bits.png").exists()
     assert "JPEG" not in text  # the CIFAR-10 note only where CIFAR-10 results are
     # A pure function of the run directory: rendering again gives the same report.
     assert render_report(run)[0].read_text() == text

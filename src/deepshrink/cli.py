@@ -66,8 +66,9 @@ def compress(
 
     out = out or Path("runs") / "compress"
     row = run_compress(checkpoint, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
-    _console().print(f"{row['variant']}: accuracy {row['accuracy_pct']:.2f}% (baseline "
-                    f"{float(row['baseline_accuracy_pct']):.2f}%), {row['size_bytes']} bytes -> {out}")
+    for r in (row["control"], row) if "control" in row else (row,):
+        _console().print(f"{r['variant']}: accuracy {r['accuracy_pct']:.2f}% (baseline "
+                        f"{float(r['baseline_accuracy_pct']):.2f}%), {r['size_bytes']} bytes -> {out}")
 
 
 @app.command()

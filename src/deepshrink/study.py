@@ -190,12 +190,29 @@ def run_compress(checkpoint: Path, steps: list[str], out: Path, data_dir: Path |
         for cfg in configs:
             v = apply(v, cfg, ctx)
         v.id = variant_id(manifest.dataset, manifest.model, v.manifest.pipeline)
-        m = measure_variant(v, data, out, baseline=(base.id, base_m.row["accuracy_pct"]))
-        lat = measure_latency([(base.id, base_m.artifact), (v.id, m.artifact)], data.test_x.numpy(), latency,
+        measured = [base_m, measure_variant(v, data, out, baseline=(base.id, base_m.row["accuracy_pct"]))]
+        control = _control(configs)
+        if control is not None:  # a distilled student is always reported beside its no-teacher control
+            c = apply(Variant(base.id, copy.deepcopy(model), copy.deepcopy(manifest), seed=seed), control, ctx)
+            c.id = variant_id(manifest.dataset, manifest.model, c.manifest.pipeline)
+            measured.append(measure_variant(c, data, out, baseline=(base.id, base_m.row["accuracy_pct"])))
+        lat = measure_latency([(x.row["variant"], x.artifact) for x in measured], data.test_x.numpy(), latency,
                               progress)
-    write_measured(out, [base_m, m], lat)
+    write_measured(out, measured, lat)
     write_provenance(out, device, {"compress": seed}, data)
-    return m.row
+    main = dict(measured[1].row)
+    if len(measured) > 2:
+        main["control"] = measured[2].row  # not a results.csv column: the rows are already written
+    return main
+
+
+def _control(configs: list[Any]) -> Any | None:
+    """The no-teacher control of a lone distill step (same student and budget, alpha=0), else None."""
+    from deepshrink.compress.distill import DistillConfig, scratch_config
+
+    if len(configs) == 1 and isinstance(configs[0], DistillConfig) and configs[0].alpha > 0:
+        return scratch_config(configs[0])
+    return None
 
 
 # ---- `deepshrink study`: a recipe run as a DAG of cached steps (runner.py), resumable ----

@@ -49,7 +49,7 @@ def _is_path(spec: str) -> bool:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """`distill:teacher=...,student=mlp-50,temperature=4,alpha=0.9,epochs=...`.
+    """`distill:teacher=...,student=mlp-50,temperature=2,alpha=0.5,epochs=...`.
 
     teacher: "" = the step's input model; else a checkpoint, or an ensemble `a.safetensors+b.safetensors`.
     student: a registry model name (fresh, seeded init), a checkpoint path (e.g. a structurally pruned
@@ -59,8 +59,10 @@ class DistillConfig:
 
     teacher: str = ""
     student: str = "mlp-50"
-    temperature: float = 4.0
-    alpha: float = 0.9
+    # T=2, alpha=0.5 won on the validation split for mlp-50 from LeNet-5 on both datasets (T in 1-16,
+    # alpha in 0.3-0.9): a 10-class teacher at ~70% has little "dark knowledge" beyond the top classes.
+    temperature: float = 2.0
+    alpha: float = 0.5
     epochs: int = 0
     lr: float = 0.0
     batch_size: int = 0

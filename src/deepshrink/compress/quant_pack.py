@@ -108,33 +108,3 @@ def export_packed(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[s
                     files={path.name: path.stat().st_size, onnx_path.name: onnx_path.stat().st_size},
                     runners={"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(decoded)},
                     info={"weight_bits": bits, "decoded_onnx_bytes": onnx_path.stat().st_size})
-
-
-def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: Path, title: str = "Accuracy vs weight bits") -> Path:
-    """PNG of test accuracy against weight bits, one line per (dataset, model) series.
-
-    `rows`: dicts with `series`, `bits` and `accuracy_pct` (e.g. from results.csv; FP32 as bits=32).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for series in sorted({str(r["series"]) for r in rows}):
-        pts = sorted((int(r["bits"]), float(r["accuracy_pct"])) for r in rows if str(r["series"]) == series)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=series)
-    ax.set_xscale("log", base=2)
-    ticks = sorted({int(r["bits"]) for r in rows})
-    ax.set_xticks(ticks, [str(t) if t < 32 else "32 (FP32)" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("weight bits")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -11,7 +11,7 @@ import jinja2
 
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
-from deepshrink.report.plots import figure1, pareto_figures
+from deepshrink.report.plots import bits_figure, figure1, pareto_figures
 from deepshrink.report.tables import RunData, Table, build_tables
 from deepshrink.results import read_rows
 
@@ -51,8 +51,8 @@ def render_report(run_dir: Path) -> tuple[Path, Path]:
     figdir = run_dir / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     figures = pareto_figures(data, figdir)
-    fig1 = figure1(data, figdir)
-    figs = ([fig1] if fig1 else []) + figures
+    extra = [figure1(data, figdir), bits_figure(data, figdir)]
+    figs = [f for f in extra if f] + figures
     tables: list[Table] = build_tables(data)
     prov = _provenance(run_dir)
     has_cifar = any(r.get("dataset") == "cifar10" for r in data.results)

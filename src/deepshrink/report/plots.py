@@ -1,9 +1,12 @@
-"""Figures: size-vs-accuracy and time-vs-accuracy Pareto plots per dataset/model, and the
-reference's Figure 1 (student accuracy against distillation temperature). PNGs via matplotlib Agg.
+"""Figures: size-vs-accuracy and time-vs-accuracy Pareto plots per dataset/model, the reference's
+Figure 1 (student accuracy against distillation temperature) and accuracy against weight bits.
+PNGs via matplotlib Agg.
 """
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -90,3 +93,50 @@ def figure1(data: RunData, out: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: Path, title: str = "Accuracy vs weight bits") -> Path:
+    """PNG of test accuracy against weight bits, one line per (dataset, model) series.
+
+    `rows`: dicts with `series`, `bits` and `accuracy_pct` (e.g. from results.csv; FP32 as bits=32).
+    """
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for series in sorted({str(r["series"]) for r in rows}):
+        pts = sorted((int(r["bits"]), float(r["accuracy_pct"])) for r in rows if str(r["series"]) == series)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=series)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(r["bits"]) for r in rows})
+    ax.set_xticks(ticks, [str(t) if t < 32 else "32 (FP32)" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("weight bits")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _weight_bits(row: dict[str, str]) -> int | None:
+    """Weight bits of a quantize-only variant (its `weight_bits`, or 8 for the INT8 row), 32 for the
+    baseline, None for anything else (pipelines mixing techniques would blur the curve)."""
+    label = row.get("label", "")
+    if label == "baseline":
+        return 32
+    if row.get("weight_bits"):
+        return int(float(row["weight_bits"]))
+    return 8 if label == "int8" else None
+
+
+def bits_figure(data: RunData, out: Path) -> Path | None:
+    """Accuracy against weight bits per dataset/model, from the run's quantize rows."""
+    points: list[dict[str, Any]] = [
+        {"series": f"{r['dataset']}-{r['model']}", "bits": b, "accuracy_pct": _num(r["accuracy_pct"])}
+        for r in data.results if ok(r) and (b := _weight_bits(r)) is not None]
+    points = [p for p in points if p["accuracy_pct"] is not None]
+    series = {p["series"] for p in points if p["bits"] < 8}
+    points = [p for p in points if p["series"] in series]
+    return plot_accuracy_vs_bits(points, out / "accuracy-vs-bits.png") if points else None

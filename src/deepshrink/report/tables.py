@@ -123,10 +123,17 @@ def _kdq(ds: str) -> list[Spec]:
 _T2: list[Spec] = [(f"{DS_NAME[d]} {MODEL_NAME[m]} {p.upper()}", d, m, "baseline" if p == "fp32" else "int8")
                    for d, m in (("mnist", "lenet-300-100"), ("mnist", "lenet-5"), ("cifar10", "lenet-300-100"),
                                 ("cifar10", "lenet-5")) for p in ("fp32", "int8")]
+_T1B: list[Spec] = [(f"{DS_NAME[d]} {MODEL_NAME[m]} {name}", d, m, lab)
+                    for d, m in (("mnist", "lenet-300-100"), ("mnist", "lenet-5"), ("cifar10", "lenet-300-100"),
+                                 ("cifar10", "lenet-5"))
+                    for name, lab in (("FLOAT64", "fp64"), ("FLOAT32", "baseline"), ("FLOAT16", "fp16"),
+                                      ("INT8 QAT", "int8"), ("INT8 PTQ", "int8-ptq"), ("INT8 never-slower", "int8-auto"),
+                                      ("4-bit weights", "w4"), ("2-bit weights", "w2"))]
 MAIN_TABLES: list[tuple[str, str, list[Spec], bool]] = [  # (id, title, rows, with epochs column)
     ("t1", "Table 1. Effect of precision on LeNet-300-100 on MNIST",
      [(n, "mnist", "lenet-300-100", lab) for n, lab in (("FLOAT64", "fp64"), ("FLOAT32", "baseline"),
                                                         ("FLOAT16", "fp16"), ("INT8", "int8"))], False),
+    ("t1b", "Table 1b. Precision and weight bits for every baseline (beyond the reference)", _T1B, False),
     ("t2", "Table 2. Quantization (FP32 reference, INT8 compressed)", _T2, False),
     ("t3", "Table 3. Pruning LeNet-300-100 on MNIST", _sweep("mnist", "lenet-300-100", [50, 60, 70, 80, 90]), False),
     ("t5", "Table 5. Pruning LeNet-5 on MNIST", _structured("mnist"), False),
@@ -159,7 +166,7 @@ FUTURE = [("Distill into a pruned student, then INT8", "fw-distill-pruned+int8")
           ("Prune a distilled model, then INT8", "fw-prune-distilled+int8")]
 FAMILIES: dict[str, Callable[[str], bool]] = {
     "Original": lambda lab: lab == "baseline",
-    "Quantization": lambda lab: lab in ("int8", "int8-ptq"),
+    "Quantization": lambda lab: lab in ("int8", "int8-ptq", "int8-auto"),
     "Pruning": lambda lab: lab.startswith("prune") and "+" not in lab,
     "Knowledge Distillation": lambda lab: lab == "distill" or (lab.startswith("distill-T") and "+" not in lab),
     "Pruning + Quantization": lambda lab: lab.startswith("prune") and lab.endswith("+int8"),
@@ -277,7 +284,7 @@ def build_tables(data: RunData) -> list[Table]:
     out += [layer_table(data, *spec) for spec in LAYER_TABLES]
     out += best_tables(data)
     out.append(future_table(data))
-    order = {t: i for i, t in enumerate(["t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12",
+    order = {t: i for i, t in enumerate(["t1", "t1b", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12",
                                          "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t20", "future"])}
     out.sort(key=lambda t: order[t.id])
     return [t for t in out if t.rows] + [all_variants(data)]
