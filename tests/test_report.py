@@ -60,7 +60,7 @@ def test_report_tables_put_reference_numbers_beside_ours(tmp_path: Path) -> None
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # Figure 1, accuracy vs bits, one Pareto
     assert "| MNIST LeNet-300-100 4-bit weights | 140.0 |" in text  # Table 1b: every baseline's precisions
     assert not re.search(r'(src|href)="https?:', page)
-    assert (run / "figures" / "figure1-temperature.png").exists() and (run / "figures" / "accuracy-vs-bits.png").exists()
+    assert all((run / "figures" / f).exists() for f in ("figure1-temperature.png", "accuracy-vs-bits.png"))
     assert "JPEG" not in text  # the CIFAR-10 note only where CIFAR-10 results are
     # A pure function of the run directory: rendering again gives the same report.
     assert render_report(run)[0].read_text() == text

@@ -87,15 +87,20 @@ def trees(works: Iterable[Work]) -> list[list[Work]]:
 _CODE: list[str] = []  # pinned once per study: a commit landing mid-run must not change the keys
 
 
+_DOWNSTREAM = ("report", "templates")  # readers of results, not producers
+
+
 def code_version() -> str:
-    """A hash of the package's own source (code, recipes, templates): unlike the git commit it sees
-    uncommitted edits and ignores commits that touch only docs or tests."""
+    """A hash of the package's own source (code, recipes): unlike the git commit it sees uncommitted
+    edits and ignores commits that touch only docs or tests. The report and its templates are left out:
+    they only read results, so editing them must not retrain anything."""
     if not _CODE:
         import hashlib
 
         root = Path(__file__).resolve().parent
         h = hashlib.sha256(__version__.encode())
-        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml", ".j2") and p.is_file()):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()
+                           and p.relative_to(root).parts[0] not in _DOWNSTREAM):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
         _CODE.append(f"{__version__}+src.{h.hexdigest()[:12]}")
     return _CODE[0]

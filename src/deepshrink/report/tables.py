@@ -127,8 +127,9 @@ _T1B: list[Spec] = [(f"{DS_NAME[d]} {MODEL_NAME[m]} {name}", d, m, lab)
                     for d, m in (("mnist", "lenet-300-100"), ("mnist", "lenet-5"), ("cifar10", "lenet-300-100"),
                                  ("cifar10", "lenet-5"))
                     for name, lab in (("FLOAT64", "fp64"), ("FLOAT32", "baseline"), ("FLOAT16", "fp16"),
-                                      ("INT8 QAT", "int8"), ("INT8 PTQ", "int8-ptq"), ("INT8 never-slower", "int8-auto"),
-                                      ("4-bit weights", "w4"), ("2-bit weights", "w2"))]
+                                      ("INT8 QAT", "int8"), ("INT8 PTQ", "int8-ptq"),
+                                      ("INT8 never-slower", "int8-auto"), ("4-bit weights", "w4"),
+                                      ("2-bit weights", "w2"))]
 MAIN_TABLES: list[tuple[str, str, list[Spec], bool]] = [  # (id, title, rows, with epochs column)
     ("t1", "Table 1. Effect of precision on LeNet-300-100 on MNIST",
      [(n, "mnist", "lenet-300-100", lab) for n, lab in (("FLOAT64", "fp64"), ("FLOAT32", "baseline"),
@@ -284,7 +285,7 @@ def build_tables(data: RunData) -> list[Table]:
     out += [layer_table(data, *spec) for spec in LAYER_TABLES]
     out += best_tables(data)
     out.append(future_table(data))
-    order = {t: i for i, t in enumerate(["t1", "t1b", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12",
-                                         "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t20", "future"])}
+    order = {t: i for i, t in enumerate(["t1", "t1b", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11",
+                                         "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t20", "future"])}
     out.sort(key=lambda t: order[t.id])
     return [t for t in out if t.rows] + [all_variants(data)]
