@@ -17,6 +17,7 @@ from deepshrink.compress import apply, format_step, parse_step
 from deepshrink.compress.quant_onnx import int8_weight_elements
 from deepshrink.compress.quant_pack import decode, pack_bits, unpack_bits
 from deepshrink.compress.quantize import QuantizeConfig
+from deepshrink.compress.sparse_onnx import pack_onnx, unpack_onnx
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
@@ -207,3 +208,27 @@ def test_real_mnist_int8_ptq_within_a_point(tmp_path: Path) -> None:
     acc_int8 = (_logits(art, data.test_x).argmax(1) == y).mean() * 100
     assert acc_fp32 > 80 and acc_int8 >= acc_fp32 - 1.0  # a short run: the gap is what is tested
     assert art.size_bytes <= 0.27 * base.size_bytes
+
+
+def test_pruned_int8_ships_packed_and_unpacks_to_the_onnx_it_runs(mlp: Variant, data: DataSplits,
+                                                                   tmp_path: Path) -> None:
+    v = Variant(mlp.id, copy.deepcopy(mlp.model), copy.deepcopy(mlp.manifest))
+    with torch.no_grad():  # 80 % of the weights pruned, as a pruning step leaves them
+        for layer in (v.model.fc1, v.model.fc2):
+            w = layer.weight
+            w[w.abs() < w.abs().flatten().quantile(0.8)] = 0.0
+    _, art, _ = _quantized(v, "quantize:precision=int8,method=ptq", data, tmp_path)
+    onnx_file = art.path.with_suffix(".onnx")
+    assert art.path.suffix == ".dsonnx" and art.kind.startswith("packed-")
+    assert art.size_bytes < 0.6 * onnx_file.stat().st_size  # the zeros are not stored
+    assert unpack_onnx(art.path.read_bytes()) == onnx_file.read_bytes()  # bit-exact: what ORT loads
+    assert int8_weight_elements(str(onnx_file)) > 0
+    ref = v.model(data.test_x).detach().numpy()
+    assert (_logits(art, data.test_x).argmax(1) == ref.argmax(1)).mean() >= 0.95
+    assert pack_onnx(onnx_file.read_bytes()) == art.path.read_bytes()  # deterministic
+    with pytest.raises(UserError, match="corrupt packed ONNX"):
+        unpack_onnx(art.path.read_bytes()[:-200], "x.dsonnx")
+    with pytest.raises(UserError, match="not a deepshrink packed ONNX"):
+        unpack_onnx(b"garbage", "x.dsonnx")
+    _, dense, _ = _quantized(mlp, "quantize:precision=int8,method=ptq", data, tmp_path / "dense")
+    assert dense.path.suffix == ".onnx"  # an unpruned model ships the plain INT8 ONNX

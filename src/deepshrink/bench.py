@@ -1,5 +1,6 @@
 """`deepshrink bench`: time one artifact on its dataset's test set."""
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,13 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
         raise UserError(f"{path}: no such file")
     if runtime not in ("torch", "onnxruntime"):
         raise UserError(f"--runtime {runtime!r}: expected torch or onnxruntime")
-    if path.suffix == ".onnx":
+    if path.suffix in (".onnx", ".dsonnx"):
         if runtime != "onnxruntime":
             raise UserError(f"{path}: an ONNX file runs with --runtime onnxruntime")
-        art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(path)})
-        dataset = _dataset_of_onnx(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = _unpacked(path, Path(tmp)) if path.suffix == ".dsonnx" else path
+            art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(onnx_path)})
+            return _time(art, path, _dataset_of_onnx(path), runtime, threads, batch, data_dir, device, quiet)
     elif path.suffix in (".safetensors", ".json"):
         model, manifest = load_checkpoint(path)
         if runtime != "torch":
@@ -39,7 +42,21 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
         art = Artifact(path, "checkpoint", "fp32", runners={"torch": torch_runner(model)})
         dataset = manifest.dataset
     else:
-        raise UserError(f"{path}: expected an .onnx file or a .safetensors checkpoint")
+        raise UserError(f"{path}: expected an .onnx or .dsonnx file or a .safetensors checkpoint")
+    return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
+
+
+def _unpacked(path: Path, folder: Path) -> Path:
+    """The ONNX model a packed (.dsonnx) file holds, written where ONNX Runtime can load it."""
+    from deepshrink.compress.sparse_onnx import unpack_onnx
+
+    out = folder / f"{path.stem}.onnx"
+    out.write_bytes(unpack_onnx(path.read_bytes(), str(path)))
+    return out
+
+
+def _time(art: Artifact, path: Path, dataset: str, runtime: str, threads: int, batch: int, data_dir: Path | None,
+          device: str, quiet: bool) -> list[dict[str, Any]]:
     data = load_dataset(dataset, data_dir)
     cfg = LatencyConfig(runtimes=(runtime,), threads=(threads,), batch=batch, devices=(device,))
     with Progress(enabled=not quiet) as progress:
