@@ -71,18 +71,46 @@ def _unshuffle(data: bytes, n: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(4, n).T.copy().view("<f4").reshape(n)
 
 
+class Streams:
+    """The body of a container file: compressed byte streams, each addressed by (offset, length)."""
+
+    def __init__(self, codec: str) -> None:
+        self.codec, self.compress = codec, CODECS.get(codec)[0]
+        self.blobs: list[bytes] = []
+        self.offset = 0
+
+    def add(self, raw: bytes) -> tuple[int, int]:
+        self.blobs.append(self.compress(raw))
+        self.offset += len(self.blobs[-1])
+        return self.offset - len(self.blobs[-1]), len(self.blobs[-1])
+
+    def pack(self, magic: bytes, header: dict[str, Any]) -> bytes:
+        """magic, u32 header length, JSON header (with the codec), then the streams."""
+        text = json.dumps({"codec": self.codec, **header}, separators=(",", ":")).encode()
+        return magic + struct.pack("<I", len(text)) + text + b"".join(self.blobs)
+
+
+def read_container(data: bytes, magic: bytes, source: str,
+                   what: str) -> tuple[dict[str, Any], Callable[[list[int]], bytes]]:
+    """(header, stream reader) of a file written by `Streams.pack`; a wrong magic is a user error."""
+    if data[: len(magic)] != magic:
+        raise UserError(f"{source}: not a deepshrink {what}")
+    (hlen,) = struct.unpack("<I", data[len(magic) : len(magic) + 4])
+    start = len(magic) + 4
+    header = json.loads(data[start : start + hlen])
+    body = memoryview(data)[start + hlen :]
+    decompress = CODECS.get(header["codec"])[1]
+
+    def blob(span: list[int]) -> bytes:
+        return decompress(bytes(body[span[0] : span[0] + span[1]]))
+
+    return header, blob
+
+
 def encode_state(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "lzma") -> bytes:
-    compress = CODECS.get(codec)[0]
+    streams = Streams(codec)
+    add = streams.add
     entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    offset = 0
-
-    def add(blob: bytes) -> tuple[int, int]:
-        nonlocal offset
-        blobs.append(blob)
-        offset += len(blob)
-        return offset - len(blob), len(blob)
-
     for key, t in state.items():
         arr = t.detach().cpu().contiguous().numpy()
         entry: dict[str, Any] = {"key": key, "shape": list(arr.shape), "dtype": str(arr.dtype)}
@@ -91,26 +119,15 @@ def encode_state(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "
             gaps, where = encode_positions(flat.view(np.uint32))
             values = np.where(where >= 0, flat[np.maximum(where, 0)], np.float32(0.0)).astype(np.float32)
             entry.update(kind="sparse", entries=len(gaps), nonzero=int((where >= 0).sum()),
-                         gaps=add(compress(gaps.tobytes())), values=add(compress(_shuffle(values))))
+                         gaps=add(gaps.tobytes()), values=add(_shuffle(values)))
         else:
-            entry.update(kind="dense", data=add(compress(arr.tobytes())))
+            entry.update(kind="dense", data=add(arr.tobytes()))
         entries.append(entry)
-    header = json.dumps({"codec": codec, "tensors": entries}, separators=(",", ":")).encode()
-    return MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
+    return streams.pack(MAGIC, {"tensors": entries})
 
 
 def decode_state(data: bytes, source: str = "sparse file") -> dict[str, Tensor]:
-    if data[: len(MAGIC)] != MAGIC:
-        raise UserError(f"{source}: not a deepshrink sparse file")
-    (hlen,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
-    start = len(MAGIC) + 4
-    header = json.loads(data[start : start + hlen])
-    body = memoryview(data)[start + hlen :]
-    decompress = CODECS.get(header["codec"])[1]
-
-    def blob(span: list[int]) -> bytes:
-        return decompress(bytes(body[span[0] : span[0] + span[1]]))
-
+    header, blob = read_container(data, MAGIC, source, "sparse file")
     out: dict[str, Tensor] = {}
     for e in header["tensors"]:
         shape, dtype = tuple(e["shape"]), np.dtype(e["dtype"])

@@ -10,14 +10,11 @@ gives back the very ONNX bytes that were packed (tested), which ONNX Runtime the
 Layout: magic, u32 header length, JSON header, then byte streams.
 """
 
-import json
-import struct
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from deepshrink.compress.sparse_format import CODECS, encode_positions
+from deepshrink.compress.sparse_format import Streams, encode_positions, read_container
 from deepshrink.errors import UserError
 
 MAGIC = b"DSONNX01"
@@ -39,16 +36,10 @@ def zero_fraction(model_bytes: bytes) -> float:
 
 
 def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
-    compress = CODECS.get(codec)[0]
     m = onnx.load_from_string(model_bytes)
-    entries, blobs, offset = [], [], 0
-
-    def add(blob: bytes) -> tuple[int, int]:
-        nonlocal offset
-        blobs.append(compress(blob))
-        offset += len(blobs[-1])
-        return offset - len(blobs[-1]), len(blobs[-1])
-
+    streams = Streams(codec)
+    add = streams.add
+    entries = []
     for i, init in enumerate(m.graph.initializer):
         arr = numpy_helper.to_array(init)
         if arr.size < MIN_ELEMENTS or arr.dtype not in _BITS or not init.HasField("raw_data"):
@@ -61,23 +52,12 @@ def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
                         "gaps": add(gaps.tobytes()), "values": add(little.tobytes())})
         init.raw_data = b""
     graph = add(m.SerializeToString())
-    header = json.dumps({"codec": codec, "graph": graph, "tensors": entries}, separators=(",", ":")).encode()
-    return MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
+    return streams.pack(MAGIC, {"graph": graph, "tensors": entries})
 
 
 def unpack_onnx(data: bytes, source: str = "packed ONNX file") -> bytes:
-    if data[: len(MAGIC)] != MAGIC:
-        raise UserError(f"{source}: not a deepshrink packed ONNX file")
     try:
-        (hlen,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
-        start = len(MAGIC) + 4
-        header = json.loads(data[start : start + hlen])
-        body = memoryview(data)[start + hlen :]
-        decompress = CODECS.get(header["codec"])[1]
-
-        def blob(span: list[int]) -> bytes:
-            return decompress(bytes(body[span[0] : span[0] + span[1]]))
-
+        header, blob = read_container(data, MAGIC, source, "packed ONNX file")
         m = onnx.load_from_string(blob(header["graph"]))
         for e in header["tensors"]:
             dtype = np.dtype(e["dtype"]).newbyteorder("<")
@@ -85,6 +65,8 @@ def unpack_onnx(data: bytes, source: str = "packed ONNX file") -> bytes:
             flat = np.zeros(e["size"], dtype)
             flat[np.cumsum(gaps.astype(np.int64) + 1) - 1] = np.frombuffer(blob(e["values"]), dtype)
             m.graph.initializer[e["index"]].raw_data = flat.tobytes()
+    except UserError:
+        raise
     except Exception as e:  # json, struct, lzma/zlib, numpy and protobuf each raise their own types
         raise UserError(f"{source}: corrupt packed ONNX file ({type(e).__name__})") from None
     return m.SerializeToString()
