@@ -232,3 +232,12 @@ def test_pruned_int8_ships_packed_and_unpacks_to_the_onnx_it_runs(mlp: Variant, 
         unpack_onnx(b"garbage", "x.dsonnx")
     _, dense, _ = _quantized(mlp, "quantize:precision=int8,method=ptq", data, tmp_path / "dense")
     assert dense.path.suffix == ".onnx"  # an unpruned model ships the plain INT8 ONNX
+
+
+def test_exporting_in_another_dtype_leaves_the_callers_model_alone(mlp: Variant, tmp_path: Path) -> None:
+    from deepshrink.export import export_onnx, torch_runner
+
+    model = copy.deepcopy(mlp.model)
+    export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 1, 28, 28), torch.float16)
+    torch_runner(model, torch.float64)(1, "cpu")
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -4,6 +4,7 @@ for that name writes the files and says how each runtime runs them.
 The float exporter lives here; techniques register their own (INT8 QDQ, FP16, sparse, ...).
 """
 
+import copy
 import os
 import warnings
 from collections.abc import Callable
@@ -68,7 +69,7 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, dtype: torc
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    model = model.eval().to(dtype)
+    model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its dtype
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated but exports these graphs in ~0.2 s and compactly;
         # the dynamo exporter takes seconds per model and adds metadata bytes to every file.
@@ -106,7 +107,7 @@ def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> Runn
 
 def torch_runner(model: nn.Module, dtype: torch.dtype = torch.float32) -> RunnerFactory:
     def make(threads: int, device: str) -> Runner:
-        m = model.eval().to(device=device, dtype=dtype)
+        m = copy.deepcopy(model).eval().to(device=device, dtype=dtype)  # the caller's model stays put
 
         @torch.inference_mode()
         def run(x: np.ndarray) -> np.ndarray:
