@@ -107,7 +107,10 @@ def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> Runn
 
 def torch_runner(model: nn.Module, dtype: torch.dtype = torch.float32) -> RunnerFactory:
     def make(threads: int, device: str) -> Runner:
-        m = copy.deepcopy(model).eval().to(device=device, dtype=dtype)  # the caller's model stays put
+        # The caller's model stays put: convert a copy when a conversion is needed (CSR kernels
+        # cannot be deep-copied, and hold no parameters to convert).
+        moves = any(p.dtype != dtype or p.device.type != device for p in model.parameters())
+        m = (copy.deepcopy(model) if moves else model).eval().to(device=device, dtype=dtype)
 
         @torch.inference_mode()
         def run(x: np.ndarray) -> np.ndarray:
