@@ -65,6 +65,14 @@ def collect(device: str, seeds: dict[str, int], extra: dict[str, Any] | None = N
     }
 
 
+def read(path: Path) -> dict[str, Any]:
+    """A run's provenance.json, or {} when it is absent or unreadable (it is rewritten, never trusted)."""
+    try:
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
 def config_hash(obj: Any, length: int = 10) -> str:
     """Stable short hash of any JSON-able object (shrinkbench's run-directory digest)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]

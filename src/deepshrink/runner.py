@@ -267,10 +267,7 @@ def _write_provenance(run_dir: Path, recipe: Recipe, jobs: int, device: str) -> 
     from deepshrink.measure.latency import all_cores
 
     path = run_dir / "provenance.json"
-    try:
-        old = json.loads(path.read_text()) if path.exists() else {}
-    except (json.JSONDecodeError, OSError):
-        old = {}
+    old = provenance.read(path)
     threads = max(1, all_cores() // jobs) if jobs > 1 else 0
     prov = provenance.collect(device, {"study": recipe.seeds[0]} if len(recipe.seeds) == 1 else
                               {f"seed{i}": s for i, s in enumerate(recipe.seeds)},
@@ -383,25 +380,17 @@ def _unit_result(fut: Any, base: Work, tree: list[Work], opts: Any) -> list[tupl
 class QueueProgress(Progress):
     """A worker's Progress: every call becomes a message for the parent (epoch bars, latency)."""
 
-    def __init__(self, queue: Any, parent: int = 0) -> None:
+    def __init__(self, queue: Any) -> None:
         super().__init__(enabled=False)
-        self.queue, self.parent = queue, parent
+        self.queue = queue
         self._next = 0
 
-    def _parent_alive(self) -> None:
-        # A study killed with SIGKILL leaves its workers orphaned; they stop at the next progress event
-        # (each epoch, each step) instead of racing the rerun for the same cache folders.
-        if self.parent and os.getppid() != self.parent:
-            os._exit(1)
-
     def add(self, description: str, total: int) -> int:
-        self._parent_alive()
         self._next += 1
         self.queue.put(("add", os.getpid(), self._next, description, total))
         return self._next
 
     def update(self, task: int, advance: int = 0, info: str | None = None, description: str | None = None) -> None:
-        self._parent_alive()
         self.queue.put(("update", os.getpid(), task, advance, info, description))
 
     def finish(self, task: int) -> None:
@@ -449,19 +438,20 @@ def _init_worker(queue: Any, parent: int, run_dir: str) -> None:
     # Held (shared) for the worker's life: a rerun after a SIGKILL waits until orphans are gone.
     fd = os.open(os.path.join(run_dir, ".workers.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
-    _WORKER.update(queue=queue, parent=parent, lock_fd=fd)
+    _WORKER.update(queue=queue, lock_fd=fd)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
 def _watch_parent(parent: int) -> None:
-    """An orphaned worker (the study was SIGKILLed) exits within a second, busy or idle."""
+    """An orphaned worker (the study was SIGKILLed) exits within a second, busy or idle, instead of
+    racing the rerun for the same cache folders."""
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
 
 
 def wait_for_orphans(run_dir: Path, timeout: float = 300.0) -> None:
-    """Workers of a killed study stop at their next progress event; wait for them before starting."""
+    """Workers of a killed study exit within a second (`_watch_parent`); wait for them before starting."""
     import fcntl
 
     fd = os.open(run_dir / ".workers.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -481,6 +471,5 @@ def wait_for_orphans(run_dir: Path, timeout: float = 300.0) -> None:
 
 def _run_relayed(recipe: Recipe, opts: Any, base: Work, tree: list[Work], done: set[str],
                  pending: frozenset[tuple[str, str, int]]) -> list[tuple[str, str]]:
-    progress = QueueProgress(_WORKER["queue"], _WORKER["parent"])
-    progress._parent_alive()
+    progress = QueueProgress(_WORKER["queue"])
     return _run_unit(recipe, opts, base, tree, done, progress, None, pending)

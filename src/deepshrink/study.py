@@ -239,10 +239,7 @@ def _data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
 def _merge_data_provenance(out: Path, data: DataSplits) -> None:
     """Add this dataset's origin and fingerprint to provenance.json (the parent writes the rest)."""
     path = out / "provenance.json"
-    try:
-        prov = json.loads(path.read_text()) if path.exists() else {}
-    except (json.JSONDecodeError, OSError):
-        prov = {}
+    prov = provenance.read(path)
     prov.setdefault("data", {})[data.name] = {"origin": data.origin, "fingerprint": data.fingerprint,
                                              "mean": data.mean, "std": data.std}
     atomic_write_bytes(path, json.dumps(prov, indent=2, default=str).encode())

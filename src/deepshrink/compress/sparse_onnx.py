@@ -46,8 +46,7 @@ def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
             continue
         flat = np.ascontiguousarray(arr).reshape(-1)
         gaps, where = encode_positions(flat.view(_BITS[arr.dtype]))
-        values = np.where(where >= 0, flat[np.maximum(where, 0)], flat.dtype.type(0)).astype(flat.dtype)
-        little = values.astype(flat.dtype.newbyteorder("<"))
+        little = np.where(where >= 0, flat[np.maximum(where, 0)], 0).astype(flat.dtype.newbyteorder("<"))
         entries.append({"index": i, "dtype": str(arr.dtype), "size": int(arr.size), "entries": len(gaps),
                         "gaps": add(gaps.tobytes()), "values": add(little.tobytes())})
         init.raw_data = b""
