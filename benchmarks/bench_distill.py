@@ -21,7 +21,7 @@ import torch
 
 from deepshrink.checkpoint import atomic_write_bytes, load_checkpoint
 from deepshrink.compress.distill import DistillConfig
-from deepshrink.compress.distill_sweep import DEFAULT_TEMPERATURES, plot_sweep, temperature_sweep
+from deepshrink.compress.distill.sweep import DEFAULT_TEMPERATURES, plot_sweep, temperature_sweep
 from deepshrink.data import load_dataset
 from deepshrink.variant import StepContext, Variant
 

@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import deepshrink.compress.prune  # noqa: F401  (registers the steps and the `sparse` exporter)
+import deepshrink.compress  # noqa: F401  (registers the steps)
 from deepshrink.checkpoint import load_checkpoint
-from deepshrink.compress.prune_sensitivity import pick_layer_sparsities, plot_sensitivity, sensitivity
+from deepshrink.compress.prune.sensitivity import pick_layer_sparsities, plot_sensitivity, sensitivity
 from deepshrink.data import load_dataset
 from deepshrink.measure.latency import LatencyConfig
-from deepshrink.study import run_compress
+from deepshrink.study.run import run_compress
 
 SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9)
 LENET5_DENSE = "fc1=0.9+fc2=0.9"
@@ -66,9 +66,9 @@ def saliency_table(ckpt: Path, out: Path, sparsities: tuple[float, ...] = (0.5, 
     sparse artifact run in onnxruntime."""
     import copy
 
-    from deepshrink.compress.prune_unstructured import apply_masks, compute_masks
+    from deepshrink.compress.prune.masks import apply_masks, compute_masks
     from deepshrink.export import Deployment, ExportContext, export
-    from deepshrink.study import artifact_accuracy
+    from deepshrink.measure.accuracy import artifact_accuracy
 
     model, manifest = load_checkpoint(ckpt)
     data = load_dataset(manifest.dataset)

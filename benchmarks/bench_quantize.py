@@ -15,7 +15,7 @@ from typing import Any
 
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.report.plots import plot_accuracy_vs_bits
-from deepshrink.study import run_compress
+from deepshrink.study.run import run_compress
 
 STEPS = {
     "ptq": "quantize:precision=int8,method=ptq",

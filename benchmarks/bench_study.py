@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from deepshrink.recipes import load_recipe
+from deepshrink.study.recipe import load_recipe
 
 KEYS = ("accuracy_pct", "size_bytes", "status")
 

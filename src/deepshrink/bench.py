@@ -4,10 +4,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from deepshrink.checkpoint import load_checkpoint, paths_for
+from deepshrink.checkpoint import load_checkpoint, paths_for, read_manifest
 from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
-from deepshrink.export import Artifact, ort_runner, torch_runner
+from deepshrink.export import Artifact
+from deepshrink.export.dsonnx import unpack_onnx
+from deepshrink.export.runners import ort_runner, torch_runner
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 
@@ -17,8 +19,6 @@ def _dataset_of_onnx(path: Path) -> str:
     _, meta = paths_for(path)
     if not meta.exists():
         raise UserError(f"{path}: no manifest {meta.name} beside it to tell which dataset to time on")
-    from deepshrink.checkpoint import read_manifest
-
     return read_manifest(meta).dataset
 
 
@@ -48,8 +48,6 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
 
 def _unpacked(path: Path, folder: Path) -> Path:
     """The ONNX model a packed (.dsonnx) file holds, written where ONNX Runtime can load it."""
-    from deepshrink.compress.sparse_onnx import unpack_onnx
-
     out = folder / f"{path.stem}.onnx"
     out.write_bytes(unpack_onnx(path.read_bytes(), str(path)))
     return out

@@ -44,12 +44,11 @@ def train(
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Train one baseline, export it, measure it, and write results.csv / latency.csv / layers.csv."""
-    from deepshrink.config import default_train
-    from deepshrink.study import run_train, slug
+    from deepshrink import api
+    from deepshrink.variant import slug
 
-    cfg = default_train(dataset, model, epochs=epochs, seed=seed)
     out = out or Path("runs") / slug(f"train-{dataset}-{model}")
-    row = run_train(dataset, model, cfg, out, data_dir, _check_device(device), quiet=quiet)
+    row = api.train(dataset, model, out, epochs, seed, data_dir, _check_device(device), quiet)
     _console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
                     f"{row['size_bytes']} bytes -> {out}")
 
@@ -62,10 +61,10 @@ def compress(
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Apply a chain of compression steps to a trained model and measure it beside the original."""
-    from deepshrink.study import run_compress
+    from deepshrink import api
 
     out = out or Path("runs") / "compress"
-    row = run_compress(checkpoint, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
+    row = api.compress(checkpoint, step, out, seed, data_dir, _check_device(device), quiet)
     for r in (row["control"], row) if "control" in row else (row,):
         _console().print(f"{r['variant']}: accuracy {r['accuracy_pct']:.2f}% (baseline "
                         f"{float(r['baseline_accuracy_pct']):.2f}%), {r['size_bytes']} bytes -> {out}")
@@ -107,9 +106,9 @@ def bench(
     data_dir: DataDir = None, device: Device = "cpu", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Time one artifact on its dataset's test set (batched and batch-1)."""
-    from deepshrink.bench import bench_artifact
+    from deepshrink import api
 
-    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet)
+    rows = api.measure(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet)
     table = Table(title=str(artifact))
     for c in ("runtime", "device", "threads", "batch", "us/img median", "min", "max"):
         table.add_column(c)
@@ -131,10 +130,10 @@ def study(
     data_dir: DataDir = None, device: Device = "auto", quiet: Quiet = False,
 ) -> None:
     """Run a whole study from a recipe (resumes by default), then write report.md / report.html."""
-    from deepshrink.study import run_study
+    from deepshrink import api
 
     overrides = (*(set_ or ()), *([f"study.seeds={seed}"] if seed is not None else []))
-    run_dir, statuses = run_study(recipe, out, data_dir, _check_device(device), jobs, overrides, fresh, quiet)
+    run_dir, statuses = api.study(recipe, out, jobs, overrides, fresh, data_dir, _check_device(device), quiet)
     failed = {v: s for v, s in statuses.items() if s != "ok"}
     for vid, status in failed.items():
         _console().print(f"{vid}: {status}")
@@ -144,7 +143,7 @@ def study(
 @app.command()
 def recipes() -> None:
     """List the built-in recipes with a one-line description and expected run time."""
-    from deepshrink.recipes import builtin_names, describe
+    from deepshrink.study.recipe import builtin_names, describe
 
     table = Table()
     for c in ("recipe", "description", "expected"):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from deepshrink.errors import UserError
 from deepshrink.registry import Registry
 
 InputShape = tuple[int, int, int]
@@ -23,8 +24,6 @@ def input_shape_for(dataset: str) -> InputShape:
     """(C, H, W) of a dataset name; `idx:PATH` folders are MNIST-layout, 28x28 greyscale."""
     if dataset.startswith("idx:"):
         return (1, 28, 28)
-    from deepshrink.errors import UserError
-
     if dataset not in _DATASET_SHAPES:
         raise UserError(f"unknown dataset {dataset!r} (known: {', '.join(_DATASET_SHAPES)}, idx:PATH)")
     return _DATASET_SHAPES[dataset]
@@ -80,6 +79,26 @@ def lenet_5_caffe(shape: InputShape, num_classes: int) -> nn.Module:
     return _lenet_conv(shape, num_classes, (20, 50), (500,))
 
 
+WEIGHTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+def weighted_layers(model: nn.Module,
+                    kinds: tuple[type[nn.Module], ...] | None = WEIGHTED) -> list[tuple[str, nn.Module]]:
+    """The one walker over a model's layers that techniques act on, in model order: the prunable and
+    quantizable Linear/Conv2d layers by default; `kinds=None` is every leaf holding a weight tensor
+    (batch norm included), which is what parameter counts need."""
+    if kinds is None:
+        return [(n, m) for n, m in model.named_modules()
+                if isinstance(getattr(m, "weight", None), torch.Tensor) and not list(m.children())]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def weight_of(model: nn.Module, layer: str) -> torch.Tensor:
+    w = model.get_submodule(layer).weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
 def create_model(name: str, dataset: str | InputShape, num_classes: int = 10) -> nn.Module:
     shape = input_shape_for(dataset) if isinstance(dataset, str) else dataset
     return MODELS.get(name)(shape, num_classes)
@@ -100,21 +119,19 @@ def shrink_to(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
     timm's `_pruned` idea: build the dense architecture, then shrink it to the stored manifest so a
     plain state_dict loads. Works for any model of Linear/Conv2d layers without per-model width args.
     """
-    for name, module in list(model.named_modules()):
+    for name, module in weighted_layers(model):
         key = f"{name}.weight"
-        weight = getattr(module, "weight", None)
-        if key not in shapes or not isinstance(weight, torch.Tensor) or list(weight.shape) == shapes[key]:
+        if key not in shapes or list(weight_of(model, name).shape) == shapes[key]:
             continue
         w = shapes[key]
         bias = f"{name}.bias" in shapes
         new: nn.Module
         if isinstance(module, nn.Linear):
             new = nn.Linear(w[1], w[0], bias=bias)
-        elif isinstance(module, nn.Conv2d):
+        else:
+            assert isinstance(module, nn.Conv2d)
             new = nn.Conv2d(w[1] * module.groups, w[0], tuple(w[2:]), stride=module.stride,  # type: ignore[arg-type]
                             padding=module.padding, groups=module.groups, bias=bias)  # type: ignore[arg-type]
-        else:
-            continue
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         setattr(parent, name.rpartition(".")[2], new)
     return model

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.data import DataSplits
 from deepshrink.measure.latency import all_cores
 
 _PACKAGES = ("deepshrink", "torch", "onnx", "onnxruntime", "numpy", "torch-pruning", "safetensors", "pandas")
@@ -71,6 +73,22 @@ def read(path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text())) if path.exists() else {}
     except (json.JSONDecodeError, OSError):
         return {}
+
+
+def data_entry(data: DataSplits) -> dict[str, Any]:
+    return {"origin": data.origin, "fingerprint": data.fingerprint, "mean": data.mean, "std": data.std}
+
+
+def write(run_dir: Path, data: DataSplits | None = None, device: str | None = None,
+          seeds: dict[str, int] | None = None, extra: dict[str, Any] | None = None) -> None:
+    """The one writer of a run's provenance.json. With `device`, the run's facts are collected anew
+    (this invocation's); with `data`, that dataset's origin and fingerprint are added. Entries of other
+    datasets already in the file are kept: study workers each add the datasets they loaded."""
+    path = run_dir / "provenance.json"
+    old = read(path)
+    prov = collect(device, seeds or {}, extra) if device is not None else old
+    prov["data"] = {**old.get("data", {}), **({data.name: data_entry(data)} if data is not None else {})}
+    atomic_write_bytes(path, json.dumps(prov, indent=2, default=str).encode())
 
 
 def config_hash(obj: Any, length: int = 10) -> str:

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from deepshrink.checkpoint import atomic_write_bytes
 
 RESULTS_COLUMNS = [
@@ -69,3 +71,13 @@ def remove_variant(run_dir: Path, variant: str) -> None:
         p = run_dir / name
         if p.exists():
             write_rows(p, [r for r in read_rows(p) if r.get("variant") != variant], cols)
+
+
+def finished(run_dir: Path) -> set[str]:
+    """Variants whose row says `ok`: a resumed study skips them."""
+    return {r["variant"] for r in read_rows(run_dir / "results.csv") if r.get("status") == "ok"}
+
+
+def lock(run_dir: Path) -> FileLock:
+    """Held while rows are upserted: parallel workers of one study write the same tables."""
+    return FileLock(str(run_dir / ".results.lock"))

@@ -1,14 +1,16 @@
 """The value that flows through a pipeline: a model, its manifest, and how it will ship."""
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from deepshrink import provenance
 from deepshrink.checkpoint import Manifest
 from deepshrink.data import DataSplits
-from deepshrink.export import Deployment
+from deepshrink.export.base import Deployment
 from deepshrink.progress import Progress, null_progress
 from deepshrink.train import TrainLog
 
@@ -26,6 +28,21 @@ class Variant:
     epochs: int = 0
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # scalar facts copied into results.csv
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-")
+
+
+def variant_id(dataset: str, model: str, pipeline: list[str]) -> str:
+    """`mnist-lenet-5--prune.unstructured-sparsity=0.9+quantize`: readable, and unique per pipeline."""
+    base = slug(f"{dataset}-{model}")
+    if not pipeline:
+        return base
+    tail = slug("+".join(pipeline))
+    if len(tail) > 60:
+        tail = tail[:50] + "-" + provenance.config_hash(pipeline, 8)
+    return f"{base}--{tail}"
 
 
 @dataclass

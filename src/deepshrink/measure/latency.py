@@ -1,28 +1,42 @@
-"""Time per image, measured honestly (SPEC §6):
+"""Time per image, measured honestly (SPEC §6), through ONE timing loop (`time_passes`) that every
+timing in deepshrink uses — the study's tables, the INT8 "never slower" choice, the sparse-kernel check:
 
 (a) the study's method: the whole test set in batches (default 256), median of `repeats` passes
     after a warm-up pass, divided by the image count;
 (b) batch-1 latency: median of >= 1,000 single-image calls.
 
-Artifacts measured together are interleaved pass by pass, so a speedup is a ratio taken within
-one run under the same machine load.
+Runners timed together are interleaved pass by pass, so a speedup is a ratio taken within one run
+under the same machine load.
 """
 
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from deepshrink.export import Artifact, Runner
 from deepshrink.progress import Progress, null_progress
+
+# A runner maps an input batch to logits; a factory makes one per (threads, device).
+Runner = Callable[[np.ndarray], np.ndarray]
+RunnerFactory = Callable[[int, str], Runner]
+
+
+class Timeable(Protocol):
+    """What can be timed: an exported artifact's runners and the input dtype they take."""
+
+    runners: dict[str, RunnerFactory]
+    input_dtype: Any
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
+    """The measurement defaults (recipes' `[measure]` section extends this, see study.recipe)."""
+
     runtimes: tuple[str, ...] = ("torch", "onnxruntime")
     threads: tuple[int, ...] = (1, 0)  # 0 = all cores
     batch: int = 256
@@ -51,6 +65,25 @@ def _pass(run: Runner, x: np.ndarray, batch: int) -> float:
     return time.perf_counter() - t0
 
 
+def time_passes(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], batch: int,
+                repeats: int) -> dict[str, list[float]]:
+    """µs per image of each of `repeats` batched passes per runner, after one warm-up pass each
+    (allocations, kernel selection). Passes are interleaved runner by runner, so load hits all alike."""
+    for k, run in runners.items():
+        _pass(run, xs[k], batch)
+    out: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeats):
+        for k, run in runners.items():
+            out[k].append(_pass(run, xs[k], batch) / len(xs[k]) * 1e6)
+    return out
+
+
+def median_us(runners: Mapping[str, Runner], x: np.ndarray, batch: int = 256, repeats: int = 7) -> dict[str, float]:
+    """Median batched µs/image per runner on one input, through `time_passes`."""
+    times = time_passes(runners, dict.fromkeys(runners, x), batch, repeats)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _singles(run: Runner, x: np.ndarray, calls: int, offset: int) -> list[float]:
     out = []
     for k in range(calls):
@@ -62,12 +95,22 @@ def _singles(run: Runner, x: np.ndarray, calls: int, offset: int) -> list[float]
     return out
 
 
+def time_singles(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], calls: int,
+                 chunk: int = 100) -> dict[str, list[float]]:
+    """µs of each of `calls` batch-1 calls per runner, interleaved in chunks of `chunk` calls."""
+    out: dict[str, list[float]] = {k: [] for k in runners}
+    for start in range(0, calls, chunk):
+        for k, run in runners.items():
+            out[k] += _singles(run, xs[k], min(chunk, calls - start), start)
+    return out
+
+
 def _summary(values_us: list[float]) -> dict[str, float]:
     return {"us_per_image_median": statistics.median(values_us), "us_per_image_min": min(values_us),
             "us_per_image_max": max(values_us)}
 
 
-def measure_latency(named: Sequence[tuple[str, Artifact]], x: np.ndarray, cfg: LatencyConfig,
+def measure_latency(named: Sequence[tuple[str, Timeable]], x: np.ndarray, cfg: LatencyConfig,
                     progress: Progress | None = None) -> list[dict[str, object]]:
     """Rows (variant, runtime, device, threads, batch, us_per_image_*) for each artifact and setting.
 
@@ -83,30 +126,22 @@ def measure_latency(named: Sequence[tuple[str, Artifact]], x: np.ndarray, cfg: L
         for runtime, device, threads in settings:
             n_threads = threads or all_cores()
             torch.set_num_threads(n_threads)
-            runners = [(v, a.runners[runtime](n_threads, device), a) for v, a in named if runtime in a.runners]
+            runners = {v: a.runners[runtime](n_threads, device) for v, a in named if runtime in a.runners}
             if not runners:
                 continue
-            xs = {v: x.astype(a.input_dtype, copy=False) for v, _, a in runners}
-            batched: dict[str, list[float]] = {v: [] for v, _, _ in runners}
-            single: dict[str, list[float]] = {v: [] for v, _, _ in runners}
-            for v, run, _ in runners:  # warm-up pass each (allocations, kernel selection)
-                _pass(run, xs[v], cfg.batch)
-            for _ in range(cfg.repeats):
-                for v, run, _ in runners:
-                    batched[v].append(_pass(run, xs[v], cfg.batch) / len(x) * 1e6)
-            chunk = 100
-            for start in range(0, cfg.single_calls, chunk):
-                for v, run, _ in runners:
-                    single[v] += _singles(run, xs[v], min(chunk, cfg.single_calls - start), start)
+            xs = {v: x.astype(a.input_dtype, copy=False) for v, a in named if v in runners}
+            batched = time_passes(runners, xs, cfg.batch, cfg.repeats)
+            single = time_singles(runners, xs, cfg.single_calls)
             thread_label = n_threads if device == "cpu" else 0
+            reference = next(iter(runners))
             for mode_batch, table in ((cfg.batch, batched), (1, single)):
-                ref = statistics.median(table[runners[0][0]])
-                for v, _, _ in runners:
+                ref = statistics.median(table[reference])
+                for v in runners:
                     s = _summary(table[v])
                     rows.append({"variant": v, "runtime": runtime, "device": device, "threads": thread_label,
                                  "batch": mode_batch, **s,
                                  "speedup": ref / s["us_per_image_median"] if s["us_per_image_median"] else 0.0,
-                                 "reference": runners[0][0]})
+                                 "reference": reference})
             progress.update(task, advance=1, info=f"{runtime} {device} {n_threads}t")
     finally:
         torch.set_num_threads(prev_threads)

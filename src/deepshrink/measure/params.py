@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepshrink.models import weighted_layers
+
 
 @dataclass
 class LayerStats:
@@ -16,17 +18,12 @@ class LayerStats:
     macs_nonzero: int  # MACs that touch a non-zero weight (what a sparse kernel does)
 
 
-def _weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
-            and not list(m.children())]
-
-
 @torch.no_grad()
 def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerStats]:
     """Per-layer counts; MACs from output sizes seen by forward hooks on one example image."""
     out_elems: dict[str, int] = {}
     hooks = []
-    for name, mod in _weighted_layers(model):
+    for name, mod in weighted_layers(model, None):
         def hook(m: nn.Module, inp: object, out: torch.Tensor, name: str = name) -> None:
             out_elems[name] = out[0].numel() // (out.shape[1] if out.dim() > 1 else 1)  # positions per channel
         hooks.append(mod.register_forward_hook(hook))
@@ -40,7 +37,7 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSta
             h.remove()
         model.train(was_training)
     stats = []
-    for name, mod in _weighted_layers(model):
+    for name, mod in weighted_layers(model, None):
         w: torch.Tensor = mod.weight  # type: ignore[assignment]  # Module.__getattr__ is Tensor | Module
         params = [t for t in (w, getattr(mod, "bias", None)) if isinstance(t, torch.Tensor)]
         positions = out_elems.get(name, 1)

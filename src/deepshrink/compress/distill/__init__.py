@@ -1,0 +1,201 @@
+"""Knowledge distillation (Hinton et al. 2015) as a compression step: `distill`.
+
+The student is trained by the shared loop (`train.fit`) with a different objective:
+    loss = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y).
+alpha=0 is plain cross-entropy and needs no teacher: that is how the control (the same student,
+same budget, no teacher) is trained, through the very same code path.
+
+Teacher logits: when the student trains on un-augmented images (`augment=none`, the tuned default
+for `mlp-50`) they are looked up from a per-(teacher, dataset) cache by the batch's indices; with
+augmentation the cached logits would describe other inputs, so the teacher runs on each augmented
+batch instead (exact, slower). `info["distill_teacher_logits"]` says which was used.
+"""
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
+from deepshrink.compress.distill.loss import distill_objective, hinton_loss
+from deepshrink.compress.distill.teacher import (
+    OnlineEnsemble,
+    Teacher,
+    check_fits,
+    check_teacher_manifests,
+    ensemble_train_logits,
+    resolve_teachers,
+)
+from deepshrink.compress.registry import apply, register_step
+from deepshrink.config import default_train
+from deepshrink.errors import UserError
+from deepshrink.export.base import Deployment
+from deepshrink.models import MODELS, create_model
+from deepshrink.train import AUGMENTS, Objective, TrainConfig, cross_entropy, evaluate, fit
+from deepshrink.variant import StepContext, Variant, variant_id
+
+__all__ = ["DistillConfig", "apply_distill", "control_of", "distill_objective", "distill_with_control",
+           "distillation_table", "hinton_loss", "scratch_config"]
+
+INPUT_STUDENT = "input"  # the step's input model itself is the student (warm start), e.g. a pruned copy
+
+
+def _is_path(spec: str) -> bool:
+    return spec.endswith((".safetensors", ".json")) or "/" in spec
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`distill:teacher=...,student=mlp-50,temperature=2,alpha=0.5,epochs=...`.
+
+    teacher: "" = the step's input model; else a checkpoint, or an ensemble `a.safetensors+b.safetensors`.
+    student: a registry model name (fresh, seeded init), a checkpoint path (e.g. a structurally pruned
+    copy), or "input" (the step's input model). epochs/lr/batch_size 0 and augment "" mean the tuned
+    training defaults of the student's model and dataset (`config.default_train`).
+    """
+
+    teacher: str = ""
+    student: str = "mlp-50"
+    # T=2, alpha=0.5 won on the validation split for mlp-50 from LeNet-5 on both datasets (T in 1-16,
+    # alpha in 0.3-0.9): a 10-class teacher at ~70% has little "dark knowledge" beyond the top classes.
+    temperature: float = 2.0
+    alpha: float = 0.5
+    epochs: int = 0
+    lr: float = 0.0
+    batch_size: int = 0
+    augment: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise UserError(f"distill.temperature={self.temperature}: must be a finite number > 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"distill.alpha={self.alpha}: must be in [0, 1]")
+        for key in ("epochs", "lr", "batch_size"):
+            if getattr(self, key) < 0:
+                raise UserError(f"distill.{key}={getattr(self, key)}: must be >= 0 (0 = tuned default)")
+        if self.augment and self.augment not in AUGMENTS:
+            raise UserError(f"distill.augment={self.augment!r}: unknown (known: {', '.join(AUGMENTS.names())})")
+        self._check_student()
+        if self.teacher:
+            check_teacher_manifests(self.teacher)
+
+    def _check_student(self) -> None:
+        if self.student == INPUT_STUDENT or self.student in MODELS:
+            return
+        if not _is_path(self.student):
+            raise UserError(f"distill.student={self.student!r}: unknown model (known: "
+                            f"{', '.join(MODELS.names())}, '{INPUT_STUDENT}', or a checkpoint path)")
+        try:
+            read_manifest(Path(self.student))
+        except UserError as e:
+            raise UserError(f"distill.student: {e}") from None
+
+
+def _student(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tuple[nn.Module, str, Deployment]:
+    """(model, registry name, deployment). Fresh students are seeded so the control starts identical."""
+    if cfg.student == INPUT_STUDENT:
+        return copy.deepcopy(v.model).cpu(), v.manifest.model, v.deployment
+    if cfg.student in MODELS:
+        torch.manual_seed(ctx.seed)
+        return create_model(cfg.student, ctx.data.input_shape, ctx.data.num_classes), cfg.student, Deployment()
+    try:
+        model, manifest = load_checkpoint(Path(cfg.student))
+    except UserError as e:
+        raise UserError(f"distill.student: {e}") from None
+    check_fits(manifest, ctx.data, "distill.student", cfg.student)
+    return model, manifest.model, Deployment()
+
+
+def student_train_config(cfg: DistillConfig, dataset: str, student_model: str, seed: int) -> TrainConfig:
+    return default_train(dataset, student_model, epochs=cfg.epochs or None, lr=cfg.lr or None,
+                         batch_size=cfg.batch_size or None, augment=cfg.augment or None, seed=seed)
+
+
+def _teacher_objective(teachers: list[Teacher], cfg: DistillConfig, train_cfg: TrainConfig,
+                       ctx: StepContext) -> tuple[Objective, str]:
+    if train_cfg.augment == "none":
+        logits = ensemble_train_logits(teachers, ctx.data, ctx.cache_dir, ctx.device)
+        return distill_objective(logits, cfg.temperature, cfg.alpha), "cached"
+    online = OnlineEnsemble(teachers).to(ctx.device)
+    return distill_objective(online, cfg.temperature, cfg.alpha), "online"
+
+
+@register_step("distill", DistillConfig)
+def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
+    """Train the student on the teacher's softened outputs (alpha > 0) or on labels alone (alpha = 0)."""
+    data = ctx.data
+    student, student_name, deployment = _student(v, cfg, ctx)
+    train_cfg = student_train_config(cfg, data.name, student_name, ctx.seed)
+    info: dict[str, Any] = {"distill_role": "distilled" if cfg.alpha > 0 else "scratch",
+                            "distill_student": student_name, "distill_temperature": cfg.temperature,
+                            "distill_alpha": cfg.alpha,
+                            "distill_teacher": (cfg.teacher or INPUT_STUDENT) if cfg.alpha > 0 else "none"}
+    if cfg.alpha > 0:
+        teachers = resolve_teachers(cfg.teacher, v.model, v.manifest, data)
+        objective, mode = _teacher_objective(teachers, cfg, train_cfg, ctx)
+        info["distill_teacher_model"] = "+".join(t.manifest.model for t in teachers)
+        info["distill_teacher_val_acc"] = evaluate(OnlineEnsemble(teachers), data.val_x, data.val_y)
+    else:  # the control: the teacher plays no part, but a wrong teacher file is still an error
+        objective, mode = cross_entropy(train_cfg.label_smoothing), "none"
+    info["distill_teacher_logits"] = mode
+    log = fit(student, data, train_cfg, objective=objective, progress=ctx.progress,
+              label=f"{info['distill_role']} {student_name} T={cfg.temperature:g}", device=ctx.device)
+    student.cpu().eval()
+    info["epochs_to_converge"] = log.epochs_to_converge()
+    warm = cfg.student == INPUT_STUDENT  # only a warm-started student inherits its input's facts
+    manifest = Manifest(model=student_name, dataset=v.manifest.dataset, input_shape=list(data.input_shape),
+                        num_classes=data.num_classes, mean=list(v.manifest.mean), std=list(v.manifest.std),
+                        pipeline=list(v.manifest.pipeline), train=train_cfg.to_dict(),
+                        info={**(v.manifest.info if warm else {}), **info})
+    return Variant(v.id, student, manifest, deployment=deployment, log=log, train_seconds=log.seconds,
+                   epochs=train_cfg.epochs, seed=ctx.seed, info={**(v.info if warm else {}), **info})
+
+
+def scratch_config(cfg: DistillConfig) -> DistillConfig:
+    """The control of `cfg`: same student, settings and budget, alpha=0 (no teacher). The one place
+    a no-teacher control is built; every caller reporting a control goes through `control_of`."""
+    return dataclasses.replace(cfg, alpha=0.0)
+
+
+def control_of(steps: list[object]) -> DistillConfig | None:
+    """The control a chain of steps is reported beside: a lone distill step with a teacher gets its
+    no-teacher twin; anything else gets none."""
+    if len(steps) == 1 and isinstance(steps[0], DistillConfig) and steps[0].alpha > 0:
+        return scratch_config(steps[0])
+    return None
+
+
+def distill_with_control(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tuple[Variant, Variant]:
+    """(distilled, scratch): the student with the teacher and the same student without it, both through
+    the registered step so their pipelines read `distill:...` and `distill:alpha=0.0,...`."""
+    control = control_of([cfg])
+    if control is None:
+        raise UserError(f"distill.alpha={cfg.alpha}: a control needs a distilled student (alpha > 0)")
+    pair = []
+    for c in (cfg, control):
+        out = apply(v, c, ctx)
+        out.id = variant_id(v.manifest.dataset, v.manifest.model, out.manifest.pipeline)
+        pair.append(out)
+    return pair[0], pair[1]
+
+
+def distillation_table(teachers: list[Variant], cfg: DistillConfig, ctx: StepContext) -> list[Variant]:
+    """The reference's Tables 11-12 as variants to measure: the student from scratch (once: it does not
+    depend on the teacher), then the student distilled from each teacher. Teachers themselves are
+    measured by the caller as the baselines they are."""
+    if not teachers:
+        return []
+    first = teachers[0]
+    scratch = apply(first, scratch_config(cfg), ctx)
+    scratch.id = variant_id(first.manifest.dataset, scratch.manifest.model, ["scratch", *scratch.manifest.pipeline])
+    out = [scratch]
+    for t in teachers:
+        kd = apply(t, dataclasses.replace(cfg, teacher=""), ctx)
+        kd.id = variant_id(t.manifest.dataset, t.manifest.model, kd.manifest.pipeline)
+        out.append(kd)
+    return out

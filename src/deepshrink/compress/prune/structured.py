@@ -1,0 +1,64 @@
+"""The `prune.structured` step: whole neurons (fc) and filters (conv) removed physically (units.py,
+Torch-Pruning's dependency graph), then the smaller dense model is retrained."""
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+
+from deepshrink.compress.prune.layers import check_fraction, parse_layers, resolve_layers, retrain_config
+from deepshrink.compress.prune.units import IMPORTANCES, LAYER_KINDS, candidate_layers, prune_units
+from deepshrink.compress.registry import register_step
+from deepshrink.errors import UserError
+from deepshrink.models import weight_of, weighted_layers
+from deepshrink.train import fit
+from deepshrink.variant import StepContext, Variant
+
+
+@dataclass(frozen=True)
+class PruneStructuredConfig:
+    """`prune.structured:ratio=0.8,importance=l1,layers=fc,epochs=10` (layers: fc/conv/all or a list)."""
+
+    ratio: float = 0.5
+    importance: str = "l1"
+    layers: str = "all"
+    epochs: int = 10
+    lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_fraction(self.ratio, "prune.structured.ratio")
+        if self.importance not in IMPORTANCES:
+            raise UserError(f"prune.structured.importance={self.importance!r}: unknown "
+                            f"(known: {', '.join(IMPORTANCES.names())})")
+        if self.epochs < 0 or self.lr < 0:
+            raise UserError("prune.structured.epochs/lr: must be >= 0")
+        if self.layers not in LAYER_KINDS:
+            parse_layers(self.layers, "prune.structured.layers")
+
+
+def structured_ratios(model: nn.Module, cfg: PruneStructuredConfig) -> dict[str, float]:
+    if cfg.layers in LAYER_KINDS:
+        return dict.fromkeys(candidate_layers(model, cfg.layers), cfg.ratio)
+    spec = parse_layers(cfg.layers, "prune.structured.layers")
+    return resolve_layers(model, spec, candidate_layers(model, "all"), cfg.ratio, "prune.structured.layers")
+
+
+def widths(model: nn.Module) -> str:
+    """`fc1=60,fc2=20,...`: output units per layer, for results.csv."""
+    return ",".join(f"{n}={weight_of(model, n).shape[0]}" for n, _ in weighted_layers(model))
+
+
+@register_step("prune.structured", PruneStructuredConfig)
+def apply_prune_structured(v: Variant, cfg: PruneStructuredConfig, ctx: StepContext) -> Variant:
+    model = v.model.to(ctx.device)
+    ratios = structured_ratios(model, cfg)
+    prune_units(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1], "prune.structured.ratio")
+    log = v.log
+    if cfg.epochs:
+        log = fit(model, ctx.data, retrain_config(v, cfg.epochs, cfg.lr, ctx.seed), progress=ctx.progress,
+                  label="retrain structured", device=ctx.device)
+    model.cpu()
+    info = {**v.info, "pruned_widths": widths(model)}
+    return Variant(v.id, model, copy.deepcopy(v.manifest), v.deployment, log=log,
+                   train_seconds=v.train_seconds + (log.seconds if log and cfg.epochs else 0.0),
+                   epochs=v.epochs + cfg.epochs, seed=v.seed, info=info)

@@ -1,0 +1,54 @@
+"""What every exporter shares: the `Deployment` a technique asks for, the `Artifact` an exporter
+writes, and the registry that maps one to the other. Formats register themselves (export/__init__)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepshrink.measure.latency import RunnerFactory
+from deepshrink.registry import Registry
+
+
+@dataclass
+class Artifact:
+    """The files a variant ships and how to run them."""
+
+    path: Path  # primary deployable file: its bytes are the variant's `size_bytes`
+    kind: str
+    precision: str
+    files: dict[str, int] = field(default_factory=dict)  # every file written -> bytes
+    runners: dict[str, RunnerFactory] = field(default_factory=dict)  # runtime -> factory
+    input_dtype: Any = np.float32
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. the chosen "never slower" deployment
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How a model is meant to ship: the exporter's name plus its options."""
+
+    name: str = "fp32"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def opts(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass
+class ExportContext:
+    """What exporters may need beyond the model: an example input and calibration images."""
+
+    example: torch.Tensor  # (1, C, H, W) float32
+    calib: torch.Tensor | None = None
+
+
+Exporter = Callable[[nn.Module, Path, ExportContext, dict[str, Any]], Artifact]
+EXPORTERS: Registry[Exporter] = Registry("deployment")

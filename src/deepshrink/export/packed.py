@@ -1,0 +1,101 @@
+"""Sub-8-bit weights stored bit-packed (`packed` deployment), the decoder that reproduces them
+exactly, and the accuracy-vs-bits figure.
+
+On the container codec (container.py, stream codec `none`: packed codes barely compress). The header
+lists, per tensor, its name, shape, kind ("codes", or "f32") and stream; codes are signed integers in
+[-qmax, qmax] stored offset by qmax as `bits`-bit unsigned fields, LSB first; each coded weight has a
+per-output-channel float32 step ("<name>.step"). Decoded weight = code * step in float32, exactly the
+forward of the QAT wrapper, so the measured model is the trained one.
+"""
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
+from deepshrink.export.container import Streams, read_container
+from deepshrink.export.floating import export_onnx
+from deepshrink.export.qgraph import plan, quantize_weight
+from deepshrink.export.runners import ort_runner, torch_runner
+
+MAGIC = b"DSQP0002"
+FORMAT = "deepshrink.packed/2"
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Unsigned ints < 2**bits -> a dense bit stream (LSB-first within each byte)."""
+    v = values.astype(np.uint8).ravel()
+    planes = ((v[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8)
+    return np.packbits(planes.ravel(), bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    flat = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * bits]
+    planes = flat.reshape(count, bits).astype(np.uint8)
+    return (planes << np.arange(bits, dtype=np.uint8)).sum(1).astype(np.uint8)
+
+
+def encode(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> bytes:
+    """The packed file for `model`: weights of weighted layers as codes, all else float32."""
+    qmax = 2 ** (bits - 1) - 1
+    coded = {f"{op.name}.weight": op.name for op in plan(model) if op.weighted}
+    header: list[dict[str, Any]] = []
+    streams = Streams("none")
+
+    def add(name: str, kind: str, shape: Sequence[int], blob: bytes) -> None:
+        header.append({"name": name, "kind": kind, "shape": list(shape), "data": streams.add(blob)})
+
+    for name, t in model.state_dict().items():
+        t = t.detach().float().cpu()
+        if name in coded:
+            step = steps[coded[name]].float().cpu()
+            codes = quantize_weight(t, step, qmax).numpy().astype(np.int16) + qmax
+            add(name, "codes", t.shape, pack_bits(codes, bits))
+            add(f"{name}.step", "f32", step.shape, step.numpy().astype("<f4").tobytes())
+        else:
+            add(name, "f32", t.shape, t.numpy().astype("<f4").tobytes())
+    return streams.pack(MAGIC, {"format": FORMAT, "bits": bits, "tensors": header})
+
+
+def decode(blob: bytes, source: str = "packed file") -> dict[str, torch.Tensor]:
+    """The state dict a packed file holds, weights dequantized as code * step in float32."""
+    head, read = read_container(blob, MAGIC, source, "packed weight file")
+    bits = int(head["bits"])
+    qmax = 2 ** (bits - 1) - 1
+    raw = {t["name"]: (t, read(t["data"])) for t in head["tensors"]}
+    state: dict[str, torch.Tensor] = {}
+    for name, (t, data) in raw.items():
+        if name.endswith(".step"):
+            continue
+        shape = tuple(t["shape"])
+        if t["kind"] == "f32":
+            state[name] = torch.from_numpy(np.frombuffer(data, "<f4").reshape(shape).copy())
+            continue
+        count = int(np.prod(shape))
+        codes = torch.from_numpy(unpack_bits(data, bits, count).astype(np.float32) - qmax).reshape(shape)
+        step = torch.from_numpy(np.frombuffer(raw[f"{name}.step"][1], "<f4").copy())
+        state[name] = codes * step.reshape(-1, *([1] * (len(shape) - 1)))
+    return state
+
+
+@EXPORTERS.register("packed")
+def export_packed(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
+    """Writes the packed file; runs the model decoded from it (torch, and ONNX Runtime on a float
+    ONNX copy of the decoded weights: the runtime's working form, not what ships)."""
+    bits = int(opts["bits"])
+    steps = {name: torch.tensor(vals) for name, vals in opts["steps"]}
+    path = stem.with_suffix(".dsq")
+    atomic_write_bytes(path, encode(model, bits, steps))
+    decoded = copy.deepcopy(model).float()
+    decoded.load_state_dict(decode(path.read_bytes(), str(path)))
+    onnx_path = export_onnx(copy.deepcopy(decoded), stem.with_name(f"{stem.name}.decoded.onnx"), ctx.example)
+    return Artifact(path=path, kind=f"packed-int{bits}-weights", precision=f"int{bits}-weights",
+                    files={path.name: path.stat().st_size, onnx_path.name: onnx_path.stat().st_size},
+                    runners={"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(decoded)},
+                    info={"weight_bits": bits, "decoded_onnx_bytes": onnx_path.stat().st_size})

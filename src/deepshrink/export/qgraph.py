@@ -1,0 +1,121 @@
+"""The layer plan every quantization path shares, and activation-range observation.
+
+Models are `nn.Sequential`s of Linear/Conv2d/ReLU/MaxPool2d/Flatten. A plan lists them with each
+ReLU fused into the layer before it, because the integer graph clamps through the output
+quantizer's zero point instead of running a ReLU. The quantization points are the network input
+("input") and the (post-ReLU) output of every Linear/Conv2d, named after that layer.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from deepshrink.errors import UserError
+from deepshrink.models import WEIGHTED
+
+INPUT = "input"
+_PASSTHROUGH = (nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    module: nn.Module
+    relu: bool = False  # a ReLU follows and is fused into this layer's output quantizer
+
+    @property
+    def weighted(self) -> bool:
+        return isinstance(self.module, WEIGHTED)
+
+    @property
+    def weight(self) -> Tensor:
+        w = self.module.weight
+        assert isinstance(w, Tensor)
+        return w
+
+    @property
+    def bias(self) -> Tensor | None:
+        b = self.module.bias
+        return b if isinstance(b, Tensor) else None
+
+
+def plan(model: nn.Module) -> list[Op]:
+    """The model's layers in order, ReLUs fused into the weighted layer they follow."""
+    if not isinstance(model, nn.Sequential):
+        raise UserError(f"quantize: model {type(model).__name__} is not an nn.Sequential of supported layers")
+    ops: list[Op] = []
+    for name, mod in model.named_children():
+        if isinstance(mod, nn.ReLU) and ops and ops[-1].weighted and not ops[-1].relu:
+            ops[-1] = Op(ops[-1].name, ops[-1].module, relu=True)
+        elif isinstance(mod, (*WEIGHTED, nn.ReLU, *_PASSTHROUGH)):
+            ops.append(Op(name, mod))
+        else:
+            raise UserError(f"quantize: layer {name!r} ({type(mod).__name__}) is not supported "
+                            "(Linear, Conv2d, ReLU, MaxPool2d, Flatten)")
+    return ops
+
+
+def run_plan(ops: list[Op], x: Tensor, at_point: Callable[[str, Tensor], Tensor],
+             weight: Callable[[Op], Tensor] | None = None) -> Tensor:
+    """Forward through the plan, passing every quantization point through `at_point`.
+
+    `weight` substitutes a layer's weight (fake-quantized in QAT); None uses the layer's own.
+    """
+    x = at_point(INPUT, x)
+    for op in ops:
+        mod = op.module
+        if op.weighted:
+            w = weight(op) if weight is not None else op.weight
+            if isinstance(mod, nn.Linear):
+                x = nn.functional.linear(x, w, op.bias)
+            else:
+                assert isinstance(mod, nn.Conv2d)
+                x = mod._conv_forward(x, w, op.bias)
+            if op.relu:
+                x = torch.relu(x)
+            x = at_point(op.name, x)
+        else:
+            x = mod(x)
+    return x
+
+
+@torch.no_grad()
+def observe_ranges(model: nn.Module, x: Tensor, batch: int = 256) -> dict[str, tuple[float, float]]:
+    """Min/max of every quantization point over `x` (MinMax calibration, as ONNX Runtime's default)."""
+    ops = plan(model)
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def record(name: str, t: Tensor) -> Tensor:
+        lo, hi = float(t.min()), float(t.max())
+        old = ranges.get(name, (lo, hi))
+        ranges[name] = (min(old[0], lo), max(old[1], hi))
+        return t
+
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(x), batch):
+        run_plan(ops, x[i : i + batch], record)
+    model.train(was_training)
+    return ranges
+
+
+def uint8_params(lo: float, hi: float) -> tuple[float, int]:
+    """Asymmetric uint8 (scale, zero point) covering [lo, hi] and always 0 (so ReLU is exact)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zp = round(-lo / scale)
+    return scale, max(0, min(255, zp))
+
+
+def weight_scales(w: Tensor, qmax: int) -> Tensor:
+    """Symmetric per-output-channel scales: the channel's largest |w| maps to qmax."""
+    absmax = w.detach().abs().reshape(w.shape[0], -1).amax(1)
+    return torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
+
+
+def quantize_weight(w: Tensor, scales: Tensor, qmax: int) -> Tensor:
+    """Integer codes of `w` (as float tensor) for per-channel `scales`, clipped to [-qmax, qmax]."""
+    s = scales.reshape(-1, *([1] * (w.dim() - 1)))
+    return torch.clamp(torch.round(w / s), -qmax, qmax)

@@ -1,0 +1,143 @@
+"""The sparse deployable file of an unstructurally pruned model (`.dsparse`) and its exporter (`sparse`).
+
+On the container codec (container.py): each Linear/Conv2d weight is stored as its non-zeros only,
+in flat (row-major) order, as two streams:
+  - relative indices: the container's u8 gap coding (filler entries for gaps over 255);
+  - values: float32, byte-plane shuffled (all sign/exponent bytes together) before the stream codec
+    (lzma by default), so the bytes that barely vary among trained weights cost almost nothing.
+Everything else (biases) is stored dense. Decoding reproduces every tensor bit for bit: "non-zero"
+is decided on the bit pattern, so a -0.0 would be kept as an explicit value.
+"""
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
+from deepshrink.export.container import Streams, encode_positions, read_container, scatter
+from deepshrink.export.floating import export_onnx
+from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.measure.latency import RunnerFactory, median_us
+from deepshrink.models import weighted_layers
+
+MAGIC = b"DSPARSE1"
+
+
+def _shuffle(values: np.ndarray) -> bytes:
+    return values.astype("<f4").view(np.uint8).reshape(-1, 4).T.tobytes()
+
+
+def _unshuffle(data: bytes, n: int) -> np.ndarray:
+    return np.frombuffer(data, np.uint8).reshape(4, n).T.copy().view("<f4").reshape(n)
+
+
+def encode_state(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "lzma") -> bytes:
+    streams = Streams(codec)
+    add = streams.add
+    entries: list[dict[str, Any]] = []
+    for key, t in state.items():
+        arr = t.detach().cpu().contiguous().numpy()
+        entry: dict[str, Any] = {"key": key, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        if key in sparse_keys and arr.dtype == np.float32:
+            flat = arr.reshape(-1)
+            gaps, where = encode_positions(flat.view(np.uint32))
+            values = np.where(where >= 0, flat[np.maximum(where, 0)], np.float32(0.0)).astype(np.float32)
+            entry.update(kind="sparse", entries=len(gaps), nonzero=int((where >= 0).sum()),
+                         gaps=add(gaps.tobytes()), values=add(_shuffle(values)))
+        else:
+            entry.update(kind="dense", data=add(arr.tobytes()))
+        entries.append(entry)
+    return streams.pack(MAGIC, {"tensors": entries})
+
+
+def decode_state(data: bytes, source: str = "sparse file") -> dict[str, Tensor]:
+    header, blob = read_container(data, MAGIC, source, "sparse file")
+    out: dict[str, Tensor] = {}
+    for e in header["tensors"]:
+        shape, dtype = tuple(e["shape"]), np.dtype(e["dtype"])
+        if e["kind"] == "sparse":
+            gaps = np.frombuffer(blob(e["gaps"]), np.uint8)
+            values = _unshuffle(blob(e["values"]), e["entries"])
+            arr = scatter(gaps, values, int(np.prod(shape)), np.float32).reshape(shape)
+        else:
+            arr = np.frombuffer(blob(e["data"]), dtype).reshape(shape).copy()
+        out[e["key"]] = torch.from_numpy(arr)
+    return out
+
+
+def sparse_weight_keys(model: nn.Module) -> set[str]:
+    return {f"{n}.weight" for n, _ in weighted_layers(model)}
+
+
+def write_sparse(model: nn.Module, path: Path, codec: str = "lzma") -> Path:
+    atomic_write_bytes(path, encode_state(model.state_dict(), sparse_weight_keys(model), codec))
+    return path
+
+
+class SparseLinear(nn.Module):
+    """y = x W^T + b with W held as a CSR tensor: the work done is proportional to the non-zeros."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all this uses
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight_csr = linear.weight.detach().to_sparse_csr()
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.sparse.mm(self.weight_csr, x.t()).t()
+        return y if self.bias is None else y + self.bias
+
+
+def to_sparse_kernels(model: nn.Module) -> nn.Module:
+    """A copy whose Linear layers run CSR matmuls; convolutions stay dense (no sparse conv kernel
+    on CPU in torch), so their zeros are still multiplied."""
+    out = copy.deepcopy(model).eval()
+    for name, mod in weighted_layers(out, (nn.Linear,)):
+        assert isinstance(mod, nn.Linear)
+        parent = out.get_submodule(name.rpartition(".")[0]) if "." in name else out
+        setattr(parent, name.rpartition(".")[2], SparseLinear(mod))
+    return out
+
+
+def compare_kernels(dense: RunnerFactory, sparse: RunnerFactory, x: np.ndarray) -> dict[str, Any]:
+    """Dense kernels on the zero-filled weights vs CSR kernels, same input, 1 thread, batch 256."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        us = median_us({"dense": dense(1, "cpu"), "sparse": sparse(1, "cpu")}, x, batch=256, repeats=5)
+    finally:
+        torch.set_num_threads(prev)
+    d_us, s_us = us["dense"], us["sparse"]
+    return {"dense_us_per_image": d_us, "sparse_us_per_image": s_us,
+            "sparse_kernel_faster": s_us < d_us, "faster_kernel": "torch-sparse" if s_us < d_us else "torch"}
+
+
+@EXPORTERS.register("sparse")
+def export_sparse(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
+    """Primary file: the sparse file. Every runner runs the model decoded from that file."""
+    path = write_sparse(model, stem.with_suffix(".dsparse"), str(opts.get("codec", "lzma")))
+    decoded = load_sparse_into(model, path)
+    # The zero-filled dense ONNX sits beside the manifest, so `deepshrink bench` can time it.
+    onnx_path = export_onnx(decoded, stem.with_suffix(".onnx"), ctx.example)
+    dense, sparse = torch_runner(decoded), torch_runner(to_sparse_kernels(decoded))
+    probe = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
+    info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma")),
+                            **compare_kernels(dense, sparse, probe)}
+    return Artifact(path=path, kind="sparse", precision="fp32",
+                    files={p.name: p.stat().st_size for p in (path, onnx_path)},
+                    runners={"onnxruntime": ort_runner(onnx_path), "torch": dense, "torch-sparse": sparse},
+                    info=info)
+
+
+def load_sparse_into(model: nn.Module, path: Path) -> nn.Module:
+    """A copy of `model` holding the weights decoded from `path` (the model that actually ships)."""
+    out = copy.deepcopy(model).cpu().eval()
+    out.load_state_dict(decode_state(path.read_bytes(), str(path)))
+    return out

@@ -1,0 +1,138 @@
+"""What a study runs: every variant of a recipe (`plan`), grouped into units that run independently
+— a baseline alone, or a tree of pipelines sharing (dataset, model, seed, first step) — and the
+cache keys under which their outputs are kept.
+"""
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepshrink import __version__, provenance
+from deepshrink.errors import UserError
+from deepshrink.study.recipe import Recipe
+from deepshrink.variant import slug, variant_id
+
+BaseKey = tuple[str, str, int]  # (dataset, model, seed): which baseline a variant starts from
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """How to run a study, beside the recipe (what to run)."""
+
+    out: Path
+    data_dir: Path | None = None
+    device: str = "cpu"
+    quiet: bool = False
+    threads: int = 0  # torch threads per job; 0 = leave torch's default
+    code: str = ""  # the code version in cache keys, pinned by the parent for the whole study
+
+
+@dataclass(frozen=True)
+class Work:
+    """One variant to produce: a baseline (no steps) or a pipeline applied to one."""
+
+    vid: str
+    dataset: str
+    model: str
+    seed: int
+    label: str
+    steps: tuple[str, ...] = ()
+
+    @property
+    def base_group(self) -> BaseKey:
+        return self.dataset, self.model, self.seed
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one worker runs: a baseline alone (`tree` empty), or a tree of pipelines sharing it."""
+
+    base: Work
+    tree: tuple[Work, ...] = ()
+
+    @property
+    def works(self) -> tuple[Work, ...]:
+        return self.tree or (self.base,)
+
+    @property
+    def label(self) -> str:
+        return self.tree[0].label if self.tree else self.base.vid
+
+
+def plan(recipe: Recipe) -> list[Work]:
+    """Every variant of the recipe, baselines first, in a deterministic order."""
+    multi_seed = len(recipe.seeds) > 1
+    out: list[Work] = []
+    for ds in recipe.datasets:
+        for model in recipe.models:
+            for seed in recipe.seeds:
+                tail = f"--seed{seed}" if multi_seed else ""
+                out.append(Work(variant_id(ds, model, []) + tail, ds, model, seed, "baseline"))
+                for p in recipe.pipelines:
+                    if p.applies(ds, model):
+                        # A named pipeline's id is its label (readable: mnist-lenet-5--prune80+int8).
+                        named = p.name != "+".join(p.steps) and len(p.name) <= 60
+                        vid = f"{slug(f'{ds}-{model}')}--{slug(p.name)}" if named else variant_id(ds, model,
+                                                                                                 list(p.steps))
+                        out.append(Work(vid + tail, ds, model, seed, p.name, p.steps))
+    seen: set[str] = set()
+    for w in out:
+        if w.vid in seen:
+            raise UserError(f"{recipe.source}: two pipelines give the same variant {w.vid!r}")
+        seen.add(w.vid)
+    return out
+
+
+def trees(works: Iterable[Work]) -> list[list[Work]]:
+    """Pipelines grouped by (dataset, model, seed, first step): each group shares its prefixes."""
+    groups: dict[tuple[str, str, int, str], list[Work]] = {}
+    for w in works:
+        if w.steps:
+            groups.setdefault((*w.base_group, w.steps[0]), []).append(w)
+    return [sorted(g, key=lambda w: w.steps) for g in groups.values()]
+
+
+def units(works: list[Work]) -> list[Unit]:
+    """Baselines alone first, then every tree with its baseline."""
+    bases = {w.base_group: w for w in works if not w.steps}
+    return [Unit(b) for b in bases.values()] + [Unit(bases[t[0].base_group], tuple(t)) for t in trees(works)]
+
+
+def pending(works: Iterable[Work], done: set[str]) -> frozenset[BaseKey]:
+    """Baselines (dataset, model, seed) that some unfinished pipeline still starts from."""
+    return frozenset(w.base_group for w in works if w.steps and w.vid not in done)
+
+
+_CODE: list[str] = []  # pinned once per study: a commit landing mid-run must not change the keys
+_DOWNSTREAM = ("report", "templates")  # readers of results, not producers
+
+
+def code_version() -> str:
+    """A hash of the package's own source (code, recipes): unlike the git commit it sees uncommitted
+    edits and ignores commits that touch only docs or tests. The report and its templates are left out:
+    they only read results, so editing them must not retrain anything."""
+    if not _CODE:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256(__version__.encode())
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()
+                           and p.relative_to(root).parts[0] not in _DOWNSTREAM):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _CODE.append(f"{__version__}+src.{h.hexdigest()[:12]}")
+    return _CODE[0]
+
+
+def pin_code_version(version: str) -> None:
+    """Workers use the parent's code version, read once when the study started."""
+    _CODE[:] = [version]
+
+
+def baseline_key(dataset: str, model: str, train: dict[str, object], fingerprint: str, val_size: int) -> str:
+    return provenance.config_hash({"dataset": dataset, "model": model, "train": train, "data": fingerprint,
+                                   "val_size": val_size, "code": code_version()}, 16)
+
+
+def step_key(parent: str, step: str, fingerprint: str, seed: int) -> str:
+    """The cache key of a step's output: any change upstream (config, input, data, code) changes it."""
+    return provenance.config_hash({"step": step, "input": parent, "data": fingerprint, "seed": seed,
+                                   "code": code_version()}, 16)

@@ -1,0 +1,60 @@
+"""Measurement: MACs and parameter counts per layer, energy model, latency rows and artifact accuracy."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from deepshrink.export import Deployment, ExportContext, export
+from deepshrink.measure import energy
+from deepshrink.measure.accuracy import artifact_accuracy
+from deepshrink.measure.latency import LatencyConfig, measure_latency
+from deepshrink.measure.params import layer_stats
+from deepshrink.models import create_model
+from deepshrink.train import evaluate
+
+from conftest import make_splits
+
+
+def test_lenet5_macs_and_params() -> None:
+    stats = {s.layer: s for s in layer_stats(create_model("lenet-5", "mnist"), (1, 28, 28))}
+    assert stats["conv1"].macs == 6 * 24 * 24 * 25  # 6 filters x 24x24 outputs x 5x5x1 taps
+    assert stats["conv2"].macs == 16 * 8 * 8 * 150
+    assert stats["fc1"].macs == 256 * 120
+    assert sum(s.params_total for s in stats.values()) == 44_426
+
+
+def test_nonzero_counts_follow_zeros() -> None:
+    m = create_model("lenet-300-100", "mnist")
+    with torch.no_grad():
+        m.fc1.weight[:, :392] = 0
+    s = {x.layer: x for x in layer_stats(m, (1, 28, 28))}["fc1"]
+    assert s.params_nonzero == 300 * 392 + 300 and s.macs_nonzero == 300 * 392
+
+
+def test_energy_sram_vs_dram() -> None:
+    small = energy.estimate(1000, 1024, "fp32", sram_budget_bytes=4096)
+    big = energy.estimate(1000, 8192, "fp32", sram_budget_bytes=4096)
+    assert small.memory == "sram" and big.memory == "dram"
+    assert big.memory_nj / small.memory_nj == 8 * energy.DRAM_PJ_PER_32BIT / energy.SRAM_PJ_PER_32BIT
+    assert energy.estimate(1000, 0, "int8").compute_nj < energy.estimate(1000, 0, "fp32").compute_nj
+
+
+def test_onnx_artifact_matches_torch_and_latency_rows(tmp_path: Path) -> None:
+    data = make_splits(n_test=64)
+    torch.manual_seed(0)
+    model = create_model("lenet-5", "mnist").eval()
+    art = export(model, Deployment(), tmp_path / "m", ExportContext(example=data.test_x[:1]))
+    onnx.checker.check_model(onnx.load(str(art.path)))
+    assert art.size_bytes == art.path.stat().st_size > 4 * 44_426
+    assert artifact_accuracy(art, data, "onnxruntime") == evaluate(model, data.test_x, data.test_y)
+    cfg = LatencyConfig(threads=(1,), repeats=2, single_calls=20, batch=32)
+    rows = measure_latency([("a", art), ("b", art)], data.test_x.numpy(), cfg)
+    assert {(r["runtime"], r["batch"]) for r in rows} == {("torch", 32), ("torch", 1), ("onnxruntime", 32),
+                                                         ("onnxruntime", 1)}
+    for r in rows:
+        assert r["us_per_image_min"] <= r["us_per_image_median"] <= r["us_per_image_max"]
+        if r["variant"] == "a":
+            assert r["speedup"] == 1.0
+    assert all(np.isfinite(float(r["speedup"])) for r in rows)

@@ -1,0 +1,46 @@
+"""The study plan: variants, trees, units, and cache keys that follow every upstream change."""
+
+from pathlib import Path
+
+from deepshrink.study import plan as runner
+from deepshrink.study.recipe import load_recipe
+
+from smoke_recipe import RECIPE, _recipe
+
+
+def test_cache_keys_change_with_upstream_config_only() -> None:
+    base = runner.baseline_key("mnist", "lenet-5", {"epochs": 3}, "fp", 5000)
+    assert base == runner.baseline_key("mnist", "lenet-5", {"epochs": 3}, "fp", 5000)
+    assert base != runner.baseline_key("mnist", "lenet-5", {"epochs": 4}, "fp", 5000)
+    assert base != runner.baseline_key("mnist", "lenet-5", {"epochs": 3}, "other", 5000)
+    s1 = runner.step_key(base, "prune.unstructured:sparsity=0.8", "fp", 0)
+    s2 = runner.step_key(s1, "quantize:precision=int8", "fp", 0)
+    assert s1 == runner.step_key(base, "prune.unstructured:sparsity=0.8", "fp", 0)
+    assert s1 != runner.step_key(base, "prune.unstructured:sparsity=0.9", "fp", 0)
+    other_base = runner.baseline_key("mnist", "lenet-5", {"epochs": 4}, "fp", 5000)
+    # Downstream keys follow any change upstream, through the whole chain.
+    assert s2 != runner.step_key(runner.step_key(other_base, "prune.unstructured:sparsity=0.8", "fp", 0),
+                                 "quantize:precision=int8", "fp", 0)
+    assert s2 != runner.step_key(s1, "quantize:precision=int8", "fp", 1)
+
+
+def test_plan_is_deterministic_and_filters_pipelines(tmp_path: Path) -> None:
+    text = RECIPE.replace('models = ["lenet-300-100"]', 'models = ["lenet-300-100", "lenet-5"]') + \
+        '[[pipeline]]\nname = "only5"\nsteps = ["test.scale:factor=2.0"]\nmodels = ["lenet-5"]\n'
+    works = runner.plan(load_recipe(str(_recipe(tmp_path, text))))
+    assert [w.label for w in works if w.model == "lenet-5"][-1] == "only5"
+    assert "only5" not in [w.label for w in works if w.model == "lenet-300-100"]
+    groups = runner.trees(works)
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 2, 2]
+
+
+
+
+def test_units_put_baselines_first_and_mark_pending_ones(tmp_path: Path) -> None:
+    works = runner.plan(load_recipe(str(_recipe(tmp_path))))
+    units = runner.units(works)
+    assert [u.tree for u in units[:1]] == [()] and all(u.tree for u in units[1:])
+    assert {w.vid for u in units for w in u.works} == {w.vid for w in works}
+    base = units[0].base
+    assert runner.pending(works, set()) == {base.base_group}
+    assert runner.pending(works, {w.vid for w in works}) == frozenset()

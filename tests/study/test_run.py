@@ -1,0 +1,86 @@
+"""The study runner: a smoke study end to end on tiny generated data, resume, cache keys, failures,
+the run-directory lock."""
+
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from deepshrink.compress import STEP_CONFIGS
+from deepshrink.errors import UserError
+from deepshrink.results import read_rows
+from deepshrink.study.run import run_study
+
+from smoke_recipe import CALLS, RECIPE, _recipe
+
+
+def test_smoke_study_end_to_end_then_resume(tmp_path: Path, mnist_dir: Path) -> None:
+    CALLS.clear()
+    out = tmp_path / "run"
+    run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
+    rows = {r["label"]: r for r in read_rows(out / "results.csv")}
+    assert set(rows) == {"baseline", "half", "half+quarter", "broken"}
+    assert rows["broken"]["status"].startswith("failed: FloatingPointError: non-finite loss")
+    assert all(rows[k]["status"] == "ok" for k in ("baseline", "half", "half+quarter"))
+    assert rows["half+quarter"]["pipeline"] == "test.scale | test.scale:factor=0.25"
+    # The shared prefix (x0.5) ran once for both pipelines.
+    assert sum(c.endswith(":0.5") for c in CALLS) == 1
+    assert (out / "report.md").exists() and "data:image/png;base64," in (out / "report.html").read_text()
+    assert "http://" not in (out / "report.html").read_text() and "https://" not in (out / "report.html").read_text()
+    latency = read_rows(out / "latency.csv")
+    assert {r["variant"] for r in latency} >= {rows["half"]["variant"], rows["baseline"]["variant"]}
+    half = [r for r in latency if r["variant"] == rows["half"]["variant"]]
+    assert half and all(r["reference"] == rows["baseline"]["variant"] for r in half)
+    before = (out / "results.csv").read_text()
+    CALLS.clear()
+    _, again = run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
+    # Resume: finished variants are skipped; only the failed one is retried (and fails again).
+    assert [f"{rows['baseline']['variant']}:0.5:fail"] == CALLS
+    assert again[rows["half"]["variant"]] == "ok"
+    ok_before = [r for r in read_rows(out / "results.csv") if r["status"] == "ok"]
+    assert ok_before == [r for r in _rows_from(before) if r["status"] == "ok"]
+    # From scratch again (--fresh): everything recomputed, same accuracies and sizes.
+    _fresh_recomputes_and_gives_identical_numbers(tmp_path, mnist_dir, out)
+    # Cache gone: the failed pipeline's retry retrains the baseline, whose row is then measured again
+    # (so it describes the model the pipelines start from), with the same numbers.
+    import shutil
+
+    base_onnx = out / rows["baseline"]["artifact"]
+    stamp = base_onnx.stat().st_mtime_ns
+    shutil.rmtree(out / "cache")
+    run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
+    assert base_onnx.stat().st_mtime_ns != stamp
+    again_rows = {r["label"]: r for r in read_rows(out / "results.csv")}
+    assert again_rows["baseline"]["accuracy_pct"] == rows["baseline"]["accuracy_pct"]
+
+
+def _rows_from(text: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _fresh_recomputes_and_gives_identical_numbers(tmp_path: Path, mnist_dir: Path, out: Path) -> None:
+    first = {r["variant"]: (r["accuracy_pct"], r["size_bytes"]) for r in read_rows(out / "results.csv")}
+    CALLS.clear()
+    run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True, fresh=True)
+    assert len(CALLS) == 3  # x0.5, then x0.25 on top of it, then the broken one
+    assert {r["variant"]: (r["accuracy_pct"], r["size_bytes"]) for r in read_rows(out / "results.csv")} == first
+
+
+def test_unregistered_spec_step_is_recorded_as_failed(tmp_path: Path, mnist_dir: Path) -> None:
+    if "cluster" in STEP_CONFIGS:
+        pytest.skip("cluster is implemented in this build")
+    text = RECIPE.split("[[pipeline]]")[0] + '[[pipeline]]\nname = "c"\nsteps = ["cluster:bits=4"]\n'
+    out = tmp_path / "run"
+    _, statuses = run_study(str(_recipe(tmp_path, text)), out, mnist_dir, "cpu", quiet=True)
+    failed = [s for s in statuses.values() if s != "ok"]
+    assert failed == ["failed: step 'cluster' is not implemented in this build"]
+
+
+def test_lock_stops_a_second_study(tmp_path: Path, mnist_dir: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(str(out / ".study.lock")), pytest.raises(UserError, match="another study"):
+        run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
