@@ -8,12 +8,13 @@ format: u8 relative indices (gaps), a gap over 255 bridged by filler entries (ga
 Deep Compression (Han et al. 2016).
 """
 
+import functools
 import json
 import lzma
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,12 @@ from deepshrink.errors import UserError
 from deepshrink.registry import Registry
 
 MAX_GAP = 255
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Reader(Protocol[T_co]):
+    def __call__(self, data: bytes, source: str = ...) -> T_co: ...
 
 Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
 CODECS: Registry[Codec] = Registry("container codec")
@@ -63,6 +70,24 @@ def read_container(data: bytes, magic: bytes, source: str,
         return decompress(bytes(body[span[0] : span[0] + span[1]]))
 
     return header, blob
+
+
+def reader(what: str) -> Callable[[Callable[[bytes, str], T]], Reader[T]]:
+    """For a decoder of a file a user (or an earlier run) hands us: any malformation becomes one
+    UserError naming the file (json, struct, the codecs, numpy and protobuf each raise their own types)."""
+    def wrap(fn: Callable[[bytes, str], T]) -> Reader[T]:
+        @functools.wraps(fn)
+        def checked(data: bytes, source: str = what) -> T:
+            try:
+                return fn(data, source)
+            except UserError:
+                raise
+            except Exception as e:
+                raise UserError(f"{source}: corrupt {what} ({type(e).__name__})") from None
+
+        return checked
+
+    return wrap
 
 
 def encode_positions(flat_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from deepshrink.errors import UserError
-from deepshrink.export.container import Streams, encode_positions, read_container, scatter
+from deepshrink.export.container import Streams, encode_positions, read_container, reader, scatter
 
 MAGIC = b"DSONNX01"
 MIN_ELEMENTS = 1024  # smaller initializers (biases, scales) stay inside the protobuf
@@ -52,17 +51,13 @@ def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
     return streams.pack(MAGIC, {"graph": graph, "tensors": entries})
 
 
-def unpack_onnx(data: bytes, source: str = "packed ONNX file") -> bytes:
-    try:
-        header, blob = read_container(data, MAGIC, source, "packed ONNX file")
-        m = onnx.load_from_string(blob(header["graph"]))
-        for e in header["tensors"]:
-            dtype = np.dtype(e["dtype"]).newbyteorder("<")
-            gaps = np.frombuffer(blob(e["gaps"]), np.uint8)
-            flat = scatter(gaps, np.frombuffer(blob(e["values"]), dtype), e["size"], dtype)
-            m.graph.initializer[e["index"]].raw_data = flat.tobytes()
-    except UserError:
-        raise
-    except Exception as e:  # json, struct, lzma/zlib, numpy and protobuf each raise their own types
-        raise UserError(f"{source}: corrupt packed ONNX file ({type(e).__name__})") from None
+@reader("packed ONNX file")
+def unpack_onnx(data: bytes, source: str) -> bytes:
+    header, blob = read_container(data, MAGIC, source, "packed ONNX file")
+    m = onnx.load_from_string(blob(header["graph"]))
+    for e in header["tensors"]:
+        dtype = np.dtype(e["dtype"]).newbyteorder("<")
+        gaps = np.frombuffer(blob(e["gaps"]), np.uint8)
+        flat = scatter(gaps, np.frombuffer(blob(e["values"]), dtype), e["size"], dtype)
+        m.graph.initializer[e["index"]].raw_data = flat.tobytes()
     return m.SerializeToString()

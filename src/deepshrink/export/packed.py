@@ -19,7 +19,7 @@ from torch import nn
 
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.container import Streams, read_container
+from deepshrink.export.container import Streams, read_container, reader
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qgraph import plan, quantize_weight
 from deepshrink.export.runners import ort_runner, torch_runner
@@ -63,7 +63,8 @@ def encode(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> bytes
     return streams.pack(MAGIC, {"format": FORMAT, "bits": bits, "tensors": header})
 
 
-def decode(blob: bytes, source: str = "packed file") -> dict[str, torch.Tensor]:
+@reader("packed weight file")
+def decode(blob: bytes, source: str) -> dict[str, torch.Tensor]:
     """The state dict a packed file holds, weights dequantized as code * step in float32."""
     head, read = read_container(blob, MAGIC, source, "packed weight file")
     bits = int(head["bits"])

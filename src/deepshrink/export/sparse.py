@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.container import Streams, encode_positions, read_container, scatter
+from deepshrink.export.container import Streams, encode_positions, read_container, reader, scatter
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.runners import ort_runner, torch_runner
 from deepshrink.measure.latency import RunnerFactory, median_us
@@ -56,7 +56,8 @@ def encode_state(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "
     return streams.pack(MAGIC, {"tensors": entries})
 
 
-def decode_state(data: bytes, source: str = "sparse file") -> dict[str, Tensor]:
+@reader("sparse file")
+def decode_state(data: bytes, source: str) -> dict[str, Tensor]:
     header, blob = read_container(data, MAGIC, source, "sparse file")
     out: dict[str, Tensor] = {}
     for e in header["tensors"]:

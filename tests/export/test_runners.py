@@ -1,0 +1,80 @@
+"""Runtime runners: ONNX Runtime and torch agree on an exported model; dtype conversions copy the model."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepshrink.export.floating import export_onnx
+from deepshrink.export.qdq import build_qdq
+from deepshrink.export.qgraph import observe_ranges
+from deepshrink.export.runners import ort_runner, qdq_runner, torch_runner
+from deepshrink.models import create_model
+
+
+def _tiny() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 16),
+                         nn.ReLU(), nn.Linear(16, 5)).eval()
+
+
+def _x(n: int = 8) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+def test_ort_and_torch_runners_agree(tmp_path: Path) -> None:
+    model = _tiny()
+    path = export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 1, 8, 8))
+    x = _x()
+    for threads in (1, 2):
+        ort_out = ort_runner(path)(threads, "cpu")(x)
+        torch_out = torch_runner(model)(threads, "cpu")(x)
+        assert ort_out.shape == torch_out.shape == (8, 5)
+        assert ort_out.dtype == torch_out.dtype == np.float32
+        np.testing.assert_allclose(ort_out, torch_out, atol=1e-5, rtol=0)
+    # a dynamic batch axis: any batch size runs, batch 1 included
+    np.testing.assert_allclose(ort_runner(path)(1, "cpu")(x[:1]), torch_runner(model)(1, "cpu")(x[:1]), atol=1e-5)
+
+
+def test_torch_runner_float64_leaves_the_callers_model_alone() -> None:
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = torch_runner(model, torch.float64)(1, "cpu")
+    out = run(_x().astype(np.float64))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert out.dtype == np.float32  # logits come back as float32 whatever the compute dtype
+    np.testing.assert_allclose(out, torch_runner(model)(1, "cpu")(_x()), atol=1e-5)
+
+
+def test_exporting_in_another_dtype_leaves_the_callers_model_alone(tmp_path: Path) -> None:
+    model = create_model("lenet-300-100", (1, 28, 28))
+    export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 1, 28, 28), torch.float16)
+    torch_runner(model, torch.float64)(1, "cpu")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_torch_runner_uses_the_model_itself_when_no_conversion_is_needed() -> None:
+    model = _tiny()
+    run = torch_runner(model)(1, "cpu")
+    x = _x()
+    first = run(x)
+    with torch.no_grad():
+        model[6].bias.add_(1.0)  # same dtype and device: the runner holds the caller's model, not a copy
+    np.testing.assert_allclose(run(x), first + 1.0, atol=1e-5)
+
+
+def test_qdq_runner_with_folded_weights_runs_a_weight_only_model(tmp_path: Path) -> None:
+    model = _tiny()
+    calib = torch.from_numpy(_x(32))
+    qdq = build_qdq(model, observe_ranges(model, calib), (1, 8, 8), int8_layers=set())  # weight-only
+    path = tmp_path / "w.onnx"
+    path.write_bytes(qdq.SerializeToString())
+    x = _x()
+    ref = torch_runner(model)(1, "cpu")(x)
+    folded = qdq_runner(path, fold_weights=True)(1, "cpu")(x)
+    plain = qdq_runner(path)(1, "cpu")(x)
+    assert folded.shape == ref.shape == (8, 5)
+    np.testing.assert_allclose(folded, plain, atol=1e-5)  # folding changes where, not what, is computed
+    assert np.abs(folded - ref).max() < 0.05 * np.abs(ref).max()  # int8 weights: close to float

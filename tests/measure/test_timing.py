@@ -1,0 +1,125 @@
+"""The one timing loop: warm-up then interleaved passes, batch-1 calls in interleaved chunks, and
+latency rows whose speedup is the reference's median over the variant's, from the same rows."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from deepshrink.measure.latency import LatencyConfig, Runner, RunnerFactory, measure_latency, time_passes, time_singles
+
+
+def _recorder(name: str, log: list[tuple[str, int]], sleep_s: float = 0.0) -> Runner:
+    def run(x: np.ndarray) -> np.ndarray:
+        log.append((name, len(x)))
+        if sleep_s:
+            time.sleep(sleep_s)
+        return np.zeros((len(x), 10), np.float32)
+
+    return run
+
+
+def test_time_passes_warms_up_once_then_interleaves_passes() -> None:
+    log: list[tuple[str, int]] = []
+    runners = {"a": _recorder("a", log), "b": _recorder("b", log)}
+    x = np.zeros((10, 1, 2, 2), np.float32)
+    out = time_passes(runners, {"a": x, "b": x[:4]}, batch=4, repeats=3)
+    a_pass, b_pass = [("a", 4), ("a", 4), ("a", 2)], [("b", 4)]  # 10 images in batches of 4; b gets 4
+    assert log == (a_pass + b_pass) * 4  # one warm-up pass each, then 3 passes, runner by runner
+    assert set(out) == {"a", "b"} and len(out["a"]) == len(out["b"]) == 3
+    assert all(v >= 0 for v in out["a"] + out["b"])
+
+
+def test_time_passes_with_zero_repeats_only_warms_up() -> None:
+    log: list[tuple[str, int]] = []
+    out = time_passes({"a": _recorder("a", log)}, {"a": np.zeros((3, 1))}, batch=256, repeats=0)
+    assert log == [("a", 3)] and out == {"a": []}
+
+
+@pytest.mark.parametrize("calls", [1, 5, 100, 250])
+def test_time_singles_makes_exactly_calls_batch1_calls_per_runner(calls: int) -> None:
+    log: list[tuple[str, int]] = []
+    runners = {"a": _recorder("a", log), "b": _recorder("b", log)}
+    x = np.zeros((7, 3), np.float32)
+    out = time_singles(runners, {"a": x, "b": x}, calls, chunk=100)
+    assert [n for n, _ in log].count("a") == calls and [n for n, _ in log].count("b") == calls
+    assert {size for _, size in log} == {1}
+    assert len(out["a"]) == len(out["b"]) == calls
+    # interleaved in chunks of at most 100 calls: a's chunk, then b's, then a's next ...
+    runs: list[tuple[str, int]] = []
+    for name, _ in log:
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1] + 1)
+        else:
+            runs.append((name, 1))
+    chunks = [min(100, calls - s) for s in range(0, calls, 100)]
+    assert runs == [(n, c) for c in chunks for n in ("a", "b")]
+
+
+def test_time_singles_walks_through_the_input() -> None:
+    seen: list[int] = []
+    x = np.arange(5, dtype=np.float32).reshape(5, 1)
+    time_singles({"a": lambda xi: seen.append(int(xi[0, 0])) or xi}, {"a": x}, 12, chunk=5)
+    assert seen == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+
+
+@dataclass
+class FakeArtifact:
+    runners: dict[str, RunnerFactory]
+    input_dtype: Any = np.float32
+    made: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _fake(sleep_s: float, dtype: Any = np.float32, runtimes: tuple[str, ...] = ("torch",)) -> FakeArtifact:
+    art = FakeArtifact({}, dtype)
+
+    def factory(threads: int, device: str) -> Runner:
+        art.made.append((threads, device))
+
+        def run(x: np.ndarray) -> np.ndarray:
+            assert x.dtype == dtype  # the input is cast to the artifact's dtype
+            if sleep_s:
+                time.sleep(sleep_s)
+            return np.zeros((len(x), 10), np.float32)
+
+        return run
+
+    art.runners = dict.fromkeys(runtimes, factory)
+    return art
+
+
+def test_measure_latency_speedup_is_reference_over_variant_median() -> None:
+    base, slow = _fake(0.0), _fake(0.002, np.float16)
+    cfg = LatencyConfig(runtimes=("torch",), threads=(1,), batch=4, repeats=3, single_calls=5)
+    threads_before = torch.get_num_threads()
+    rows = measure_latency([("base", base), ("slow", slow)], np.zeros((8, 1, 2, 2), np.float32), cfg)
+    assert torch.get_num_threads() == threads_before  # restored
+    assert base.made == slow.made == [(1, "cpu")]
+    assert {(r["variant"], r["batch"]) for r in rows} == {("base", 4), ("base", 1), ("slow", 4), ("slow", 1)}
+    assert all(r["reference"] == "base" and r["runtime"] == "torch" and r["threads"] == 1 for r in rows)
+    for batch in (4, 1):
+        ref = next(r for r in rows if r["variant"] == "base" and r["batch"] == batch)
+        var = next(r for r in rows if r["variant"] == "slow" and r["batch"] == batch)
+        assert ref["speedup"] == 1.0
+        assert var["speedup"] == ref["us_per_image_median"] / var["us_per_image_median"]  # exactly
+        assert var["speedup"] < 1.0  # 2 ms per call against none
+        per_image_s = 0.002 / (4 if batch == 4 else 1)
+        assert var["us_per_image_min"] >= per_image_s * 1e6  # sleep() never returns early
+        assert var["us_per_image_min"] <= var["us_per_image_median"] <= var["us_per_image_max"]
+
+
+def test_measure_latency_reference_is_the_first_artifact() -> None:
+    cfg = LatencyConfig(runtimes=("torch",), threads=(1,), batch=8, repeats=1, single_calls=2)
+    rows = measure_latency([("slow", _fake(0.002)), ("fast", _fake(0.0))], np.zeros((8, 2), np.float32), cfg)
+    assert {r["reference"] for r in rows} == {"slow"}
+    assert all(r["speedup"] > 1.0 for r in rows if r["variant"] == "fast")
+
+
+def test_measure_latency_skips_runtimes_an_artifact_lacks() -> None:
+    cfg = LatencyConfig(runtimes=("torch", "onnxruntime"), threads=(1,), batch=8, repeats=1, single_calls=2)
+    both, torch_only = _fake(0.0, runtimes=("torch", "onnxruntime")), _fake(0.0)
+    rows = measure_latency([("a", both), ("b", torch_only)], np.zeros((8, 2), np.float32), cfg)
+    assert {(r["variant"], r["runtime"]) for r in rows} == {("a", "torch"), ("b", "torch"), ("a", "onnxruntime")}

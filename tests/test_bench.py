@@ -1,0 +1,88 @@
+"""`deepshrink bench` (bench_artifact): times a trained run's ONNX, packed ONNX or checkpoint on its
+dataset's test set; bad paths, suffixes and runtimes are user errors."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepshrink.bench import bench_artifact
+from deepshrink.config import default_train
+from deepshrink.errors import UserError
+from deepshrink.export.dsonnx import pack_onnx
+from deepshrink.measure.latency import LatencyConfig
+from deepshrink.study.run import run_train
+
+from conftest import write_mnist_folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data dir, model.onnx, model.safetensors) of a one-epoch baseline on the mnist_dir layout."""
+    root = tmp_path_factory.mktemp("bench")
+    data_dir = root / "data"
+    write_mnist_folder(data_dir / "mnist")  # what the mnist_dir fixture writes
+    out = root / "run"
+    row = run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=1), out, data_dir,
+                    device="cpu", quiet=True,
+                    latency=LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5))
+    return data_dir, out / row["artifact"], out / row["checkpoint"]
+
+
+def _check_rows(rows: list[dict], variant: str, runtime: str, batch: int) -> None:  # type: ignore[type-arg]
+    assert [(r["variant"], r["runtime"], r["device"], r["threads"], r["batch"]) for r in rows] == [
+        (variant, runtime, "cpu", 1, batch), (variant, runtime, "cpu", 1, 1)]  # the batch, then batch 1
+    for r in rows:
+        assert 0 < r["us_per_image_min"] <= r["us_per_image_median"] <= r["us_per_image_max"]
+        assert r["speedup"] == 1.0 and r["reference"] == variant
+
+
+def test_bench_onnx(trained: tuple[Path, Path, Path]) -> None:
+    data_dir, onnx_path, _ = trained
+    assert onnx_path.suffix == ".onnx"
+    _check_rows(bench_artifact(onnx_path, "onnxruntime", 1, 32, data_dir, "cpu", True), "model.onnx",
+                "onnxruntime", 32)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".json"])
+def test_bench_checkpoint(trained: tuple[Path, Path, Path], suffix: str) -> None:
+    data_dir, _, ckpt = trained
+    path = ckpt.with_suffix(suffix)
+    _check_rows(bench_artifact(path, "torch", 1, 64, data_dir, "cpu", True), path.name, "torch", 64)
+
+
+def test_bench_packed_onnx(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data_dir, onnx_path, _ = trained
+    packed = onnx_path.with_name("packed.dsonnx")
+    packed.write_bytes(pack_onnx(onnx_path.read_bytes()))
+    shutil.copy(onnx_path.with_suffix(".json"), packed.with_suffix(".json"))  # its manifest names the dataset
+    try:
+        _check_rows(bench_artifact(packed, "onnxruntime", 1, 256, data_dir, "cpu", True), "packed.dsonnx",
+                    "onnxruntime", 256)
+    finally:
+        packed.unlink()
+        packed.with_suffix(".json").unlink()
+
+
+def test_bad_input_is_a_user_error(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data_dir, onnx_path, ckpt = trained
+
+    def bench(path: Path, runtime: str) -> None:
+        bench_artifact(path, runtime, 1, 256, data_dir, "cpu", True)
+
+    with pytest.raises(UserError, match=r"nope\.onnx: no such file"):
+        bench(tmp_path / "nope.onnx", "onnxruntime")
+    weird = tmp_path / "model.pt"
+    weird.write_bytes(b"x")
+    with pytest.raises(UserError, match=r"model\.pt: expected an \.onnx or \.dsonnx file or a \.safetensors"):
+        bench(weird, "torch")
+    with pytest.raises(UserError, match="--runtime 'tensorrt'"):
+        bench(onnx_path, "tensorrt")
+    with pytest.raises(UserError, match="runs with --runtime onnxruntime"):
+        bench(onnx_path, "torch")
+    with pytest.raises(UserError, match="runs with --runtime torch"):
+        bench(ckpt, "onnxruntime")
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(onnx_path, lone)
+    with pytest.raises(UserError, match=r"no manifest lone\.json beside it"):
+        bench(lone, "onnxruntime")
