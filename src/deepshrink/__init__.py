@@ -1,7 +1,27 @@
-"""deepshrink: compress neural networks for embedded deployment and measure what each compression buys."""
+"""deepshrink: compress neural networks for embedded deployment and measure what each compression buys.
 
+The Python API (SPEC §10): `load_data`, `Data.from_arrays`, `create_model`, `train`, `compress`,
+`measure`, `study`, the step configs under `steps`, and `UserError` for bad input.
+"""
+
+from deepshrink import steps
+from deepshrink._version import __version__
+from deepshrink.api import Result, compress, load_data, measure, study, train
+from deepshrink.data import DataSplits as Data
 from deepshrink.errors import UserError
 from deepshrink.models import create_model, list_models
 
-__all__ = ["UserError", "create_model", "list_models"]
-__version__ = "0.1.0"
+__all__ = [
+           "Data",
+           "Result",
+           "UserError",
+           "__version__",
+           "compress",
+           "create_model",
+           "list_models",
+           "load_data",
+           "measure",
+           "steps",
+           "study",
+           "train",
+]

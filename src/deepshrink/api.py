@@ -1,38 +1,102 @@
-"""The public verbs, one call each: `train`, `compress`, `measure`, `study`. The CLI is a thin layer
-over these; they return the rows written to the run directory (SPEC §7)."""
+"""The public verbs (SPEC §10): `load_data`, `create_model`, `train`, `compress`, `measure`, `study`.
+The CLI is a thin layer over these; each writes the same run-directory files the CLI does and returns
+what it measured. Errors in what the caller passes raise `UserError` with the CLI's one-line message.
 
+    import deepshrink as ds
+    data = ds.load_data("mnist")                      # or ds.Data.from_arrays(x_train, y_train, x_test, y_test)
+    base = ds.train("lenet-5", data, epochs=2, out="runs/mine")        # or any nn.Module of yours
+    small = ds.compress(base, ["prune.structured:ratio=0.5", ds.steps.Quantize(method="qat")], data)
+    small.row["accuracy_pct"], small.row["size_bytes"], small.artifact.path
+"""
+
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from deepshrink.bench import bench_artifact
+from deepshrink.compress import parse_step
 from deepshrink.config import default_train
-from deepshrink.study.run import run_compress, run_study, run_train
-from deepshrink.variant import slug
+from deepshrink.data import DataSplits, load_dataset
+from deepshrink.errors import UserError
+from deepshrink.export import Artifact
+from deepshrink.measure.latency import LatencyConfig, measure_latency
+from deepshrink.models import create_model
+from deepshrink.study.run import compress_measured, run_study, train_measured
+from deepshrink.variant import Variant, slug
+
+__all__ = ["Result", "compress", "create_model", "load_data", "measure", "study", "train"]
 
 
-def train(dataset: str, model: str, out: Path | None = None, epochs: int | None = None, seed: int = 0,
-          data_dir: Path | None = None, device: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Train one baseline with the tuned defaults, export and measure it; its results.csv row."""
-    cfg = default_train(dataset, model, epochs=epochs, seed=seed)
-    return run_train(dataset, model, cfg, out or Path("runs") / slug(f"train-{dataset}-{model}"), data_dir, device,
-                     quiet=quiet)
+@dataclass
+class Result:
+    """A measured variant: its results.csv row, the artifact that ships, and the model (the input of
+    a further `compress`)."""
+
+    row: dict[str, Any]
+    artifact: Artifact
+    variant: Variant
+    out: Path
+    control: "Result | None" = None  # a distilled student's no-teacher twin, measured beside it
+
+    @property
+    def model(self) -> nn.Module:
+        return self.variant.model
 
 
-def compress(checkpoint: Path, steps: list[str], out: Path | None = None, seed: int = 0,
-             data_dir: Path | None = None, device: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Apply a chain of steps to a trained checkpoint; the compressed variant's results.csv row."""
-    return run_compress(Path(checkpoint), steps, out or Path("runs") / "compress", data_dir, device, quiet=quiet,
-                        seed=seed)
+def load_data(name: str, data_dir: Path | None = None, val_size: int = 5000) -> DataSplits:
+    """Any dataset form of SPEC §3: `mnist`, `cifar10`, `idx:PATH`, `folder:PATH`, `npz:PATH`."""
+    return load_dataset(name, Path(data_dir) if data_dir else None, val_size=val_size)
 
 
-def measure(artifact: Path, runtime: str = "onnxruntime", threads: int = 1, batch: int = 256,
-            data_dir: Path | None = None, device: str = "cpu", quiet: bool = True) -> list[dict[str, Any]]:
-    """Time one artifact on its dataset's test set: latency.csv-style rows (batched and batch-1)."""
-    return bench_artifact(Path(artifact), runtime, threads, batch, data_dir, device, quiet)
+def train(model: str | nn.Module, data: DataSplits, epochs: int | None = None, out: str | Path | None = None,
+          seed: int = 0, device: str = "auto", quiet: bool = True, model_args: dict[str, Any] | None = None,
+          **train_overrides: Any) -> Result:
+    """Train `model` (a registry name, a `PATH.py:CALLABLE` reference, or your own nn.Module, trained
+    in place) on `data` with the tuned defaults (`train_overrides`: any TrainConfig field), then export
+    and measure it."""
+    name = model if isinstance(model, str) else type(model).__name__
+    cfg = default_train(data.name, name, epochs=epochs, seed=seed, **train_overrides)
+    run_dir = Path(out) if out else Path("runs") / slug(f"train-{data.name}-{name}")
+    measured, variant = train_measured(model, data, cfg, run_dir, device, quiet=quiet, model_args=model_args)
+    return Result(measured.row, measured.artifact, variant, run_dir)
 
 
-def study(recipe: str, out: Path | None = None, jobs: int | None = None, overrides: tuple[str, ...] = (),
-          fresh: bool = False, data_dir: Path | None = None, device: str = "auto",
-          quiet: bool = True) -> tuple[Path, dict[str, str]]:
-    """Run a whole study from a recipe (resumes by default); (run directory, variant -> status)."""
-    return run_study(recipe, out, data_dir, device, jobs, overrides, fresh, quiet)
+def compress(base: Result, steps: list[Any], data: DataSplits, out: str | Path | None = None, seed: int = 0,
+             device: str = "auto", quiet: bool = True) -> Result:
+    """Apply a chain of steps (step strings or `ds.steps` configs) to a trained result, measured beside it."""
+    configs = [parse_step(s) if isinstance(s, str) else s for s in steps]
+    for c in configs:
+        if not dataclasses.is_dataclass(c):
+            raise UserError(f"compress: step {c!r} is neither a step string nor a ds.steps config")
+    run_dir = Path(out) if out else base.out
+    measured = compress_measured(base.variant, configs, data, run_dir, device, quiet=quiet, seed=seed)
+    results = [Result(m.row, m.artifact, v, run_dir) for m, v in measured[1:]]
+    if len(results) > 1:
+        results[0].control = results[1]
+    return results[0]
+
+
+def measure(target: Result | str | Path, data: DataSplits | None = None, runtime: str = "onnxruntime",
+            threads: int = 1, batch: int = 256, device: str = "cpu", quiet: bool = True) -> list[dict[str, Any]]:
+    """Latency rows (as in latency.csv) of a result's artifact on `data`, or of an artifact file (then
+    `data` or the file's manifest says which test set)."""
+    if isinstance(target, Result):
+        if data is None:
+            raise UserError("measure: pass the data to time a result on")
+        cfg = LatencyConfig(runtimes=(runtime,), threads=(threads,), batch=batch, devices=(device,))
+        return measure_latency([(target.row["variant"], target.artifact)], data.test_x.numpy(), cfg)
+    return bench_artifact(Path(target), runtime, threads, batch, None, device, quiet,
+                          dataset=data.name if data is not None else None)
+
+
+def study(recipe: str | Path, out: str | Path | None = None, jobs: int | None = None,
+          overrides: tuple[str, ...] = (), fresh: bool = False, data_dir: str | Path | None = None,
+          device: str = "auto", quiet: bool = True, executor: str = "local",
+          address: str | None = None) -> tuple[Path, dict[str, str]]:
+    """Run a whole study from a recipe (resumes by default); (run directory, variant -> status).
+    `executor="ray"` runs its units on the Ray cluster at `address` (else $RAY_ADDRESS, else a local Ray)."""
+    return run_study(str(recipe), Path(out) if out else None, Path(data_dir) if data_dir else None, device, jobs,
+                     overrides, fresh, quiet, executor, address)

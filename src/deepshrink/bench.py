@@ -1,4 +1,5 @@
-"""`deepshrink bench`: time one artifact on its dataset's test set."""
+"""`deepshrink bench`: time one artifact on its dataset's test set: a file deepshrink wrote (its manifest
+says the dataset) or any ONNX classifier given `dataset`."""
 
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ def _dataset_of_onnx(path: Path) -> str:
 
 
 def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir: Path | None, device: str,
-                   quiet: bool) -> list[dict[str, Any]]:
+                   quiet: bool, dataset: str | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if runtime not in ("torch", "onnxruntime"):
@@ -34,13 +35,14 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = _unpacked(path, Path(tmp)) if path.suffix == ".dsonnx" else path
             art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(onnx_path)})
-            return _time(art, path, _dataset_of_onnx(path), runtime, threads, batch, data_dir, device, quiet)
+            return _time(art, path, dataset or _dataset_of_onnx(path), runtime, threads, batch, data_dir, device,
+                         quiet)
     elif path.suffix in (".safetensors", ".json"):
         model, manifest = load_checkpoint(path)
         if runtime != "torch":
             raise UserError(f"{path}: a checkpoint runs with --runtime torch (export it for onnxruntime)")
         art = Artifact(path, "checkpoint", "fp32", runners={"torch": torch_runner(model)})
-        dataset = manifest.dataset
+        dataset = dataset or manifest.dataset
     else:
         raise UserError(f"{path}: expected an .onnx or .dsonnx file or a .safetensors checkpoint")
     return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
@@ -56,6 +58,14 @@ def _unpacked(path: Path, folder: Path) -> Path:
 def _time(art: Artifact, path: Path, dataset: str, runtime: str, threads: int, batch: int, data_dir: Path | None,
           device: str, quiet: bool) -> list[dict[str, Any]]:
     data = load_dataset(dataset, data_dir)
+    x = data.test_x[:2].numpy().astype(art.input_dtype)
+    try:
+        out = art.runners[runtime](1, "cpu")(x)
+    except Exception as e:  # a foreign model with another input shape or dtype: the runtime's own error type
+        raise UserError(f"{path}: does not run on {dataset}'s images {list(x.shape[1:])} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise UserError(f"{path}: outputs {list(out.shape)} for 2 images; {dataset} has {data.num_classes} classes")
     cfg = LatencyConfig(runtimes=(runtime,), threads=(threads,), batch=batch, devices=(device,))
     with Progress(enabled=not quiet) as progress:
         return measure_latency([(path.name, art)], data.test_x.numpy(), cfg, progress)

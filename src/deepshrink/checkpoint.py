@@ -1,12 +1,14 @@
 """Checkpoints: safetensors weights + a JSON manifest (architecture, shapes, preprocessing, history).
 
-Never unpickled: the manifest names a registry model and its parameter shapes, so structurally
-pruned models rebuild to the stored shapes and load a plain state_dict.
+Never unpickled: the manifest names a registry model or a model reference (with its arguments and
+its source file's sha256) and the parameter shapes, so structurally pruned models rebuild to the
+stored shapes and load a plain state_dict.
 """
 
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from deepshrink.errors import UserError
-from deepshrink.models import create_model, layer_shapes, shrink_to
+from deepshrink.models import create_model, is_reference, layer_shapes, reference_file, shrink_to, source_sha256
 
 FORMAT = "deepshrink.checkpoint/1"
 
@@ -35,6 +37,8 @@ class Manifest:
     train: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # technique-specific facts (e.g. quantized: true)
     format: str = FORMAT
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a referenced model
+    model_sha256: str = ""  # sha256 of a referenced model's source file when it was saved
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -59,6 +63,8 @@ def save_checkpoint(model: nn.Module, manifest: Manifest, path: Path) -> Path:
     weights, meta = paths_for(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     manifest.shapes = layer_shapes(model)
+    if is_reference(manifest.model) and not manifest.model_sha256:
+        manifest.model_sha256 = source_sha256(manifest.model)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_name(f".{weights.name}.tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT})
@@ -98,13 +104,25 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Manifest]:
     if declared != actual:
         diff = sorted(k for k in set(declared) | set(actual) if declared.get(k) != actual.get(k))
         raise UserError(f"{weights}: tensors do not match manifest {meta.name} (differs at {', '.join(diff[:3])})")
-    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes)  # type: ignore[arg-type]
+    _check_source(manifest)
+    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
     shrink_to(model, declared)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as e:
         raise UserError(f"{weights}: weights do not fit model {manifest.model!r} ({str(e).splitlines()[0]})") from None
     return model.eval(), manifest
+
+
+def _check_source(manifest: Manifest) -> None:
+    """A referenced model's file must exist; a changed one is worth a warning (the weights may not fit)."""
+    path = reference_file(manifest.model) if is_reference(manifest.model) else None
+    if path is None:
+        return
+    if not path.is_file():
+        raise UserError(f"{path}: model source file not found (checkpoint model {manifest.model!r})")
+    if manifest.model_sha256 and source_sha256(manifest.model) != manifest.model_sha256:
+        warnings.warn(f"{path}: model source changed since the checkpoint was saved", stacklevel=3)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

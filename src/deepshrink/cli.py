@@ -37,18 +37,24 @@ def _check_device(device: str) -> str:
 
 @app.command()
 def train(
-    dataset: Annotated[str, typer.Option("--dataset", help="mnist, cifar10 or idx:PATH.")],
-    model: Annotated[str, typer.Option("--model", help="lenet-300-100, lenet-5, lenet-5-caffe or mlp-50.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="mnist, cifar10, idx:PATH, folder:PATH or npz:PATH.")],
+    model: Annotated[str, typer.Option("--model", help="lenet-300-100, lenet-5, lenet-5-caffe, mlp-50, or your "
+                                       "own: PATH.py:CALLABLE or package.module:CALLABLE.")],
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", help="KEY=VALUE passed to your model's "
+                                                        "callable; repeatable.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the tuned default.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/train-DATASET-MODEL).")] = None,
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Train one baseline, export it, measure it, and write results.csv / latency.csv / layers.csv."""
-    from deepshrink import api
+    from deepshrink.config import default_train, parse_kwargs
+    from deepshrink.study.run import run_train
     from deepshrink.variant import slug
 
+    cfg = default_train(dataset, model, epochs=epochs, seed=seed)
     out = out or Path("runs") / slug(f"train-{dataset}-{model}")
-    row = api.train(dataset, model, out, epochs, seed, data_dir, _check_device(device), quiet)
+    row = run_train(dataset, model, cfg, out, data_dir, _check_device(device), quiet=quiet,
+                    model_args=parse_kwargs(model_arg or [], "--model-arg"))
     _console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
                     f"{row['size_bytes']} bytes -> {out}")
 
@@ -61,10 +67,10 @@ def compress(
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Apply a chain of compression steps to a trained model and measure it beside the original."""
-    from deepshrink import api
+    from deepshrink.study.run import run_compress
 
     out = out or Path("runs") / "compress"
-    row = api.compress(checkpoint, step, out, seed, data_dir, _check_device(device), quiet)
+    row = run_compress(checkpoint, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
     for r in (row["control"], row) if "control" in row else (row,):
         _console().print(f"{r['variant']}: accuracy {r['accuracy_pct']:.2f}% (baseline "
                         f"{float(r['baseline_accuracy_pct']):.2f}%), {r['size_bytes']} bytes -> {out}")
@@ -99,16 +105,19 @@ def _fmt_cell(v: str) -> str:
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="An .onnx file or a .safetensors checkpoint.")],
+    artifact: Annotated[Path, typer.Argument(help="A file deepshrink wrote (.onnx, .dsonnx, .safetensors) or any "
+                                             "ONNX classifier (then give --dataset).")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to time on (default: the "
+                                                "manifest beside the file).")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="torch or onnxruntime.")] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = 1,
     batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = 256,
     data_dir: DataDir = None, device: Device = "cpu", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Time one artifact on its dataset's test set (batched and batch-1)."""
-    from deepshrink import api
+    from deepshrink.bench import bench_artifact
 
-    rows = api.measure(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet)
+    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet, dataset)
     table = Table(title=str(artifact))
     for c in ("runtime", "device", "threads", "batch", "us/img median", "min", "max"):
         table.add_column(c)
@@ -127,13 +136,17 @@ def study(
     set_: Annotated[list[str] | None, typer.Option("--set", help="SECTION.KEY=VALUE override; repeatable.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached steps and earlier results.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Same as --set study.seeds=N.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (else $RAY_ADDRESS, "
+                                                "else a local Ray).")] = None,
     data_dir: DataDir = None, device: Device = "auto", quiet: Quiet = False,
 ) -> None:
     """Run a whole study from a recipe (resumes by default), then write report.md / report.html."""
     from deepshrink import api
 
     overrides = (*(set_ or ()), *([f"study.seeds={seed}"] if seed is not None else []))
-    run_dir, statuses = api.study(recipe, out, jobs, overrides, fresh, data_dir, _check_device(device), quiet)
+    run_dir, statuses = api.study(recipe, out, jobs, overrides, fresh, data_dir, _check_device(device), quiet,
+                                  executor, address)
     failed = {v: s for v, s in statuses.items() if s != "ok"}
     for vid, status in failed.items():
         _console().print(f"{vid}: {status}")

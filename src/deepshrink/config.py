@@ -27,6 +27,28 @@ def _family(dataset: str) -> str:
     return "mnist" if dataset.startswith("idx:") else dataset
 
 
+def parse_kwargs(items: list[str], flag: str) -> dict[str, Any]:
+    """`["width=16", "bn=true", "act=silu"]` -> {"width": 16, "bn": True, "act": "silu"}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE with a Python identifier as KEY")
+        out[key.strip()] = _literal(value.strip())
+    return out
+
+
+def _literal(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def default_train(dataset: str, model: str, **overrides: Any) -> TrainConfig:
     base = dict(_TRAIN_DEFAULTS.get((_family(dataset), model), {}))
     base.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,15 +1,26 @@
-"""Model registry: the LeNets of the reference study, Han et al.'s LeNet-5 variant, and the MLP student.
+"""Models: the registry (the LeNets of the reference study, Han et al.'s LeNet-5 variant, the MLP
+student), the user's own models by reference (`PATH.py:CALLABLE` or `package.module:CALLABLE`), and
+the one walker over the layers techniques act on.
 
-Models are `nn.Sequential`s with named layers (fc1, conv1, ...) so that export, pruning and
-quantization see plain, traceable graphs and results can name layers the way the study does.
+Registry models are `nn.Sequential`s with named layers (fc1, conv1, ...) so that results name layers
+the way the study does. A referenced callable is called with `num_classes` and `input_shape` (C, H, W)
+when its signature takes them, plus the user's model arguments; it must return an `nn.Module`.
 """
 
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from deepshrink.data import check_name
 from deepshrink.errors import UserError
 from deepshrink.registry import Registry
 
@@ -21,12 +32,115 @@ _DATASET_SHAPES: dict[str, InputShape] = {"mnist": (1, 28, 28), "cifar10": (3, 3
 
 
 def input_shape_for(dataset: str) -> InputShape:
-    """(C, H, W) of a dataset name; `idx:PATH` folders are MNIST-layout, 28x28 greyscale."""
+    """(C, H, W) of a dataset name; `idx:PATH` folders are MNIST-layout, 28x28 greyscale. Other
+    forms (folder:, npz:) say their shape only once loaded: pass the data instead."""
     if dataset.startswith("idx:"):
         return (1, 28, 28)
     if dataset not in _DATASET_SHAPES:
-        raise UserError(f"unknown dataset {dataset!r} (known: {', '.join(_DATASET_SHAPES)}, idx:PATH)")
+        check_name(dataset)  # an unknown name is said as such
+        raise UserError(f"dataset {dataset!r}: its input shape is known once loaded; pass the data's shape")
     return _DATASET_SHAPES[dataset]
+
+
+def is_reference(name: str) -> bool:
+    """`PATH.py:CALLABLE` or `package.module:CALLABLE` (registry names hold no colon)."""
+    return ":" in name
+
+
+def reference_file(ref: str) -> Path | None:
+    target = ref.rpartition(":")[0]
+    return Path(target).expanduser().resolve() if target.endswith(".py") else None
+
+
+def display_name(model: str) -> str:
+    """A model's short name for ids and tables: the registry name, or a reference's callable."""
+    return model.rpartition(":")[2] if is_reference(model) else model
+
+
+def reference_of(model: nn.Module) -> str:
+    """How a caller's own module is rebuilt in another process: `package.module:Class` when its module
+    is importable, else `FILE.py:Class` (weights and shapes come from the checkpoint)."""
+    cls = type(model)
+    module = sys.modules.get(cls.__module__)
+    file = getattr(module, "__file__", None)
+    if cls.__module__ != "__main__" and not cls.__module__.startswith("deepshrink_user_"):
+        return f"{cls.__module__}:{cls.__qualname__}"
+    return f"{file}:{cls.__qualname__}" if file else f"{cls.__module__}:{cls.__qualname__}"
+
+
+def source_sha256(ref: str) -> str:
+    """The sha256 of a file reference's source ("" for registry names and module references)."""
+    path = reference_file(ref) if is_reference(ref) else None
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else ""
+
+
+def _load_module(ref: str) -> Any:
+    target = ref.rpartition(":")[0]
+    path = reference_file(ref)
+    if path is None:
+        try:
+            return importlib.import_module(target)
+        except ImportError as e:
+            raise UserError(f"model {ref!r}: cannot import module {target!r} ({e})") from None
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found (model {ref!r})")
+    # One module per file content: study workers and later runs load the same file under the same name.
+    name = f"deepshrink_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error ({e.msg})") from None
+    except Exception as e:  # the user's module raised while being imported
+        raise UserError(f"{path}: importing it raised {type(e).__name__}: {e}") from None
+    sys.modules[name] = module
+    return module
+
+
+def resolve_reference(ref: str) -> Callable[..., Any]:
+    attr = ref.rpartition(":")[2]
+    fn = getattr(_load_module(ref), attr, None)
+    if not callable(fn):
+        raise UserError(f"model {ref!r}: no callable {attr!r} in {ref.rpartition(':')[0]}")
+    return fn
+
+
+def _build_reference(ref: str, shape: InputShape, num_classes: int, args: dict[str, Any]) -> nn.Module:
+    fn = resolve_reference(ref)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in (("num_classes", num_classes), ("input_shape", shape)) if k in params or takes_any}
+    try:
+        model = fn(**kwargs, **args)
+    except Exception as e:  # the user's callable raised: a problem with the model or its arguments
+        raise UserError(f"model {ref!r}: calling it raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {ref!r}: returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_output(model: nn.Module, name: str, shape: InputShape, num_classes: int) -> None:
+    """One forward pass on zeros: the model takes the data's images and gives one logit per class."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *shape))
+    except Exception as e:  # shape mismatches surface as RuntimeError from deep inside torch
+        raise UserError(f"model {name!r}: a forward pass on {list(shape)} inputs failed "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {name!r}: outputs {got} for one image; the data has {num_classes} classes")
 
 
 def _conv_out(size: int, kernel: int, pool: int) -> int:
@@ -99,9 +213,29 @@ def weight_of(model: nn.Module, layer: str) -> torch.Tensor:
     return w
 
 
-def create_model(name: str, dataset: str | InputShape, num_classes: int = 10) -> nn.Module:
-    shape = input_shape_for(dataset) if isinstance(dataset, str) else dataset
-    return MODELS.get(name)(shape, num_classes)
+def create_model(name: str, dataset: Any, num_classes: int | None = None, **model_args: Any) -> nn.Module:
+    """A registry model or a referenced one, sized for `dataset`: a dataset name, an input shape
+    (C, H, W), or loaded data (anything with `input_shape` and `num_classes`)."""
+    if hasattr(dataset, "input_shape") and hasattr(dataset, "num_classes"):
+        shape, classes = tuple(dataset.input_shape), int(num_classes or dataset.num_classes)
+    else:
+        shape = input_shape_for(dataset) if isinstance(dataset, str) else tuple(dataset)
+        classes = num_classes or 10
+    if is_reference(name):
+        model = _build_reference(name, shape, classes, model_args)
+        check_output(model, name, shape, classes)
+        return model
+    if model_args:
+        raise UserError(f"model {name!r}: registry models take no model arguments (got {', '.join(model_args)})")
+    return MODELS.get(name)(shape, classes)
+
+
+def check_model_name(name: str) -> None:
+    """A registry name, or a reference whose file/module and callable exist (nothing is built)."""
+    if is_reference(name):
+        resolve_reference(name)
+    else:
+        MODELS.get(name)
 
 
 def list_models() -> list[str]:
@@ -113,27 +247,38 @@ def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
+def _smaller(module: nn.Module, name: str, shapes: dict[str, list[int]]) -> nn.Module | None:
+    """A fresh layer like `module` with the stored shapes, or None when it already has them."""
+    w = shapes.get(f"{name}.weight")
+    weight = getattr(module, "weight", None)
+    if w is None or not isinstance(weight, torch.Tensor) or list(weight.shape) == w:
+        return None
+    bias = f"{name}.bias" in shapes
+    if isinstance(module, nn.Linear):
+        return nn.Linear(w[1], w[0], bias=bias)
+    if isinstance(module, nn.Conv1d | nn.Conv2d):
+        # A depthwise conv stays depthwise: its groups follow its (pruned) channel count.
+        depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
+        groups = w[0] if depthwise else module.groups
+        return type(module)(w[1] * groups, w[0], module.kernel_size, stride=module.stride,  # type: ignore[arg-type]
+                            padding=module.padding, dilation=module.dilation, groups=groups, bias=bias)  # type: ignore[arg-type]
+    if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+        return type(module)(w[0], eps=module.eps, momentum=module.momentum, affine=module.affine,
+                            track_running_stats=module.track_running_stats)
+    return None
+
+
 def shrink_to(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
-    """Replace Linear/Conv2d layers whose shapes differ from `shapes` with fresh, smaller ones.
+    """Replace layers whose shapes differ from `shapes` with fresh, smaller ones (Linear, Conv, BatchNorm).
 
     timm's `_pruned` idea: build the dense architecture, then shrink it to the stored manifest so a
-    plain state_dict loads. Works for any model of Linear/Conv2d layers without per-model width args.
+    plain state_dict loads. Works for any model of these layers, without per-model width arguments.
     """
-    for name, module in weighted_layers(model):
-        key = f"{name}.weight"
-        if key not in shapes or list(weight_of(model, name).shape) == shapes[key]:
-            continue
-        w = shapes[key]
-        bias = f"{name}.bias" in shapes
-        new: nn.Module
-        if isinstance(module, nn.Linear):
-            new = nn.Linear(w[1], w[0], bias=bias)
-        else:
-            assert isinstance(module, nn.Conv2d)
-            new = nn.Conv2d(w[1] * module.groups, w[0], tuple(w[2:]), stride=module.stride,  # type: ignore[arg-type]
-                            padding=module.padding, groups=module.groups, bias=bias)  # type: ignore[arg-type]
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        setattr(parent, name.rpartition(".")[2], new)
+    for name, module in list(model.named_modules()):
+        new = _smaller(module, name, shapes)
+        if new is not None:
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], new)
     return model
 
 

@@ -11,6 +11,7 @@ from deepshrink import provenance
 from deepshrink.checkpoint import Manifest
 from deepshrink.data import DataSplits
 from deepshrink.export.base import Deployment
+from deepshrink.models import display_name
 from deepshrink.progress import Progress, null_progress
 from deepshrink.train import TrainLog
 
@@ -34,9 +35,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-")
 
 
+def dataset_display(name: str) -> str:
+    """`mnist`, or a generic form's prefix and folder/file name (`folder:/a/b/pets` -> `folder-pets`)."""
+    prefix, colon, path = name.partition(":")
+    return f"{prefix}-{Path(path).stem}" if colon else name
+
+
 def variant_id(dataset: str, model: str, pipeline: list[str]) -> str:
     """`mnist-lenet-5--prune.unstructured-sparsity=0.9+quantize`: readable, and unique per pipeline."""
-    base = slug(f"{dataset}-{model}")
+    base = slug(f"{dataset_display(dataset)}-{display_name(model)}")
     if not pipeline:
         return base
     tail = slug("+".join(pipeline))

@@ -11,6 +11,8 @@ from deepshrink.results import read_rows
 from deepshrink.study import executor as runner
 from deepshrink.study.run import run_study
 
+from smoke_recipe import RECIPE
+
 
 def test_worker_progress_is_relayed_to_the_parent() -> None:
     import queue
@@ -43,22 +45,7 @@ def test_worker_progress_is_relayed_to_the_parent() -> None:
     assert parent.events[0][1].endswith("mnist lenet-5") and parent.events[1] == ("update", 7, 1, "loss 0.1")
 
 
-POOL_RECIPE = """
-name = "pool"
-[study]
-datasets = ["mnist"]
-models = ["lenet-300-100"]
-val_size = 30
-jobs = 2
-[train]
-epochs = 1
-batch_size = 64
-[measure]
-runtimes = ["onnxruntime"]
-threads = [1]
-repeats = 1
-single_calls = 5
-images = 50
+POOL_RECIPE = RECIPE.split("[[pipeline]]")[0] + """
 [[pipeline]]
 name = "fp16"
 steps = ["quantize:precision=fp16"]

@@ -1,21 +1,29 @@
 """Datasets as whole in-memory tensors: load, split (seeded validation carve-out), normalize, verify.
 
-Names: `mnist`, `cifar10`, and `idx:PATH` (any folder of MNIST-layout IDX files).
+Names: `mnist`, `cifar10`, and the generic forms `idx:PATH` (any folder of MNIST-layout IDX files),
+`folder:PATH` (ImageFolder layout) and `npz:PATH` (a NumPy archive). Class count, channels and image
+size come from the data.
 """
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from deepshrink.data import idx
+from deepshrink.data import folder, idx, npz
 from deepshrink.data.sources import SOURCES, download, locate, not_found_message
 from deepshrink.errors import UserError
 
 NUM_CLASSES = 10
+# The generic forms `PREFIX:PATH`: prefix -> reader of that layout.
+FORMS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {
+    "idx": idx.load_idx_folder, "folder": folder.load_folder, "npz": npz.load_npz,
+}
 
 
 @dataclass
@@ -41,20 +49,34 @@ class DataSplits:
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
 
+    @staticmethod
+    def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, x_val: Any = None, y_val: Any = None,
+                    name: str = "arrays", val_size: int = 5000, split_seed: int = 0) -> "DataSplits":
+        """Data from in-memory images and labels (numpy arrays or tensors), checked as an npz: file is."""
+        return from_arrays(x_train, y_train, x_test, y_test, x_val, y_val, name, val_size, split_seed)
+
 
 def dataset_names() -> list[str]:
-    return [*sorted(SOURCES), "idx:PATH"]
+    return [*sorted(SOURCES), *(f"{p}:PATH" for p in FORMS)]
+
+
+def check_name(name: str) -> None:
+    """A dataset name's form is valid (its files are checked when it is loaded)."""
+    prefix, colon, path = name.partition(":")
+    if (colon and prefix in FORMS and path) or (not colon and name in SOURCES):
+        return
+    raise UserError(f"unknown dataset {name!r} (known: {', '.join(dataset_names())})")
 
 
 def load_arrays(name: str, data_dir: Path | None = None, allow_download: bool = True) -> tuple[dict, str]:
-    """Raw uint8 arrays {train_x, train_y, test_x, test_y} and the path they came from."""
-    if name.startswith("idx:"):
-        folder = Path(name[4:]).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"{folder}: no such folder for dataset {name!r}")
-        return idx.load_idx_folder(folder), str(folder)
-    if name not in SOURCES:
-        raise UserError(f"unknown dataset {name!r} (known: {', '.join(dataset_names())})")
+    """Raw arrays {train_x, train_y, test_x, test_y[, val_x, val_y]} and the path they came from."""
+    check_name(name)
+    prefix, colon, rest = name.partition(":")
+    if colon:
+        path = Path(rest).expanduser()
+        if not path.exists():
+            raise UserError(f"{path}: no such {'file' if prefix == 'npz' else 'folder'} for dataset {name!r}")
+        return FORMS[prefix](path), str(path)
     source = SOURCES[name]
     found = locate(source, data_dir)
     if found is None and allow_download and not os.environ.get("DEEPSHRINK_OFFLINE"):
@@ -79,7 +101,10 @@ def _fingerprint(arrays: dict[str, np.ndarray]) -> str:
 
 
 def split_arrays(arrays: dict[str, np.ndarray], val_size: int, split_seed: int) -> dict[str, np.ndarray]:
-    """Carve a fixed validation set out of the training set; the test set is left untouched."""
+    """Carve a fixed validation set out of the training set (unless the data brings its own); the
+    test set is left untouched."""
+    if "val_x" in arrays:
+        return {k: arrays[k] for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
     n = len(arrays["train_x"])
     if 2 * val_size > n:  # small custom (idx:) datasets: keep a tenth for validation instead
         val_size = n // 10
@@ -94,10 +119,38 @@ def split_arrays(arrays: dict[str, np.ndarray], val_size: int, split_seed: int) 
     }
 
 
+def num_classes_of(arrays: dict[str, np.ndarray], name: str) -> int:
+    """K from the labels (0..K-1 over every split); two classes at least."""
+    k = 1 + max(int(arrays[key].max()) for key in arrays if key.endswith("_y") and arrays[key].size)
+    if k < 2:
+        raise UserError(f"dataset {name!r}: labels hold a single class; a classifier needs at least 2")
+    return k
+
+
 def load_dataset(name: str, data_dir: Path | None = None, val_size: int = 5000, split_seed: int = 0,
                  allow_download: bool = True) -> DataSplits:
     arrays, origin = load_arrays(name, data_dir, allow_download)
+    return splits_from_arrays(arrays, name, origin, val_size, split_seed)
+
+
+def _as_numpy(a: Any) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, x_val: Any = None, y_val: Any = None,
+                name: str = "arrays", val_size: int = 5000, split_seed: int = 0) -> DataSplits:
+    """Data from in-memory images and labels (numpy arrays or tensors), read as an `npz:` file is."""
+    raw = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    if x_val is not None:
+        raw.update(x_val=x_val, y_val=y_val)
+    arrays = npz.from_raw({k: _as_numpy(v) for k, v in raw.items()}, name)
+    return splits_from_arrays(arrays, name, "in-memory arrays", val_size, split_seed)
+
+
+def splits_from_arrays(arrays: dict[str, np.ndarray], name: str, origin: str, val_size: int = 5000,
+                       split_seed: int = 0) -> DataSplits:
     fp = _fingerprint(arrays)
+    classes = num_classes_of(arrays, name)
     parts = split_arrays(arrays, val_size, split_seed)
     train = parts["train_x"].astype(np.float32) / 255.0
     # Per-channel statistics of the training part only, so validation and test stay unseen.
@@ -115,5 +168,5 @@ def load_dataset(name: str, data_dir: Path | None = None, val_size: int = 5000, 
         val_x=norm(parts["val_x"]), val_y=torch.from_numpy(parts["val_y"]),
         test_x=norm(parts["test_x"]), test_y=torch.from_numpy(parts["test_y"]),
         mean=[float(m) for m in mean], std=[float(s) for s in std],
-        fingerprint=f"{fp}-v{val_size}-s{split_seed}", origin=origin,
+        fingerprint=f"{fp}-v{val_size}-s{split_seed}", origin=origin, num_classes=classes,
     )

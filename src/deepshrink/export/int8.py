@@ -14,7 +14,8 @@ from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
 from deepshrink.export.dsonnx import pack_onnx, unpack_onnx, zero_fraction
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qdq import Ranges, build_qdq
-from deepshrink.export.qgraph import observe_ranges
+from deepshrink.export.qdq_graph import quantize_graph
+from deepshrink.export.qgraph import expressible, observe_ranges
 from deepshrink.export.runners import qdq_runner
 from deepshrink.export.torch_int8 import torch_int8_runner
 from deepshrink.measure.latency import median_us
@@ -73,14 +74,32 @@ def ranges_from(opts: dict[str, Any], model: nn.Module, ctx: ExportContext) -> R
 @EXPORTERS.register("int8")
 def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
     model = model.eval().float()
+    if not expressible(model):
+        return _ship(model, stem, _graph(model, ctx, opts), "full", {})
     ranges = ranges_from(opts, model, ctx)
     mode = str(opts.get("mode", "full"))
     info: dict[str, Any] = {"int8_mode": mode}
     if mode == "auto":
         mode, timing = choose_mode(model, ranges, stem, ctx)
         info = {"int8_mode": mode, "int8_mode_chosen_by": "measured (onnxruntime, 1 thread)", **timing}
-    path = stem.with_suffix(".onnx")
     raw = build_qdq(model, ranges, tuple(ctx.example.shape[1:]), MODES[mode](model)).SerializeToString()
+    return _ship(model, stem, (raw, info), mode, ranges)
+
+
+def _graph(model: nn.Module, ctx: ExportContext, opts: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """Any other graph: ONNX Runtime's quantize_static, all INT8 (its deployment modes need the plan)."""
+    calib = ctx.calib if ctx.calib is not None else ctx.example
+    raw = quantize_graph(model, ctx.example, calib[: int(opts.get("calib", len(calib)))]).SerializeToString()
+    info: dict[str, Any] = {"int8_mode": "full", "int8_route": "onnxruntime quantize_static (QDQ)"}
+    if str(opts.get("mode", "full")) != "full":
+        info["notes"] = f"deploy={opts['mode']} needs a sequential model; shipped all-INT8"
+    return raw, info
+
+
+def _ship(model: nn.Module, stem: Path, built: tuple[bytes, dict[str, Any]], mode: str, ranges: Ranges) -> Artifact:
+    """Write the integer model (packed when pruned) and say how each runtime runs it."""
+    raw, info = built
+    path = stem.with_suffix(".onnx")
     shipped = path
     if zero_fraction(raw) >= PACK_MIN_ZEROS:  # a pruned model: its zeros are worth not storing
         packed = pack_onnx(raw)
@@ -92,7 +111,7 @@ def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
     # Only "full" computes in int8; the energy model costs the others' MACs as fp32.
     precision = {"full": "int8", "mixed": "int8-mixed", "weights": "int8-weights"}[mode]
     runners = {"onnxruntime": qdq_runner(path, fold_weights=mode == "weights")}
-    if mode == "full":  # PyTorch's x86 quantized engine runs the same integer model (same scales)
+    if mode == "full" and ranges:  # PyTorch's x86 quantized engine runs the same integer model (same scales)
         runners["torch"] = torch_int8_runner(copy.deepcopy(model), ranges)
     kind = f"{'packed-' if shipped != path else ''}onnx-qdq-int8-{mode}"
     return Artifact(path=shipped, kind=kind, precision=precision,

@@ -21,8 +21,9 @@ from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
 from deepshrink.export.container import Streams, read_container, reader
 from deepshrink.export.floating import export_onnx
-from deepshrink.export.qgraph import plan, quantize_weight
+from deepshrink.export.qgraph import quantize_weight
 from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.models import weighted_layers
 
 MAGIC = b"DSQP0002"
 FORMAT = "deepshrink.packed/2"
@@ -44,7 +45,7 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
 def encode(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> bytes:
     """The packed file for `model`: weights of weighted layers as codes, all else float32."""
     qmax = 2 ** (bits - 1) - 1
-    coded = {f"{op.name}.weight": op.name for op in plan(model) if op.weighted}
+    coded = {f"{name}.weight": name for name, _ in weighted_layers(model)}
     header: list[dict[str, Any]] = []
     streams = Streams("none")
 

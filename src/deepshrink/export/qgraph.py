@@ -57,6 +57,16 @@ def plan(model: nn.Module) -> list[Op]:
     return ops
 
 
+def expressible(model: nn.Module) -> bool:
+    """Whether the compact sequential writers (qdq.py, QAT's FakeQuantNet) can express the model;
+    any other graph takes the ONNX Runtime route (qdq_graph.py)."""
+    try:
+        plan(model)
+    except UserError:
+        return False
+    return True
+
+
 def run_plan(ops: list[Op], x: Tensor, at_point: Callable[[str, Tensor], Tensor],
              weight: Callable[[Op], Tensor] | None = None) -> Tensor:
     """Forward through the plan, passing every quantization point through `at_point`.

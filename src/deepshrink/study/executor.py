@@ -32,6 +32,12 @@ from deepshrink.study.variant import record_failure
 class Executor(ABC):
     """Runs units of a study and returns variant -> status; rows are written as variants finish."""
 
+    name = "local"  # --executor NAME
+
+    def describe(self) -> dict[str, Any]:
+        """What provenance.json records about where the study ran."""
+        return {"executor": self.name}
+
     @abstractmethod
     def run(self, recipe: Recipe, opts: StudyOptions, units: list[Unit], done: set[str], progress: Progress,
             overall: int) -> dict[str, str]: ...

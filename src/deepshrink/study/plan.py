@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepshrink import __version__, provenance
+from deepshrink import provenance
+from deepshrink._version import __version__
 from deepshrink.errors import UserError
+from deepshrink.models import is_reference, source_sha256
 from deepshrink.study.recipe import Recipe
 from deepshrink.variant import slug, variant_id
 
@@ -73,8 +75,8 @@ def plan(recipe: Recipe) -> list[Work]:
                     if p.applies(ds, model):
                         # A named pipeline's id is its label (readable: mnist-lenet-5--prune80+int8).
                         named = p.name != "+".join(p.steps) and len(p.name) <= 60
-                        vid = f"{slug(f'{ds}-{model}')}--{slug(p.name)}" if named else variant_id(ds, model,
-                                                                                                 list(p.steps))
+                        vid = f"{variant_id(ds, model, [])}--{slug(p.name)}" if named else variant_id(
+                            ds, model, list(p.steps))
                         out.append(Work(vid + tail, ds, model, seed, p.name, p.steps))
     seen: set[str] = set()
     for w in out:
@@ -127,9 +129,12 @@ def pin_code_version(version: str) -> None:
     _CODE[:] = [version]
 
 
-def baseline_key(dataset: str, model: str, train: dict[str, object], fingerprint: str, val_size: int) -> str:
+def baseline_key(dataset: str, model: str, train: dict[str, object], fingerprint: str, val_size: int,
+                 model_args: dict[str, object] | None = None) -> str:
+    """A referenced model's source file is part of its key: editing it retrains the baseline."""
+    extra = {"model_args": model_args, "model_source": source_sha256(model)} if is_reference(model) else {}
     return provenance.config_hash({"dataset": dataset, "model": model, "train": train, "data": fingerprint,
-                                   "val_size": val_size, "code": code_version()}, 16)
+                                   "val_size": val_size, "code": code_version(), **extra}, 16)
 
 
 def step_key(parent: str, step: str, fingerprint: str, seed: int) -> str:

@@ -13,10 +13,10 @@ from typing import Any
 
 from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.config import coerce
-from deepshrink.data.sources import SOURCES
+from deepshrink.data import check_name
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import LatencyConfig
-from deepshrink.models import list_models
+from deepshrink.models import check_model_name
 from deepshrink.train import TrainConfig
 
 # SPEC §5 names every technique; a recipe may name one whose implementation has not landed yet:
@@ -27,9 +27,9 @@ CANONICAL_STEPS = ("quantize", "prune.unstructured", "prune.structured", "distil
 BASELINE_PLACEHOLDER = "{baseline}"
 
 _TOP_KEYS = {"name": str, "description": str, "expected_minutes": float,
-             "study": dict, "train": dict, "measure": dict, "pipeline": list}
+             "study": dict, "train": dict, "measure": dict, "pipeline": list, "model_args": dict}
 _STUDY_KEYS: dict[str, Any] = {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0], "val_size": 5000,
-                               "jobs": 1}
+                               "jobs": 1, "cpus_per_task": 1.0, "gpus_per_task": 0.0}
 _PIPELINE_KEYS: dict[str, Any] = {"name": "", "steps": [""], "models": [""], "datasets": [""]}
 _TRAIN_DEFAULTS = TrainConfig()
 
@@ -74,11 +74,14 @@ class Recipe:
     seeds: tuple[int, ...] = (0,)
     val_size: int = 5000
     jobs: int = 1  # default --jobs: parallel processes for independent variants
+    cpus_per_task: float = 1.0  # --executor ray: resources of one unit's task (Ray allows fractions)
+    gpus_per_task: float = 0.0
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides for every baseline
     train_per: dict[str, dict[str, Any]] = field(default_factory=dict)  # "dataset/model", "model" or "dataset"
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     pipelines: tuple[PipelineSpec, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved TOML, for provenance
+    model_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # model reference -> its arguments
 
     def train_overrides(self, dataset: str, model: str) -> dict[str, Any]:
         out = dict(self.train)
@@ -195,20 +198,35 @@ def validate(raw: dict[str, Any], source: str, default_name: str = "recipe") -> 
     return Recipe(name=str(raw.get("name", default_name)), source=source, description=str(raw.get("description", "")),
                   expected_minutes=float(raw.get("expected_minutes", 0.0)), datasets=study["datasets"],
                   models=study["models"], seeds=study["seeds"], val_size=study["val_size"], jobs=study["jobs"],
-                  train=train, train_per=per, measure=measure, pipelines=pipelines, raw=raw)
+                  cpus_per_task=study["cpus_per_task"], gpus_per_task=study["gpus_per_task"], train=train,
+                  train_per=per, measure=measure, pipelines=pipelines, raw=raw,
+                  model_args=_model_args(raw.get("model_args", {}), study["models"], source))
+
+
+def _model_args(raw: dict[str, Any], models: tuple[str, ...], source: str) -> dict[str, dict[str, Any]]:
+    """`[model_args."examples/models.py:resnet8"]` width = 16: keyword arguments of a referenced model."""
+    for model, args in raw.items():
+        if model not in models:
+            raise UserError(f"{source}: model_args.{model}: not one of study.models")
+        if not isinstance(args, dict):
+            raise UserError(f"{source}: model_args.{model}: expected a table of keyword arguments")
+    return {m: dict(a) for m, a in raw.items()}
 
 
 def _check_names(study: dict[str, Any], source: str) -> None:
-    for ds in study["datasets"]:
-        if ds not in SOURCES and not ds.startswith("idx:"):
-            raise UserError(f"{source}: study.datasets: unknown dataset {ds!r} (known: {', '.join(SOURCES)}, idx:PATH)")
-    for m in study["models"]:
-        if m not in list_models():
-            raise UserError(f"{source}: study.models: unknown model {m!r} (known: {', '.join(list_models())})")
+    for key, check in (("datasets", check_name), ("models", check_model_name)):
+        for name in study[key]:
+            try:
+                check(name)
+            except UserError as e:
+                raise UserError(f"{source}: study.{key}: {e}") from None
     if study["val_size"] < 1:
         raise UserError(f"{source}: study.val_size: must be >= 1")
     if study["jobs"] < 1:
         raise UserError(f"{source}: study.jobs: must be >= 1")
+    for key in ("cpus_per_task", "gpus_per_task"):
+        if study[key] < 0:
+            raise UserError(f"{source}: study.{key}: must be >= 0")
     if any(s < 0 for s in study["seeds"]):
         raise UserError(f"{source}: study.seeds: seeds must be >= 0")
 

@@ -5,27 +5,30 @@ measure -> result files -> report. `train`, `compress` and `study` (CLI and Pyth
 import copy
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
+from torch import nn
 
 from deepshrink import provenance
 from deepshrink.checkpoint import load_checkpoint, read_manifest
 from deepshrink.compress import apply, parse_step
 from deepshrink.compress.distill import control_of
-from deepshrink.data import load_dataset
+from deepshrink.data import DataSplits, check_name, load_dataset
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import LatencyConfig, all_cores, measure_latency
-from deepshrink.models import create_model
+from deepshrink.models import check_model_name
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
 from deepshrink.results import finished, read_rows, remove_variant
 from deepshrink.study.executor import Executor, LocalExecutor, wait_for_orphans
 from deepshrink.study.plan import StudyOptions, code_version, plan, units
+from deepshrink.study.ray_executor import RayExecutor
 from deepshrink.study.recipe import Recipe, load_recipe
-from deepshrink.study.variant import measure_variant, train_baseline, write_measured
+from deepshrink.study.variant import Measured, measure_variant, train_baseline, write_measured
 from deepshrink.train import TrainConfig
 from deepshrink.variant import StepContext, Variant, slug, variant_id
 
@@ -43,19 +46,29 @@ def _latency(device: str, latency: LatencyConfig | None) -> LatencyConfig:
 
 
 def run_train(dataset: str, model_name: str, cfg: TrainConfig, out: Path, data_dir: Path | None = None,
-              device: str = "auto", latency: LatencyConfig | None = None, quiet: bool = False) -> dict[str, Any]:
+              device: str = "auto", latency: LatencyConfig | None = None, quiet: bool = False,
+              model_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """`deepshrink train`: one baseline, exported and measured, written as a run directory."""
-    device = resolve_device(device)
-    create_model(model_name, dataset)  # fail fast on an unknown model name before loading data
+    check_name(dataset)  # fail fast on a bad name or model before loading data
+    check_model_name(model_name)
     data = load_dataset(dataset, data_dir)
+    return train_measured(model_name, data, cfg, out, device, latency, quiet, model_args)[0].row
+
+
+def train_measured(model: str | nn.Module, data: DataSplits, cfg: TrainConfig, out: Path, device: str = "auto",
+                   latency: LatencyConfig | None = None, quiet: bool = False,
+                   model_args: dict[str, Any] | None = None) -> tuple[Measured, Variant]:
+    """Train a baseline (a model name or reference, or a module of the caller's), export and measure it,
+    and write its rows and provenance to `out`."""
+    device = resolve_device(device)
     with Progress(enabled=not quiet) as progress:
-        variant = train_baseline(dataset, model_name, cfg, data, device, progress)
+        variant = train_baseline(data.name, model, cfg, data, device, progress, model_args=model_args)
         measured = measure_variant(variant, data, out)
         lat = measure_latency([(variant.id, measured.artifact)], data.test_x.numpy(), _latency(device, latency),
                               progress)
     write_measured(out, [measured], lat)
     provenance.write(out, data=data, device=device, seeds={"train": cfg.seed})
-    return measured.row
+    return measured, variant
 
 
 def run_compress(checkpoint: Path, steps: list[str], out: Path, data_dir: Path | None = None,
@@ -65,29 +78,37 @@ def run_compress(checkpoint: Path, steps: list[str], out: Path, data_dir: Path |
     a distilled student is measured beside its no-teacher control."""
     read_manifest(checkpoint)
     configs = [parse_step(s) for s in steps]  # every step validated before any work starts
-    device = resolve_device(device)
     model, manifest = load_checkpoint(checkpoint)
     data = load_dataset(manifest.dataset, data_dir)
     base = Variant(variant_id(manifest.dataset, manifest.model, manifest.pipeline), model, manifest, seed=seed)
+    measured = compress_measured(base, configs, data, out, device, latency, quiet, seed)
+    main = dict(measured[1][0].row)
+    if len(measured) > 2:
+        main["control"] = measured[2][0].row  # not a results.csv column: the rows are already written
+    return main
+
+
+def compress_measured(base: Variant, configs: list[Any], data: DataSplits, out: Path, device: str = "auto",
+                      latency: LatencyConfig | None = None, quiet: bool = False,
+                      seed: int = 0) -> list[tuple[Measured, Variant]]:
+    """[baseline, compressed, (no-teacher control)], each measured from what ships and timed together."""
+    device = resolve_device(device)
     chains = [configs] + [[c] for c in [control_of(configs)] if c is not None]
     with Progress(enabled=not quiet) as progress:
         base_m = measure_variant(base, data, out)
         ctx = StepContext(data=data, device=device, seed=seed, progress=progress, cache_dir=out / "cache")
-        measured = [base_m]
+        measured = [(base_m, base)]
         for chain in chains:
-            v = Variant(base.id, copy.deepcopy(model), copy.deepcopy(manifest), seed=seed)
+            v = Variant(base.id, copy.deepcopy(base.model), copy.deepcopy(base.manifest), seed=seed)
             for cfg in chain:
                 v = apply(v, cfg, ctx)
-            v.id = variant_id(manifest.dataset, manifest.model, v.manifest.pipeline)
-            measured.append(measure_variant(v, data, out, baseline=(base.id, base_m.row["accuracy_pct"])))
-        lat = measure_latency([(x.row["variant"], x.artifact) for x in measured], data.test_x.numpy(),
+            v.id = variant_id(base.manifest.dataset, base.manifest.model, v.manifest.pipeline)
+            measured.append((measure_variant(v, data, out, baseline=(base.id, base_m.row["accuracy_pct"])), v))
+        lat = measure_latency([(m.row["variant"], m.artifact) for m, _ in measured], data.test_x.numpy(),
                               _latency(device, latency), progress)
-    write_measured(out, measured, lat)
+    write_measured(out, [m for m, _ in measured], lat)
     provenance.write(out, data=data, device=device, seeds={"compress": seed})
-    main = dict(measured[1].row)
-    if len(measured) > 2:
-        main["control"] = measured[2].row  # not a results.csv column: the rows are already written
-    return main
+    return measured
 
 
 def _clear(run_dir: Path) -> None:
@@ -103,12 +124,13 @@ def _drop_stale(run_dir: Path, planned: set[str]) -> None:
             remove_variant(run_dir, r["variant"])
 
 
-def _study_provenance(run_dir: Path, recipe: Recipe, jobs: int, device: str) -> None:
+def _study_provenance(run_dir: Path, recipe: Recipe, jobs: int, device: str, executor: Executor) -> None:
     seeds = {"study": recipe.seeds[0]} if len(recipe.seeds) == 1 else {f"seed{i}": s for i, s in
                                                                         enumerate(recipe.seeds)}
     provenance.write(run_dir, device=device, seeds=seeds, extra={
         "recipe": recipe.raw, "recipe_source": recipe.source, "jobs": jobs,
-        "torch_threads_per_job": max(1, all_cores() // jobs) if jobs > 1 else 0, "cache_code_version": code_version()})
+        "torch_threads_per_job": max(1, all_cores() // jobs) if jobs > 1 else 0, "cache_code_version": code_version(),
+        **executor.describe()})
 
 
 def execute(recipe: Recipe, opts: StudyOptions, executor: Executor, jobs: int = 1,
@@ -132,22 +154,40 @@ def execute(recipe: Recipe, opts: StudyOptions, executor: Executor, jobs: int = 
         with Progress(enabled=not opts.quiet) as progress:
             overall = progress.add(f"study {recipe.name}", total=len(works))
             progress.update(overall, advance=len(statuses))
-            _study_provenance(opts.out, recipe, jobs, opts.device)
+            _study_provenance(opts.out, recipe, jobs, opts.device, executor)
             statuses.update(executor.run(recipe, opts, units(works), done, progress, overall))
     finally:
         guard.release()
     return statuses
 
 
+def _local(jobs: int, address: str | None) -> Executor:
+    if address:
+        raise UserError(f"--address {address}: only with --executor ray")
+    return LocalExecutor(jobs)
+
+
+EXECUTORS: dict[str, Callable[[int, str | None], Executor]] = {
+    "local": _local,
+    "ray": lambda jobs, address: RayExecutor(address),  # Ray decides how many tasks run at once
+}
+
+
+def create_executor(name: str, jobs: int, address: str | None = None) -> Executor:
+    if name not in EXECUTORS:
+        raise UserError(f"--executor {name!r}: unknown (known: {', '.join(EXECUTORS)})")
+    return EXECUTORS[name](jobs, address)
+
+
 def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None = None, device: str = "auto",
               jobs: int | None = None, overrides: tuple[str, ...] = (), fresh: bool = False,
-              quiet: bool = False) -> tuple[Path, dict[str, str]]:
+              quiet: bool = False, executor: str = "local", address: str | None = None) -> tuple[Path, dict[str, str]]:
     """`deepshrink study`: validate the recipe, run what is not yet done, render the report."""
     recipe = load_recipe(recipe_name, list(overrides))  # every problem surfaces before any work
     jobs = recipe.jobs if jobs is None else jobs
-    executor = LocalExecutor(jobs)
+    runner = create_executor(executor, jobs, address)
     out = out or Path("runs") / slug(recipe.name)
     opts = StudyOptions(out=out, data_dir=data_dir, device=resolve_device(device), quiet=quiet)
-    statuses = execute(recipe, opts, executor, jobs=jobs, fresh=fresh)
+    statuses = execute(recipe, opts, runner, jobs=jobs, fresh=fresh)
     render_report(out)
     return out, statuses

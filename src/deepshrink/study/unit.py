@@ -22,6 +22,7 @@ from deepshrink.study.cache import Prefixes, cached_or_compute, failure_reason, 
 from deepshrink.study.plan import StudyOptions, Unit, Work, baseline_key, pin_code_version
 from deepshrink.study.recipe import CANONICAL_STEPS, Recipe
 from deepshrink.study.variant import measure_variant, record, record_failure, train_baseline
+from deepshrink.train import TrainConfig
 from deepshrink.variant import StepContext, Variant, variant_id
 
 UnitResult = list[tuple[str, str]]  # (variant id, status)
@@ -48,15 +49,22 @@ def _step_applier(ctx: StepContext, base_ckpt: Path, on_step: Callable[[str], No
     return apply_step
 
 
-def _baseline(recipe: Recipe, opts: StudyOptions, base_work: Work, data: DataSplits,
-              progress: Progress) -> tuple[Variant, str, bool]:
+def baseline_config(recipe: Recipe, base_work: Work, fingerprint: str) -> tuple[TrainConfig, str]:
+    """A baseline's training config and cache key (the Ray executor ships that cache folder to workers)."""
     overrides = recipe.train_overrides(base_work.dataset, base_work.model)
     cfg = default_train(base_work.dataset, base_work.model, **{**overrides, "seed": base_work.seed})
-    key = baseline_key(base_work.dataset, base_work.model, cfg.to_dict(), data.fingerprint, recipe.val_size)
+    return cfg, baseline_key(base_work.dataset, base_work.model, cfg.to_dict(), fingerprint, recipe.val_size,
+                             recipe.model_args.get(base_work.model))
+
+
+def _baseline(recipe: Recipe, opts: StudyOptions, base_work: Work, data: DataSplits,
+              progress: Progress) -> tuple[Variant, str, bool]:
+    cfg, key = baseline_config(recipe, base_work, data.fingerprint)
     cached = (opts.out / "cache" / key / "variant.json").exists()
     v, _ = cached_or_compute(
         opts.out / "cache" / key, base_work.vid,
-        lambda: train_baseline(base_work.dataset, base_work.model, cfg, data, opts.device, progress, base_work.vid),
+        lambda: train_baseline(base_work.dataset, base_work.model, cfg, data, opts.device, progress, base_work.vid,
+                               recipe.model_args.get(base_work.model)),
         fresh=False)
     return v, key, not cached
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from deepshrink.checkpoint import Manifest, save_checkpoint
 from deepshrink.data import DataSplits
@@ -12,7 +13,7 @@ from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.measure import energy, power
 from deepshrink.measure.accuracy import artifact_accuracy
 from deepshrink.measure.params import layer_stats
-from deepshrink.models import create_model
+from deepshrink.models import check_output, create_model, reference_of
 from deepshrink.progress import Progress
 from deepshrink.results import (
     LATENCY_COLUMNS,
@@ -26,7 +27,7 @@ from deepshrink.results import (
 from deepshrink.results import lock as results_lock
 from deepshrink.study.plan import Work
 from deepshrink.train import TrainConfig, fit
-from deepshrink.variant import Variant, slug
+from deepshrink.variant import Variant, variant_id
 
 
 @dataclass
@@ -87,15 +88,21 @@ def write_measured(out: Path, measured: list[Measured], latency_rows: list[dict[
         upsert(out / "latency.csv", latency_rows, LATENCY_COLUMNS, LATENCY_KEY)
 
 
-def train_baseline(dataset: str, model_name: str, cfg: TrainConfig, data: DataSplits, device: str,
-                   progress: Progress, vid: str | None = None) -> Variant:
+def train_baseline(dataset: str, model: str | nn.Module, cfg: TrainConfig, data: DataSplits, device: str,
+                   progress: Progress, vid: str | None = None, model_args: dict[str, Any] | None = None) -> Variant:
+    """Train a fresh registry/referenced model (seeded), or the caller's own module in place."""
     torch.manual_seed(cfg.seed)
-    model = create_model(model_name, data.input_shape, data.num_classes)
+    if isinstance(model, nn.Module):
+        model_name = reference_of(model)
+        check_output(model, model_name, data.input_shape, data.num_classes)
+    else:
+        model_name, model = model, create_model(model, data, **(model_args or {}))
     log = fit(model, data, cfg, progress=progress, label=f"{dataset} {model_name}", device=device)
     model.cpu()
     manifest = Manifest(model=model_name, dataset=dataset, input_shape=list(data.input_shape),
-                        num_classes=data.num_classes, mean=data.mean, std=data.std, train=cfg.to_dict())
-    return Variant(vid or slug(f"{dataset}-{model_name}"), model, manifest, log=log, train_seconds=log.seconds,
+                        num_classes=data.num_classes, mean=data.mean, std=data.std, train=cfg.to_dict(),
+                        model_args=dict(model_args or {}))
+    return Variant(vid or variant_id(dataset, model_name, []), model, manifest, log=log, train_seconds=log.seconds,
                    epochs=cfg.epochs, seed=cfg.seed)
 
 

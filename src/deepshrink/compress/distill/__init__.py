@@ -35,7 +35,7 @@ from deepshrink.compress.registry import apply, register_step
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
-from deepshrink.models import MODELS, create_model
+from deepshrink.models import MODELS, check_model_name, create_model, is_reference
 from deepshrink.train import AUGMENTS, Objective, TrainConfig, cross_entropy, evaluate, fit
 from deepshrink.variant import StepContext, Variant, variant_id
 
@@ -46,7 +46,8 @@ INPUT_STUDENT = "input"  # the step's input model itself is the student (warm st
 
 
 def _is_path(spec: str) -> bool:
-    return spec.endswith((".safetensors", ".json")) or "/" in spec
+    """A checkpoint path (a model reference `PATH.py:CALLABLE` may hold slashes too)."""
+    return spec.endswith((".safetensors", ".json")) or ("/" in spec and not is_reference(spec))
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ class DistillConfig:
     def _check_student(self) -> None:
         if self.student == INPUT_STUDENT or self.student in MODELS:
             return
+        if is_reference(self.student) and not _is_path(self.student):
+            try:
+                check_model_name(self.student)
+            except UserError as e:
+                raise UserError(f"distill.student: {e}") from None
+            return
         if not _is_path(self.student):
             raise UserError(f"distill.student={self.student!r}: unknown model (known: "
                             f"{', '.join(MODELS.names())}, '{INPUT_STUDENT}', or a checkpoint path)")
@@ -96,19 +103,20 @@ class DistillConfig:
             raise UserError(f"distill.student: {e}") from None
 
 
-def _student(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tuple[nn.Module, str, Deployment]:
-    """(model, registry name, deployment). Fresh students are seeded so the control starts identical."""
+def _student(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tuple[nn.Module, Manifest | None, Deployment]:
+    """(model, the manifest it was loaded with or None for a fresh one, deployment). Fresh students
+    are seeded so the control starts identical."""
     if cfg.student == INPUT_STUDENT:
-        return copy.deepcopy(v.model).cpu(), v.manifest.model, v.deployment
-    if cfg.student in MODELS:
+        return copy.deepcopy(v.model).cpu(), v.manifest, v.deployment
+    if not _is_path(cfg.student):
         torch.manual_seed(ctx.seed)
-        return create_model(cfg.student, ctx.data.input_shape, ctx.data.num_classes), cfg.student, Deployment()
+        return create_model(cfg.student, ctx.data), None, Deployment()
     try:
         model, manifest = load_checkpoint(Path(cfg.student))
     except UserError as e:
         raise UserError(f"distill.student: {e}") from None
     check_fits(manifest, ctx.data, "distill.student", cfg.student)
-    return model, manifest.model, Deployment()
+    return model, manifest, Deployment()
 
 
 def student_train_config(cfg: DistillConfig, dataset: str, student_model: str, seed: int) -> TrainConfig:
@@ -129,7 +137,8 @@ def _teacher_objective(teachers: list[Teacher], cfg: DistillConfig, train_cfg: T
 def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
     """Train the student on the teacher's softened outputs (alpha > 0) or on labels alone (alpha = 0)."""
     data = ctx.data
-    student, student_name, deployment = _student(v, cfg, ctx)
+    student, loaded, deployment = _student(v, cfg, ctx)
+    student_name = loaded.model if loaded else cfg.student
     train_cfg = student_train_config(cfg, data.name, student_name, ctx.seed)
     info: dict[str, Any] = {"distill_role": "distilled" if cfg.alpha > 0 else "scratch",
                             "distill_student": student_name, "distill_temperature": cfg.temperature,
@@ -151,7 +160,8 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
     manifest = Manifest(model=student_name, dataset=v.manifest.dataset, input_shape=list(data.input_shape),
                         num_classes=data.num_classes, mean=list(v.manifest.mean), std=list(v.manifest.std),
                         pipeline=list(v.manifest.pipeline), train=train_cfg.to_dict(),
-                        info={**(v.manifest.info if warm else {}), **info})
+                        info={**(v.manifest.info if warm else {}), **info},
+                        model_args=dict(loaded.model_args) if loaded else {})
     return Variant(v.id, student, manifest, deployment=deployment, log=log, train_seconds=log.seconds,
                    epochs=train_cfg.epochs, seed=ctx.seed, info={**(v.info if warm else {}), **info})
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from deepshrink.compress.prune.layers import check_fraction, parse_layers, resolve_layers, retrain_config
-from deepshrink.compress.prune.units import IMPORTANCES, LAYER_KINDS, candidate_layers, prune_units
+from deepshrink.compress.prune.units import IMPORTANCES, LAYER_KINDS, candidate_layers, prune_coupled, prune_units
 from deepshrink.compress.registry import register_step
 from deepshrink.errors import UserError
+from deepshrink.export.qgraph import expressible
 from deepshrink.models import weight_of, weighted_layers
 from deepshrink.train import fit
 from deepshrink.variant import StepContext, Variant
@@ -52,7 +53,10 @@ def widths(model: nn.Module) -> str:
 def apply_prune_structured(v: Variant, cfg: PruneStructuredConfig, ctx: StepContext) -> Variant:
     model = v.model.to(ctx.device)
     ratios = structured_ratios(model, cfg)
-    prune_units(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1], "prune.structured.ratio")
+    if expressible(model):  # a plain stack: each layer's own units, scored on the unpruned model
+        prune_units(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1], "prune.structured.ratio")
+    else:  # residuals, depthwise pairs, batch norm: coupled channels go as one group
+        prune_coupled(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1])
     log = v.log
     if cfg.epochs:
         log = fit(model, ctx.data, retrain_config(v, cfg.epochs, cfg.lr, ctx.seed), progress=ctx.progress,

@@ -105,3 +105,26 @@ def prune_units(model: nn.Module, ratios: dict[str, float], importance: str, dat
         group = graph.get_pruning_group(mod, fn, idxs=removed[n])
         group.prune()
     return kept
+
+
+def prune_coupled(model: nn.Module, ratios: dict[str, float], importance: str, data: DataSplits | None,
+                  example: Tensor) -> None:
+    """Structured pruning of any graph, in place, by Torch-Pruning's group pruner: channels tied together
+    (a residual addition's inputs, a depthwise conv and its neighbours, batch norms) go as one group,
+    scored by the group's summed importance, so the pruned model stays consistent."""
+    import torch_pruning as tp
+
+    imp = {"l1": lambda: tp.importance.MagnitudeImportance(p=1), "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+           "taylor": lambda: tp.importance.GroupTaylorImportance()}[importance]()
+    device = next(model.parameters()).device
+    modules = {n: model.get_submodule(n) for n in ratios}
+    ignored = [m for n, m in weighted_layers(model) if n not in ratios]
+    pruner = tp.pruner.MetaPruner(model, example.to(device), importance=imp, ignored_layers=ignored,
+                                  pruning_ratio_dict={m: ratios[n] for n, m in modules.items()})
+    if importance == "taylor":
+        if data is None:
+            raise UserError("importance=taylor: needs training data for its gradients")
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(data.train_x[:256].to(device)), data.train_y[:256].to(device)).backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)

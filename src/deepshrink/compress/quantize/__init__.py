@@ -16,13 +16,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepshrink.compress.quantize.qat import FakeQuantNet, FreezeObservers, KeepZeros, mse_scales
+from deepshrink.compress.quantize.qat import (
+    FakeQuantNet,
+    FreezeObservers,
+    KeepZeros,
+    KeepZerosGraph,
+    fake_quantize_weights,
+    mse_scales,
+    remove_fake_quant,
+)
 from deepshrink.compress.registry import register_step
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
 from deepshrink.export.int8 import DEPLOY_CHOICES
-from deepshrink.export.qgraph import observe_ranges, plan, quantize_weight
+from deepshrink.export.qgraph import expressible, observe_ranges, plan, quantize_weight
+from deepshrink.models import weight_of, weighted_layers
 from deepshrink.registry import Registry
 from deepshrink.train import Callback, fit
 from deepshrink.variant import StepContext, Variant
@@ -64,9 +73,13 @@ Quantizer = Callable[[Variant, QuantizeConfig, StepContext], tuple[Deployment, d
 QUANTIZERS: Registry[Quantizer] = Registry("quantizer")
 
 
-def _key(cfg: QuantizeConfig) -> str:
+def _key(cfg: QuantizeConfig, model: nn.Module) -> str:
+    """The quantizer: by precision, method and bits; INT8 of a graph the compact writers cannot
+    express (residuals, depthwise, global pooling) goes through ONNX Runtime (export/qdq_graph.py)."""
     if cfg.precision != "int8":
         return cfg.precision
+    if cfg.bits == 8 and not expressible(model):
+        return f"{cfg.method}-graph"
     return f"{cfg.method}{'' if cfg.bits == 8 else '-subbyte'}"
 
 
@@ -122,22 +135,47 @@ def _qat(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deployment,
                                       "qat_seconds": round(seconds, 2)}
 
 
+@QUANTIZERS.register("ptq-graph")
+def _ptq_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deployment, dict[str, Any]]:
+    n = min(cfg.calib, len(ctx.data.train_x))
+    return Deployment("int8", (("mode", cfg.deploy), ("calib", n))), {
+        "quant_calibration": f"minmax over {n} training images (onnxruntime quantize_static)"}
+
+
+@QUANTIZERS.register("qat-graph")
+def _qat_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deployment, dict[str, Any]]:
+    """Fine-tune with the weights on their INT8 grid (parametrized layers, so any graph trains as it
+    is), then calibrate the activations as PTQ does."""
+    torch.manual_seed(ctx.seed)
+    keep = KeepZerosGraph(v.model)
+    names = fake_quantize_weights(v.model)
+    train = default_train(v.manifest.dataset, v.manifest.model, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed)
+    try:
+        log = fit(v.model, ctx.data, train, callbacks=[keep], progress=ctx.progress,
+                  label=f"qat int8 {v.manifest.model}", device=ctx.device)
+    finally:
+        v.model.cpu()
+        remove_fake_quant(v.model, names)
+    v.log, v.train_seconds, v.epochs = log, v.train_seconds + log.seconds, v.epochs + cfg.epochs
+    deployment, info = _ptq_graph(v, cfg, ctx)
+    return deployment, {**info, "quant_calibration": "qat weights (int8 grid), activations " +
+                        info["quant_calibration"], "qat_seconds": round(log.seconds, 2)}
+
+
 @torch.no_grad()
 def _pack(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> Deployment:
     """Snap the weights onto their grid so the checkpoint holds exactly what the packed file decodes to."""
     qmax = 2 ** (bits - 1) - 1
-    for op in plan(model):
-        if op.weighted:
-            w = op.weight
-            s = steps[op.name]
-            w.copy_(quantize_weight(w, s, qmax) * s.reshape(-1, *([1] * (w.dim() - 1))))
+    for name, _ in weighted_layers(model):
+        w, s = weight_of(model, name), steps[name]
+        w.copy_(quantize_weight(w, s, qmax) * s.reshape(-1, *([1] * (w.dim() - 1))))
     return Deployment("packed", (("bits", bits), ("steps", tuple((k, tuple(s.tolist())) for k, s in steps.items()))))
 
 
 @QUANTIZERS.register("ptq-subbyte")
 def _ptq_subbyte(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deployment, dict[str, Any]]:
     qmax = 2 ** (cfg.bits - 1) - 1
-    steps = {op.name: mse_scales(op.weight, qmax) for op in plan(v.model) if op.weighted}
+    steps = {name: mse_scales(weight_of(v.model, name), qmax) for name, _ in weighted_layers(v.model)}
     return _pack(v.model, cfg.bits, steps), {"quant_calibration": "per-channel MSE-optimal clipping"}
 
 
@@ -153,10 +191,10 @@ def apply_quantize(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> Variant
     if v.manifest.info.get("quantized"):
         raise UserError(f"quantize: the input model is already quantized ({v.manifest.info.get('quant_precision')}); "
                         "quantize its float checkpoint instead")
-    if cfg.precision == "int8":
-        plan(v.model)  # layers the integer writers cannot express fail here, before any work
+    if cfg.precision == "int8" and cfg.bits < 8 and cfg.method == "qat":
+        plan(v.model)  # LSQ's wrapper needs the sequential plan: fail here, before any work
     t0 = time.perf_counter()
-    deployment, info = QUANTIZERS.get(_key(cfg))(v, cfg, ctx)
+    deployment, info = QUANTIZERS.get(_key(cfg, v.model))(v, cfg, ctx)
     label = cfg.precision if cfg.bits == 8 else f"int{cfg.bits}-weights"
     v.deployment = deployment
     if cfg.precision not in ("fp32", "fp64"):

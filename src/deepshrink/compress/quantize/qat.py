@@ -13,8 +13,10 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from deepshrink.export.qgraph import INPUT, Op, observe_ranges, plan, run_plan, uint8_params, weight_scales
+from deepshrink.models import weight_of, weighted_layers
 
 
 def _ste_round(x: Tensor) -> Tensor:
@@ -99,6 +101,53 @@ class FakeQuantNet(nn.Module):
 
     def step_sizes(self) -> dict[str, Tensor]:
         return {k: v.detach().abs().clamp_min(1e-8) for k, v in self.steps.items()}
+
+
+class WeightFakeQuant(nn.Module):
+    """A parametrization of a layer's weight for QAT on any graph: the per-channel symmetric INT8 grid
+    the exporter uses (scale max|w|/qmax), with a straight-through round. Per-channel scales make the
+    codes invariant to the batch-norm folding done at export, so training sees what ships."""
+
+    def __init__(self, qmax: int = 127) -> None:
+        super().__init__()
+        self.qmax = qmax
+
+    def forward(self, w: Tensor) -> Tensor:
+        s = weight_scales(w, self.qmax).reshape(-1, *([1] * (w.dim() - 1)))
+        return torch.clamp(_ste_round(w / s), -self.qmax, self.qmax) * s
+
+
+def fake_quantize_weights(model: nn.Module, bits: int = 8) -> list[str]:
+    """Register `WeightFakeQuant` on every Linear/Conv weight of `model`; the layers' names."""
+    names = []
+    for name, mod in weighted_layers(model):
+        parametrize.register_parametrization(mod, "weight", WeightFakeQuant(2 ** (bits - 1) - 1))
+        names.append(name)
+    return names
+
+
+def remove_fake_quant(model: nn.Module, names: list[str]) -> None:
+    """Back to plain float weights (the exporter quantizes them with the same grid)."""
+    for name in names:
+        parametrize.remove_parametrizations(model.get_submodule(name), "weight", leave_parametrized=False)
+
+
+class KeepZerosGraph:
+    """Pruned weights stay pruned through QAT on a parametrized graph (masks on the original weights)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.masks = {n: weight_of(model, n).detach() != 0 for n, _ in weighted_layers(model)
+                      if bool((weight_of(model, n) == 0).any())}
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def on_step_end(self, model: nn.Module) -> None:
+        for name, mask in self.masks.items():
+            original = model.get_submodule(f"{name}.parametrizations.weight").original
+            assert isinstance(original, Tensor)
+            original.mul_(mask.to(original.device))
 
 
 class FreezeObservers:

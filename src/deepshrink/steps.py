@@ -1,0 +1,9 @@
+"""The techniques' frozen config dataclasses, for the Python API (`ds.steps.Quantize(...)`); each is
+what `parse_step("NAME:key=value,...")` gives for that step."""
+
+from deepshrink.compress.distill import DistillConfig as Distill
+from deepshrink.compress.prune import PruneStructuredConfig as PruneStructured
+from deepshrink.compress.prune import PruneUnstructuredConfig as PruneUnstructured
+from deepshrink.compress.quantize import QuantizeConfig as Quantize
+
+__all__ = ["Distill", "PruneStructured", "PruneUnstructured", "Quantize"]
