@@ -23,6 +23,12 @@ _TRAIN_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+# Any other model (a user's own) on a known family: the augmentation that family's baselines use.
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist": {"augment": "shift"}, "cifar10": {"augment": "crop-flip", "epochs": 12},
+}
+
+
 def _family(dataset: str) -> str:
     return "mnist" if dataset.startswith("idx:") else dataset
 
@@ -50,7 +56,8 @@ def _literal(text: str) -> Any:
 
 
 def default_train(dataset: str, model: str, **overrides: Any) -> TrainConfig:
-    base = dict(_TRAIN_DEFAULTS.get((_family(dataset), model), {}))
+    family = _family(dataset)
+    base = dict(_TRAIN_DEFAULTS.get((family, model), _FAMILY_DEFAULTS.get(family, {})))
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)
 

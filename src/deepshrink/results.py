@@ -16,7 +16,7 @@ from deepshrink.checkpoint import atomic_write_bytes
 RESULTS_COLUMNS = [
     "variant", "dataset", "model", "pipeline", "precision", "sparsity", "params_total", "params_nonzero",
     "size_bytes", "size_kb", "artifact", "accuracy_pct", "baseline_accuracy_pct", "energy_nj_est",
-    "train_seconds", "epochs", "seed", "checkpoint", "status",
+    "train_seconds", "epochs", "seed", "checkpoint", "status", "notes",
     # Beyond the contract: more measured facts the report uses.
     "baseline_variant", "runtime", "deployment", "checkpoint_bytes", "macs", "macs_nonzero",
     "energy_memory", "energy_nj_measured", "energy_source", "val_accuracy_pct", "epochs_to_converge", "best_epoch",

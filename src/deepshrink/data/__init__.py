@@ -133,8 +133,13 @@ def load_dataset(name: str, data_dir: Path | None = None, val_size: int = 5000, 
     return splits_from_arrays(arrays, name, origin, val_size, split_seed)
 
 
-def _as_numpy(a: Any) -> np.ndarray:
-    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+def _as_numpy(a: Any, key: str, name: str) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    try:
+        return np.asarray(a)
+    except ValueError as e:  # ragged lists: numpy refuses to make one array of them
+        raise UserError(f"{name}: {key} is not one array ({str(e).splitlines()[0][:120]})") from None
 
 
 def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, x_val: Any = None, y_val: Any = None,
@@ -143,7 +148,7 @@ def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, x_val: Any
     raw = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     if x_val is not None:
         raw.update(x_val=x_val, y_val=y_val)
-    arrays = npz.from_raw({k: _as_numpy(v) for k, v in raw.items()}, name)
+    arrays = npz.from_raw({k: _as_numpy(v, k, name) for k, v in raw.items()}, name)
     return splits_from_arrays(arrays, name, "in-memory arrays", val_size, split_seed)
 
 

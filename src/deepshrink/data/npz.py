@@ -47,12 +47,18 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     source = str(path)
     if not path.is_file():
         raise UserError(f"{source}: no such .npz file")
+    if not zipfile.is_zipfile(path):  # np.load would read a .npy, or try to unpickle anything else
+        raise UserError(f"{source}: not a readable .npz file (not a zip archive of arrays, as np.savez writes)")
+    raw: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as z:
-            raw = {k: z[k] for k in z.files}
-    except ValueError as e:  # an object array needs pickle, which is refused
-        raise UserError(f"{source}: unreadable array ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+            for k in z.files:
+                try:
+                    raw[k] = z[k]
+                except ValueError as e:  # an object array needs pickle, which is refused
+                    raise UserError(f"{source}: {k} is unreadable without pickle ({e}); save plain numeric "
+                                    "arrays") from None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
         raise UserError(f"{source}: not a readable .npz file ({type(e).__name__})") from None
     return from_raw(raw, source)
 

@@ -14,7 +14,7 @@ from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
 from deepshrink.export.dsonnx import pack_onnx, unpack_onnx, zero_fraction
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qdq import Ranges, build_qdq
-from deepshrink.export.qdq_graph import quantize_graph
+from deepshrink.export.qdq_graph import float_ops, quantize_graph
 from deepshrink.export.qgraph import expressible, observe_ranges
 from deepshrink.export.runners import qdq_runner
 from deepshrink.export.torch_int8 import torch_int8_runner
@@ -89,11 +89,14 @@ def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
 def _graph(model: nn.Module, ctx: ExportContext, opts: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Any other graph: ONNX Runtime's quantize_static, all INT8 (its deployment modes need the plan)."""
     calib = ctx.calib if ctx.calib is not None else ctx.example
-    raw = quantize_graph(model, ctx.example, calib[: int(opts.get("calib", len(calib)))]).SerializeToString()
+    q = quantize_graph(model, ctx.example, calib[: int(opts.get("calib", len(calib)))])
     info: dict[str, Any] = {"int8_mode": "full", "int8_route": "onnxruntime quantize_static (QDQ)"}
+    notes = [f"left in float by onnxruntime: {', '.join(left)}"] if (left := float_ops(q)) else []
     if str(opts.get("mode", "full")) != "full":
-        info["notes"] = f"deploy={opts['mode']} needs a sequential model; shipped all-INT8"
-    return raw, info
+        notes.append(f"deploy={opts['mode']} needs a sequential model; shipped all-INT8")
+    if notes:
+        info["notes"] = "; ".join(notes)
+    return q.SerializeToString(), info
 
 
 def _ship(model: nn.Module, stem: Path, built: tuple[bytes, dict[str, Any]], mode: str, ranges: Ranges) -> Artifact:

@@ -77,6 +77,19 @@ class _Reader:
         pass
 
 
+_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def float_ops(m: onnx.ModelProto) -> list[str]:
+    """Compute ops ONNX Runtime left in float (an input not from a DequantizeLinear), as `OpType x N`."""
+    made_by = {o: n.op_type for n in m.graph.node for o in n.output}
+    left: dict[str, int] = {}
+    for node in m.graph.node:
+        if node.op_type in _COMPUTE and made_by.get(node.input[0]) != "DequantizeLinear":
+            left[node.op_type] = left.get(node.op_type, 0) + 1
+    return [f"{op} x{k}" for op, k in sorted(left.items())]
+
+
 def quantize_graph(model: nn.Module, example: torch.Tensor, calib: torch.Tensor) -> onnx.ModelProto:
     """The INT8 QDQ model of any exportable graph, calibrated on `calib`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

@@ -76,6 +76,8 @@ def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str
         "best_epoch": v.log.best_epoch if v.log else None, "accuracy_torch_pct": acc_torch,
         **{k: val for k, val in v.info.items() if isinstance(val, (int, float, str))},
         **{k: val for k, val in artifact.info.items() if isinstance(val, (int, float, str))},
+        # What a step or the exporter left untouched or chose, from both (SPEC §7).
+        "notes": "; ".join(str(n) for n in (v.info.get("notes"), artifact.info.get("notes")) if n),
     }
     layers = [{"variant": v.id, **s.__dict__} for s in stats]
     return Measured(artifact, row, layers)
