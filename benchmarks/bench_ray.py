@@ -15,11 +15,15 @@ replacement node added just before, and checks that run too. Writes OUT/bench_ra
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# Every Ray node of this benchmark listens on 127.0.0.1 only (read when ray is first imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from ray.cluster_utils import Cluster
 

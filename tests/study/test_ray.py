@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Every Ray node these tests start listens on 127.0.0.1 only (read when ray is first imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from deepshrink.errors import UserError
 from deepshrink.results import read_rows
 from deepshrink.study.ray_executor import RayExecutor

@@ -54,6 +54,9 @@ _TABLES = {"results.csv": (RESULTS_COLUMNS, RESULTS_KEY), "latency.csv": (LATENC
 _MERGED = {*_TABLES, "provenance.json"}  # merged row by row / entry by entry by the driver, never copied
 
 Files = dict[str, bytes]  # path relative to the run directory -> content
+# Ray picks the machine's outward address for its nodes unless this flag (meant for laptops) is off:
+# then every node of a Ray started here listens on 127.0.0.1 only. Read when `ray` is first imported.
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def import_ray() -> Any:
@@ -265,6 +268,8 @@ class RayExecutor(Executor):
 
     def run(self, recipe: Recipe, opts: StudyOptions, units: list[Unit], done: set[str], progress: Progress,
             overall: int) -> dict[str, str]:
+        if not self.address and not os.environ.get("RAY_ADDRESS"):
+            os.environ.setdefault(LOOPBACK_ONLY, "0")  # a Ray of our own stays on 127.0.0.1
         ray = import_ray()
         started = self._connect(ray)
         try:
