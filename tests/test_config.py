@@ -28,8 +28,11 @@ def test_idx_datasets_use_the_mnist_defaults() -> None:
     assert default_train("idx:/some/folder", "lenet-5") != default_train("cifar10", "lenet-5")
 
 
-def test_unknown_pair_falls_back_to_train_config_defaults() -> None:
-    assert default_train("mnist", "some-new-model") == TrainConfig()
+def test_unknown_pair_falls_back_to_the_family_defaults() -> None:
+    # A user's own model gets its dataset family's augmentation (the registry baselines' choice).
+    assert default_train("mnist", "nets.py:net") == TrainConfig(augment="shift")
+    assert default_train("cifar10", "nets.py:net").augment == "crop-flip"
+    assert default_train("npz:/x/y.npz", "nets.py:net") == TrainConfig()
 
 
 def test_overrides_apply_and_none_is_ignored() -> None:

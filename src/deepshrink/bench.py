@@ -34,6 +34,7 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
             raise UserError(f"{path}: an ONNX file runs with --runtime onnxruntime")
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = _unpacked(path, Path(tmp)) if path.suffix == ".dsonnx" else path
+            _check_batch_axis(onnx_path, path)
             art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(onnx_path)})
             return _time(art, path, dataset or _dataset_of_onnx(path), runtime, threads, batch, data_dir, device,
                          quiet)
@@ -46,6 +47,23 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
     else:
         raise UserError(f"{path}: expected an .onnx or .dsonnx file or a .safetensors checkpoint")
     return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
+
+
+def _check_batch_axis(onnx_path: Path, path: Path) -> None:
+    """Timing feeds batches: an input exported with a fixed batch size (torch.onnx.export's default
+    without dynamic_axes) cannot take them, whatever the image shape."""
+    import onnx
+
+    try:
+        m = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
+        raise UserError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    inits = {t.name for t in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    if dims and dims[0].HasField("dim_value"):
+        raise UserError(f"{path}: input {inputs[0].name!r} has a fixed batch size of {dims[0].dim_value}; export "
+                        "it with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={NAME: {0: 'batch'}}))")
 
 
 def _unpacked(path: Path, folder: Path) -> Path:

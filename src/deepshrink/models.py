@@ -68,6 +68,13 @@ def reference_of(model: nn.Module) -> str:
     return f"{file}:{cls.__qualname__}" if file else f"{cls.__module__}:{cls.__qualname__}"
 
 
+def canonical(model: str) -> str:
+    """A file reference with its absolute path (what a checkpoint records, so it reloads from anywhere);
+    registry names and module references unchanged."""
+    path = reference_file(model) if is_reference(model) else None
+    return f"{path}:{model.rpartition(':')[2]}" if path else model
+
+
 def source_sha256(ref: str) -> str:
     """The sha256 of a file reference's source ("" for registry names and module references)."""
     path = reference_file(ref) if is_reference(ref) else None
@@ -84,8 +91,9 @@ def _load_module(ref: str) -> Any:
             raise UserError(f"model {ref!r}: cannot import module {target!r} ({e})") from None
     if not path.is_file():
         raise UserError(f"{path}: model file not found (model {ref!r})")
-    # One module per file content: study workers and later runs load the same file under the same name.
-    name = f"deepshrink_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    # One module per file path and content: study workers and later runs load the same file under the
+    # same name, and a file edited since it was loaded in this process (a notebook) is loaded afresh.
+    name = f"deepshrink_user_{hashlib.sha256(str(path).encode() + path.read_bytes()).hexdigest()[:12]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

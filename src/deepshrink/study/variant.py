@@ -13,7 +13,7 @@ from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.measure import energy, power
 from deepshrink.measure.accuracy import artifact_accuracy
 from deepshrink.measure.params import layer_stats
-from deepshrink.models import check_output, create_model, reference_of
+from deepshrink.models import canonical, check_output, create_model, reference_of
 from deepshrink.progress import Progress
 from deepshrink.results import (
     LATENCY_COLUMNS,
@@ -98,7 +98,7 @@ def train_baseline(dataset: str, model: str | nn.Module, cfg: TrainConfig, data:
         model_name = reference_of(model)
         check_output(model, model_name, data.input_shape, data.num_classes)
     else:
-        model_name, model = model, create_model(model, data, **(model_args or {}))
+        model_name, model = canonical(model), create_model(model, data, **(model_args or {}))
     log = fit(model, data, cfg, progress=progress, label=f"{dataset} {model_name}", device=device)
     model.cpu()
     manifest = Manifest(model=model_name, dataset=dataset, input_shape=list(data.input_shape),

@@ -35,7 +35,7 @@ from deepshrink.compress.registry import apply, register_step
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
-from deepshrink.models import MODELS, check_model_name, create_model, is_reference
+from deepshrink.models import MODELS, canonical, check_model_name, create_model, is_reference
 from deepshrink.train import AUGMENTS, Objective, TrainConfig, cross_entropy, evaluate, fit
 from deepshrink.variant import StepContext, Variant, variant_id
 
@@ -138,7 +138,7 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
     """Train the student on the teacher's softened outputs (alpha > 0) or on labels alone (alpha = 0)."""
     data = ctx.data
     student, loaded, deployment = _student(v, cfg, ctx)
-    student_name = loaded.model if loaded else cfg.student
+    student_name = loaded.model if loaded else canonical(cfg.student)
     train_cfg = student_train_config(cfg, data.name, student_name, ctx.seed)
     info: dict[str, Any] = {"distill_role": "distilled" if cfg.alpha > 0 else "scratch",
                             "distill_student": student_name, "distill_temperature": cfg.temperature,

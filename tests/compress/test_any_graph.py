@@ -1,0 +1,155 @@
+"""Every technique on user models that are not nn.Sequentials (examples/models.py: a ResNet with batch
+norm and residual additions, a depthwise-separable net with global average pooling), through the Python
+API on tiny CIFAR-shaped data; a structurally pruned user model reloads in a fresh process."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import deepshrink as ds
+from deepshrink.errors import UserError
+from deepshrink.export.qdq import int8_weight_elements
+from deepshrink.measure.latency import LatencyConfig
+
+from conftest import make_splits
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "models.py"
+RESNET, DWNET = f"{EXAMPLES}:resnet8", f"{EXAMPLES}:dwnet"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_latency() -> object:
+    """Every result is timed; a few calls are enough here (the timing loop has its own tests)."""
+    run = importlib.import_module("deepshrink.study.run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run, "_latency", lambda device, latency: LatencyConfig(
+            runtimes=("onnxruntime",), threads=(1,), batch=64, repeats=1, single_calls=3))
+        yield
+
+
+@pytest.fixture(scope="module")
+def data() -> ds.Data:
+    return make_splits(n_train=256, n_val=64, n_test=128, shape=(3, 32, 32), name="cifar10")  # half tiny_cifar
+
+
+@pytest.fixture(scope="module")
+def bases(data: ds.Data, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ds.Result]:
+    """One-epoch baselines: the ResNet by reference with a model argument, the depthwise net as a module."""
+    out = tmp_path_factory.mktemp("any-graph")
+    resnet = ds.train(RESNET, data, epochs=1, out=out, device="cpu", model_args={"width": 8})
+    dwnet = ds.train(ds.create_model(DWNET, data, width=8), data, epochs=1, out=out, device="cpu")
+    return {"resnet8": resnet, "dwnet": dwnet}
+
+
+def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert isinstance(out, np.ndarray)
+    return out
+
+
+def _artifact(r: ds.Result) -> Path:
+    return r.out / r.row["artifact"]
+
+
+@pytest.mark.parametrize("name", ["resnet8", "dwnet"])
+def test_structured_prune_ships_a_smaller_net_that_reloads_in_a_fresh_process(
+        name: str, bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:
+    base = bases[name]
+    r = ds.compress(base, ["prune.structured:ratio=0.5,epochs=1"], data, out=tmp_path, device="cpu")
+    assert r.row["status"] == "ok" and r.row["params_total"] < 0.6 * base.row["params_total"]
+    assert r.row["size_bytes"] < base.row["size_bytes"]
+    assert _artifact(r).suffix == ".onnx"
+    x = data.test_x[:8]
+    with torch.no_grad():
+        want = r.model.eval()(x).numpy()
+    np.testing.assert_allclose(_onnx_logits(_artifact(r), x), want, atol=1e-4, rtol=1e-4)
+
+    params = sum(p.numel() for p in r.model.parameters())
+    assert params == r.row["params_total"]
+    code = ("import torch; from deepshrink.checkpoint import load_checkpoint; "
+            f"m, man = load_checkpoint({str(r.out / r.row['checkpoint'])!r}); "
+            "print(sum(p.numel() for p in m.parameters())); "
+            f"print(repr(float(m(torch.ones(1, 3, 32, 32)).sum())))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    n, total = proc.stdout.split()
+    assert int(n) == params
+    with torch.no_grad():
+        assert float(total) == pytest.approx(float(r.model(torch.ones(1, 3, 32, 32)).sum()), abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_int8_of_a_residual_graph_ships_int8_weights(method: str, bases: dict[str, ds.Result], data: ds.Data,
+                                                     tmp_path: Path) -> None:
+    base = bases["resnet8"]
+    r = ds.compress(base, [ds.steps.Quantize(precision="int8", method=method, epochs=1)], data, out=tmp_path,
+                    device="cpu")
+    assert r.row["precision"] == "int8" and r.row["status"] == "ok"
+    assert int8_weight_elements(str(_artifact(r))) > 0.9 * base.row["params_total"] - 1000  # conv/fc weights
+    assert r.row["size_bytes"] < 0.35 * base.row["size_bytes"]
+    assert _onnx_logits(_artifact(r), data.test_x[:4]).shape == (4, 10)
+    assert 0 <= r.row["accuracy_pct"] <= 100
+
+
+def test_int8_ptq_of_a_depthwise_graph(bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:
+    base = bases["dwnet"]
+    r = ds.compress(base, ["quantize:precision=int8,method=ptq"], data, out=tmp_path, device="cpu")
+    assert r.row["precision"] == "int8" and int8_weight_elements(str(_artifact(r))) > 0
+    assert r.row["size_bytes"] < base.row["size_bytes"]
+
+
+def test_unstructured_prune(bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:
+    base = bases["resnet8"]
+    r = ds.compress(base, ["prune.unstructured:sparsity=0.8,epochs=1"], data, out=tmp_path, device="cpu")
+    assert r.row["pruned_weight_sparsity"] == pytest.approx(0.8, abs=0.01)  # of the pruned conv/fc layers
+    assert r.row["params_total"] == base.row["params_total"]
+    assert r.row["params_nonzero"] < 0.35 * base.row["params_nonzero"] and r.row["sparsity"] > 0.7
+    assert r.row["size_bytes"] < base.row["size_bytes"]
+
+
+def test_fp16_and_4_bit_weights(bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:
+    base = bases["resnet8"]
+    half = ds.compress(base, ["quantize:precision=fp16"], data, out=tmp_path, device="cpu")
+    assert half.row["precision"] == "fp16" and half.row["size_bytes"] < 0.6 * base.row["size_bytes"]
+    types = {t.data_type for t in onnx.load(str(_artifact(half))).graph.initializer if len(t.dims) >= 2}
+    assert types == {onnx.TensorProto.FLOAT16}
+    int4 = ds.compress(base, [ds.steps.Quantize(precision="int8", bits=4, method="ptq")], data, out=tmp_path,
+                       device="cpu")
+    assert int4.row["precision"] == "int4-weights" and int4.row["status"] == "ok"
+    assert int4.row["size_bytes"] < 0.35 * base.row["size_bytes"]
+
+
+def test_prune_then_quantize_chain(bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:
+    base = bases["resnet8"]
+    r = ds.compress(base, ["prune.structured:ratio=0.5,epochs=1", ds.steps.Quantize(method="ptq")], data,
+                    out=tmp_path, device="cpu")
+    assert r.row["precision"] == "int8" and r.row["params_total"] < 0.6 * base.row["params_total"]
+    assert int8_weight_elements(str(_artifact(r))) > 0
+    assert r.row["size_bytes"] < 0.35 * base.row["size_bytes"]
+
+
+def test_distill_into_the_depthwise_reference_with_control(bases: dict[str, ds.Result], data: ds.Data,
+                                                           tmp_path: Path) -> None:
+    base = bases["resnet8"]
+    r = ds.compress(base, [ds.steps.Distill(student=DWNET, epochs=1)], data, out=tmp_path, device="cpu")
+    assert r.row["model"] == DWNET and r.row["distill_role"] == "distilled"
+    assert r.control is not None and r.control.row["distill_role"] == "scratch"
+    assert r.control.row["model"] == DWNET and r.control.row["epochs"] == r.row["epochs"]
+    assert r.control.row["variant"] != r.row["variant"]
+    assert type(r.model).__name__ == "DWNet" and r.row["status"] == "ok"
+
+
+def test_sub_byte_qat_of_a_graph_is_a_user_error(bases: dict[str, ds.Result], data: ds.Data,
+                                                 tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="quantize: model ResNet8 is not an nn.Sequential"):
+        ds.compress(bases["resnet8"], ["quantize:precision=int8,bits=4,method=qat,epochs=1"], data, out=tmp_path,
+                    device="cpu")
