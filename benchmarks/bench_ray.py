@@ -13,7 +13,6 @@ replacement node added just before, and checks that run too. Writes OUT/bench_ra
 """
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -27,16 +26,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from ray.cluster_utils import Cluster
 
+from deepshrink.results import read_rows
+
 KEYS = ("status", "accuracy_pct", "size_bytes")
 OBJECT_STORE = 1 << 30  # the float MNIST splits are ~220 MB; cluster_utils' default store is 150 MB
 
 
 def _rows(out: Path) -> dict[str, dict[str, str]]:
-    path = out / "results.csv"
-    if not path.exists():
-        return {}
-    with path.open() as f:
-        return {r["variant"]: r for r in csv.DictReader(f)}
+    return {r["variant"]: r for r in read_rows(out / "results.csv")}
 
 
 def _study(recipe: str, out: Path, extra: list[str]) -> subprocess.Popen[bytes]:

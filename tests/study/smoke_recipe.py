@@ -65,3 +65,20 @@ def _recipe(tmp_path: Path, text: str = RECIPE) -> Path:
     path = tmp_path / "smoke.toml"
     path.write_text(text)
     return path
+
+
+# The same tiny study with real steps only: the one spawned workers (pool, Ray) can run.
+REAL_RECIPE = RECIPE.split("[[pipeline]]")[0] + """
+[[pipeline]]
+name = "fp16"
+steps = ["quantize:precision=fp16"]
+[[pipeline]]
+name = "ptq"
+steps = ["quantize:precision=int8,method=ptq,calib=64"]
+[[pipeline]]
+name = "pruned"
+steps = ["prune.unstructured:sparsity=0.5,epochs=1,rounds=1"]
+[[pipeline]]
+name = "pruned+ptq"
+steps = ["prune.unstructured:sparsity=0.5,epochs=1,rounds=1", "quantize:precision=int8,method=ptq,calib=64"]
+"""

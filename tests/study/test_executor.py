@@ -11,7 +11,7 @@ from deepshrink.results import read_rows
 from deepshrink.study import executor as runner
 from deepshrink.study.run import run_study
 
-from smoke_recipe import RECIPE
+from smoke_recipe import REAL_RECIPE
 
 
 def test_worker_progress_is_relayed_to_the_parent() -> None:
@@ -45,17 +45,7 @@ def test_worker_progress_is_relayed_to_the_parent() -> None:
     assert parent.events[0][1].endswith("mnist lenet-5") and parent.events[1] == ("update", 7, 1, "loss 0.1")
 
 
-POOL_RECIPE = RECIPE.split("[[pipeline]]")[0] + """
-[[pipeline]]
-name = "fp16"
-steps = ["quantize:precision=fp16"]
-[[pipeline]]
-name = "ptq"
-steps = ["quantize:precision=int8,method=ptq,calib=64"]
-[[pipeline]]
-name = "pruned"
-steps = ["prune.unstructured:sparsity=0.5,epochs=1,rounds=1"]
-"""
+POOL_RECIPE = REAL_RECIPE
 
 
 def test_pool_of_two_jobs_gives_the_serial_results(tmp_path: Path, mnist_dir: Path) -> None:
@@ -67,7 +57,7 @@ def test_pool_of_two_jobs_gives_the_serial_results(tmp_path: Path, mnist_dir: Pa
     for jobs in (2, 1):
         out = tmp_path / f"jobs{jobs}"
         _, statuses = run_study(str(recipe), out, mnist_dir, "cpu", jobs=jobs, quiet=True)
-        assert set(statuses.values()) == {"ok"} and len(statuses) == 4
+        assert set(statuses.values()) == {"ok"} and len(statuses) == 5
         rows = read_rows(out / "results.csv")
         got[jobs] = {r["variant"]: (r["accuracy_pct"], r["size_bytes"], r["params_nonzero"]) for r in rows}
         assert not list(out.glob(".*.tmp")) and (out / "report.html").exists()

@@ -21,7 +21,7 @@ from deepshrink.study.ray_executor import RayExecutor
 from deepshrink.study.run import run_study
 
 from conftest import write_mnist_folder
-from smoke_recipe import RECIPE
+from smoke_recipe import REAL_RECIPE
 
 try:  # an optional extra (pip install -e .[ray]): without it only the first test runs
     import ray
@@ -37,20 +37,7 @@ def test_without_ray_the_ray_executor_is_one_user_error(monkeypatch: pytest.Monk
         RayExecutor("10.0.0.1:6379")
 
 # Real steps only: the test-only `test.scale` step is registered in this process, not in Ray's workers.
-RAY_RECIPE = RECIPE.split("[[pipeline]]")[0] + """
-[[pipeline]]
-name = "fp16"
-steps = ["quantize:precision=fp16"]
-[[pipeline]]
-name = "ptq"
-steps = ["quantize:precision=int8,method=ptq,calib=64"]
-[[pipeline]]
-name = "pruned"
-steps = ["prune.unstructured:sparsity=0.5,epochs=1,rounds=1"]
-[[pipeline]]
-name = "pruned+ptq"
-steps = ["prune.unstructured:sparsity=0.5,epochs=1,rounds=1", "quantize:precision=int8,method=ptq,calib=64"]
-"""
+RAY_RECIPE = REAL_RECIPE
 VARIANTS = 5
 
 
