@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import deepshrink as ds
-from deepshrink.errors import UserError
+from deepshrink.export.packed import decode
 from deepshrink.export.qdq import int8_weight_elements
 from deepshrink.measure.latency import LatencyConfig
 
@@ -148,8 +148,13 @@ def test_distill_into_the_depthwise_reference_with_control(bases: dict[str, ds.R
     assert type(r.model).__name__ == "DWNet" and r.row["status"] == "ok"
 
 
-def test_sub_byte_qat_of_a_graph_is_a_user_error(bases: dict[str, ds.Result], data: ds.Data,
-                                                 tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="quantize: model ResNet8 is not an nn.Sequential"):
-        ds.compress(bases["resnet8"], ["quantize:precision=int8,bits=4,method=qat,epochs=1"], data, out=tmp_path,
+def test_sub_byte_qat_of_a_graph_ships_the_trained_grid(bases: dict[str, ds.Result], data: ds.Data,
+                                                       tmp_path: Path) -> None:
+    """4-bit QAT on a residual graph: weights trained on fixed per-channel steps, bit-packed; the packed
+    file decodes to exactly the checkpoint's weights."""
+    r = ds.compress(bases["resnet8"], ["quantize:precision=int8,bits=4,method=qat,epochs=1"], data, out=tmp_path,
                     device="cpu")
+    assert r.row["precision"] == "int4-weights" and r.row["deployment"] == "packed-int4-weights"
+    decoded = decode(_artifact(r).read_bytes(), "m.dsq")
+    state = r.model.state_dict()
+    assert all(torch.equal(decoded[k], state[k].float()) for k in decoded if k.endswith(".weight"))

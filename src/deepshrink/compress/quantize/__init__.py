@@ -30,7 +30,7 @@ from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
 from deepshrink.export.int8 import DEPLOY_CHOICES
-from deepshrink.export.qgraph import expressible, observe_ranges, plan, quantize_weight
+from deepshrink.export.qgraph import expressible, observe_ranges, quantize_weight
 from deepshrink.models import weight_of, weighted_layers
 from deepshrink.registry import Registry
 from deepshrink.train import Callback, fit
@@ -78,8 +78,8 @@ def _key(cfg: QuantizeConfig, model: nn.Module) -> str:
     express (residuals, depthwise, global pooling) goes through ONNX Runtime (export/qdq_graph.py)."""
     if cfg.precision != "int8":
         return cfg.precision
-    if cfg.bits == 8 and not expressible(model):
-        return f"{cfg.method}-graph"
+    if not expressible(model) and (cfg.bits == 8 or cfg.method == "qat"):
+        return f"{cfg.method}{'' if cfg.bits == 8 else '-subbyte'}-graph"
     return f"{cfg.method}{'' if cfg.bits == 8 else '-subbyte'}"
 
 
@@ -142,24 +142,41 @@ def _ptq_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deplo
         "quant_calibration": f"minmax over {n} training images (onnxruntime quantize_static)"}
 
 
-@QUANTIZERS.register("qat-graph")
-def _qat_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deployment, dict[str, Any]]:
-    """Fine-tune with the weights on their INT8 grid (parametrized layers, so any graph trains as it
-    is), then calibrate the activations as PTQ does."""
+def _fit_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext, steps: dict[str, torch.Tensor] | None) -> float:
+    """Fine-tune any graph with its weights on their grid (parametrized layers, so the graph trains as
+    it is; `steps` fixed per-channel steps, else max|w|/qmax); the seconds it took."""
     torch.manual_seed(ctx.seed)
     keep = KeepZerosGraph(v.model)
-    names = fake_quantize_weights(v.model)
+    names = fake_quantize_weights(v.model, cfg.bits, steps)
     train = default_train(v.manifest.dataset, v.manifest.model, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed)
     try:
         log = fit(v.model, ctx.data, train, callbacks=[keep], progress=ctx.progress,
-                  label=f"qat int8 {v.manifest.model}", device=ctx.device)
+                  label=f"qat int{cfg.bits} {v.manifest.model}", device=ctx.device)
     finally:
         v.model.cpu()
         remove_fake_quant(v.model, names)
     v.log, v.train_seconds, v.epochs = log, v.train_seconds + log.seconds, v.epochs + cfg.epochs
+    return log.seconds
+
+
+@QUANTIZERS.register("qat-graph")
+def _qat_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deployment, dict[str, Any]]:
+    """INT8 QAT of any graph: weights trained on their INT8 grid, then activations calibrated as PTQ does."""
+    seconds = _fit_graph(v, cfg, ctx, None)
     deployment, info = _ptq_graph(v, cfg, ctx)
     return deployment, {**info, "quant_calibration": "qat weights (int8 grid), activations " +
-                        info["quant_calibration"], "qat_seconds": round(log.seconds, 2)}
+                        info["quant_calibration"], "qat_seconds": round(seconds, 2)}
+
+
+@QUANTIZERS.register("qat-subbyte-graph")
+def _qat_subbyte_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tuple[Deployment, dict[str, Any]]:
+    """Sub-8-bit QAT of any graph: per-channel MSE-optimal steps fixed at the start (LSQ's learned steps
+    need the sequential wrapper), weights trained on that grid, then bit-packed."""
+    qmax = 2 ** (cfg.bits - 1) - 1
+    steps = {name: mse_scales(weight_of(v.model, name), qmax) for name, _ in weighted_layers(v.model)}
+    seconds = _fit_graph(v, cfg, ctx, steps)
+    return _pack(v.model, cfg.bits, steps), {"quant_calibration": "per-channel MSE-optimal steps, weights QAT",
+                                             "qat_seconds": round(seconds, 2)}
 
 
 @torch.no_grad()
@@ -191,8 +208,6 @@ def apply_quantize(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> Variant
     if v.manifest.info.get("quantized"):
         raise UserError(f"quantize: the input model is already quantized ({v.manifest.info.get('quant_precision')}); "
                         "quantize its float checkpoint instead")
-    if cfg.precision == "int8" and cfg.bits < 8 and cfg.method == "qat":
-        plan(v.model)  # LSQ's wrapper needs the sequential plan: fail here, before any work
     t0 = time.perf_counter()
     deployment, info = QUANTIZERS.get(_key(cfg, v.model))(v, cfg, ctx)
     label = cfg.precision if cfg.bits == 8 else f"int{cfg.bits}-weights"

@@ -108,20 +108,23 @@ class WeightFakeQuant(nn.Module):
     the exporter uses (scale max|w|/qmax), with a straight-through round. Per-channel scales make the
     codes invariant to the batch-norm folding done at export, so training sees what ships."""
 
-    def __init__(self, qmax: int = 127) -> None:
+    def __init__(self, qmax: int = 127, step: Tensor | None = None) -> None:
         super().__init__()
         self.qmax = qmax
+        self.step = step  # fixed per-channel steps (sub-8-bit: MSE-optimal clipping), else max|w|/qmax
 
     def forward(self, w: Tensor) -> Tensor:
-        s = weight_scales(w, self.qmax).reshape(-1, *([1] * (w.dim() - 1)))
+        s = (self.step.to(w.device) if self.step is not None else weight_scales(w, self.qmax))
+        s = s.reshape(-1, *([1] * (w.dim() - 1)))
         return torch.clamp(_ste_round(w / s), -self.qmax, self.qmax) * s
 
 
-def fake_quantize_weights(model: nn.Module, bits: int = 8) -> list[str]:
+def fake_quantize_weights(model: nn.Module, bits: int = 8, steps: dict[str, Tensor] | None = None) -> list[str]:
     """Register `WeightFakeQuant` on every Linear/Conv weight of `model`; the layers' names."""
     names = []
     for name, mod in weighted_layers(model):
-        parametrize.register_parametrization(mod, "weight", WeightFakeQuant(2 ** (bits - 1) - 1))
+        fq = WeightFakeQuant(2 ** (bits - 1) - 1, steps[name] if steps else None)
+        parametrize.register_parametrization(mod, "weight", fq)
         names.append(name)
     return names
 
