@@ -9,6 +9,7 @@ become initializers again (so every bias is quantized to int32 with its layer), 
 names are shortened (a ResNet's names are ~10 % of its INT8 bytes).
 """
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -100,10 +101,15 @@ def quantize_graph(model: nn.Module, example: torch.Tensor, calib: torch.Tensor)
         _inline_identity_constants(m)
         onnx.save(m, str(fp32))
         out = Path(tmp) / "int8.onnx"
-        quantize_static(str(fp32), str(out), _Reader(calib.numpy().astype(np.float32)),
-                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        quiet = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger, once per call
+        try:
+            quantize_static(str(fp32), str(out), _Reader(calib.numpy().astype(np.float32)),
+                            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        finally:
+            logging.disable(quiet)
         q = onnx.load(str(out))
     compact_names(q)
     onnx.checker.check_model(q)
