@@ -3,12 +3,14 @@
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from deepshrink.cli import main
 from deepshrink.data import DataSplits
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -89,3 +91,14 @@ def mnist_dir(tmp_path: Path) -> Path:
     """A data root holding mnist/ with synthetic IDX files, usable as --data-dir."""
     write_mnist_folder(tmp_path / "data" / "mnist")
     return tmp_path / "data"
+
+
+def cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the `deepshrink` entry point in-process: it must exit 2 with one stderr line, which is returned."""
+    monkeypatch.setattr(sys, "argv", ["deepshrink", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

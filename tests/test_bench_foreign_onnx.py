@@ -1,7 +1,6 @@
 """`deepshrink bench any.onnx --dataset D`: an ONNX classifier deepshrink did not write (no manifest beside
 it, its own input and output names) is timed on D's test set; one that does not fit D is exit 2."""
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -10,7 +9,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from deepshrink.cli import app, main
+from deepshrink.cli import app
+
+from conftest import cli_error
 
 
 def export(model: nn.Module, shape: tuple[int, ...], path: Path, dynamic: bool = True) -> Path:
@@ -27,13 +28,7 @@ def mlp(in_features: int, classes: int) -> nn.Module:
 
 
 def bench_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    monkeypatch.setattr(sys, "argv", ["deepshrink", "bench", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return cli_error(monkeypatch, capsys, "bench", *args)
 
 
 def test_bench_foreign_onnx(tmp_path: Path, mnist_dir: Path) -> None:

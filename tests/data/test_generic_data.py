@@ -4,7 +4,6 @@ from the data; every bad input a UserError naming the file or key (exit 2 + one 
 import importlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import deepshrink as ds
-from deepshrink.cli import app, main
+from deepshrink.cli import app
 from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import LatencyConfig
+
+from conftest import cli_error
 
 
 @pytest.fixture
@@ -53,17 +54,6 @@ def _good_npz_arrays(n: int = 40, classes: int = 4) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     return {"x_train": rng.integers(0, 256, (n, 12, 12), dtype=np.uint8), "y_train": np.arange(n) % classes,
             "x_test": rng.integers(0, 256, (10, 12, 12), dtype=np.uint8), "y_test": np.arange(10) % classes}
-
-
-def cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """Run the `deepshrink` entry point in-process: it must exit 2 with one stderr line, which is returned."""
-    monkeypatch.setattr(sys, "argv", ["deepshrink", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # --- folder: ---------------------------------------------------------------------------------------------
