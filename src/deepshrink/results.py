@@ -29,6 +29,9 @@ LAYERS_COLUMNS = ["variant", "layer", "shape", "params_total", "params_nonzero",
 RESULTS_KEY = ("variant",)
 LATENCY_KEY = ("variant", "runtime", "device", "threads", "batch")
 LAYERS_KEY = ("variant", "layer")
+# The three tables of a run directory: file name -> (columns, row key).
+TABLES = {"results.csv": (RESULTS_COLUMNS, RESULTS_KEY), "latency.csv": (LATENCY_COLUMNS, LATENCY_KEY),
+          "layers.csv": (LAYERS_COLUMNS, LAYERS_KEY)}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -66,8 +69,7 @@ def upsert(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str], k
 
 
 def remove_variant(run_dir: Path, variant: str) -> None:
-    for name, cols in (("results.csv", RESULTS_COLUMNS), ("latency.csv", LATENCY_COLUMNS),
-                       ("layers.csv", LAYERS_COLUMNS)):
+    for name, (cols, _) in TABLES.items():
         p = run_dir / name
         if p.exists():
             write_rows(p, [r for r in read_rows(p) if r.get("variant") != variant], cols)

@@ -26,17 +26,7 @@ from deepshrink.data import DataSplits, load_dataset
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import all_cores
 from deepshrink.progress import Progress
-from deepshrink.results import (
-    LATENCY_COLUMNS,
-    LATENCY_KEY,
-    LAYERS_COLUMNS,
-    LAYERS_KEY,
-    RESULTS_COLUMNS,
-    RESULTS_KEY,
-    read_rows,
-    upsert,
-    write_rows,
-)
+from deepshrink.results import RESULTS_COLUMNS, TABLES, read_rows, upsert, write_rows
 from deepshrink.results import lock as results_lock
 from deepshrink.study import unit as unit_module
 from deepshrink.study.cache import failure_reason
@@ -49,9 +39,7 @@ from deepshrink.study.variant import record_failure
 # A task whose worker process or node dies is run again this many times before its unit fails. A task
 # that raises is not retried: run_unit records step failures itself, so what escapes it is a bug.
 MAX_RETRIES = 2
-_TABLES = {"results.csv": (RESULTS_COLUMNS, RESULTS_KEY), "latency.csv": (LATENCY_COLUMNS, LATENCY_KEY),
-           "layers.csv": (LAYERS_COLUMNS, LAYERS_KEY)}
-_MERGED = {*_TABLES, "provenance.json"}  # merged row by row / entry by entry by the driver, never copied
+_MERGED = {*TABLES, "provenance.json"}  # merged row by row / entry by entry by the driver, never copied
 
 Files = dict[str, bytes]  # path relative to the run directory -> content
 # Ray picks the machine's outward address for its nodes unless this flag (meant for laptops) is off:
@@ -106,7 +94,7 @@ def _collect(run_dir: Path, before: dict[str, tuple[int, int]], statuses: UnitRe
     vids = {vid for vid, _ in statuses}
     files = {rel: p.read_bytes() for rel, p in _files(run_dir).items()
              if rel not in _MERGED and before.get(rel) != _stamp(p)}
-    rows = {name: [r for r in read_rows(run_dir / name) if r.get("variant") in vids] for name in _TABLES}
+    rows = {name: [r for r in read_rows(run_dir / name) if r.get("variant") in vids] for name in TABLES}
     datasets = tuple(provenance.read(run_dir / "provenance.json").get("data", {}))
     return Shipment(statuses, files, rows, datasets)
 
@@ -144,7 +132,7 @@ def merge(run_dir: Path, shipment: Shipment, data: dict[str, DataSplits]) -> Non
     for rel, blob in shipment.files.items():
         atomic_write_bytes(_inside(run_dir, rel), blob)
     with results_lock(run_dir):
-        for name, (columns, key) in _TABLES.items():
+        for name, (columns, key) in TABLES.items():
             if shipment.rows[name]:
                 upsert(run_dir / name, shipment.rows[name], columns, key)
         for name in shipment.datasets:

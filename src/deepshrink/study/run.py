@@ -23,7 +23,7 @@ from deepshrink.measure.latency import LatencyConfig, all_cores, measure_latency
 from deepshrink.models import check_model_name
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
-from deepshrink.results import finished, read_rows, remove_variant
+from deepshrink.results import TABLES, finished, read_rows, remove_variant
 from deepshrink.study.executor import Executor, LocalExecutor, wait_for_orphans
 from deepshrink.study.plan import StudyOptions, code_version, plan, units
 from deepshrink.study.ray_executor import RayExecutor
@@ -112,7 +112,7 @@ def compress_measured(base: Variant, configs: list[Any], data: DataSplits, out: 
 
 
 def _clear(run_dir: Path) -> None:
-    for name in ("results.csv", "latency.csv", "layers.csv"):
+    for name in TABLES:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "cache", ignore_errors=True)
 
