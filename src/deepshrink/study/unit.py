@@ -63,7 +63,7 @@ def _baseline(recipe: Recipe, opts: StudyOptions, base_work: Work, data: DataSpl
     cached = (opts.out / "cache" / key / "variant.json").exists()
     v, _ = cached_or_compute(
         opts.out / "cache" / key, base_work.vid,
-        lambda: train_baseline(base_work.dataset, base_work.model, cfg, data, opts.device, progress, base_work.vid,
+        lambda: train_baseline(data.name, base_work.model, cfg, data, opts.device, progress, base_work.vid,
                                recipe.model_args.get(base_work.model)),
         fresh=False)
     return v, key, not cached

@@ -13,7 +13,7 @@ from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.measure import energy, power
 from deepshrink.measure.accuracy import artifact_accuracy
 from deepshrink.measure.params import layer_stats
-from deepshrink.models import canonical, check_output, create_model, reference_of
+from deepshrink.models import canonical, check_output, create_model, origin_of, reference_of
 from deepshrink.progress import Progress
 from deepshrink.results import (
     LATENCY_COLUMNS,
@@ -95,7 +95,9 @@ def train_baseline(dataset: str, model: str | nn.Module, cfg: TrainConfig, data:
     """Train a fresh registry/referenced model (seeded), or the caller's own module in place."""
     torch.manual_seed(cfg.seed)
     if isinstance(model, nn.Module):
-        model_name = reference_of(model)
+        origin = origin_of(model)
+        model_name = origin[0] if origin else reference_of(model)
+        model_args = model_args if model_args is not None or origin is None else origin[1]
         check_output(model, model_name, data.input_shape, data.num_classes)
     else:
         model_name, model = canonical(model), create_model(model, data, **(model_args or {}))

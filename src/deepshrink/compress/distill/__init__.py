@@ -32,7 +32,7 @@ from deepshrink.compress.distill.teacher import (
     resolve_teachers,
 )
 from deepshrink.compress.registry import apply, register_step
-from deepshrink.config import default_train
+from deepshrink.config import default_train, parse_kwargs
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
 from deepshrink.models import MODELS, canonical, check_model_name, create_model, is_reference
@@ -55,13 +55,17 @@ class DistillConfig:
     """`distill:teacher=...,student=mlp-50,temperature=2,alpha=0.5,epochs=...`.
 
     teacher: "" = the step's input model; else a checkpoint, or an ensemble `a.safetensors+b.safetensors`.
-    student: a registry model name (fresh, seeded init), a checkpoint path (e.g. a structurally pruned
-    copy), or "input" (the step's input model). epochs/lr/batch_size 0 and augment "" mean the tuned
-    training defaults of the student's model and dataset (`config.default_train`).
+    student: a registry model name or a model reference `PATH.py:CALLABLE` (fresh, seeded init), a
+    checkpoint path (e.g. a structurally pruned copy), or "input" (the step's input model).
+    student_args: a fresh reference student's constructor arguments, `;`-separated because `,` separates
+    the step's keys: `student=examples/models.py:dwnet,student_args=width=16;depth=2`.
+    epochs/lr/batch_size 0 and augment "" mean the tuned training defaults of the student's model and
+    dataset (`config.default_train`).
     """
 
     teacher: str = ""
     student: str = "mlp-50"
+    student_args: str = ""
     # T=2, alpha=0.5 won on the validation split for mlp-50 from LeNet-5 on both datasets (T in 1-16,
     # alpha in 0.3-0.9): a 10-class teacher at ~70% has little "dark knowledge" beyond the top classes.
     temperature: float = 2.0
@@ -82,8 +86,15 @@ class DistillConfig:
         if self.augment and self.augment not in AUGMENTS:
             raise UserError(f"distill.augment={self.augment!r}: unknown (known: {', '.join(AUGMENTS.names())})")
         self._check_student()
+        if self.student_args and not (is_reference(self.student) and not _is_path(self.student)):
+            raise UserError(f"distill.student_args: only a model reference student takes arguments "
+                            f"(student={self.student!r})")
+        self.model_args()
         if self.teacher:
             check_teacher_manifests(self.teacher)
+
+    def model_args(self) -> dict[str, Any]:
+        return parse_kwargs(list(filter(None, self.student_args.split(";"))), "distill.student_args")
 
     def _check_student(self) -> None:
         if self.student == INPUT_STUDENT or self.student in MODELS:
@@ -110,7 +121,7 @@ def _student(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tuple[nn.Modul
         return copy.deepcopy(v.model).cpu(), v.manifest, v.deployment
     if not _is_path(cfg.student):
         torch.manual_seed(ctx.seed)
-        return create_model(cfg.student, ctx.data), None, Deployment()
+        return create_model(cfg.student, ctx.data, **cfg.model_args()), None, Deployment()
     try:
         model, manifest = load_checkpoint(Path(cfg.student))
     except UserError as e:
@@ -161,7 +172,7 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
                         num_classes=data.num_classes, mean=list(v.manifest.mean), std=list(v.manifest.std),
                         pipeline=list(v.manifest.pipeline), train=train_cfg.to_dict(),
                         info={**(v.manifest.info if warm else {}), **info},
-                        model_args=dict(loaded.model_args) if loaded else {})
+                        model_args=dict(loaded.model_args) if loaded else cfg.model_args())
     return Variant(v.id, student, manifest, deployment=deployment, log=log, train_seconds=log.seconds,
                    epochs=train_cfg.epochs, seed=ctx.seed, info={**(v.info if warm else {}), **info})
 
