@@ -73,3 +73,17 @@ def test_pareto_front_and_best_model_rule() -> None:
     best = best_of(data, "mnist", "lenet-300-100", lambda lab: lab.startswith("prune"))
     assert best is not None and best["variant"] == "e"  # smallest within 1 point of the baseline
     assert cell(97.5, 97.62) == "97.50 (97.62)" and cell(1.0, None) == "1.00"
+
+
+def test_several_seeds_show_mean_and_std(tmp_path: Path) -> None:
+    """Three seeds of the 80 % pruned variant at 97.0 / 98.0 / 99.0 %: mean 98.00, sample std 1.00, in
+    Table 3's accuracy cell and in the per-pipeline summary with each seed's number beside."""
+    run = _run(tmp_path)
+    rows = [_row("b", "baseline", 1066.0, 98.0)]
+    rows += [{**_row(f"p80--seed{s}", "prune80", 220.0, acc, "prune.unstructured:sparsity=0.8"), "seed": s,
+              "size_bytes": 225280} for s, acc in ((0, 97.0), (1, 98.0), (2, 99.0))]
+    write_rows(run / "results.csv", rows, RESULTS_COLUMNS)
+    text = render_report(run)[0].read_text()
+    assert "| 80% | 220.0 (191.0) | 4.8 | 98.00 ± 1.00 (97.62) |" in text
+    assert "Every pipeline over its seeds" in text
+    assert "| prune80 | 3 | 220.00 ± 0.00 | 98.00 ± 1.00 | s0 97.00, s1 98.00, s2 99.00 |" in text

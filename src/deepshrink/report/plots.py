@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from deepshrink.report.seeds import column, groups, mean_std
 from deepshrink.report.tables import RunData, _num, ok
 
 
@@ -25,11 +26,13 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str]], xlabel: str) -> None:
-    front = pareto([(x, y) for x, y, _ in pts])
+def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str, float]], xlabel: str) -> None:
+    """(cost, mean accuracy, label, accuracy std over seeds or 0) points, the std as an error bar."""
+    front = pareto([(x, y) for x, y, _, _ in pts])
     on_front = set(front)
-    for x, y, label in pts:
-        ax.scatter(x, y, s=18, color="tab:red" if label == "baseline" else "tab:blue", zorder=3)
+    for x, y, label, err in pts:
+        color = "tab:red" if label == "baseline" else "tab:blue"
+        ax.errorbar(x, y, yerr=err or None, fmt="o", markersize=4, color=color, capsize=2, zorder=3)
         if label == "baseline" or (x, y) in on_front:  # labelling every point would be unreadable
             ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green", lw=1, marker="o",
@@ -45,14 +48,17 @@ def pareto_figures(data: RunData, out: Path) -> list[Path]:
     paths = []
     combos = sorted({(r["dataset"], r.get("base_model") or r["model"]) for r in data.results if ok(r)})
     for ds, model in combos:
-        rows = [r for r in data.results
-                if ok(r) and r["dataset"] == ds and (r.get("base_model") or r["model"]) == model]
-        size = [(_num(r["size_kb"]), _num(r["accuracy_pct"]), r.get("label", "")) for r in rows]
-        time = [(data.time_us(r["variant"])[0], _num(r["accuracy_pct"]), r.get("label", "")) for r in rows]
+        seeded = [(label, rows) for (d, m, label), rows in groups(data.results).items() if (d, m) == (ds, model)]
+        size, time = [], []
+        for label, rows in seeded:  # one point per pipeline: its seeds' mean, their std as the error bar
+            acc, err, _ = mean_std(column(rows, "accuracy_pct"))
+            size.append((mean_std(column(rows, "size_kb"))[0], acc, label, err or 0.0))
+            time.append((mean_std([data.time_us(r["variant"])[0] for r in rows])[0], acc, label, err or 0.0))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        _scatter(axes[0], [(x, y, lab) for x, y, lab in size if x and y is not None],
+        _scatter(axes[0], [(x, y, lab, e) for x, y, lab, e in size if x and y is not None],
                  "size of the shipped artifact (kB)")
-        _scatter(axes[1], [(x, y, lab) for x, y, lab in time if x and y is not None], "time per image (µs, batched)")
+        _scatter(axes[1], [(x, y, lab, e) for x, y, lab, e in time if x and y is not None],
+                 "time per image (µs, batched)")
         fig.suptitle(f"{ds} {model}: size and time against accuracy")
         fig.tight_layout()
         path = out / f"pareto-{ds}-{model}.png".replace(":", "_").replace("/", "_")
@@ -69,19 +75,22 @@ def temperature(row: dict[str, str]) -> float | None:
 
 def figure1(data: RunData, out: Path) -> Path | None:
     """Accuracy of the distilled student against temperature, per dataset and teacher."""
-    series: dict[str, list[tuple[float, float]]] = {}
+    by_t: dict[str, dict[float, list[float | None]]] = {}
     for r in data.results:
         lab = r.get("label", "")
         t = temperature(r)
         if ok(r) and t is not None and (lab == "distill" or lab.startswith("distill-T")):
             key = f"{r['dataset']} teacher {r.get('base_model') or r['model']}"
-            series.setdefault(key, []).append((t, _num(r["accuracy_pct"]) or 0.0))
-    series = {k: sorted(set(v)) for k, v in series.items() if len(set(v)) > 1}
+            by_t.setdefault(key, {}).setdefault(t, []).append(_num(r["accuracy_pct"]))
+    series = {k: v for k, v in by_t.items() if len(v) > 1}
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, pts in sorted(series.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    for key, accs in sorted(series.items()):
+        temps = sorted(accs)
+        stats = [mean_std(accs[t]) for t in temps]  # several seeds per temperature: mean, std as error bar
+        ax.errorbar(temps, [m or 0.0 for m, _, _ in stats], yerr=[sd or 0.0 for _, sd, _ in stats], marker="o",
+                    capsize=3, label=key)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("temperature T")
     ax.set_ylabel("student test accuracy (%)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepshrink.report.reference import BEST, ref
+from deepshrink.report.seeds import column, groups, per_seed, pm
 
 Row = dict[str, str]
 DS_NAME = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
@@ -35,9 +36,14 @@ class RunData:
     layers: list[Row]
 
     def find(self, dataset: str, model: str, label: str) -> Row | None:
+        hits = self.find_all(dataset, model, label)
+        return hits[0] if hits else None
+
+    def find_all(self, dataset: str, model: str, label: str) -> list[Row]:
+        """Every seed's row of one recipe variant, lowest seed first."""
         hits = [r for r in self.results if r.get("dataset") == dataset and
                 (r.get("base_model") or r.get("model")) == model and r.get("label") == label]
-        return min(hits, key=lambda r: _num(r.get("seed")) or 0.0) if hits else None
+        return sorted(hits, key=lambda r: _num(r.get("seed")) or 0.0)
 
     def time_us(self, variant: str) -> tuple[float | None, float | None]:
         """(µs per image, speedup) by the study's method: batched, onnxruntime if measured, fewest threads."""
@@ -70,9 +76,11 @@ def fmt(v: float | None, digits: int = 2) -> str:
     return f"{v:,.{digits}f}"
 
 
-def cell(ours: float | None, theirs: Any, digits: int = 2) -> str:
-    """`ours (ref theirs)`; only ours where the reference has no number."""
-    return fmt(ours, digits) if theirs is None else f"{fmt(ours, digits)} ({fmt(float(theirs), digits)})"
+def cell(ours: float | list[float | None] | None, theirs: Any, digits: int = 2) -> str:
+    """`ours (ref theirs)`; only ours where the reference has no number. Several seeds' values show
+    as `mean ± std`."""
+    text = pm(ours, digits) if isinstance(ours, list) else fmt(ours, digits)
+    return text if theirs is None else f"{text} ({fmt(float(theirs), digits)})"
 
 
 def ok(row: Row | None) -> bool:
@@ -190,7 +198,8 @@ def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: b
         base_size = _num(base["size_kb"]) if ok(base) and base else None
         ratio = base_size / size if base_size and size else None
         ref_us = r["time"] * 1e6 if r.get("time") else None
-        line = [name, cell(size, r.get("size"), 1), fmt(ratio, 1), cell(_num(row["accuracy_pct"]), r.get("acc")),
+        accs = column([x for x in data.find_all(ds, model, label) if ok(x)], "accuracy_pct")
+        line = [name, cell(size, r.get("size"), 1), fmt(ratio, 1), cell(accs, r.get("acc")),
                 cell(us[0], ref_us, 1), fmt(us[1], 2)]
         if epochs:
             conv = _num(row.get("epochs_to_converge")) or _num(row.get("epochs"))
@@ -280,6 +289,20 @@ def all_variants(data: RunData) -> Table:
     return t
 
 
+def seed_summary(data: RunData) -> Table:
+    """One line per (dataset, model, pipeline): mean ± std over its seeds, each seed's accuracy beside."""
+    t = Table("seeds", "Every pipeline over its seeds (mean ± std)", ["dataset / model", "pipeline", "seeds",
+              "size KiB", "accuracy %", "per seed accuracy %", "µs / image", "speedup"],
+              note="Sample standard deviation over the seeds; size in KiB (1,024 bytes) of the shipped file.")
+    for (ds, model, label), rows in groups(data.results).items():
+        times = [data.time_us(r["variant"]) for r in rows]
+        t.rows.append([f"{DS_NAME.get(ds, ds)} {MODEL_NAME.get(model, model)}", label or rows[0].get("pipeline", ""),
+                       str(len(rows)), pm(column(rows, "size_bytes", 1 / 1024), 2), pm(column(rows, "accuracy_pct")),
+                       per_seed(rows, "accuracy_pct", lambda v: f"{v:.2f}"), pm([u for u, _ in times], 1),
+                       pm([sp for _, sp in times], 2)])
+    return t
+
+
 def build_tables(data: RunData) -> list[Table]:
     out = [main_table(data, *spec) for spec in MAIN_TABLES]
     out += [layer_table(data, *spec) for spec in LAYER_TABLES]
@@ -288,4 +311,5 @@ def build_tables(data: RunData) -> list[Table]:
     order = {t: i for i, t in enumerate(["t1", "t1b", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11",
                                          "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t20", "future"])}
     out.sort(key=lambda t: order[t.id])
-    return [t for t in out if t.rows] + [all_variants(data)]
+    multi = any(len(rows) > 1 for rows in groups(data.results).values())
+    return [t for t in out if t.rows] + ([seed_summary(data)] if multi else []) + [all_variants(data)]
