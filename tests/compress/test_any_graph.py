@@ -96,6 +96,27 @@ def test_structured_prune_ships_a_smaller_net_that_reloads_in_a_fresh_process(
         assert float(total) == pytest.approx(float(r.model(torch.ones(1, 3, 32, 32)).sum()), abs=1e-4)
 
 
+def test_structured_retrain_can_distill_from_the_unpruned_model(bases: dict[str, ds.Result], data: ds.Data,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """alpha > 0: the retraining objective is Hinton's loss against the model from before pruning."""
+    structured = importlib.import_module("deepshrink.compress.prune.structured")
+    widths: list[int] = []
+    real = structured.distill_objective
+
+    def spy(teacher, temperature: float, alpha: float):  # type: ignore[no-untyped-def]
+        widths.append(int(teacher(data.test_x[:2]).shape[1]))
+        assert (temperature, alpha) == (3.0, 0.7)
+        return real(teacher, temperature, alpha)
+
+    monkeypatch.setattr(structured, "distill_objective", spy)
+    base = bases["resnet8"]
+    r = ds.compress(base, ["prune.structured:ratio=0.5,epochs=1,alpha=0.7,temperature=3"], data, out=tmp_path,
+                    device="cpu")
+    assert widths == [10] and r.row["status"] == "ok" and r.row["params_total"] < 0.6 * base.row["params_total"]
+    with pytest.raises(ds.UserError, match="prune.structured.alpha"):
+        ds.steps.PruneStructured(alpha=1.5)
+
+
 @pytest.mark.parametrize("method", ["ptq", "qat"])
 def test_int8_of_a_residual_graph_ships_int8_weights(method: str, bases: dict[str, ds.Result], data: ds.Data,
                                                      tmp_path: Path) -> None:
