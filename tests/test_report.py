@@ -177,4 +177,4 @@ def test_several_seeds_show_mean_and_std(tmp_path: Path) -> None:
     text = render_report(run)[0].read_text()
     assert "| 80% | 220 (191) | 4.73 | 98.00 ± 1.00 (97.62) |" in text
     assert "Every pipeline over its seeds" in text
-    assert "| prune80 | 3 | 220.00 ± 0.00 | 98.00 ± 1.00 | s0 97.00, s1 98.00, s2 99.00 |" in text
+    assert "| prune80 | 3 | 220 ± 0 | 98.00 ± 1.00 | s0 97.00, s1 98.00, s2 99.00 |" in text

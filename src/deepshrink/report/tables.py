@@ -237,13 +237,23 @@ def seed_summary(data: RunData) -> Table:
     t = Table("seeds", "Every pipeline over its seeds (mean ± std)", ["dataset / model", "pipeline", "seeds",
               "size KiB", "accuracy %", "per seed accuracy %", "µs / image", "speedup"],
               note="Sample standard deviation over the seeds; size in KiB (1,024 bytes) of the shipped file.")
+    named = []
     for (ds, model, label), rows in groups(data.results).items():
-        times = [data.time_us(r["variant"]) for r in rows]
-        t.rows.append([f"{DS_NAME.get(ds, ds)} {MODEL_NAME.get(model, model)}", label or rows[0].get("pipeline", ""),
-                       str(len(rows)), pm(column(rows, "size_bytes", 1 / 1024), 2), pm(column(rows, "accuracy_pct")),
-                       per_seed(rows, "accuracy_pct", lambda v: f"{v:.2f}"), pm([u for u, _ in times], 1),
-                       pm([sp for _, sp in times], 2)])
+        timings = [tm for r in rows if (tm := data.timing(r["variant"]))]
+        name = f"{DS_NAME.get(ds, ds)} {MODEL_NAME.get(model, model)}"
+        named += [(f"{name} {label}", tm) for tm in timings]
+        t.rows.append([name, label or rows[0].get("pipeline", ""), str(len(rows)),
+                       pm_sig(column(rows, "size_bytes", 1 / 1024)), pm(column(rows, "accuracy_pct")),
+                       per_seed(rows, "accuracy_pct", lambda v: f"{v:.2f}"), pm_sig([tm.us for tm in timings]),
+                       pm_sig([tm.speedup for tm in timings])])
+    t.note += " " + data.timing_note(named)
     return t
+
+
+def pm_sig(values: list[float | None]) -> str:
+    """Mean ± sample std over seeds at three significant digits (seeds.pm keeps fixed decimals)."""
+    mean, std, _ = mean_std(values)
+    return sig(mean) if std is None or mean is None else f"{sig(mean)} ± {sig(std)}"
 
 
 ORDER = ["t1", "t1b", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13", "t14", "t15",
