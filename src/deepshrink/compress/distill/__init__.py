@@ -32,16 +32,17 @@ from deepshrink.compress.distill.teacher import (
     resolve_teachers,
 )
 from deepshrink.compress.registry import apply, register_step
-from deepshrink.config import default_train, parse_kwargs
+from deepshrink.config import default_train, family_augment, parse_kwargs
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
 from deepshrink.models import MODELS, canonical, check_model_name, create_model, is_reference
-from deepshrink.train import AUGMENTS, Objective, TrainConfig, cross_entropy, evaluate, fit
+from deepshrink.train import AUGMENTS, Objective, TrainConfig, TrainLog, cross_entropy, evaluate, fit
 from deepshrink.variant import StepContext, Variant, variant_id
 
-__all__ = ["DistillConfig", "apply_distill", "control_of", "distill_objective", "distill_with_control",
+__all__ = ["CONTROLS", "DistillConfig", "augment_candidates", "apply_distill", "control_of", "distill_objective", "distill_with_control",
            "distillation_table", "hinton_loss", "scratch_config"]
 
+CONTROLS = ("same", "best")
 INPUT_STUDENT = "input"  # the step's input model itself is the student (warm start), e.g. a pruned copy
 
 
@@ -74,8 +75,14 @@ class DistillConfig:
     lr: float = 0.0
     batch_size: int = 0
     augment: str = ""
+    # "same": train once with these settings (the control: the same settings, no teacher). "best": best
+    # effort, the fair rival for "just train the small model well": train once per augmentation
+    # candidate (none, the dataset family's) under the same epoch cap and keep the best validation run.
+    control: str = "same"
 
     def __post_init__(self) -> None:
+        if self.control not in CONTROLS:
+            raise UserError(f"distill.control={self.control!r}: unknown (known: {', '.join(CONTROLS)})")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise UserError(f"distill.temperature={self.temperature}: must be a finite number > 0")
         if not 0.0 <= self.alpha <= 1.0:
@@ -144,6 +151,48 @@ def _teacher_objective(teachers: list[Teacher], cfg: DistillConfig, train_cfg: T
     return distill_objective(online, cfg.temperature, cfg.alpha), "online"
 
 
+def augment_candidates(cfg: DistillConfig, dataset: str, tuned: str) -> list[str]:
+    """The augmentations a run tries: its own (tuned or set) for `same`; for `best`, none and the
+    dataset family's (or the one set), so a scratch and a distilled student search the same space."""
+    if cfg.control == "same":
+        return [tuned]
+    return list(dict.fromkeys(["none", cfg.augment or family_augment(dataset)]))
+
+
+def _train_once(student: nn.Module, cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
+                ctx: StepContext, label: str) -> tuple[TrainLog, str]:
+    """One run of the shared loop: (its log, how the teacher's logits were obtained)."""
+    if cfg.alpha > 0:
+        objective, mode = _teacher_objective(teachers, cfg, train_cfg, ctx)
+    else:  # the control: the teacher plays no part
+        objective, mode = cross_entropy(train_cfg.label_smoothing), "none"
+    log = fit(student, ctx.data, train_cfg, objective=objective, progress=ctx.progress, label=label,
+              device=ctx.device)
+    return log, mode
+
+
+def train_best(student: nn.Module, cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
+               ctx: StepContext, label: str) -> tuple[nn.Module, TrainConfig, TrainLog, dict[str, Any]]:
+    """Train one copy of the (identically initialised) student per augmentation candidate and keep the
+    one with the best validation accuracy; `fit` already keeps each run's best validation epoch, so
+    epochs are chosen on validation too, under the same cap. Returns (model, its config, log, info)."""
+    candidates = augment_candidates(cfg, ctx.data.name, train_cfg.augment)
+    runs = []
+    for aug in candidates:
+        model, run_cfg = copy.deepcopy(student), dataclasses.replace(train_cfg, augment=aug)
+        log, mode = _train_once(model, cfg, run_cfg, teachers, ctx, f"{label} aug={aug}")
+        runs.append((log.best_val_acc, aug, model, run_cfg, log, mode))
+    # Ties go to the first candidate (no augmentation: the cheaper recipe).
+    best = max(runs, key=lambda r: (r[0], -candidates.index(r[1])))
+    # The search's whole cost is the variant's training time: a best effort is not free.
+    info: dict[str, Any] = {"distill_control": cfg.control, "distill_teacher_logits": best[5],
+                            "distill_train_seconds": sum(r[4].seconds for r in runs)}
+    if cfg.control == "best":
+        info["distill_augment_val_acc"] = {aug: acc for acc, aug, *_ in runs}
+        info["distill_augment"] = best[1]
+    return best[2], best[3], best[4], info
+
+
 @register_step("distill", DistillConfig)
 def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
     """Train the student on the teacher's softened outputs (alpha > 0) or on labels alone (alpha = 0)."""
@@ -155,16 +204,14 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
                             "distill_student": student_name, "distill_temperature": cfg.temperature,
                             "distill_alpha": cfg.alpha,
                             "distill_teacher": (cfg.teacher or INPUT_STUDENT) if cfg.alpha > 0 else "none"}
+    teachers: list[Teacher] = []
     if cfg.alpha > 0:
         teachers = resolve_teachers(cfg.teacher, v.model, v.manifest, data)
-        objective, mode = _teacher_objective(teachers, cfg, train_cfg, ctx)
         info["distill_teacher_model"] = "+".join(t.manifest.model for t in teachers)
         info["distill_teacher_val_acc"] = evaluate(OnlineEnsemble(teachers), data.val_x, data.val_y)
-    else:  # the control: the teacher plays no part, but a wrong teacher file is still an error
-        objective, mode = cross_entropy(train_cfg.label_smoothing), "none"
-    info["distill_teacher_logits"] = mode
-    log = fit(student, data, train_cfg, objective=objective, progress=ctx.progress,
-              label=f"{info['distill_role']} {student_name} T={cfg.temperature:g}", device=ctx.device)
+    label = f"{info['distill_role']} {student_name} T={cfg.temperature:g}"
+    student, train_cfg, log, chosen = train_best(student, cfg, train_cfg, teachers, ctx, label)
+    info.update(chosen)
     student.cpu().eval()
     info["epochs_to_converge"] = log.epochs_to_converge()
     warm = cfg.student == INPUT_STUDENT  # only a warm-started student inherits its input's facts
@@ -173,13 +220,15 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
                         pipeline=list(v.manifest.pipeline), train=train_cfg.to_dict(),
                         info={**(v.manifest.info if warm else {}), **info},
                         model_args=dict(loaded.model_args) if loaded else cfg.model_args())
-    return Variant(v.id, student, manifest, deployment=deployment, log=log, train_seconds=log.seconds,
+    return Variant(v.id, student, manifest, deployment=deployment, log=log,
+                   train_seconds=info["distill_train_seconds"],
                    epochs=train_cfg.epochs, seed=ctx.seed, info={**(v.info if warm else {}), **info})
 
 
 def scratch_config(cfg: DistillConfig) -> DistillConfig:
-    """The control of `cfg`: same student, settings and budget, alpha=0 (no teacher). The one place
-    a no-teacher control is built; every caller reporting a control goes through `control_of`."""
+    """The control of `cfg`: same student, settings, budget and effort (`control`: `same` trains once,
+    `best` searches the augmentations too), alpha=0 (no teacher). The one place a no-teacher control is
+    built; every caller reporting a control goes through `control_of`."""
     return dataclasses.replace(cfg, alpha=0.0)
 
 
