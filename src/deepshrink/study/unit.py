@@ -113,7 +113,8 @@ class _Group:
         # the baseline's cache folder, which a recomputation replaces.
         base_art = export(base.model, Deployment(), out / "cache" / "exports" / f"{key}-{os.getpid()}" / "model",
                           ctx_export)
-        ctx = StepContext(data=data, device=self.opts.device, seed=self.base_work.seed, progress=self.progress,
+        # A tree shares one seed: the baseline's, or a pipeline's extra seed (same baseline, new student).
+        ctx = StepContext(data=data, device=self.opts.device, seed=works[0].seed, progress=self.progress,
                           cache_dir=out / "cache" / "steps")
         base_ckpt = out / "cache" / key / "model.safetensors"
         current = [""]
