@@ -178,3 +178,44 @@ def test_several_seeds_show_mean_and_std(tmp_path: Path) -> None:
     assert "| 80% | 220 (191) | 4.73 | 98.00 ± 1.00 (97.62) |" in text
     assert "Every pipeline over its seeds" in text
     assert "| prune80 | 3 | 220 ± 0 | 98.00 ± 1.00 | s0 97.00, s1 98.00, s2 99.00 |" in text
+
+
+def _kd_rows() -> list[dict]:
+    """Three seeds each: scratch best 97.0/97.2/97.4; distilled best from LeNet-5 +0.3/+0.4/+0.4 (a
+    gain), from LeNet-300-100 +0.5/-0.3/+0.2 (an interval covering 0)."""
+    rows = [_row("b", "baseline", 1_066_000, 98.0), _row("b5", "baseline", 250_000, 99.0, model="lenet-5")]
+    series = [("student-best", "lenet-5", (97.0, 97.2, 97.4)), ("distill-best", "lenet-5", (97.3, 97.6, 97.8)),
+              ("distill-best", "lenet-300-100", (97.5, 96.9, 97.6))]
+    for label, model, accs in series:
+        rows += [{**_row(f"{model}-{label}-s{s}", label, 159_000, acc, "distill:control=best", model=model),
+                  "seed": s, "epochs": 20, "epochs_to_converge": 9} for s, acc in enumerate(accs)]
+    return rows
+
+
+def test_distillation_gain_sentence_is_computed_from_paired_seeds(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    write_rows(run / "results.csv", _kd_rows(), RESULTS_COLUMNS)
+    text = render_report(run)[0].read_text()
+    t11 = _section(text, "Table 11")
+    assert ("Teacher LeNet-5: distillation gain over the best-effort scratch student +0.37 ± 0.06 pt (mean ± "
+            "sample std of the 3 paired per-seed differences; 95 % t-interval [+0.22, +0.51] pt): a measurable "
+            "gain.") in t11
+    assert ("Teacher LeNet-300-100: distillation gain over the best-effort scratch student +0.13 ± 0.40 pt "
+            "(mean ± sample std of the 3 paired per-seed differences; 95 % t-interval [-0.87, +1.14] pt): "
+            "no measurable gain.") in t11
+    rows = {r[0]: r for r in _table_rows(t11)}
+    assert rows["Student from scratch, best effort"][3] == "97.20 ± 0.20"
+    assert rows["LeNet-5 distilled, best effort"][-1] == "s0 97.30, s1 97.60, s2 97.80"
+
+
+def test_gain_sentence_edge_cases() -> None:
+    from deepshrink.report.kd_gain import gain_sentence, interval, paired_diffs
+
+    assert interval([0.1]) is None and "cannot be judged" in gain_sentence("lenet-5", [0.1])
+    assert "no gain is stated" in gain_sentence("lenet-5", [])
+    assert gain_sentence("lenet-5", [-0.5, -0.6, -0.55]).endswith("a measurable loss.")
+    # Pairing is by seed: a seed missing from either side is left out, not shifted onto another.
+    kd = [{"seed": "0", "accuracy_pct": "90", "status": "ok"}, {"seed": "2", "accuracy_pct": "91", "status": "ok"}]
+    scratch = [{"seed": "0", "accuracy_pct": "89", "status": "ok"}, {"seed": "1", "accuracy_pct": "80",
+                                                                      "status": "ok"}]
+    assert paired_diffs(kd, scratch) == [1.0]

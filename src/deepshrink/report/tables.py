@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepshrink.measure.energy import DRAM_PJ_PER_32BIT, SRAM_PJ_PER_32BIT
+from deepshrink.report.kd_gain import gain_note
 from deepshrink.report.numbers import cell, count, fixed, kib, num, sig
 from deepshrink.report.reference import BEST, ref
 from deepshrink.report.rundata import LayerCount, Row, RunData, Timing, ok
@@ -80,7 +81,8 @@ def _compare(t: Table, name: str, row: Row, rb: dict[str, Any], tm: Timing | Non
 
 def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: bool) -> Table:
     cols = ["", "size KiB", "× smaller", "accuracy %", "µs / image", "baseline µs, same run", "speedup"]
-    cols += ["epochs trained", "converged at epoch"] if epochs else []
+    # The distillation tables (the ones with epochs) show each seed's accuracy beside the mean ± std.
+    cols += ["epochs trained", "converged at epoch", "per seed accuracy %"] if epochs else []
     t = Table(tid, title, cols, note="Beyond the reference: ours only, it published no such table." if tid == "t1b"
               else "Ours, the reference's number in parentheses; sizes in KiB.")
     timings = []
@@ -96,7 +98,8 @@ def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: b
         tm = data.timing(row["variant"])
         timings += [(name, tm)] if tm else []
         ref_us = r["time"] * 1e6 if r.get("time") else None
-        accs = column([x for x in data.find_all(ds, model, label) if ok(x)], "accuracy_pct")
+        seeds = [x for x in data.find_all(ds, model, label) if ok(x)]
+        accs = column(seeds, "accuracy_pct")
         acc_mean = mean_std(accs)[0]
         acc_text = pm(accs) if len([a for a in accs if a is not None]) > 1 else fixed(acc_mean)
         ref_sp = _speedup_ref(r, rb)
@@ -106,7 +109,8 @@ def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: b
         if epochs:
             baseline = label == "baseline"
             line += ["–" if baseline else cell(num(row.get("epochs")), r.get("epochs"), 0),
-                     "–" if baseline else count(num(row.get("epochs_to_converge")))]
+                     "–" if baseline else count(num(row.get("epochs_to_converge"))),
+                     per_seed(seeds, "accuracy_pct", lambda v: f"{v:.2f}") or "–"]
         t.rows.append(line)
         _compare(t, name, row, rb, tm, [("size", size, r.get("size")), ("accuracy", acc_mean, r.get("acc")),
                                         ("time", tm.us if tm else None, ref_us),
@@ -115,7 +119,9 @@ def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: b
     if epochs:
         t.note += (" Epochs trained: ours beside the reference's. Converged at epoch: ours only, the first "
                    "epoch whose validation accuracy is within 0.1 points of the last one (the reference "
-                   "gives no such number, so its trained epochs are not a convergence point).")
+                   "gives no such number, so its trained epochs are not a convergence point). "
+                   "Accuracy: mean ± sample std over seeds where there are several. ")
+        t.note += gain_note(data, specs[0][1])
     return t
 
 
