@@ -1,8 +1,8 @@
 """Knowledge distillation: the loss by hand, the cache, the control, the sweep, bad input, the CLI."""
 
 import copy
-import importlib
 import csv
+import importlib
 import math
 import subprocess
 import sys

@@ -8,8 +8,8 @@ Uncertainty: the per-seed differences (distilled − scratch, same seed) give a 
 import math
 import statistics
 
-from deepshrink.report.rundata import Row, RunData, ok
 from deepshrink.report.numbers import num as _num
+from deepshrink.report.rundata import Row, RunData, ok
 from deepshrink.report.specs import DS_NAME, MODEL_NAME
 
 SCRATCH_BEST, DISTILL_BEST = "student-best", "distill-best"

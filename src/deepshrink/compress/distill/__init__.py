@@ -39,8 +39,18 @@ from deepshrink.models import MODELS, canonical, check_model_name, create_model,
 from deepshrink.train import AUGMENTS, Objective, TrainConfig, TrainLog, cross_entropy, evaluate, fit
 from deepshrink.variant import StepContext, Variant, variant_id
 
-__all__ = ["CONTROLS", "DistillConfig", "augment_candidates", "apply_distill", "control_of", "distill_objective", "distill_with_control",
-           "distillation_table", "hinton_loss", "scratch_config"]
+__all__ = [
+    "CONTROLS",
+    "DistillConfig",
+    "apply_distill",
+    "augment_candidates",
+    "control_of",
+    "distill_objective",
+    "distill_with_control",
+    "distillation_table",
+    "hinton_loss",
+    "scratch_config",
+]
 
 CONTROLS = ("same", "best")
 INPUT_STUDENT = "input"  # the step's input model itself is the student (warm start), e.g. a pruned copy
