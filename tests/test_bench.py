@@ -5,11 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from deepshrink.bench import bench_artifact
+from deepshrink.checkpoint import load_checkpoint
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.export.dsonnx import pack_onnx
+from deepshrink.export.sparse import write_sparse
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.study.run import run_train
 
@@ -74,7 +77,7 @@ def test_bad_input_is_a_user_error(trained: tuple[Path, Path, Path], tmp_path: P
         bench(tmp_path / "nope.onnx", "onnxruntime")
     weird = tmp_path / "model.pt"
     weird.write_bytes(b"x")
-    with pytest.raises(UserError, match=r"model\.pt: expected an \.onnx or \.dsonnx file or a \.safetensors"):
+    with pytest.raises(UserError, match=r"model\.pt: expected an \.onnx, \.dsonnx or \.dsparse file or a "):
         bench(weird, "torch")
     with pytest.raises(UserError, match="--runtime 'tensorrt'"):
         bench(onnx_path, "tensorrt")
@@ -86,3 +89,17 @@ def test_bad_input_is_a_user_error(trained: tuple[Path, Path, Path], tmp_path: P
     shutil.copy(onnx_path, lone)
     with pytest.raises(UserError, match=r"no manifest lone\.json beside it"):
         bench(lone, "onnxruntime")
+
+
+@pytest.mark.parametrize("runtime", ["sparse", "onnxruntime"])
+def test_bench_sparse_file(trained: tuple[Path, Path, Path], runtime: str) -> None:
+    data_dir, _, ckpt = trained
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():  # 90 % pruned, as a prune step leaves it
+        for p in model.parameters():
+            p[p.abs() < p.abs().flatten().quantile(0.9)] = 0.0
+    path = write_sparse(model, ckpt.with_suffix(".dsparse"))  # beside the manifest that names its model
+    try:
+        _check_rows(bench_artifact(path, runtime, 1, 64, data_dir, "cpu", True), path.name, runtime, 64)
+    finally:
+        path.unlink()

@@ -8,10 +8,12 @@ from typing import Any
 from deepshrink.checkpoint import load_checkpoint, paths_for, read_manifest
 from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
-from deepshrink.export import Artifact
+from deepshrink.export import Artifact, sparse_runtime
 from deepshrink.export.dsonnx import unpack_onnx
+from deepshrink.export.floating import export_onnx
 from deepshrink.export.runners import ort_runner, torch_runner
-from deepshrink.measure.latency import LatencyConfig, measure_latency
+from deepshrink.export.sparse import load_sparse_into
+from deepshrink.measure.latency import RUNTIMES, LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 
 
@@ -27,8 +29,10 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
                    quiet: bool, dataset: str | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         raise UserError(f"{path}: no such file")
-    if runtime not in ("torch", "onnxruntime"):
-        raise UserError(f"--runtime {runtime!r}: expected torch or onnxruntime")
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if path.suffix == ".dsparse":
+        return _bench_sparse(path, runtime, threads, batch, data_dir, device, quiet, dataset)
     if path.suffix in (".onnx", ".dsonnx"):
         if runtime != "onnxruntime":
             raise UserError(f"{path}: an ONNX file runs with --runtime onnxruntime")
@@ -45,8 +49,26 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
         art = Artifact(path, "checkpoint", "fp32", runners={"torch": torch_runner(model)})
         dataset = dataset or manifest.dataset
     else:
-        raise UserError(f"{path}: expected an .onnx or .dsonnx file or a .safetensors checkpoint")
+        raise UserError(f"{path}: expected an .onnx, .dsonnx or .dsparse file or a .safetensors checkpoint")
     return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
+
+
+def _bench_sparse(path: Path, runtime: str, threads: int, batch: int, data_dir: Path | None, device: str,
+                  quiet: bool, dataset: str | None) -> list[dict[str, Any]]:
+    """A sparse file: the architecture from the checkpoint manifest beside it, the weights from the file."""
+    model, manifest = load_checkpoint(path)
+    decoded = load_sparse_into(model, path)
+    data = load_dataset(dataset or manifest.dataset, data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {"torch": torch_runner(decoded),
+                   "onnxruntime": ort_runner(export_onnx(decoded, Path(tmp) / "dense.onnx", data.test_x[:1]))}
+        net = sparse_runtime.build(decoded, data.train_x[:512].numpy())
+        if net is not None:
+            runners["sparse"] = sparse_runtime.sparse_runner(net)
+        if runtime not in runners:
+            raise UserError(f"{path}: no {runtime} runtime for this model (the sparse runtime runs Linear chains)")
+        art = Artifact(path, "sparse", "fp32", runners=runners)
+        return _time(art, path, data.name, runtime, threads, batch, data_dir, device, quiet)
 
 
 def _check_batch_axis(onnx_path: Path, path: Path) -> None:

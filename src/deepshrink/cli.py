@@ -105,11 +105,12 @@ def _fmt_cell(v: str) -> str:
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="A file deepshrink wrote (.onnx, .dsonnx, .safetensors) or any "
-                                             "ONNX classifier (then give --dataset).")],
+    artifact: Annotated[Path, typer.Argument(help="A file deepshrink wrote (.onnx, .dsonnx, .dsparse, .safetensors) "
+                                             "or any ONNX classifier (then give --dataset).")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to time on (default: the "
                                                 "manifest beside the file).")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", help="torch or onnxruntime.")] = "onnxruntime",
+    runtime: Annotated[str, typer.Option("--runtime", help="torch, onnxruntime or sparse (.dsparse files).")
+                       ] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = 1,
     batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = 256,
     data_dir: DataDir = None, device: Device = "cpu", seed: Seed = 0, quiet: Quiet = False,

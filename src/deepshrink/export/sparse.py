@@ -10,7 +10,6 @@ is decided on the bit pattern, so a -0.0 would be kept as an explicit value.
 """
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.export import sparse_runtime
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
 from deepshrink.export.container import Streams, encode_positions, read_container, reader, scatter
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.runners import ort_runner, torch_runner
-from deepshrink.measure.latency import RunnerFactory, median_us
 from deepshrink.models import weighted_layers
 
 MAGIC = b"DSPARSE1"
@@ -81,60 +80,25 @@ def write_sparse(model: nn.Module, path: Path, codec: str = "lzma") -> Path:
     return path
 
 
-class SparseLinear(nn.Module):
-    """y = x W^T + b with W held as a CSR tensor: the work done is proportional to the non-zeros."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all this uses
-            warnings.simplefilter("ignore", UserWarning)
-            self.weight_csr = linear.weight.detach().to_sparse_csr()
-        self.bias = None if linear.bias is None else linear.bias.detach().clone()
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = torch.sparse.mm(self.weight_csr, x.t()).t()
-        return y if self.bias is None else y + self.bias
-
-
-def to_sparse_kernels(model: nn.Module) -> nn.Module:
-    """A copy whose Linear layers run CSR matmuls; convolutions stay dense (no sparse conv kernel
-    on CPU in torch), so their zeros are still multiplied."""
-    out = copy.deepcopy(model).eval()
-    for name, mod in weighted_layers(out, (nn.Linear,)):
-        assert isinstance(mod, nn.Linear)
-        parent = out.get_submodule(name.rpartition(".")[0]) if "." in name else out
-        setattr(parent, name.rpartition(".")[2], SparseLinear(mod))
-    return out
-
-
-def compare_kernels(dense: RunnerFactory, sparse: RunnerFactory, x: np.ndarray) -> dict[str, Any]:
-    """Dense kernels on the zero-filled weights vs CSR kernels, same input, 1 thread, batch 256."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        us = median_us({"dense": dense(1, "cpu"), "sparse": sparse(1, "cpu")}, x, batch=256, repeats=5)
-    finally:
-        torch.set_num_threads(prev)
-    d_us, s_us = us["dense"], us["sparse"]
-    return {"dense_us_per_image": d_us, "sparse_us_per_image": s_us,
-            "sparse_kernel_faster": s_us < d_us, "faster_kernel": "torch-sparse" if s_us < d_us else "torch"}
-
-
 @EXPORTERS.register("sparse")
 def export_sparse(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
-    """Primary file: the sparse file. Every runner runs the model decoded from that file."""
+    """Primary file: the sparse file. Every runner runs the model decoded from that file: dense in
+    ONNX Runtime and torch, and on its non-zeros in the sparse runtime when the model is a Linear chain."""
     path = write_sparse(model, stem.with_suffix(".dsparse"), str(opts.get("codec", "lzma")))
     decoded = load_sparse_into(model, path)
     # The zero-filled dense ONNX sits beside the manifest, so `deepshrink bench` can time it.
     onnx_path = export_onnx(decoded, stem.with_suffix(".onnx"), ctx.example)
-    dense, sparse = torch_runner(decoded), torch_runner(to_sparse_kernels(decoded))
-    probe = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
-    info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma")),
-                            **compare_kernels(dense, sparse, probe)}
+    runners = {"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(decoded)}
+    calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
+    info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma"))}
+    net = sparse_runtime.build(decoded, calib)
+    if net is not None:
+        runners["sparse"] = sparse_runtime.sparse_runner(net)
+        info.update(sparse_runtime_nonzeros=net.nnz, sparse_runtime_inputs=len(net.keep))
+    else:
+        info["notes"] = "no sparse runtime (convolutions): runs dense"
     return Artifact(path=path, kind="sparse", precision="fp32",
-                    files={p.name: p.stat().st_size for p in (path, onnx_path)},
-                    runners={"onnxruntime": ort_runner(onnx_path), "torch": dense, "torch-sparse": sparse},
-                    info=info)
+                    files={p.name: p.stat().st_size for p in (path, onnx_path)}, runners=runners, info=info)
 
 
 def load_sparse_into(model: nn.Module, path: Path) -> nn.Module:

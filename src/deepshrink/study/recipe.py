@@ -15,7 +15,7 @@ from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.config import coerce
 from deepshrink.data import check_name
 from deepshrink.errors import UserError
-from deepshrink.measure.latency import LatencyConfig
+from deepshrink.measure.latency import RUNTIMES, LatencyConfig
 from deepshrink.models import check_model_name
 from deepshrink.train import TrainConfig
 
@@ -236,8 +236,8 @@ def _check_names(study: dict[str, Any], source: str) -> None:
 
 def _check_measure(m: MeasureSpec, source: str) -> None:
     for rt in m.runtimes:
-        if rt not in ("torch", "onnxruntime"):
-            raise UserError(f"{source}: measure.runtimes: unknown runtime {rt!r} (known: torch, onnxruntime)")
+        if rt not in RUNTIMES:
+            raise UserError(f"{source}: measure.runtimes: unknown runtime {rt!r} (known: {', '.join(RUNTIMES)})")
     for key in ("batch", "repeats", "single_calls"):
         if getattr(m, key) < 1:
             raise UserError(f"{source}: measure.{key}: must be >= 1")
