@@ -75,7 +75,7 @@ def _read_members(tar_path: Path, wanted: list[str]) -> dict[str, bytes]:
                     f = tf.extractfile(member)
                     if f is not None:
                         found[base] = f.read()
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except Exception as e:  # tarfile, gzip, zlib and lzma each raise their own types on a corrupt archive
         raise UserError(f"{tar_path}: corrupt or truncated archive ({e})") from None
     missing = [w for w in wanted if w not in found]
     if missing:
