@@ -39,9 +39,9 @@ def _manifest_beside(path: Path) -> Path:
 
 def _open_onnx(path: Path, tmp: Path) -> Opened:
     model = read_onnx(path.read_bytes(), str(path))
-    if (n := fixed_batch(model)) is not None:
-        raise UserError(f"{path}: input has a fixed batch size of {n}; export it with a dynamic batch axis "
-                        "(torch.onnx.export(..., dynamic_axes={NAME: {0: 'batch'}}))")
+    if (fixed := fixed_batch(model)) is not None:
+        raise UserError(f"{path}: input {fixed[0]!r} has a fixed batch size of {fixed[1]}; export it with a dynamic "
+                        "batch axis (torch.onnx.export(..., dynamic_axes={NAME: {0: 'batch'}}))")
     return path, None
 
 

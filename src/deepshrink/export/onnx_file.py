@@ -13,9 +13,11 @@ def read_onnx(data: bytes, source: str, session: bool = False) -> onnx.ModelProt
     (its graph checks go further than the checker's)."""
     if len(data) >= MAX_BYTES:
         raise UserError(f"{source}: {len(data)} bytes, over protobuf's 2 GB limit for one ONNX file")
-    with malformed(source, "ONNX model"):
+    try:
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
+    except Exception as e:  # protobuf's DecodeError, the checker's ValidationError, ...
+        raise UserError(f"{source}: not a readable ONNX model ({type(e).__name__})") from None
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1 or not inputs[0].type.HasField("tensor_type"):
@@ -32,10 +34,10 @@ def read_onnx(data: bytes, source: str, session: bool = False) -> onnx.ModelProt
     return model
 
 
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size an input was exported with (torch.onnx.export's default without dynamic_axes), or None
-    when the batch axis is dynamic."""
+def fixed_batch(model: onnx.ModelProto) -> tuple[str, int] | None:
+    """(input name, batch size) when the input was exported with a fixed batch (torch.onnx.export's default
+    without dynamic_axes), or None when its batch axis is dynamic."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     dims = inputs[0].type.tensor_type.shape.dim if inputs else []
-    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+    return (inputs[0].name, int(dims[0].dim_value)) if dims and dims[0].HasField("dim_value") else None
