@@ -39,6 +39,8 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     **{f"weights{int(s * 100)}": ("mlp", [f"prune.unstructured:sparsity={s},schedule=iterative,rounds=2,epochs=6"])
        for s in SWEEP},
     **{f"units{int(s * 100)}": ("mlp", [f"prune.structured:ratio={s},layers=fc,epochs=6"]) for s in SWEEP},
+    # `make bench`'s quick mode: the 90% point with one round of two epochs instead of 2 x 6.
+    "weights90-quick": ("mlp", ["prune.unstructured:sparsity=0.9,schedule=iterative,rounds=1,epochs=2"]),
 }
 
 LATENCY = LatencyConfig(runtimes=("torch", "onnxruntime", "sparse"), threads=(1,), batch=256, repeats=5,

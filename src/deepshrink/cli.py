@@ -197,12 +197,19 @@ def data_verify(name: Annotated[str | None, typer.Argument(help="mnist, cifar10 
     from deepshrink.data.verify import verify
 
     console = Console(soft_wrap=True)
+    bad: list[str] = []
     for ds in [name] if name else sorted(SOURCES):
         for r in verify(ds, data_dir):
+            if r.structure != "ok":
+                bad.append(r.file)
+                console.print(f"{r.file}: [red]problem[/]: {r.structure}")
+                continue
             warn = "" if r.checksum == "canonical" else "  [yellow](warning)[/]"
             console.print(f"{r.file}: structure {r.structure}, {r.samples} samples"
                           f"{', classes ' + ' '.join(map(str, r.class_counts)) if r.class_counts else ''}, "
                           f"{r.checksum}{warn}")
+    if bad:
+        raise UserError(f"{len(bad)} dataset file(s) with problems (listed above), first {bad[0]}")
 
 
 @data_app.command("download")

@@ -112,7 +112,7 @@ def _load_module(ref: str) -> Any:
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise UserError(f"{path}:{e.lineno}: syntax error ({e.msg})") from None
-    except Exception as e:  # the user's module raised while being imported
+    except (Exception, SystemExit) as e:  # the user's module raised (or called exit()) while being imported
         raise UserError(f"{path}: importing it raised {type(e).__name__}: {e}") from None
     sys.modules[name] = module
     return module

@@ -18,9 +18,19 @@ import torch
 from torch import Tensor, nn
 
 from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.errors import UserError
 from deepshrink.export import sparse_runtime
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.container import Streams, encode_positions, read_container, reader, scatter
+from deepshrink.export.container import (
+    Streams,
+    count_of,
+    encode_positions,
+    positions_end,
+    read_container,
+    reader,
+    scatter,
+    shape_of,
+)
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.runners import ort_runner, torch_runner
 from deepshrink.models import weighted_layers
@@ -55,18 +65,33 @@ def encode_state(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "
     return streams.pack(MAGIC, {"tensors": entries})
 
 
+_DENSE_DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
+
+
 @reader("sparse file")
 def decode_state(data: bytes, source: str) -> dict[str, Tensor]:
-    header, blob = read_container(data, MAGIC, source, "sparse file")
+    """The state dict a sparse file holds; every size the header claims is checked against the file first."""
+    what = "sparse file"
+    header, blob = read_container(data, MAGIC, source, what)
+    if not isinstance(header.get("tensors"), list):
+        raise UserError(f"{source}: corrupt {what} (no tensor list)")
     out: dict[str, Tensor] = {}
     for e in header["tensors"]:
-        shape, dtype = tuple(e["shape"]), np.dtype(e["dtype"])
-        if e["kind"] == "sparse":
-            gaps = np.frombuffer(blob(e["gaps"]), np.uint8)
-            values = _unshuffle(blob(e["values"]), e["entries"])
-            arr = scatter(gaps, values, int(np.prod(shape)), np.float32).reshape(shape)
+        if not isinstance(e, dict) or not isinstance(e.get("key"), str) or e.get("dtype") not in _DENSE_DTYPES:
+            raise UserError(f"{source}: corrupt {what} (bad tensor entry {str(e)[:60]})")
+        shape, size = shape_of(e.get("shape"), source, what)
+        dtype = np.dtype(e["dtype"])
+        if e.get("kind") == "sparse" and dtype == np.float32:
+            entries = count_of(e.get("entries"), source, what)
+            gaps = np.frombuffer(blob(e.get("gaps"), entries), np.uint8)
+            if positions_end(gaps) > size:
+                raise UserError(f"{source}: corrupt {what} (positions of {e['key']} run past its {size} elements)")
+            values = _unshuffle(blob(e.get("values"), 4 * entries), entries)
+            arr = scatter(gaps, values, size, np.float32).reshape(shape)
+        elif e.get("kind") == "dense":
+            arr = np.frombuffer(blob(e.get("data"), size * dtype.itemsize), dtype).reshape(shape).copy()
         else:
-            arr = np.frombuffer(blob(e["data"]), dtype).reshape(shape).copy()
+            raise UserError(f"{source}: corrupt {what} (tensor {e['key']} of unknown kind)")
         out[e["key"]] = torch.from_numpy(arr)
     return out
 

@@ -14,7 +14,7 @@ from typing import Any
 from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.config import coerce
 from deepshrink.data import check_name
-from deepshrink.errors import UserError
+from deepshrink.errors import UserError, malformed
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig
 from deepshrink.models import check_model_name
 from deepshrink.train import TrainConfig
@@ -124,7 +124,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         raise UserError(f"{path}: cannot read recipe ({e})") from None
     for item in overrides:
         apply_override(raw, item)
-    return validate(raw, str(path), default_name=path.stem)
+    with malformed(path, "recipe"):  # a value of a type no check foresaw is still the recipe's fault
+        return validate(raw, str(path), default_name=path.stem)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

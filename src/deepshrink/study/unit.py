@@ -30,7 +30,9 @@ UnitResult = list[tuple[str, str]]  # (variant id, status)
 _DATA: dict[tuple[str, int], DataSplits] = {}  # per process: each dataset is decoded once
 
 
-def _data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
+def study_data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
+    """The dataset as this process decoded it once (the driver checks it before any work; a serial study
+    then reuses it)."""
     if (name, val_size) not in _DATA:
         _DATA[name, val_size] = load_dataset(name, opts.data_dir, val_size=val_size)
     return _DATA[name, val_size]
@@ -157,7 +159,7 @@ def run_unit(recipe: Recipe, opts: StudyOptions, unit: Unit, done: frozenset[str
         return group.statuses
     group.say(f"{base_work.vid}: baseline")
     try:
-        data = _data(base_work.dataset, opts, recipe.val_size)
+        data = study_data(base_work.dataset, opts, recipe.val_size)
         base, key, retrained = _baseline(recipe, opts, base_work, data, group.progress)
     except Exception as e:  # no baseline: every variant of the group is recorded as failed
         for w in [base_work] * need_base + todo:
