@@ -2,17 +2,27 @@
 says the dataset) or any ONNX classifier given `dataset`."""
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepshrink.checkpoint import load_checkpoint, paths_for, read_manifest
+import torch
+from torch import nn
+
+from deepshrink.checkpoint import build_model, load_checkpoint, paths_for, read_manifest
 from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact
 from deepshrink.export.dsonnx import unpack_onnx
+from deepshrink.export.dsz import load_dsz_into
+from deepshrink.export.floating import export_onnx
 from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.export.sparse import load_sparse_into
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
+
+# Weight files decoded into the model their manifest (beside them) describes.
+DECODERS: dict[str, Callable[[nn.Module, Path], nn.Module]] = {".dsz": load_dsz_into, ".dsparse": load_sparse_into}
 
 
 def _dataset_of_onnx(path: Path) -> str:
@@ -38,6 +48,10 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
             art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(onnx_path)})
             return _time(art, path, dataset or _dataset_of_onnx(path), runtime, threads, batch, data_dir, device,
                          quiet)
+    elif path.suffix in DECODERS:
+        with tempfile.TemporaryDirectory() as tmp:
+            art, own = _decoded(path, runtime, Path(tmp))
+            return _time(art, path, dataset or own, runtime, threads, batch, data_dir, device, quiet)
     elif path.suffix in (".safetensors", ".json"):
         model, manifest = load_checkpoint(path)
         if runtime != "torch":
@@ -45,7 +59,7 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
         art = Artifact(path, "checkpoint", "fp32", runners={"torch": torch_runner(model)})
         dataset = dataset or manifest.dataset
     else:
-        raise UserError(f"{path}: expected an .onnx or .dsonnx file or a .safetensors checkpoint")
+        raise UserError(f"{path}: expected an .onnx, .dsonnx, .dsz or .dsparse file or a .safetensors checkpoint")
     return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
 
 
@@ -64,6 +78,19 @@ def _check_batch_axis(onnx_path: Path, path: Path) -> None:
     if dims and dims[0].HasField("dim_value"):
         raise UserError(f"{path}: input {inputs[0].name!r} has a fixed batch size of {dims[0].dim_value}; export "
                         "it with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={NAME: {0: 'batch'}}))")
+
+
+def _decoded(path: Path, runtime: str, folder: Path) -> tuple[Artifact, str]:
+    """(artifact running the model decoded from a weight file, its dataset): the model is the one the
+    manifest beside the file names; ONNX Runtime runs a float ONNX export of it, as the study does."""
+    manifest = read_manifest(path)
+    model = DECODERS[path.suffix](build_model(manifest), path)
+    if runtime == "torch":
+        runner = torch_runner(model)
+    else:
+        example = torch.zeros(1, *manifest.input_shape)
+        runner = ort_runner(export_onnx(model, folder / f"{path.stem}.onnx", example))
+    return Artifact(path, path.suffix[1:], "fp32", runners={runtime: runner}), manifest.dataset
 
 
 def _unpacked(path: Path, folder: Path) -> Path:

@@ -104,14 +104,19 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Manifest]:
     if declared != actual:
         diff = sorted(k for k in set(declared) | set(actual) if declared.get(k) != actual.get(k))
         raise UserError(f"{weights}: tensors do not match manifest {meta.name} (differs at {', '.join(diff[:3])})")
-    _check_source(manifest)
-    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
-    shrink_to(model, declared)
+    model = build_model(manifest)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as e:
         raise UserError(f"{weights}: weights do not fit model {manifest.model!r} ({str(e).splitlines()[0]})") from None
     return model.eval(), manifest
+
+
+def build_model(manifest: Manifest) -> nn.Module:
+    """The manifest's model, untrained, shrunk to its stored shapes: what a weight file loads into."""
+    _check_source(manifest)
+    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
+    return shrink_to(model, {k: list(v) for k, v in manifest.shapes.items()})
 
 
 def _check_source(manifest: Manifest) -> None:
