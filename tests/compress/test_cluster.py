@@ -71,7 +71,7 @@ def test_linear_kmeans_starts_evenly_spaced_and_labels_every_value() -> None:
     assert len(linear_kmeans(values[:3], 16)[0]) == 3  # no more centroids than values
 
 
-@pytest.mark.parametrize("step", ["cluster:bits=3,epochs=1", "cluster:bits=2,epochs=0",
+@pytest.mark.parametrize("step", ["cluster:bits=3,epochs=1", "cluster:bits=2,epochs=0,bias_bits=16",
                                   "cluster:conv_bits=4,fc_bits=2,epochs=1"])
 def test_cluster_keeps_masks_and_shares_at_most_2_to_the_bits_values(data: DataSplits, pruned: Variant,
                                                                      step: str) -> None:
@@ -84,6 +84,8 @@ def test_cluster_keeps_masks_and_shares_at_most_2_to_the_bits_values(data: DataS
         assert not torch.signbit(w[w == 0]).any(), name  # +0.0: sparse formats store -0.0 as a value
         assert _nonzero_values(out.model)[name] <= 2 ** cfg.bits_for(module)
         assert sorted(set(w[w != 0].tolist())) == sorted(out.manifest.info["codebooks"][name]), name
+        bias = module.bias.detach()  # type: ignore[union-attr]
+        assert torch.equal(bias.half().float(), bias) == (cfg.bias_bits == 16), name
     assert not any(list(m.parametrizations) for _, m in weighted_layers(out.model) if hasattr(m, "parametrizations"))
     assert out.manifest.pipeline[:-1] == pruned.manifest.pipeline and out.manifest.pipeline[-1].startswith("cluster")
     assert out.info["cluster_distinct_max"] <= 16
@@ -100,7 +102,7 @@ def test_cluster_fine_tuning_moves_centroids_and_keeps_accuracy(data: DataSplits
 @pytest.mark.parametrize(("text", "key"), [
     ("cluster:bits=0", "cluster.bits"), ("cluster:bits=9", "cluster.bits"), ("cluster:conv_bits=12", "conv_bits"),
     ("cluster:epochs=-1", "cluster.epochs"), ("cluster:lr=-1", "cluster.lr"), ("cluster:bits=five", "cluster.bits"),
-    ("encode:gap_bits=9", "encode.gap_bits"), ("cluster:width=3", "width"),
+    ("encode:gap_bits=9", "encode.gap_bits"), ("cluster:width=3", "width"), ("cluster:bias_bits=8", "bias_bits"),
 ])
 def test_bad_keys_are_user_errors_naming_the_key(text: str, key: str) -> None:
     with pytest.raises(UserError, match=key):

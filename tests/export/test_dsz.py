@@ -93,6 +93,14 @@ def test_huffman_beats_fixed_width_on_skewed_symbols() -> None:
     assert len(huffman.encode(syms, huffman.code_lengths(syms, 32))) < 10_000 * 5 / 8 * 0.75
 
 
+def test_float16_exact_tensors_take_half_the_bytes_and_come_back_exact() -> None:
+    half_exact = torch.randn(100).half().float()
+    state = {"a.bias": half_exact, "b.bias": torch.randn(100), "c.bias": torch.tensor([1e30, 1.0])}
+    data = encode_state(state, set())
+    _same(state, decode_state(data, "h.dsz"))
+    assert [r["value_bytes"] for r in describe(data, "h.dsz")] == [200, 400, 8]
+
+
 @pytest.fixture
 def dsz() -> bytes:
     state = {"fc.weight": clustered((50, 40), 0.1, 16, 0), "fc.bias": torch.randn(50)}

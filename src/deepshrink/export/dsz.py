@@ -106,6 +106,16 @@ def encode_weight(streams: Streams, flat: np.ndarray, gap_bits: int = 0) -> dict
     return entry
 
 
+def _dense(streams: Streams, arr: np.ndarray) -> dict[str, Any]:
+    """A dense tensor's entry: its raw bytes, or half of them when it is float32 holding only values
+    float16 represents exactly (e.g. biases `cluster:bias_bits=16` rounded), widened back on reading."""
+    with np.errstate(over="ignore"):  # values beyond float16's range become inf: then not exact
+        half = arr.astype("<f2") if arr.dtype == np.float32 else None
+    if half is not None and np.array_equal(half.astype(np.float32).view(np.uint32), arr.view(np.uint32)):
+        return {"kind": "dense", "dtype": "<f2", "as": "<f4", "data": streams.add(half.tobytes())}
+    return {"kind": "dense", "dtype": arr.dtype.str, "data": streams.add(arr.tobytes())}
+
+
 def encode_state(state: dict[str, Tensor], coded_keys: set[str], gap_bits: int = 0) -> bytes:
     """The .dsz bytes of a state dict; `coded_keys` are the float32 weights to code (others: dense)."""
     streams = Streams("none")  # Huffman streams and float32 tensors gain nothing from a general codec
@@ -116,7 +126,7 @@ def encode_state(state: dict[str, Tensor], coded_keys: set[str], gap_bits: int =
         if key in coded_keys and arr.dtype == np.float32:
             entry.update(encode_weight(streams, arr.reshape(-1), gap_bits))
         else:
-            entry.update(kind="dense", dtype=arr.dtype.str, data=streams.add(arr.tobytes()))
+            entry.update(_dense(streams, arr))
         entries.append(entry)
     return seal(streams.pack(MAGIC, {"format": FORMAT, "tensors": entries}, zip_header=True))
 
@@ -179,7 +189,8 @@ def _decode_tensor(blob: Any, e: dict[str, Any], shape: tuple[int, ...]) -> np.n
     if min(shape, default=1) < 0 or size > MAX_ELEMENTS:
         raise ValueError(f"tensor shape {list(shape)} out of range")
     if e["kind"] == "dense":
-        return np.frombuffer(blob(e["data"]), np.dtype(e["dtype"])).reshape(shape).copy()
+        arr = np.frombuffer(blob(e["data"]), np.dtype(e["dtype"])).reshape(shape)
+        return arr.astype(np.dtype(e.get("as", e["dtype"])))  # a copy: torch needs a writable array
     return _decode_weight(blob, e, size).reshape(shape)
 
 

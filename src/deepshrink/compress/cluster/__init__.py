@@ -33,13 +33,15 @@ CLUSTER_LR_FACTOR = 0.1
 class ClusterConfig:
     """`cluster:bits=5,epochs=3` (every layer 5 bits) or `cluster:conv_bits=8,fc_bits=5` (Han et al.'s
     choice: convolutions are more sensitive). `conv_bits`/`fc_bits` 0 = `bits`; epochs 0 = k-means only;
-    lr 0 = CLUSTER_LR_FACTOR of pruning's retraining LR."""
+    lr 0 = CLUSTER_LR_FACTOR of pruning's retraining LR; `bias_bits=16` rounds the clustered layers'
+    biases to float16 values after fine-tuning (the .dsz then stores them in half the bytes)."""
 
     bits: int = 5
     epochs: int = 3
     conv_bits: int = 0
     fc_bits: int = 0
     lr: float = 0.0
+    bias_bits: int = 32
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:
@@ -52,6 +54,8 @@ class ClusterConfig:
             raise UserError(f"cluster.epochs={self.epochs}: must be >= 0")
         if self.lr < 0:
             raise UserError(f"cluster.lr={self.lr}: must be >= 0")
+        if self.bias_bits not in (16, 32):
+            raise UserError(f"cluster.bias_bits={self.bias_bits}: must be 16 or 32")
 
     def bits_for(self, module: nn.Module) -> int:
         specific = self.fc_bits if isinstance(module, nn.Linear) else self.conv_bits
@@ -72,6 +76,15 @@ def share_model(model: nn.Module, cfg: ClusterConfig) -> tuple[dict[str, int], l
     return bits, skipped
 
 
+@torch.no_grad()
+def round_biases(model: nn.Module, layers: list[str]) -> None:
+    """Biases to the nearest float16 value, kept in float32 (a relative change under 2^-11)."""
+    for name in layers:
+        bias = getattr(model.get_submodule(name), "bias", None)
+        if isinstance(bias, torch.Tensor):
+            bias.copy_(bias.half().float())
+
+
 @register_step("cluster", ClusterConfig)
 def apply_cluster(v: Variant, cfg: ClusterConfig, ctx: StepContext) -> Variant:
     model = v.model.to(ctx.device)
@@ -82,6 +95,8 @@ def apply_cluster(v: Variant, cfg: ClusterConfig, ctx: StepContext) -> Variant:
         train = retrain_config(v, cfg.epochs, lr, ctx.seed)
         log = fit(model, ctx.data, train, progress=ctx.progress, label="cluster fine-tune", device=ctx.device)
     codebooks = {name: bake(model.get_submodule(name)) for name in bits}
+    if cfg.bias_bits == 16:
+        round_biases(model, list(bits))
     model.cpu()
     manifest = copy.deepcopy(v.manifest)
     manifest.info = {**manifest.info, "codebooks": codebooks}
