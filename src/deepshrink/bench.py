@@ -16,6 +16,7 @@ from deepshrink.data import load_dataset
 from deepshrink.errors import UserError, malformed
 from deepshrink.export import Artifact, sparse_runtime
 from deepshrink.export.dsonnx import unpack_onnx
+from deepshrink.export.dsz import decode_state as decode_dsz
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.onnx_file import fixed_batch, read_onnx
 from deepshrink.export.packed import decode as decode_packed
@@ -65,6 +66,10 @@ def _open_dsparse(path: Path, tmp: Path) -> Opened:
     return _decoded(path, decode_state(path.read_bytes(), str(path)))
 
 
+def _open_dsz(path: Path, tmp: Path) -> Opened:
+    return _decoded(path, decode_dsz(path.read_bytes(), str(path)))
+
+
 def _open_dsq(path: Path, tmp: Path) -> Opened:
     return _decoded(path, decode_packed(path.read_bytes(), str(path)))
 
@@ -75,7 +80,7 @@ def _open_checkpoint(path: Path, tmp: Path) -> Opened:
 
 
 OPENERS: dict[str, Callable[[Path, Path], Opened]] = {
-    ".onnx": _open_onnx, ".dsonnx": _open_dsonnx, ".dsparse": _open_dsparse, ".dsq": _open_dsq,
+    ".onnx": _open_onnx, ".dsonnx": _open_dsonnx, ".dsparse": _open_dsparse, ".dsq": _open_dsq, ".dsz": _open_dsz,
     ".safetensors": _open_checkpoint, ".json": _open_checkpoint,
 }
 

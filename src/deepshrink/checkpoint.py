@@ -161,11 +161,8 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Manifest]:
     if declared != actual:
         diff = sorted(k for k in set(declared) | set(actual) if declared.get(k) != actual.get(k))
         raise UserError(f"{weights}: tensors do not match manifest {meta.name} (differs at {', '.join(diff[:3])})")
-    _check_source(manifest)
-    _check_model_size(manifest, meta)
-    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
+    model = build_model(manifest, meta)
     try:
-        shrink_to(model, declared)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except Exception as e:  # shapes the model cannot take: torch says so with RuntimeError, ValueError, ...
         first = (str(e).splitlines() or [""])[0][:160]
@@ -177,7 +174,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Manifest]:
 MAX_PARAMETERS = 1 << 27  # 512 MB of float32: no model a manifest of ours describes comes near
 
 
-def _check_model_size(manifest: Manifest, meta: Path) -> None:
+def _check_model_size(manifest: Manifest, meta: Path | str) -> None:
     """A registry model is sized by the manifest's input shape and class count: count its parameters on
     the meta device (nothing allocated) before building it for real."""
     if is_reference(manifest.model):
@@ -188,6 +185,20 @@ def _check_model_size(manifest: Manifest, meta: Path) -> None:
     if n > MAX_PARAMETERS:
         raise UserError(f"{meta}: manifest asks for a {manifest.model!r} of {n} parameters (input "
                         f"{manifest.input_shape}, {manifest.num_classes} classes)")
+
+
+def build_model(manifest: Manifest, meta: Path | None = None) -> nn.Module:
+    """The manifest's model, untrained, shrunk to its stored shapes: what a weight file loads into."""
+    where = meta or manifest.model
+    _check_source(manifest)
+    _check_model_size(manifest, where)
+    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
+    try:
+        return shrink_to(model, {k: list(v) for k, v in manifest.shapes.items()})
+    except Exception as e:  # stored shapes this architecture cannot shrink to
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise UserError(f"{where}: stored shapes do not fit model {manifest.model!r} ({type(e).__name__}: "
+                        f"{first})") from None
 
 
 def _check_source(manifest: Manifest) -> None:

@@ -77,10 +77,13 @@ def compress(
 
 
 @app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.csv.")]) -> None:
-    """Print a run's results table."""
+def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.csv, or a .dsz file.")]) -> None:
+    """Print a run's results table, or what a .dsz file stores, tensor by tensor."""
     from deepshrink.results import read_rows
 
+    if run_dir.suffix == ".dsz":
+        _show_dsz(run_dir)
+        return
     path = run_dir / "results.csv"
     if not path.exists():
         raise UserError(f"{path}: no results.csv in this run directory")
@@ -93,6 +96,23 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding r
     for r in read_rows(path):
         table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in cols])
     _console().print(table)
+
+
+def _show_dsz(path: Path) -> None:
+    from deepshrink.export.dsz import describe
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    data = path.read_bytes()
+    rows = describe(data, str(path))
+    table = Table(title=str(path))
+    for title in ("tensor", "shape", "kind", "non-zero", "codebook", "gap bits", "position B", "value B"):
+        table.add_column(title)
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    streams = sum(r["position_bytes"] + r["value_bytes"] for r in rows)
+    _console().print(table)
+    _console().print(f"{len(data)} bytes: {streams} in streams, {len(data) - streams} header, magic and checksum")
 
 
 def _fmt_cell(v: str) -> str:

@@ -2,16 +2,17 @@
 for that name writes the files and says how each runtime runs them.
 
 Formats: `fp32`/`fp16`/`fp64` (floating.py), `int8` (integer QDQ ONNX, int8.py), `packed` (sub-8-bit
-weights, packed.py) and `sparse` (sparse.py); the compact ones share one container codec
-(container.py). Adding a format: a module with one `@EXPORTERS.register(name)` function, imported below.
-Every artifact's runtimes are then timed against each other (deploy.py): the fastest is what it deploys.
+weights, packed.py), `sparse` (sparse.py) and `dsz` (Deep Compression, dsz.py); the compact ones share
+one container codec (container.py). Adding a format: a module with one `@EXPORTERS.register(name)`
+function, imported below. Every artifact's runtimes are then timed against each other (deploy.py): the
+fastest is what it deploys.
 """
 
 from pathlib import Path
 
 from torch import nn
 
-from deepshrink.export import floating, int8, packed, sparse  # noqa: F401  (each registers its exporters)
+from deepshrink.export import dsz, floating, int8, packed, sparse  # noqa: F401  (each registers its exporters)
 from deepshrink.export.base import EXPORTERS, Artifact, Deployment, ExportContext, Exporter
 from deepshrink.export.deploy import choose_runtime
 

@@ -3,9 +3,13 @@
     magic | u32 little-endian header length | JSON header | byte streams
 
 The header names the stream codec (`none`, `zlib`, `lzma`) and, per stream, its (offset, length) in
-the body; what the streams mean is each format's business. Sparse positions use one coding in every
-format: u8 relative indices (gaps), a gap over 255 bridged by filler entries (gap 255, value 0), as in
-Deep Compression (Han et al. 2016).
+the body; what the streams mean is each format's business. A format may deflate its header (`zip_header`,
+for files of a few kB, where the JSON is a large share) and `seal` the file with a crc32 trailer, so a
+truncated or modified file is refused as a whole instead of decoding into a partial model.
+
+Sparse positions of `.dsparse` and `.dsonnx` use one coding: u8 relative indices (gaps), a gap over 255
+bridged by filler entries (gap 255, value 0), as in Deep Compression (Han et al. 2016); `.dsz` codes
+its gaps with a narrower, Huffman-coded variant (dsz.py).
 """
 
 import functools
@@ -23,6 +27,7 @@ from deepshrink.errors import UserError
 from deepshrink.registry import Registry
 
 MAX_GAP = 255
+MAX_HEADER = 1 << 24  # bytes of JSON a header may inflate to: a corrupt length allocates nothing larger
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
@@ -56,17 +61,21 @@ class Streams:
         self.offset += len(self.blobs[-1])
         return self.offset - len(self.blobs[-1]), len(self.blobs[-1])
 
-    def pack(self, magic: bytes, header: dict[str, Any]) -> bytes:
-        """magic, u32 header length, JSON header (with the codec), then the streams."""
+    def pack(self, magic: bytes, header: dict[str, Any], zip_header: bool = False) -> bytes:
+        """magic, u32 header length, JSON header (with the codec; raw deflate if `zip_header`), streams."""
         text = json.dumps({"codec": self.codec, **header}, separators=(",", ":")).encode()
+        if zip_header:
+            packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: no zlib framing bytes
+            text = packer.compress(text) + packer.flush()
         return magic + struct.pack("<I", len(text)) + text + b"".join(self.blobs)
 
 
-def read_container(data: bytes, magic: bytes, source: str,
-                   what: str) -> tuple[dict[str, Any], Callable[..., bytes]]:
-    """(header, stream reader) of a file written by `Streams.pack`. Any malformation is a UserError naming
-    `source`; the stream reader `blob(span, size=None)` checks the span against the body and, given the
-    raw size the header implies, that the stream decodes to exactly that many bytes (never more)."""
+def read_container(data: bytes, magic: bytes, source: str, what: str,
+                   zip_header: bool = False) -> tuple[dict[str, Any], Callable[..., bytes]]:
+    """(header, stream reader) of a file written by `Streams.pack` (its header deflated if `zip_header`).
+    Any malformation is a UserError naming `source`; the stream reader `blob(span, size=None)` checks the
+    span against the body and, given the raw size the header implies, that the stream decodes to exactly
+    that many bytes (never more)."""
     if data[: len(magic)] != magic:
         raise UserError(f"{source}: not a deepshrink {what}")
     start = len(magic) + 4
@@ -75,8 +84,17 @@ def read_container(data: bytes, magic: bytes, source: str,
     (hlen,) = struct.unpack("<I", data[len(magic) : start])
     if hlen > len(data) - start:
         raise UserError(f"{source}: corrupt {what} (header claims {hlen} bytes, the file has {len(data) - start})")
+    text = data[start : start + hlen]
+    if zip_header:
+        inflater = zlib.decompressobj(-15)
+        try:
+            text = inflater.decompress(text, MAX_HEADER)
+        except zlib.error:
+            raise UserError(f"{source}: corrupt {what} (header does not inflate)") from None
+        if inflater.unconsumed_tail:
+            raise UserError(f"{source}: corrupt {what} (header inflates past {MAX_HEADER} bytes)")
     try:
-        header = json.loads(data[start : start + hlen])
+        header = json.loads(text)
     except (ValueError, RecursionError):
         raise UserError(f"{source}: corrupt {what} (header is not JSON)") from None
     if not isinstance(header, dict) or not isinstance(header.get("codec"), str):
@@ -128,6 +146,18 @@ def count_of(value: Any, source: str, what: str, most: int = MAX_ELEMENTS) -> in
 def positions_end(gaps: np.ndarray) -> int:
     """One past the last flat position a gap stream addresses (so callers check it fits the tensor)."""
     return int(gaps.astype(np.int64).sum()) + len(gaps)
+
+
+def seal(data: bytes) -> bytes:
+    """`data` plus its crc32 (u32 little-endian): what `unseal` checks."""
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def unseal(data: bytes, source: str, what: str) -> bytes:
+    """`data` without its crc32 trailer, or a user error when the file was truncated or modified."""
+    if len(data) < 4 or struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
+        raise UserError(f"{source}: corrupt {what} (checksum mismatch: truncated or modified)")
+    return data[:-4]
 
 
 def reader(what: str) -> Callable[[Callable[[bytes, str], T]], Reader[T]]:
