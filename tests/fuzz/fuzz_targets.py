@@ -32,6 +32,9 @@ from deepshrink.checkpoint import Manifest, load_checkpoint, save_checkpoint
 from deepshrink.compress.distill.teacher import _read_cached
 from deepshrink.data import cifar, folder, idx, npz
 from deepshrink.export.dsonnx import pack_onnx, unpack_onnx
+from deepshrink.export.dsz import coded_weight_keys
+from deepshrink.export.dsz import decode_state as decode_dsz
+from deepshrink.export.dsz import encode_state as encode_dsz
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.onnx_file import read_onnx
 from deepshrink.export.packed import decode as decode_packed
@@ -254,6 +257,19 @@ def _dsparse_seeds(tmp: Path) -> list[bytes]:
 @target("dsparse", _dsparse_seeds)
 def _read_dsparse(data: bytes, tmp: Path) -> object:
     return decode_state(data, "fuzz.dsparse")
+
+
+def _dsz_seeds(tmp: Path) -> list[bytes]:
+    model = _tiny_model(sparsity=0.7)
+    with torch.no_grad():  # a clustered model: few distinct non-zero values per layer
+        for p in model.parameters():
+            p.copy_(torch.round(p * 8) / 8)
+    return [encode_dsz(model.state_dict(), coded_weight_keys(model), gap_bits) for gap_bits in (0, 4)]
+
+
+@target("dsz", _dsz_seeds)
+def _read_dsz(data: bytes, tmp: Path) -> object:
+    return decode_dsz(data, "fuzz.dsz")
 
 
 @target("dsonnx", lambda tmp: [pack_onnx(_onnx_bytes(_tiny_model(sparsity=0.7)), codec) for codec in ("lzma", "none")])
