@@ -5,20 +5,13 @@ A variant run under several seeds shares its recipe label and differs only in `s
 each its own `--seedN` variant id), so grouping by (dataset, base model, label) gathers the seeds.
 """
 
-import math
 import statistics
 from collections.abc import Callable, Iterable
-from typing import Any
+
+from deepshrink.report.numbers import num
 
 Row = dict[str, str]
 
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
@@ -48,15 +41,15 @@ def groups(rows: list[Row]) -> dict[tuple[str, str, str], list[Row]]:
         if r.get("status") == "ok":
             out.setdefault(group_key(r), []).append(r)
     for seeds in out.values():
-        seeds.sort(key=lambda r: _num(r.get("seed")) or 0.0)
+        seeds.sort(key=lambda r: num(r.get("seed")) or 0.0)
     return out
 
 
 def column(rows: list[Row], key: str, scale: float = 1.0) -> list[float | None]:
-    return [None if (v := _num(r.get(key))) is None else v * scale for r in rows]
+    return [None if (v := num(r.get(key))) is None else v * scale for r in rows]
 
 
 def per_seed(rows: list[Row], key: str, fmt: Callable[[float], str]) -> str:
     """Each seed's number, for the reader who wants more than mean ± std: `s0 98.4, s1 98.5`."""
-    vals = [(r.get("seed", "?"), _num(r.get(key))) for r in rows]
+    vals = [(r.get("seed", "?"), num(r.get(key))) for r in rows]
     return ", ".join(f"s{s} {fmt(v)}" for s, v in vals if v is not None) if len(rows) > 1 else ""
