@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from deepshrink.checkpoint import Manifest
 from deepshrink.cli import main
 from deepshrink.data import DataSplits
+from deepshrink.models import create_model
+from deepshrink.train import TrainConfig, fit
+from deepshrink.variant import Variant
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -102,3 +106,13 @@ def cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str
     lines = [line for line in err.splitlines() if line.strip()]
     assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def trained_variant(data: DataSplits, name: str, epochs: int = 2) -> Variant:
+    """A registry model trained briefly on `data` (seeded), as a step's input variant."""
+    torch.manual_seed(0)
+    model = create_model(name, data.input_shape, data.num_classes)
+    fit(model, data, TrainConfig(epochs=epochs, lr=0.05))
+    man = Manifest(model=name, dataset="mnist", input_shape=list(data.input_shape), num_classes=10,
+                   mean=data.mean, std=data.std)
+    return Variant("v", model, man)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepshrink.checkpoint import Manifest, save_checkpoint
+from deepshrink.checkpoint import save_checkpoint
 from deepshrink.cli import main
 from deepshrink.compress import apply, parse_step
 from deepshrink.compress.cluster import linear_kmeans
@@ -20,12 +20,11 @@ from deepshrink.errors import UserError
 from deepshrink.export import ExportContext, export
 from deepshrink.export.dsz import decode_state
 from deepshrink.measure.latency import LatencyConfig
-from deepshrink.models import create_model, weight_of, weighted_layers
+from deepshrink.models import weight_of, weighted_layers
 from deepshrink.study import run as run_module
-from deepshrink.train import TrainConfig, fit
 from deepshrink.variant import StepContext, Variant
 
-from conftest import cli_error, make_splits
+from conftest import cli_error, make_splits, trained_variant
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +32,11 @@ def data() -> DataSplits:
     return make_splits()
 
 
-def _trained(data: DataSplits, name: str, epochs: int = 2) -> Variant:
-    torch.manual_seed(0)
-    model = create_model(name, data.input_shape, data.num_classes)
-    fit(model, data, TrainConfig(epochs=epochs, lr=0.05))
-    man = Manifest(model=name, dataset="mnist", input_shape=list(data.input_shape), num_classes=10,
-                   mean=data.mean, std=data.std)
-    return Variant("v", model, man)
-
 
 @pytest.fixture(scope="module")
 def pruned(data: DataSplits) -> Variant:
     """A LeNet-5 with 80% of its weights pruned (one-shot, no retraining)."""
-    return apply(_trained(data, "lenet-5"), parse_step("prune.unstructured:sparsity=0.8,epochs=0,rounds=1"),
+    return apply(trained_variant(data, "lenet-5"), parse_step("prune.unstructured:sparsity=0.8,epochs=0,rounds=1"),
                  StepContext(data=data))
 
 
@@ -136,7 +127,7 @@ def test_encode_ships_an_exact_dsz(data: DataSplits, pruned: Variant, tmp_path: 
 
 def test_encode_of_an_unpruned_unclustered_model_works_and_says_why_it_is_big(data: DataSplits,
                                                                               tmp_path: Path) -> None:
-    v = apply(_trained(data, "mlp-50", 1), parse_step("encode"), StepContext(data=data))
+    v = apply(trained_variant(data, "mlp-50", 1), parse_step("encode"), StepContext(data=data))
     art = export(v.model, v.deployment, tmp_path / "model", ExportContext(example=data.test_x[:1]))
     assert "not clustered" in art.info["notes"] and "not pruned" in art.info["notes"]
     assert art.size_bytes > 4 * 39_760
@@ -154,7 +145,7 @@ def test_compress_cli_writes_a_dsz_measured_from_its_bytes(mnist_dir: Path, tmp_
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """`deepshrink compress CKPT --step prune.unstructured:sparsity=0.9 --step cluster:bits=5 --step encode`,
     then `show` and `bench` open the .dsz."""
-    base = _trained(data, "lenet-300-100", 1)
+    base = trained_variant(data, "lenet-300-100", 1)
     ckpt = save_checkpoint(base.model, copy.deepcopy(base.manifest), tmp_path / "b" / "model")
     quick = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5)
     monkeypatch.setattr(run_module, "_latency", lambda device, latency: quick)  # timing is not under test
@@ -178,7 +169,7 @@ def test_compress_cli_writes_a_dsz_measured_from_its_bytes(mnist_dir: Path, tmp_
 
 def test_cli_bad_cluster_key_exits_2(mnist_dir: Path, tmp_path: Path, data: DataSplits,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    base = _trained(data, "mlp-50", 0)
+    base = trained_variant(data, "mlp-50", 0)
     ckpt = save_checkpoint(base.model, copy.deepcopy(base.manifest), tmp_path / "b" / "model")
     line = cli_error(monkeypatch, capsys, "compress", str(ckpt), "--step", "cluster:bits=9", "--out",
                      str(tmp_path / "c"), "--data-dir", str(mnist_dir))

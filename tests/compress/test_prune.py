@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepshrink.checkpoint import Manifest, load_checkpoint, save_checkpoint
+from deepshrink.checkpoint import load_checkpoint, save_checkpoint
 from deepshrink.compress import apply, format_step, parse_step
 from deepshrink.compress.prune.masks import (
     SCHEDULES,
@@ -26,11 +26,10 @@ from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import ExportContext, export
 from deepshrink.export.sparse import decode_state
-from deepshrink.models import create_model
 from deepshrink.train import TrainConfig, evaluate, fit
 from deepshrink.variant import StepContext, Variant
 
-from conftest import make_splits
+from conftest import make_splits, trained_variant
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +37,15 @@ def data() -> DataSplits:
     return make_splits()
 
 
-def _trained(data: DataSplits, name: str = "lenet-300-100", epochs: int = 2) -> Variant:
-    torch.manual_seed(0)
-    model = create_model(name, data.input_shape, data.num_classes)
-    fit(model, data, TrainConfig(epochs=epochs, lr=0.05))
-    man = Manifest(model=name, dataset="mnist", input_shape=list(data.input_shape), num_classes=10,
-                   mean=data.mean, std=data.std)
-    return Variant("v", model, man)
-
 
 @pytest.fixture(scope="module")
 def mlp(data: DataSplits) -> Variant:
-    return _trained(data)
+    return trained_variant(data, "lenet-300-100")
 
 
 @pytest.fixture(scope="module")
 def cnn(data: DataSplits) -> Variant:
-    return _trained(data, "lenet-5", 3)
+    return trained_variant(data, "lenet-5", 3)
 
 
 def _copy(v: Variant) -> Variant:
