@@ -74,7 +74,7 @@ def test_bad_input_is_a_user_error(trained: tuple[Path, Path, Path], tmp_path: P
         bench(tmp_path / "nope.onnx", "onnxruntime")
     weird = tmp_path / "model.pt"
     weird.write_bytes(b"x")
-    with pytest.raises(UserError, match=r"model\.pt: expected an \.onnx or \.dsonnx file or a \.safetensors"):
+    with pytest.raises(UserError, match=r"model\.pt: expected an \.onnx, \.dsonnx, \.dsz or \.dsparse file or a \.saf"):
         bench(weird, "torch")
     with pytest.raises(UserError, match="--runtime 'tensorrt'"):
         bench(onnx_path, "tensorrt")
@@ -82,6 +82,9 @@ def test_bad_input_is_a_user_error(trained: tuple[Path, Path, Path], tmp_path: P
         bench(onnx_path, "torch")
     with pytest.raises(UserError, match="runs with --runtime torch"):
         bench(ckpt, "onnxruntime")
+    with pytest.raises(UserError, match=r"lone\.json: checkpoint manifest not found"):
+        (tmp_path / "lone.dsz").write_bytes(b"DSZ00001")  # a weight file needs its model's manifest beside it
+        bench(tmp_path / "lone.dsz", "onnxruntime")
     lone = tmp_path / "lone.onnx"
     shutil.copy(onnx_path, lone)
     with pytest.raises(UserError, match=r"no manifest lone\.json beside it"):
