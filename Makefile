@@ -11,7 +11,10 @@ export DEEPSHRINK_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup test lint study quick clean bench
+.PHONY: setup test lint study quick clean bench fuzz
+
+# Inputs per reader for `make fuzz` (a small run of every reader is part of `make test`).
+FUZZ_N ?= 1000
 
 setup: $(STAMP)
 
@@ -41,6 +44,10 @@ quick: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# Every reader of a user's file, mutated from valid seeds: prints reader / inputs / crashes; exits 1 on a crash.
+fuzz: setup
+	$(BIN)/python tests/fuzz/run.py --n $(FUZZ_N)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

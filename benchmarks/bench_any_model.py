@@ -17,6 +17,7 @@ from typing import Any
 
 from deepshrink.config import default_train
 from deepshrink.export.qdq import int8_weight_elements
+from deepshrink.measure.latency import LatencyConfig
 from deepshrink.results import read_rows
 from deepshrink.study.run import run_compress, run_train
 from deepshrink.variant import slug
@@ -51,18 +52,22 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="baseline epochs (default: the tuned default)")
     p.add_argument("--steps", nargs="*", default=list(STEPS))
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quick", action="store_true", help="time ONNX Runtime at 1 thread only, 200 batch-1 calls "
+                   "(`make bench`); the default times both runtimes at 1 and all threads")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    latency = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=3, single_calls=200) \
+        if args.quick else None
     base = run_train(args.dataset, args.model, default_train(args.dataset, args.model, epochs=args.epochs),
-                     args.out / "train", quiet=True)
+                     args.out / "train", quiet=True, latency=latency)
     rows = [_row("train", base, args.out / "train", int(base["size_bytes"]), time.perf_counter() - t0)]
     ckpt = args.out / "train" / base["checkpoint"]
     for step in args.steps:
         step = step.format(student=args.student)
         run = args.out / slug(step)
         t0 = time.perf_counter()
-        r = run_compress(ckpt, [step], run, quiet=True)
+        r = run_compress(ckpt, [step], run, quiet=True, latency=latency)
         seconds = time.perf_counter() - t0
         rows += [_row(f"{step} (no-teacher control)", r.pop("control"), run, int(base["size_bytes"]), seconds)] \
             if "control" in r else []

@@ -39,9 +39,12 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     **{f"weights{int(s * 100)}": ("mlp", [f"prune.unstructured:sparsity={s},schedule=iterative,rounds=2,epochs=6"])
        for s in SWEEP},
     **{f"units{int(s * 100)}": ("mlp", [f"prune.structured:ratio={s},layers=fc,epochs=6"]) for s in SWEEP},
+    # `make bench`'s quick mode: the 90% point with one round of two epochs instead of 2 x 6.
+    "weights90-quick": ("mlp", ["prune.unstructured:sparsity=0.9,schedule=iterative,rounds=1,epochs=2"]),
 }
 
-LATENCY = LatencyConfig(runtimes=("torch", "onnxruntime"), threads=(1,), batch=256, repeats=5, single_calls=200)
+LATENCY = LatencyConfig(runtimes=("torch", "onnxruntime", "sparse"), threads=(1,), batch=256, repeats=5,
+                        single_calls=200)
 
 
 def speedups(out: Path, variant: str) -> dict[str, float]:
@@ -55,7 +58,7 @@ def run(name: str, ckpts: dict[str, Path], out: Path) -> dict[str, Any]:
     base, steps = EXPERIMENTS[name]
     row = run_compress(ckpts[base], steps, out / name, device="cpu", latency=LATENCY, quiet=True)
     keep = ("variant", "accuracy_pct", "baseline_accuracy_pct", "size_bytes", "params_total", "params_nonzero",
-            "sparsity", "deployment", "pruned_widths", "faster_kernel", "dense_us_per_image", "sparse_us_per_image",
+            "sparsity", "deployment", "pruned_widths", "deployed_runtime", "deployed_runtime_b1", "notes",
             "macs", "macs_nonzero", "energy_nj_est", "train_seconds")
     return {"experiment": name, **{k: row[k] for k in keep if k in row}, **speedups(out / name, row["variant"])}
 

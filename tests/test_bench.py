@@ -5,11 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from deepshrink.bench import bench_artifact
+from deepshrink.checkpoint import load_checkpoint
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.export.dsonnx import pack_onnx
+from deepshrink.export.sparse import write_sparse
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.study.run import run_train
 
@@ -65,7 +68,7 @@ def test_bench_packed_onnx(trained: tuple[Path, Path, Path], tmp_path: Path) -> 
 
 
 def test_bad_input_is_a_user_error(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    data_dir, onnx_path, ckpt = trained
+    data_dir, onnx_path, _ = trained
 
     def bench(path: Path, runtime: str) -> None:
         bench_artifact(path, runtime, 1, 256, data_dir, "cpu", True)
@@ -74,18 +77,73 @@ def test_bad_input_is_a_user_error(trained: tuple[Path, Path, Path], tmp_path: P
         bench(tmp_path / "nope.onnx", "onnxruntime")
     weird = tmp_path / "model.pt"
     weird.write_bytes(b"x")
-    with pytest.raises(UserError, match=r"model\.pt: expected an \.onnx, \.dsonnx, \.dsz or \.dsparse file or a \.saf"):
+    with pytest.raises(UserError, match=r"model\.pt: expected one of \.onnx, \.dsonnx, \.dsparse, \.dsq"):
         bench(weird, "torch")
     with pytest.raises(UserError, match="--runtime 'tensorrt'"):
         bench(onnx_path, "tensorrt")
     with pytest.raises(UserError, match="runs with --runtime onnxruntime"):
         bench(onnx_path, "torch")
-    with pytest.raises(UserError, match="runs with --runtime torch"):
-        bench(ckpt, "onnxruntime")
-    with pytest.raises(UserError, match=r"lone\.json: checkpoint manifest not found"):
-        (tmp_path / "lone.dsz").write_bytes(b"DSZ00001")  # a weight file needs its model's manifest beside it
-        bench(tmp_path / "lone.dsz", "onnxruntime")
     lone = tmp_path / "lone.onnx"
     shutil.copy(onnx_path, lone)
     with pytest.raises(UserError, match=r"no manifest lone\.json beside it"):
         bench(lone, "onnxruntime")
+
+
+@pytest.mark.parametrize("runtime", ["sparse", "onnxruntime"])
+def test_bench_sparse_file(trained: tuple[Path, Path, Path], runtime: str) -> None:
+    data_dir, _, ckpt = trained
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():  # 90 % pruned, as a prune step leaves it
+        for p in model.parameters():
+            p[p.abs() < p.abs().flatten().quantile(0.9)] = 0.0
+    path = write_sparse(model, ckpt.with_suffix(".dsparse"))  # beside the manifest that names its model
+    try:
+        _check_rows(bench_artifact(path, runtime, 1, 64, data_dir, "cpu", True), path.name, runtime, 64)
+    finally:
+        path.unlink()
+
+
+def _beside(ckpt: Path, path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    shutil.copy(ckpt.with_suffix(".json"), path.with_suffix(".json"))
+    return path
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_bench_opens_every_format_deepshrink_writes(trained: tuple[Path, Path, Path], tmp_path: Path,
+                                                    runtime: str) -> None:
+    """.dsparse and .dsq are decoded into the manifest's model; a checkpoint runs in either runtime."""
+    import torch
+
+    from deepshrink.checkpoint import load_checkpoint
+    from deepshrink.export.packed import encode
+    from deepshrink.export.sparse import encode_state, sparse_weight_keys
+
+    data_dir, _, ckpt = trained
+    model, _ = load_checkpoint(ckpt)
+    steps = {n: torch.full((m.weight.shape[0],), 0.01) for n, m in model.named_modules() if hasattr(m, "weight")}
+    files = [_beside(ckpt, tmp_path / "model.dsparse",
+                     encode_state(model.state_dict(), sparse_weight_keys(model))),
+             _beside(ckpt, tmp_path / "w4.dsq", encode(model, 4, steps)), ckpt]
+    for path in files:
+        _check_rows(bench_artifact(path, runtime, 1, 128, data_dir, "cpu", True), path.name, runtime, 128)
+
+
+def test_corrupt_compact_files_are_one_user_error(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data_dir, _, ckpt = trained
+    for name in ("model.dsparse", "model.dsq", "model.dsonnx"):
+        path = _beside(ckpt, tmp_path / name, b"DSPARSE1\xff\xff\xff\x7fgarbage")
+        with pytest.raises(UserError, match=name.replace(".", r"\.")):
+            bench_artifact(path, "torch", 1, 64, data_dir, "cpu", True)
+    lone = tmp_path / "lone.dsparse"
+    lone.write_bytes(_sparse_of(ckpt))
+    with pytest.raises(UserError, match=r"lone\.dsparse: no manifest lone\.json"):
+        bench_artifact(lone, "torch", 1, 64, data_dir, "cpu", True)
+
+
+def _sparse_of(ckpt: Path) -> bytes:
+    from deepshrink.checkpoint import load_checkpoint
+    from deepshrink.export.sparse import encode_state, sparse_weight_keys
+
+    model, _ = load_checkpoint(ckpt)
+    return encode_state(model.state_dict(), sparse_weight_keys(model))

@@ -84,3 +84,13 @@ def test_few_imports_inside_functions() -> None:
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
 def test_source_files_stay_short(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= 450
+
+
+def test_ds_study_is_the_verb_and_the_subpackage(tmp_path: Path) -> None:
+    """SPEC §10's `ds.study(recipe)` must not hide `deepshrink.study.*` from `import ... as`."""
+    import deepshrink as ds
+    import deepshrink.study.run as run
+
+    assert run.__name__ == "deepshrink.study.run"
+    with pytest.raises(ds.UserError, match="no-such-recipe"):
+        ds.study(tmp_path / "no-such-recipe.toml", out=tmp_path / "out")

@@ -1,5 +1,7 @@
-"""`deepshrink bench`: time one artifact on its dataset's test set: a file deepshrink wrote (its manifest
-says the dataset) or any ONNX classifier given `dataset`."""
+"""`deepshrink bench`: time one artifact on its dataset's test set. Every format deepshrink writes opens
+here — `.onnx`, `.dsonnx`, `.dsparse`, `.dsq`, checkpoints (`.safetensors` / `.json`) — plus any ONNX
+classifier given `dataset`. A compact file is decoded first: what is timed is the model it holds.
+"""
 
 import tempfile
 from collections.abc import Callable
@@ -9,95 +11,112 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepshrink.checkpoint import build_model, load_checkpoint, paths_for, read_manifest
+from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
 from deepshrink.data import load_dataset
-from deepshrink.errors import UserError
-from deepshrink.export import Artifact
+from deepshrink.errors import UserError, malformed
+from deepshrink.export import Artifact, sparse_runtime
 from deepshrink.export.dsonnx import unpack_onnx
-from deepshrink.export.dsz import load_dsz_into
+from deepshrink.export.dsz import decode_state as decode_dsz
 from deepshrink.export.floating import export_onnx
+from deepshrink.export.onnx_file import fixed_batch, read_onnx
+from deepshrink.export.packed import decode as decode_packed
 from deepshrink.export.runners import ort_runner, torch_runner
-from deepshrink.export.sparse import load_sparse_into
-from deepshrink.measure.latency import LatencyConfig, measure_latency
+from deepshrink.export.sparse import decode_state
+from deepshrink.measure.latency import RUNTIMES, LatencyConfig, measure_latency
+from deepshrink.models import create_model, shrink_to
 from deepshrink.progress import Progress
 
-# Weight files decoded into the model their manifest (beside them) describes.
-DECODERS: dict[str, Callable[[nn.Module, Path], nn.Module]] = {".dsz": load_dsz_into, ".dsparse": load_sparse_into}
+Opened = tuple[Path | nn.Module, str | None]  # (an ONNX file or a decoded model, the dataset its manifest names)
 
 
-def _dataset_of_onnx(path: Path) -> str:
-    """An exported ONNX sits beside its checkpoint manifest (artifacts/<variant>/model.*)."""
-    _, meta = paths_for(path)
-    if not meta.exists():
-        raise UserError(f"{path}: no manifest {meta.name} beside it to tell which dataset to time on")
-    return read_manifest(meta).dataset
+def _manifest_beside(path: Path) -> Path:
+    """artifacts/<variant>/model.onnx, model.dsq, model.decoded.onnx ... all sit beside model.json."""
+    for cand in (path.with_suffix(".json"), path.with_name(f"{path.name.split('.')[0]}.json")):
+        if cand.is_file():
+            return cand
+    raise UserError(f"{path}: no manifest {path.with_suffix('.json').name} beside it to tell which dataset and "
+                    "model it holds")
+
+
+def _open_onnx(path: Path, tmp: Path) -> Opened:
+    model = read_onnx(path.read_bytes(), str(path))
+    if (fixed := fixed_batch(model)) is not None:
+        raise UserError(f"{path}: input {fixed[0]!r} has a fixed batch size of {fixed[1]}; export it with a dynamic "
+                        "batch axis (torch.onnx.export(..., dynamic_axes={NAME: {0: 'batch'}}))")
+    return path, None
+
+
+def _open_dsonnx(path: Path, tmp: Path) -> Opened:
+    out = tmp / f"{path.stem}.onnx"
+    out.write_bytes(unpack_onnx(path.read_bytes(), str(path)))
+    return _open_onnx(out, tmp)[0], None
+
+
+def _decoded(path: Path, state: dict[str, torch.Tensor]) -> Opened:
+    """The manifest's model rebuilt to the decoded tensors' shapes, holding them."""
+    manifest: Manifest = read_manifest(_manifest_beside(path))
+    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
+    with malformed(path, f"file for model {manifest.model!r} (its tensors do not fit it)"):
+        shrink_to(model, {k: list(v.shape) for k, v in state.items()})
+        model.load_state_dict(state)
+    return model.eval(), manifest.dataset
+
+
+def _open_dsparse(path: Path, tmp: Path) -> Opened:
+    return _decoded(path, decode_state(path.read_bytes(), str(path)))
+
+
+def _open_dsz(path: Path, tmp: Path) -> Opened:
+    return _decoded(path, decode_dsz(path.read_bytes(), str(path)))
+
+
+def _open_dsq(path: Path, tmp: Path) -> Opened:
+    return _decoded(path, decode_packed(path.read_bytes(), str(path)))
+
+
+def _open_checkpoint(path: Path, tmp: Path) -> Opened:
+    model, manifest = load_checkpoint(path)
+    return model, manifest.dataset
+
+
+OPENERS: dict[str, Callable[[Path, Path], Opened]] = {
+    ".onnx": _open_onnx, ".dsonnx": _open_dsonnx, ".dsparse": _open_dsparse, ".dsq": _open_dsq, ".dsz": _open_dsz,
+    ".safetensors": _open_checkpoint, ".json": _open_checkpoint,
+}
 
 
 def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir: Path | None, device: str,
                    quiet: bool, dataset: str | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         raise UserError(f"{path}: no such file")
-    if runtime not in ("torch", "onnxruntime"):
-        raise UserError(f"--runtime {runtime!r}: expected torch or onnxruntime")
-    if path.suffix in (".onnx", ".dsonnx"):
-        if runtime != "onnxruntime":
-            raise UserError(f"{path}: an ONNX file runs with --runtime onnxruntime")
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = _unpacked(path, Path(tmp)) if path.suffix == ".dsonnx" else path
-            _check_batch_axis(onnx_path, path)
-            art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(onnx_path)})
-            return _time(art, path, dataset or _dataset_of_onnx(path), runtime, threads, batch, data_dir, device,
-                         quiet)
-    elif path.suffix in DECODERS:
-        with tempfile.TemporaryDirectory() as tmp:
-            art, own = _decoded(path, runtime, Path(tmp))
-            return _time(art, path, dataset or own, runtime, threads, batch, data_dir, device, quiet)
-    elif path.suffix in (".safetensors", ".json"):
-        model, manifest = load_checkpoint(path)
-        if runtime != "torch":
-            raise UserError(f"{path}: a checkpoint runs with --runtime torch (export it for onnxruntime)")
-        art = Artifact(path, "checkpoint", "fp32", runners={"torch": torch_runner(model)})
-        dataset = dataset or manifest.dataset
-    else:
-        raise UserError(f"{path}: expected an .onnx, .dsonnx, .dsz or .dsparse file or a .safetensors checkpoint")
-    return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
-
-
-def _check_batch_axis(onnx_path: Path, path: Path) -> None:
-    """Timing feeds batches: an input exported with a fixed batch size (torch.onnx.export's default
-    without dynamic_axes) cannot take them, whatever the image shape."""
-    import onnx
-
-    try:
-        m = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
-        raise UserError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
-    inits = {t.name for t in m.graph.initializer}
-    inputs = [i for i in m.graph.input if i.name not in inits]
-    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
-    if dims and dims[0].HasField("dim_value"):
-        raise UserError(f"{path}: input {inputs[0].name!r} has a fixed batch size of {dims[0].dim_value}; export "
-                        "it with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={NAME: {0: 'batch'}}))")
-
-
-def _decoded(path: Path, runtime: str, folder: Path) -> tuple[Artifact, str]:
-    """(artifact running the model decoded from a weight file, its dataset): the model is the one the
-    manifest beside the file names; ONNX Runtime runs a float ONNX export of it, as the study does."""
-    manifest = read_manifest(path)
-    model = DECODERS[path.suffix](build_model(manifest), path)
-    if runtime == "torch":
-        runner = torch_runner(model)
-    else:
-        example = torch.zeros(1, *manifest.input_shape)
-        runner = ort_runner(export_onnx(model, folder / f"{path.stem}.onnx", example))
-    return Artifact(path, path.suffix[1:], "fp32", runners={runtime: runner}), manifest.dataset
-
-
-def _unpacked(path: Path, folder: Path) -> Path:
-    """The ONNX model a packed (.dsonnx) file holds, written where ONNX Runtime can load it."""
-    out = folder / f"{path.stem}.onnx"
-    out.write_bytes(unpack_onnx(path.read_bytes(), str(path)))
-    return out
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if path.suffix not in OPENERS:
+        raise UserError(f"{path}: expected one of {', '.join(OPENERS)} (a file deepshrink writes, or any ONNX "
+                        "classifier with --dataset)")
+    with tempfile.TemporaryDirectory() as tmp:
+        opened, named = OPENERS[path.suffix](path, Path(tmp))
+        if isinstance(opened, Path):
+            if runtime != "onnxruntime":
+                raise UserError(f"{path}: an ONNX file runs with --runtime onnxruntime")
+            art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(opened)})
+            dataset = dataset or read_manifest(_manifest_beside(path)).dataset
+        else:
+            dataset = dataset or named
+            assert dataset is not None
+            runners = {"torch": torch_runner(opened)}
+            if runtime == "onnxruntime":  # the decoded model as ONNX Runtime runs it: a float ONNX copy
+                example = torch.zeros(1, *read_manifest(_manifest_beside(path)).input_shape)
+                runners["onnxruntime"] = ort_runner(export_onnx(opened, Path(tmp) / "decoded.onnx", example))
+            if runtime == "sparse":  # compaction + sparse kernels, calibrated on training images
+                net = sparse_runtime.build(opened, load_dataset(dataset, data_dir).train_x[:512].numpy())
+                if net is None:
+                    raise UserError(f"{path}: no sparse runtime for this model (it runs chains of Linear layers)")
+                runners["sparse"] = sparse_runtime.sparse_runner(net)
+            if runtime not in runners:
+                raise UserError(f"{path}: runs with --runtime torch or onnxruntime")
+            art = Artifact(path, path.suffix.lstrip("."), "fp32", runners=runners)
+        return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
 
 
 def _time(art: Artifact, path: Path, dataset: str, runtime: str, threads: int, batch: int, data_dir: Path | None,

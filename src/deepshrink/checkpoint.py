@@ -5,13 +5,16 @@ its source file's sha256) and the parameter shapes, so structurally pruned model
 stored shapes and load a plain state_dict.
 """
 
+import errno
 import json
+import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -52,11 +55,32 @@ def paths_for(path: Path) -> tuple[Path, Path]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file + rename: readers see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_all(f, data)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)  # a full disk must not also fill up with our temp files
+        raise disk_error(e, path) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_all(f: BinaryIO, data: bytes) -> None:
+    """The one write of every result file (tests make it fail as a full disk would)."""
+    f.write(data)
+
+
+def disk_error(e: OSError, path: Path) -> Exception:
+    """ENOSPC/EDQUOT are the user's to fix (free space, then rerun: the study resumes); others stay OSError."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"{path}: no space left on device; the files written so far are intact: free space "
+                         "and rerun to resume")
+    return e
 
 
 def save_checkpoint(model: nn.Module, manifest: Manifest, path: Path) -> Path:
@@ -67,8 +91,12 @@ def save_checkpoint(model: nn.Module, manifest: Manifest, path: Path) -> Path:
         manifest.model_sha256 = source_sha256(manifest.model)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, weights)
+    try:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        os.replace(tmp, weights)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(e, weights) from None
     atomic_write_bytes(meta, json.dumps(manifest.to_dict(), indent=2).encode())
     return weights
 
@@ -84,9 +112,38 @@ def read_manifest(path: Path) -> Manifest:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{meta}: not a deepshrink checkpoint manifest (format != {FORMAT})")
     try:
-        return Manifest(**raw)
+        manifest = Manifest(**raw)
     except TypeError as e:
         raise UserError(f"{meta}: manifest has unexpected or missing keys ({e})") from None
+    _check_types(manifest, meta)
+    return manifest
+
+
+def _ints(v: Any, n: int | None = None) -> bool:
+    return isinstance(v, list) and (n is None or len(v) == n) and all(type(d) is int and d >= 0 for d in v)
+
+
+# Every field a reader relies on, typed, with bounds that keep a hostile manifest from asking for a
+# model of gigabytes before its weights are even compared with it.
+_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "model": lambda v: isinstance(v, str) and bool(v), "dataset": lambda v: isinstance(v, str),
+    "input_shape": lambda v: _ints(v, 3) and 0 < math.prod(v) <= MAX_INPUT_ELEMENTS,
+    "num_classes": lambda v: type(v) is int and 2 <= v <= MAX_CLASSES,
+    "mean": lambda v: isinstance(v, list) and all(isinstance(x, int | float) for x in v),
+    "std": lambda v: isinstance(v, list) and all(isinstance(x, int | float) for x in v),
+    "shapes": lambda v: isinstance(v, dict) and all(_ints(s) and len(s) <= 8 for s in v.values()),
+    "pipeline": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "train": lambda v: isinstance(v, dict), "info": lambda v: isinstance(v, dict),
+    "model_args": lambda v: isinstance(v, dict), "model_sha256": lambda v: isinstance(v, str),
+}
+MAX_INPUT_ELEMENTS = 1 << 24
+MAX_CLASSES = 1 << 20
+
+
+def _check_types(manifest: Manifest, meta: Path) -> None:
+    for name, ok in _FIELDS.items():
+        if not ok(getattr(manifest, name)):
+            raise UserError(f"{meta}: manifest field {name!r} is malformed ({str(getattr(manifest, name))[:40]})")
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, Manifest]:
@@ -104,19 +161,44 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Manifest]:
     if declared != actual:
         diff = sorted(k for k in set(declared) | set(actual) if declared.get(k) != actual.get(k))
         raise UserError(f"{weights}: tensors do not match manifest {meta.name} (differs at {', '.join(diff[:3])})")
-    model = build_model(manifest)
+    model = build_model(manifest, meta)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError as e:
-        raise UserError(f"{weights}: weights do not fit model {manifest.model!r} ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # shapes the model cannot take: torch says so with RuntimeError, ValueError, ...
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise UserError(f"{weights}: weights do not fit model {manifest.model!r} "
+                        f"({type(e).__name__}: {first})") from None
     return model.eval(), manifest
 
 
-def build_model(manifest: Manifest) -> nn.Module:
+MAX_PARAMETERS = 1 << 27  # 512 MB of float32: no model a manifest of ours describes comes near
+
+
+def _check_model_size(manifest: Manifest, meta: Path | str) -> None:
+    """A registry model is sized by the manifest's input shape and class count: count its parameters on
+    the meta device (nothing allocated) before building it for real."""
+    if is_reference(manifest.model):
+        return
+    with torch.device("meta"):
+        model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes)
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_PARAMETERS:
+        raise UserError(f"{meta}: manifest asks for a {manifest.model!r} of {n} parameters (input "
+                        f"{manifest.input_shape}, {manifest.num_classes} classes)")
+
+
+def build_model(manifest: Manifest, meta: Path | None = None) -> nn.Module:
     """The manifest's model, untrained, shrunk to its stored shapes: what a weight file loads into."""
+    where = meta or manifest.model
     _check_source(manifest)
+    _check_model_size(manifest, where)
     model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
-    return shrink_to(model, {k: list(v) for k, v in manifest.shapes.items()})
+    try:
+        return shrink_to(model, {k: list(v) for k, v in manifest.shapes.items()})
+    except Exception as e:  # stored shapes this architecture cannot shrink to
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise UserError(f"{where}: stored shapes do not fit model {manifest.model!r} ({type(e).__name__}: "
+                        f"{first})") from None
 
 
 def _check_source(manifest: Manifest) -> None:

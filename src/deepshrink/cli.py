@@ -125,11 +125,12 @@ def _fmt_cell(v: str) -> str:
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="A file deepshrink wrote (.onnx, .dsonnx, .safetensors) or any "
-                                             "ONNX classifier (then give --dataset).")],
+    artifact: Annotated[Path, typer.Argument(help="A file deepshrink wrote (.onnx, .dsonnx, .dsparse, .safetensors) "
+                                             "or any ONNX classifier (then give --dataset).")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to time on (default: the "
                                                 "manifest beside the file).")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", help="torch or onnxruntime.")] = "onnxruntime",
+    runtime: Annotated[str, typer.Option("--runtime", help="torch, onnxruntime or sparse (.dsparse files).")
+                       ] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = 1,
     batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = 256,
     data_dir: DataDir = None, device: Device = "cpu", seed: Seed = 0, quiet: Quiet = False,
@@ -216,12 +217,19 @@ def data_verify(name: Annotated[str | None, typer.Argument(help="mnist, cifar10 
     from deepshrink.data.verify import verify
 
     console = Console(soft_wrap=True)
+    bad: list[str] = []
     for ds in [name] if name else sorted(SOURCES):
         for r in verify(ds, data_dir):
+            if r.structure != "ok":
+                bad.append(r.file)
+                console.print(f"{r.file}: [red]problem[/]: {r.structure}")
+                continue
             warn = "" if r.checksum == "canonical" else "  [yellow](warning)[/]"
             console.print(f"{r.file}: structure {r.structure}, {r.samples} samples"
                           f"{', classes ' + ' '.join(map(str, r.class_counts)) if r.class_counts else ''}, "
                           f"{r.checksum}{warn}")
+    if bad:
+        raise UserError(f"{len(bad)} dataset file(s) with problems (listed above), first {bad[0]}")
 
 
 @data_app.command("download")

@@ -34,6 +34,11 @@ def _family(dataset: str) -> str:
     return "mnist" if dataset.startswith("idx:") else dataset
 
 
+def family_augment(dataset: str) -> str:
+    """The augmentation the dataset family's baselines train with ("none" for an unknown family)."""
+    return str(_FAMILY_DEFAULTS.get(_family(dataset), {}).get("augment", "none"))
+
+
 def parse_kwargs(items: list[str], flag: str) -> dict[str, Any]:
     """`["width=16", "bn=true", "act=silu"]` -> {"width": 16, "bn": True, "act": "silu"}."""
     out: dict[str, Any] = {}

@@ -57,6 +57,15 @@ def display_name(model: str) -> str:
     return model.rpartition(":")[2] if is_reference(model) else model
 
 
+ORIGIN = "_deepshrink_origin"
+
+
+def origin_of(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """(reference, constructor arguments) of a module `create_model` built, else None."""
+    origin = model.__dict__.get(ORIGIN)
+    return (origin[0], dict(origin[1])) if origin else None
+
+
 def reference_of(model: nn.Module) -> str:
     """How a caller's own module is rebuilt in another process: `package.module:Class` when its module
     is importable, else `FILE.py:Class` (weights and shapes come from the checkpoint)."""
@@ -103,7 +112,7 @@ def _load_module(ref: str) -> Any:
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise UserError(f"{path}:{e.lineno}: syntax error ({e.msg})") from None
-    except Exception as e:  # the user's module raised while being imported
+    except (Exception, SystemExit) as e:  # the user's module raised (or called exit()) while being imported
         raise UserError(f"{path}: importing it raised {type(e).__name__}: {e}") from None
     sys.modules[name] = module
     return module
@@ -232,6 +241,9 @@ def create_model(name: str, dataset: Any, num_classes: int | None = None, **mode
     if is_reference(name):
         model = _build_reference(name, shape, classes, model_args)
         check_output(model, name, shape, classes)
+        # How to rebuild it, for when the caller hands the module itself to `ds.train`: a module
+        # cannot tell which constructor arguments made it.
+        model.__dict__[ORIGIN] = (canonical(name), dict(model_args))
         return model
     if model_args:
         raise UserError(f"model {name!r}: registry models take no model arguments (got {', '.join(model_args)})")

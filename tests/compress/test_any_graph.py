@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import deepshrink as ds
+from deepshrink.checkpoint import load_checkpoint
 from deepshrink.export.packed import decode
 from deepshrink.export.qdq import int8_weight_elements
 from deepshrink.measure.latency import LatencyConfig
@@ -60,6 +61,14 @@ def _artifact(r: ds.Result) -> Path:
     return r.out / r.row["artifact"]
 
 
+def test_a_module_from_create_model_records_how_to_rebuild_it(bases: dict[str, ds.Result]) -> None:
+    """`ds.train(ds.create_model(REF, data, width=8), ...)`: the checkpoint names the factory and its
+    arguments, so it reloads at width 8 (the class's default width is 32)."""
+    model, manifest = load_checkpoint(bases["dwnet"].out / bases["dwnet"].row["checkpoint"])
+    assert manifest.model == DWNET and manifest.model_args == {"width": 8}
+    assert model.fc.in_features == 32
+
+
 @pytest.mark.parametrize("name", ["resnet8", "dwnet"])
 def test_structured_prune_ships_a_smaller_net_that_reloads_in_a_fresh_process(
         name: str, bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:
@@ -85,6 +94,27 @@ def test_structured_prune_ships_a_smaller_net_that_reloads_in_a_fresh_process(
     assert int(n) == params
     with torch.no_grad():
         assert float(total) == pytest.approx(float(r.model(torch.ones(1, 3, 32, 32)).sum()), abs=1e-4)
+
+
+def test_structured_retrain_can_distill_from_the_unpruned_model(bases: dict[str, ds.Result], data: ds.Data,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """alpha > 0: the retraining objective is Hinton's loss against the model from before pruning."""
+    structured = importlib.import_module("deepshrink.compress.prune.structured")
+    widths: list[int] = []
+    real = structured.distill_objective
+
+    def spy(teacher, temperature: float, alpha: float):  # type: ignore[no-untyped-def]
+        widths.append(int(teacher(data.test_x[:2]).shape[1]))
+        assert (temperature, alpha) == (3.0, 0.7)
+        return real(teacher, temperature, alpha)
+
+    monkeypatch.setattr(structured, "distill_objective", spy)
+    base = bases["resnet8"]
+    r = ds.compress(base, ["prune.structured:ratio=0.5,epochs=1,alpha=0.7,temperature=3"], data, out=tmp_path,
+                    device="cpu")
+    assert widths == [10] and r.row["status"] == "ok" and r.row["params_total"] < 0.6 * base.row["params_total"]
+    with pytest.raises(ds.UserError, match="prune.structured.alpha"):
+        ds.steps.PruneStructured(alpha=1.5)
 
 
 @pytest.mark.parametrize("method", ["ptq", "qat"])
@@ -140,8 +170,13 @@ def test_prune_then_quantize_chain(bases: dict[str, ds.Result], data: ds.Data, t
 def test_distill_into_the_depthwise_reference_with_control(bases: dict[str, ds.Result], data: ds.Data,
                                                            tmp_path: Path) -> None:
     base = bases["resnet8"]
-    r = ds.compress(base, [ds.steps.Distill(student=DWNET, epochs=1)], data, out=tmp_path, device="cpu")
+    r = ds.compress(base, [f"distill:student={DWNET},student_args=width=4,epochs=1"], data, out=tmp_path,
+                    device="cpu")
     assert r.row["model"] == DWNET and r.row["distill_role"] == "distilled"
+    assert r.model.fc.in_features == 16  # width=4 reached the constructor: 4 * width features
+    assert r.control is not None and r.control.model.fc.in_features == 16  # the control: the same student
+    reloaded, manifest = load_checkpoint(r.out / r.row["checkpoint"])  # rebuilt from the recorded arguments
+    assert manifest.model_args == {"width": 4} and reloaded.fc.in_features == 16
     assert r.control is not None and r.control.row["distill_role"] == "scratch"
     assert r.control.row["model"] == DWNET and r.control.row["epochs"] == r.row["epochs"]
     assert r.control.row["variant"] != r.row["variant"]

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import importlib
 import math
 import subprocess
 import sys
@@ -270,3 +271,52 @@ def test_distillation_table_has_one_scratch_and_one_row_per_teacher(data: DataSp
     assert [r.info["distill_role"] for r in rows] == ["scratch", "distilled", "distilled"]
     assert [r.info.get("distill_teacher_model") for r in rows] == [None, "lenet-300-100", "lenet-5"]
     assert len({r.id for r in rows}) == 3 and all(r.manifest.model == "mlp-50" for r in rows)
+
+
+def _fake_fit(val_by_aug: dict[str, float], seen: list[str]):  # type: ignore[no-untyped-def]
+    """A stand-in for the shared loop: the validation accuracy a run 'reaches' depends on its augmentation."""
+    from deepshrink.train import TrainLog
+
+    def fake(model, data, cfg, objective=None, **kw):  # type: ignore[no-untyped-def]
+        seen.append(cfg.augment)
+        with torch.no_grad():  # mark the copy so the test can tell which run was kept
+            next(model.parameters()).fill_(val_by_aug[cfg.augment])
+        log = TrainLog(best_epoch=1, best_val_acc=val_by_aug[cfg.augment])
+        log.history.append({"epoch": 1, "train_loss": 1.0, "val_acc": val_by_aug[cfg.augment]})
+        return log
+
+    return fake
+
+
+@pytest.mark.parametrize(("vals", "want"), [({"none": 60.0, "shift": 70.0}, "shift"),
+                                            ({"none": 75.0, "shift": 70.0}, "none"),
+                                            ({"none": 70.0, "shift": 70.0}, "none")])
+def test_best_control_picks_augmentation_by_validation(data: DataSplits, monkeypatch: pytest.MonkeyPatch,
+                                                       vals: dict[str, float], want: str) -> None:
+    dd = importlib.import_module("deepshrink.compress.distill")  # the module, not the step's name
+    seen: list[str] = []
+    monkeypatch.setattr(dd, "fit", _fake_fit(vals, seen))
+    out = apply(Variant("v", torch.nn.Linear(1, 1), _teacher_manifest(data)),
+                DistillConfig(alpha=0.0, epochs=1, control="best"), StepContext(data=data, seed=0))
+    assert seen == ["none", "shift"]  # mnist family: none and the baselines' shift, same epoch cap
+    assert out.info["distill_augment"] == want and out.manifest.train["augment"] == want
+    assert out.info["distill_augment_val_acc"] == vals and out.manifest.train["epochs"] == 1
+    assert float(next(out.model.parameters()).detach().flatten()[0]) == vals[want]  # the kept run is the chosen one
+
+
+def test_best_distilled_student_runs_the_teacher_online_when_augmented(data: DataSplits, teacher: Variant,
+                                                                       tmp_path: Path) -> None:
+    cfg = DistillConfig(epochs=1, control="best")
+    kd = apply(teacher, cfg, StepContext(data=data, seed=0, cache_dir=tmp_path))
+    assert set(kd.info["distill_augment_val_acc"]) == {"none", "shift"}
+    assert kd.info["distill_teacher_logits"] == ("online" if kd.info["distill_augment"] == "shift" else "cached")
+    from deepshrink.compress.distill import control_of
+    control = control_of([cfg])
+    assert control is not None and control.control == "best" and control.alpha == 0.0
+    with pytest.raises(UserError, match="control"):
+        DistillConfig(control="strong")
+
+
+def _teacher_manifest(data: DataSplits) -> Manifest:
+    return Manifest(model="lenet-300-100", dataset=data.name, input_shape=list(data.input_shape),
+                    num_classes=data.num_classes, mean=data.mean, std=data.std)

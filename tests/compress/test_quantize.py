@@ -69,7 +69,7 @@ def _logits(a: Artifact, x: torch.Tensor, runtime: str = "onnxruntime") -> np.nd
 def test_int8_ptq_is_integer_smaller_and_agrees(model: str, data: DataSplits, tmp_path: Path,
                                                 request: pytest.FixtureRequest) -> None:
     v = request.getfixturevalue(model)
-    q, art, base = _quantized(v, "quantize:precision=int8,method=ptq", data, tmp_path)
+    q, art, base = _quantized(v, "quantize:precision=int8,method=ptq,deploy=full", data, tmp_path)
     weights = sum(p.numel() for n, p in v.model.named_parameters() if n.endswith("weight"))
     assert int8_weight_elements(str(art.path)) == weights  # every weight stored as int8
     assert art.size_bytes <= 0.27 * base.size_bytes
@@ -82,7 +82,7 @@ def test_int8_ptq_is_integer_smaller_and_agrees(model: str, data: DataSplits, tm
 
 
 def test_onnxruntime_runs_integer_kernels(cnn: Variant, data: DataSplits, tmp_path: Path) -> None:
-    _, art, _ = _quantized(cnn, "quantize:precision=int8", data, tmp_path)
+    _, art, _ = _quantized(cnn, "quantize:precision=int8,deploy=full", data, tmp_path)
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(art.path), opts, providers=["CPUExecutionProvider"])
@@ -97,7 +97,8 @@ def test_weight_only_and_auto_deployments(cnn: Variant, data: DataSplits, tmp_pa
     assert np.abs(_logits(wo, data.test_x) - _logits(base, data.test_x)).max() < 0.05
     _, auto, _ = _quantized(cnn, "quantize:precision=int8,deploy=auto", data, tmp_path / "a")
     assert auto.info["int8_mode"] in ("full", "mixed", "weights")
-    assert {"int8_us_fp32", "int8_us_full", "int8_us_weights"} <= set(auto.info)
+    assert {"int8_us_b256_fp32", "int8_us_b1_full_onnxruntime", "int8_us_b256_weights_onnxruntime"} <= set(auto.info)
+    assert auto.info["int8_speedup_vs_fp32_b256"] > 0 and auto.info["int8_speedup_vs_fp32_b1"] > 0
     assert auto.kind.endswith(auto.info["int8_mode"])
 
 
@@ -218,3 +219,15 @@ def test_pruned_int8_ships_packed_and_unpacks_to_the_onnx_it_runs(mlp: Variant, 
     assert (_logits(art, data.test_x).argmax(1) == ref.argmax(1)).mean() >= 0.95
     _, dense, _ = _quantized(mlp, "quantize:precision=int8,method=ptq", data, tmp_path / "dense")
     assert dense.path.suffix == ".onnx"  # an unpruned model ships the plain INT8 ONNX
+    assert "sparse" not in dense.runners
+
+
+def test_pruned_int8_weights_run_on_the_sparse_kernels(mlp: Variant, data: DataSplits, tmp_path: Path) -> None:
+    v = Variant(mlp.id, copy.deepcopy(mlp.model), copy.deepcopy(mlp.manifest))
+    with torch.no_grad():
+        for layer in (v.model.fc1, v.model.fc2):
+            layer.weight[layer.weight.abs() < layer.weight.abs().flatten().quantile(0.9)] = 0.0
+    _, art, _ = _quantized(v, "quantize:precision=int8,method=ptq,deploy=weights", data, tmp_path)
+    assert art.precision == "int8-weights" and "sparse" in art.runners
+    # The same float model (INT8 weights dequantized) in both runtimes: equal to float tolerance.
+    np.testing.assert_allclose(_logits(art, data.test_x, "sparse"), _logits(art, data.test_x), rtol=1e-4, atol=1e-4)

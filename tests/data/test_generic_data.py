@@ -146,6 +146,14 @@ def test_npz_greyscale_uint8(tmp_path: Path) -> None:
     assert (len(data.train_x), len(data.val_x), len(data.test_x)) == (36, 4, 10)
 
 
+def test_relative_paths_are_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint's dataset must be found again from another directory (study workers, `compress`)."""
+    _npz(tmp_path / "d.npz", **_good_npz_arrays())
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("npz:d.npz").name == f"npz:{tmp_path.resolve() / 'd.npz'}"
+    assert load_dataset(f"npz:{tmp_path / 'd.npz'}").fingerprint == load_dataset("npz:./d.npz").fingerprint
+
+
 def test_npz_channels_last_float_with_val(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     x = rng.random((30, 8, 8, 3)).astype(np.float32)  # N×H×W×C in [0, 1]

@@ -9,7 +9,7 @@ import pytest
 from deepshrink.data.verify import verify
 from deepshrink.errors import UserError
 
-from conftest import write_idx, write_mnist_folder
+from conftest import cli_error, write_idx, write_mnist_folder
 
 STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -49,30 +49,38 @@ def test_raw_idx_folder_by_path_has_unknown_checksum(tmp_path: Path) -> None:
     assert [r.checksum for r in reports] == ["unknown"] * 4  # no canonical sums for a custom folder
 
 
-def test_truncated_idx_file_is_a_user_error_naming_it(mnist_dir: Path) -> None:
-    path = mnist_dir / "mnist" / "t10k-images-idx3-ubyte.gz"
+def _problems(mnist_dir: Path) -> dict[str, str]:
+    return {Path(r.file).name: r.structure for r in verify("mnist", mnist_dir) if r.structure != "ok"}
+
+
+def test_every_bad_file_is_reported_on_its_own(mnist_dir: Path) -> None:
+    """A truncated IDX, a truncated gzip and a count mismatch: three problems, each on its file."""
+    folder = mnist_dir / "mnist"
+    path = folder / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))  # valid gzip, short IDX data
-    with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte\.gz: truncated IDX data"):
-        verify("mnist", mnist_dir)
-
-
-def test_truncated_gzip_is_a_user_error_naming_it(mnist_dir: Path) -> None:
-    path = mnist_dir / "mnist" / "train-labels-idx1-ubyte.gz"
+    path = folder / "train-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-12])
-    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte\.gz: corrupt or truncated gzip"):
-        verify("mnist", mnist_dir)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(99, np.uint8))
+    problems = _problems(mnist_dir)
+    assert problems["t10k-images-idx3-ubyte.gz"].startswith("truncated IDX data")
+    assert problems["train-labels-idx1-ubyte.gz"].startswith("corrupt or truncated gzip")
+    assert set(problems) == {"t10k-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"}  # t10k images unreadable:
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((100, 28, 28), np.uint8))  # now comparable
+    assert _problems(mnist_dir)["t10k-labels-idx1-ubyte.gz"] == "99 labels for 100 images"
 
 
-def test_cross_file_mismatch_is_a_user_error(mnist_dir: Path) -> None:
-    write_idx(mnist_dir / "mnist" / "train-labels-idx1-ubyte.gz", np.zeros(299, np.uint8))
-    with pytest.raises(UserError, match="299 labels for 300 images"):
-        verify("mnist", mnist_dir)
+def test_cli_lists_every_problem_then_exits_2(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for stem in ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (mnist_dir / "mnist" / stem).write_bytes(b"\x1f\x8bnot really")
+    line = cli_error(monkeypatch, capsys, "data", "verify", "mnist", "--data-dir", str(mnist_dir))
+    assert line.startswith("error: 2 dataset file(s) with problems")
+    assert len(_problems(mnist_dir)) == 2
 
 
 def test_missing_file_unknown_and_absent_datasets(mnist_dir: Path, tmp_path: Path) -> None:
     (mnist_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(UserError, match=r"missing t10k-labels-idx1-ubyte\[\.gz\]"):
-        verify("mnist", mnist_dir)
+    assert _problems(mnist_dir) == {"t10k-labels-idx1-ubyte": "missing (nor .gz)"}
     with pytest.raises(UserError, match="unknown dataset 'svhn'"):
         verify("svhn", mnist_dir)
     with pytest.raises(UserError, match="not found") as e:

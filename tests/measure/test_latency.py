@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import torch
 
-from deepshrink.export import Deployment, ExportContext, export
+from deepshrink.export import Artifact, Deployment, ExportContext, export
 from deepshrink.measure import energy
 from deepshrink.measure.accuracy import artifact_accuracy
-from deepshrink.measure.latency import LatencyConfig, measure_latency
+from deepshrink.measure.latency import LatencyConfig, RunnerFactory, measure_latency
 from deepshrink.measure.params import layer_stats
 from deepshrink.models import create_model
 from deepshrink.train import evaluate
@@ -58,3 +58,17 @@ def test_onnx_artifact_matches_torch_and_latency_rows(tmp_path: Path) -> None:
         if r["variant"] == "a":
             assert r["speedup"] == 1.0
     assert all(np.isfinite(float(r["speedup"])) for r in rows)
+
+
+def test_a_runtime_the_baseline_lacks_is_compared_with_its_onnxruntime_model() -> None:
+    def factory(scale: float) -> RunnerFactory:
+        return lambda threads, device: lambda x: np.zeros((len(x), 10), np.float32) * scale
+
+    base = Artifact(Path("b"), "onnx", "fp32", runners={"torch": factory(1), "onnxruntime": factory(1)})
+    pruned = Artifact(Path("p"), "sparse", "fp32", runners={"onnxruntime": factory(1), "sparse": factory(1)})
+    cfg = LatencyConfig(threads=(1,), repeats=2, single_calls=10, batch=8)
+    rows = measure_latency([("base", base), ("pruned", pruned)], np.zeros((16, 1, 2, 2), np.float32), cfg)
+    sparse = [r for r in rows if r["runtime"] == "sparse"]
+    assert {(r["variant"], r["batch"]) for r in sparse} == {("pruned", 8), ("pruned", 1)}  # no baseline row
+    assert all(r["reference"] == "base (onnxruntime)" and float(r["speedup"]) > 0 for r in sparse)
+    assert {r["reference"] for r in rows if r["runtime"] == "onnxruntime"} == {"base"}

@@ -1,6 +1,7 @@
 """The one timing loop: warm-up then interleaved passes, batch-1 calls in interleaved chunks, and
 latency rows whose speedup is the reference's median over the variant's, from the same rows."""
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,3 +124,70 @@ def test_measure_latency_skips_runtimes_an_artifact_lacks() -> None:
     both, torch_only = _fake(0.0, runtimes=("torch", "onnxruntime")), _fake(0.0)
     rows = measure_latency([("a", both), ("b", torch_only)], np.zeros((8, 2), np.float32), cfg)
     assert {(r["variant"], r["runtime"]) for r in rows} == {("a", "torch"), ("b", "torch"), ("a", "onnxruntime")}
+
+
+# ---- fake runners of known cost: the formula, the warm-up and the call counts, not just their shapes ----
+
+class FakeClock:
+    """Stands in for `time` in the latency module: only the fake runners advance it, by their exact cost,
+    so the numbers are known exactly whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def perf_counter_ns(self) -> int:
+        return round(self.now * 1e9)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    from deepshrink.measure import latency
+
+    fake = FakeClock()
+    monkeypatch.setattr(latency, "time", fake)
+    return fake
+
+
+def _costed(clock: FakeClock, cost_s: float, log: list[int], first_call_s: float | None = None) -> FakeArtifact:
+    """A runtime whose every call costs `cost_s` (the first one `first_call_s`, like a JIT warm-up)."""
+    def factory(threads: int, device: str) -> Runner:
+        def run(x: np.ndarray) -> np.ndarray:
+            clock.now += first_call_s if not log and first_call_s is not None else cost_s
+            log.append(len(x))
+            return np.zeros((len(x), 10), np.float32)
+
+        return run
+
+    return FakeArtifact({"torch": factory})
+
+
+def test_speedup_is_baseline_time_over_variant_time_for_known_costs(clock: FakeClock) -> None:
+    """Baseline 3 ms per call, variant 1 ms: speedup exactly 3 batched and batch-1 (not 1/3, not 1)."""
+    cfg = LatencyConfig(runtimes=("torch",), threads=(1,), batch=8, repeats=3, single_calls=20)
+    rows = measure_latency([("base", _costed(clock, 0.003, [])), ("fast", _costed(clock, 0.001, []))],
+                           np.zeros((16, 2), np.float32), cfg)
+    for batch in (8, 1):
+        fast = next(r for r in rows if r["variant"] == "fast" and r["batch"] == batch)
+        assert fast["speedup"] == pytest.approx(3.0)
+        assert fast["us_per_image_median"] == pytest.approx(1000.0 / batch)  # 1 ms per call over `batch` images
+
+
+def test_warm_up_is_not_counted(clock: FakeClock) -> None:
+    """A first call of 300 ms (allocation, kernel selection) must not reach any timed number."""
+    log: list[int] = []
+    cfg = LatencyConfig(runtimes=("torch",), threads=(1,), batch=4, repeats=3, single_calls=10)
+    rows = measure_latency([("a", _costed(clock, 0.001, log, first_call_s=0.3))], np.zeros((8, 2), np.float32), cfg)
+    assert log[0] == 4  # the warm-up pass ran (and was slow) ...
+    for r in rows:  # ... and no timed number saw it: every call cost 1 ms
+        assert r["us_per_image_max"] == pytest.approx(1000.0 / r["batch"])
+
+
+def test_default_batch1_latency_makes_at_least_1000_single_calls(clock: FakeClock) -> None:
+    log: list[int] = []
+    cfg = dataclasses.replace(LatencyConfig(), runtimes=("torch",), threads=(1,), repeats=1)
+    rows = measure_latency([("a", _costed(clock, 0.0001, log))], np.zeros((8, 2), np.float32), cfg)
+    assert LatencyConfig().single_calls >= 1000 and log.count(1) >= 1000
+    assert [r["batch"] for r in rows] == [256, 1]

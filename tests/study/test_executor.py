@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
 from deepshrink.progress import Progress
 from deepshrink.results import read_rows
 from deepshrink.study import executor as runner
 from deepshrink.study.run import run_study
 
+from artifact_check import check_rows_against_artifacts
 from smoke_recipe import REAL_RECIPE
 
 
@@ -62,6 +64,10 @@ def test_pool_of_two_jobs_gives_the_serial_results(tmp_path: Path, mnist_dir: Pa
         got[jobs] = {r["variant"]: (r["accuracy_pct"], r["size_bytes"], r["params_nonzero"]) for r in rows}
         assert not list(out.glob(".*.tmp")) and (out / "report.html").exists()
     assert got[2] == got[1]
+    # Every size is its artifact's bytes, every accuracy that of the model the artifact decodes to.
+    data = load_dataset("mnist", mnist_dir, val_size=30)
+    check_rows_against_artifacts(tmp_path / "jobs2", read_rows(tmp_path / "jobs2" / "results.csv"), data)
+    assert {Path(r["artifact"]).suffix for r in read_rows(tmp_path / "jobs2" / "results.csv")} >= {".onnx", ".dsparse"}
     prov = json.loads((tmp_path / "jobs2" / "provenance.json").read_text())
     assert prov["jobs"] == 2 and "mnist" in prov["data"]
 

@@ -44,3 +44,30 @@ def test_units_put_baselines_first_and_mark_pending_ones(tmp_path: Path) -> None
     base = units[0].base
     assert runner.pending(works, set()) == {base.base_group}
     assert runner.pending(works, {w.vid for w in works}) == frozenset()
+
+
+def test_pipeline_seeds_repeat_only_that_pipeline_from_the_first_seeds_baseline() -> None:
+    from deepshrink.study.plan import plan, units
+    from deepshrink.study.recipe import validate
+
+    r = validate({"study": {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0]},
+                  "pipeline": [{"name": "fp16", "steps": ["quantize:precision=fp16"]},
+                               {"name": "kd", "steps": ["distill:alpha=0.5"], "seeds": [0, 1, 2]}]}, "t.toml")
+    works = plan(r)
+    assert [w.vid for w in works] == ["mnist-lenet-5", "mnist-lenet-5--fp16", "mnist-lenet-5--kd",
+                                      "mnist-lenet-5--kd--seed1", "mnist-lenet-5--kd--seed2"]
+    assert {w.base_group for w in works} == {("mnist", "lenet-5", 0)}  # no extra baselines
+    assert [w.seed for w in works if w.label == "kd"] == [0, 1, 2]
+    trees = [u.tree for u in units(works) if u.tree]
+    assert all(len({w.seed for w in t}) == 1 for t in trees) and len(trees) == 4  # one step seed per tree
+
+
+def test_paper_recipe_validates_with_seeded_distillation_rows() -> None:
+    from deepshrink.study.plan import plan
+    from deepshrink.study.recipe import load_recipe
+
+    works = plan(load_recipe("paper"))
+    labels = {w.label for w in works if w.seed == 2}
+    assert labels == {"student", "student-best", "distill", "distill-best", "distill-T1", "distill-T4",
+                      "distill-T8", "distill-T16"}
+    assert not [w for w in works if w.seed != 0 and not w.steps]  # the baselines stay one seed

@@ -68,6 +68,13 @@ def check_name(name: str) -> None:
     raise UserError(f"unknown dataset {name!r} (known: {', '.join(dataset_names())})")
 
 
+def canonical_name(name: str) -> str:
+    """`folder:PATH`/`npz:PATH`/`idx:PATH` with PATH absolute: what manifests and results record, so a
+    checkpoint's dataset is found again from another directory (study workers, a later `compress`)."""
+    prefix, colon, rest = name.partition(":")
+    return f"{prefix}:{Path(rest).expanduser().resolve()}" if colon and prefix in FORMS and rest else name
+
+
 def load_arrays(name: str, data_dir: Path | None = None, allow_download: bool = True) -> tuple[dict, str]:
     """Raw arrays {train_x, train_y, test_x, test_y[, val_x, val_y]} and the path they came from."""
     check_name(name)
@@ -130,7 +137,7 @@ def num_classes_of(arrays: dict[str, np.ndarray], name: str) -> int:
 def load_dataset(name: str, data_dir: Path | None = None, val_size: int = 5000, split_seed: int = 0,
                  allow_download: bool = True) -> DataSplits:
     arrays, origin = load_arrays(name, data_dir, allow_download)
-    return splits_from_arrays(arrays, name, origin, val_size, split_seed)
+    return splits_from_arrays(arrays, canonical_name(name), origin, val_size, split_seed)
 
 
 def _as_numpy(a: Any, key: str, name: str) -> np.ndarray:

@@ -6,6 +6,7 @@ numpy reconstruction callables a batch needs, so a crafted file can never execut
 
 import io
 import pickle
+import pickletools
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _check_memo(data: bytes, name: str) -> None:
+    """The C unpickler sizes its memo table by the largest index a PUT names: one crafted LONG_BINPUT
+    would make it allocate gigabytes and spend seconds doing so. A real batch's indices count its objects,
+    so none exceeds the file's length."""
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int) and arg > len(data):
+                raise UserError(f"{name}: not a CIFAR-10 batch (pickle memo index {arg} in {len(data)} bytes)")
+            if op.name == "STOP":
+                return
+    except UserError:
+        raise
+    except Exception as e:  # pickletools' own parse errors: not a pickle at all
+        raise UserError(f"{name}: not a CIFAR-10 batch ({type(e).__name__}: {str(e)[:80]})") from None
+
+
 def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One python-version batch: images (N,3,32,32) uint8 and labels (N,) int64."""
+    _check_memo(data, name)
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as e:
@@ -46,7 +64,7 @@ def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{name}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{name}: not a CIFAR-10 batch (top-level {type(obj).__name__}, expected dict)")
-    obj = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    obj = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
     if "data" not in obj or "labels" not in obj:
         raise UserError(f"{name}: CIFAR-10 batch lacks 'data' or 'labels'")
     x = np.asarray(obj["data"])
@@ -75,7 +93,7 @@ def _read_members(tar_path: Path, wanted: list[str]) -> dict[str, bytes]:
                     f = tf.extractfile(member)
                     if f is not None:
                         found[base] = f.read()
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except Exception as e:  # tarfile, gzip, zlib and lzma each raise their own types on a corrupt archive
         raise UserError(f"{tar_path}: corrupt or truncated archive ({e})") from None
     missing = [w for w in wanted if w not in found]
     if missing:

@@ -8,7 +8,7 @@ one mode (L, RGB, ...), else the first odd file is named. Images load as uint8 N
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from deepshrink.errors import UserError
 
@@ -28,7 +28,9 @@ def _read(path: Path, want: tuple[tuple[int, int], str] | None) -> tuple[np.ndar
                 raise UserError(f"{path}: {img.size[0]}x{img.size[1]} {img.mode} image; the dataset's images are "
                                 f"{want[0][0]}x{want[0][1]} {want[1]}")
             arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except UserError:
+        raise
+    except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ... on bad files
         raise UserError(f"{path}: unreadable image ({type(e).__name__})") from None
     if arr.dtype != np.uint8:
         raise UserError(f"{path}: {arr.dtype} pixels ({got[1]} mode); expected 8-bit images")

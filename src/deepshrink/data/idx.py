@@ -1,6 +1,7 @@
 """IDX reader (the MNIST file format), raw or gzip-wrapped, with one-line errors for bad files."""
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def parse_idx(data: bytes, name: str, expect_ndim: int | None = None) -> np.ndar
         raise UserError(f"{name}: truncated IDX header")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_DTYPES[data[2]])
-    need = int(np.prod(shape)) * dtype.itemsize
+    need = math.prod(shape) * dtype.itemsize  # Python ints: a crafted header cannot overflow this
     have = len(data) - header
     if have < need:
         raise UserError(f"{name}: truncated IDX data ({have} of {need} bytes)")

@@ -5,6 +5,7 @@ second is not); uint8 or float (floats in [0, 1] are scaled to 0–255 so every 
 alike). Labels are integers 0..K−1. Read with `allow_pickle=False`: an object array is refused.
 """
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{source}: no such .npz file")
     if not zipfile.is_zipfile(path):  # np.load would read a .npy, or try to unpickle anything else
         raise UserError(f"{source}: not a readable .npz file (not a zip archive of arrays, as np.savez writes)")
+    _check_members(path, source)
     raw: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -58,9 +60,35 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
                 except ValueError as e:  # an object array needs pickle, which is refused
                     raise UserError(f"{source}: {k} is unreadable without pickle ({e}); save plain numeric "
                                     "arrays") from None
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+    except UserError:
+        raise
+    except Exception as e:  # zipfile, zlib and numpy's format reader each raise their own types
         raise UserError(f"{source}: not a readable .npz file ({type(e).__name__})") from None
     return from_raw(raw, source)
+
+
+def _check_members(path: Path, source: str) -> None:
+    """Each array's header against its member's size, before numpy allocates what the header claims
+    (numpy reads a zip member by allocating the whole array first)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(f)
+                    need = math.prod(shape) * dtype.itemsize
+                    if dtype.hasobject:
+                        raise UserError(f"{source}: {info.filename} is an object array (needs pickle, refused); "
+                                        "save plain numeric arrays")
+                    if need > info.file_size - f.tell():
+                        raise UserError(f"{source}: {info.filename} claims {need} bytes of data, the archive holds "
+                                        f"{info.file_size - f.tell()}")
+    except UserError:
+        raise
+    except Exception as e:  # a broken zip directory or .npy header
+        raise UserError(f"{source}: not a readable .npz file ({type(e).__name__})") from None
 
 
 def from_raw(raw: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:

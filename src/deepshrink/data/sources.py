@@ -25,7 +25,7 @@ class Remote:
 
     name: str
     urls: tuple[str, ...]
-    known_hash: str  # pooch syntax, "md5:..." or "sha256:..."
+    known_hash: str  # pooch syntax, always "sha256:..." (checked in tests)
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,12 @@ class Source:
 
 
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
-_MNIST_GZ_MD5 = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+# SHA-256 of the published gzip files (SPEC §3: every download is checked with sha256).
+_MNIST_GZ_SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 
 SOURCES: dict[str, Source] = {
@@ -53,7 +54,8 @@ SOURCES: dict[str, Source] = {
         name="mnist",
         subdir="mnist",
         layouts=(("mnist", idx.load_idx_folder), (".", idx.load_idx_folder)),
-        remotes=tuple(Remote(n, tuple(m + n for m in _MNIST_MIRRORS), f"md5:{h}") for n, h in _MNIST_GZ_MD5.items()),
+        remotes=tuple(Remote(n, tuple(m + n for m in _MNIST_MIRRORS), f"sha256:{h}")
+                        for n, h in _MNIST_GZ_SHA256.items()),
         canonical={
             "train-images-idx3-ubyte": "sha256:ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
             "train-labels-idx1-ubyte": "sha256:65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",

@@ -4,7 +4,8 @@ for that name writes the files and says how each runtime runs them.
 Formats: `fp32`/`fp16`/`fp64` (floating.py), `int8` (integer QDQ ONNX, int8.py), `packed` (sub-8-bit
 weights, packed.py), `sparse` (sparse.py) and `dsz` (Deep Compression, dsz.py); the compact ones share
 one container codec (container.py). Adding a format: a module with one `@EXPORTERS.register(name)`
-function, imported below.
+function, imported below. Every artifact's runtimes are then timed against each other (deploy.py): the
+fastest is what it deploys.
 """
 
 from pathlib import Path
@@ -13,9 +14,18 @@ from torch import nn
 
 from deepshrink.export import dsz, floating, int8, packed, sparse  # noqa: F401  (each registers its exporters)
 from deepshrink.export.base import EXPORTERS, Artifact, Deployment, ExportContext, Exporter
+from deepshrink.export.deploy import choose_runtime
 
 __all__ = ["EXPORTERS", "Artifact", "Deployment", "ExportContext", "Exporter", "export"]
 
 
 def export(model: nn.Module, deployment: Deployment, stem: Path, ctx: ExportContext) -> Artifact:
-    return EXPORTERS.get(deployment.name)(model, stem, ctx, deployment.opts())
+    """Write the deployment's files; the artifact's info says which runtime deploys it at batch 256 and 1."""
+    art = EXPORTERS.get(deployment.name)(model, stem, ctx, deployment.opts())
+    calib = ctx.calib if ctx.calib is not None else ctx.example
+    chosen = choose_runtime(art.runners, calib.numpy().astype(art.input_dtype))
+    notes = "; ".join(str(n) for n in (art.info.get("notes"), chosen.pop("notes", None)) if n)
+    art.info.update(chosen)
+    if notes:
+        art.info["notes"] = notes
+    return art

@@ -15,6 +15,7 @@ its gaps with a narrower, Huffman-coded variant (dsz.py).
 import functools
 import json
 import lzma
+import math
 import struct
 import zlib
 from collections.abc import Callable
@@ -34,11 +35,17 @@ T_co = TypeVar("T_co", covariant=True)
 class Reader(Protocol[T_co]):
     def __call__(self, data: bytes, source: str = ...) -> T_co: ...
 
-Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
+# A decoder takes the stream and the most bytes it may produce: a corrupt (or crafted) stream claiming
+# gigabytes is cut off there instead of being inflated into memory.
+Codec = tuple[Callable[[bytes], bytes], Callable[[bytes, int], bytes]]
 CODECS: Registry[Codec] = Registry("container codec")
-CODECS.register("none")((lambda b: b, lambda b: b))
-CODECS.register("zlib")((lambda b: zlib.compress(b, 9), zlib.decompress))
-CODECS.register("lzma")((lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress))
+CODECS.register("none")((lambda b: b, lambda b, limit: b[:limit]))
+CODECS.register("zlib")((lambda b: zlib.compress(b, 9), lambda b, limit: zlib.decompressobj().decompress(b, limit)))
+CODECS.register("lzma")((lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),
+                         lambda b, limit: lzma.LZMADecompressor().decompress(b, max_length=limit)))
+# lzma turns a run of zero bytes into ~1/7000 of its size; a stream claiming more is not ours.
+MAX_RATIO = 1 << 14
+MAX_ELEMENTS = 1 << 28  # per tensor: 1 GiB of float32, far beyond any model these files hold
 
 
 class Streams:
@@ -64,32 +71,81 @@ class Streams:
 
 
 def read_container(data: bytes, magic: bytes, source: str, what: str,
-                   zip_header: bool = False) -> tuple[dict[str, Any], Callable[[list[int]], bytes]]:
-    """(header, stream reader) of a file written by `Streams.pack`; a wrong magic is a user error, and
-    so is a header or stream said to reach past the end of the file (checked before reading it)."""
+                   zip_header: bool = False) -> tuple[dict[str, Any], Callable[..., bytes]]:
+    """(header, stream reader) of a file written by `Streams.pack` (its header deflated if `zip_header`).
+    Any malformation is a UserError naming `source`; the stream reader `blob(span, size=None)` checks the
+    span against the body and, given the raw size the header implies, that the stream decodes to exactly
+    that many bytes (never more)."""
     if data[: len(magic)] != magic:
         raise UserError(f"{source}: not a deepshrink {what}")
-    (hlen,) = struct.unpack("<I", data[len(magic) : len(magic) + 4])
     start = len(magic) + 4
+    if len(data) < start:
+        raise UserError(f"{source}: truncated {what} (no header length)")
+    (hlen,) = struct.unpack("<I", data[len(magic) : start])
     if hlen > len(data) - start:
-        raise UserError(f"{source}: corrupt {what} (header of {hlen} bytes in a file of {len(data)})")
+        raise UserError(f"{source}: corrupt {what} (header claims {hlen} bytes, the file has {len(data) - start})")
     text = data[start : start + hlen]
     if zip_header:
         inflater = zlib.decompressobj(-15)
-        text = inflater.decompress(text, MAX_HEADER)
+        try:
+            text = inflater.decompress(text, MAX_HEADER)
+        except zlib.error:
+            raise UserError(f"{source}: corrupt {what} (header does not inflate)") from None
         if inflater.unconsumed_tail:
             raise UserError(f"{source}: corrupt {what} (header inflates past {MAX_HEADER} bytes)")
-    header = json.loads(text)
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError):
+        raise UserError(f"{source}: corrupt {what} (header is not JSON)") from None
+    if not isinstance(header, dict) or not isinstance(header.get("codec"), str):
+        raise UserError(f"{source}: corrupt {what} (header is not a table naming its codec)")
     body = memoryview(data)[start + hlen :]
-    decompress = CODECS.get(header["codec"])[1]
+    try:
+        decompress = CODECS.get(header["codec"])[1]
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
 
-    def blob(span: list[int]) -> bytes:
-        offset, length = int(span[0]), int(span[1])
-        if offset < 0 or length < 0 or offset + length > len(body):
-            raise ValueError(f"stream ({offset}, {length}) outside a body of {len(body)} bytes")
-        return decompress(bytes(body[offset : offset + length]))
+    def blob(span: Any, size: int | None = None) -> bytes:
+        if (not isinstance(span, list) or len(span) != 2 or not all(type(v) is int and v >= 0 for v in span)
+                or span[0] + span[1] > len(body)):
+            raise UserError(f"{source}: corrupt {what} (stream span {span!r} outside the {len(body)}-byte body)")
+        raw = bytes(body[span[0] : span[0] + span[1]])
+        limit = MAX_RATIO * len(raw) + 1024 if size is None else size
+        if size is not None and size > MAX_RATIO * len(raw) + 1024:
+            raise UserError(f"{source}: corrupt {what} ({len(raw)}-byte stream claims {size} bytes)")
+        try:
+            out = decompress(raw, limit + 1)
+        except (zlib.error, lzma.LZMAError, EOFError) as e:
+            raise UserError(f"{source}: corrupt {what} (stream does not decode: {e})") from None
+        if size is not None and len(out) != size:
+            raise UserError(f"{source}: corrupt {what} (stream holds {len(out)} bytes, expected {size})")
+        if len(out) > limit:
+            raise UserError(f"{source}: corrupt {what} (stream inflates past {limit} bytes)")
+        return out
 
     return header, blob
+
+
+def shape_of(value: Any, source: str, what: str) -> tuple[tuple[int, ...], int]:
+    """(shape, element count) of a header's shape entry, checked before anything is allocated."""
+    if not isinstance(value, list) or len(value) > 8 or not all(type(d) is int and d >= 0 for d in value):
+        raise UserError(f"{source}: corrupt {what} (bad tensor shape {str(value)[:40]})")
+    count = math.prod(value)
+    if count > MAX_ELEMENTS:
+        raise UserError(f"{source}: corrupt {what} (tensor of {count} elements)")
+    return tuple(value), count
+
+
+def count_of(value: Any, source: str, what: str, most: int = MAX_ELEMENTS) -> int:
+    """A header's element count: a non-negative int no larger than `most`."""
+    if type(value) is not int or not 0 <= value <= most:
+        raise UserError(f"{source}: corrupt {what} (bad count {str(value)[:40]})")
+    return value
+
+
+def positions_end(gaps: np.ndarray) -> int:
+    """One past the last flat position a gap stream addresses (so callers check it fits the tensor)."""
+    return int(gaps.astype(np.int64).sum()) + len(gaps)
 
 
 def seal(data: bytes) -> bytes:

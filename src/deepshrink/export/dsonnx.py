@@ -12,12 +12,22 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from deepshrink.export.container import Streams, encode_positions, read_container, reader, scatter
+from deepshrink.errors import UserError
+from deepshrink.export.container import (
+    Streams,
+    count_of,
+    encode_positions,
+    positions_end,
+    read_container,
+    reader,
+    scatter,
+)
 
 MAGIC = b"DSONNX01"
 MIN_ELEMENTS = 1024  # smaller initializers (biases, scales) stay inside the protobuf
 _BITS = {np.dtype(np.int8): np.uint8, np.dtype(np.uint8): np.uint8, np.dtype(np.float32): np.uint32,
          np.dtype(np.float16): np.uint16}
+_NAMES = {str(d) for d in _BITS}  # the dtypes a packed file may name
 
 
 def zero_fraction(model_bytes: bytes) -> float:
@@ -53,11 +63,23 @@ def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
 
 @reader("packed ONNX file")
 def unpack_onnx(data: bytes, source: str) -> bytes:
-    header, blob = read_container(data, MAGIC, source, "packed ONNX file")
-    m = onnx.load_from_string(blob(header["graph"]))
+    """The ONNX bytes a packed file holds; every size the header claims is checked before allocating."""
+    what = "packed ONNX file"
+    header, blob = read_container(data, MAGIC, source, what)
+    if not isinstance(header.get("tensors"), list):
+        raise UserError(f"{source}: corrupt {what} (no tensor list)")
+    m = onnx.load_from_string(blob(header.get("graph")))
+    inits = m.graph.initializer
     for e in header["tensors"]:
+        if not isinstance(e, dict) or e.get("dtype") not in _NAMES:
+            raise UserError(f"{source}: corrupt {what} (bad tensor entry {str(e)[:60]})")
+        index = count_of(e.get("index"), source, what, len(inits) - 1)
+        size = count_of(e.get("size"), source, what)
+        entries = count_of(e.get("entries"), source, what)
         dtype = np.dtype(e["dtype"]).newbyteorder("<")
-        gaps = np.frombuffer(blob(e["gaps"]), np.uint8)
-        flat = scatter(gaps, np.frombuffer(blob(e["values"]), dtype), e["size"], dtype)
-        m.graph.initializer[e["index"]].raw_data = flat.tobytes()
+        gaps = np.frombuffer(blob(e.get("gaps"), entries), np.uint8)
+        if positions_end(gaps) > size:
+            raise UserError(f"{source}: corrupt {what} (positions run past the tensor's {size} elements)")
+        flat = scatter(gaps, np.frombuffer(blob(e.get("values"), entries * dtype.itemsize), dtype), size, dtype)
+        inits[index].raw_data = flat.tobytes()
     return m.SerializeToString()

@@ -9,6 +9,7 @@ forward of the QAT wrapper, so the measured model is the trained one.
 """
 
 import copy
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import torch
 from torch import nn
 
 from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.errors import UserError
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.container import Streams, read_container, reader
+from deepshrink.export.container import Streams, read_container, reader, shape_of
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qgraph import quantize_weight
 from deepshrink.export.runners import ort_runner, torch_runner
@@ -66,22 +68,33 @@ def encode(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> bytes
 
 @reader("packed weight file")
 def decode(blob: bytes, source: str) -> dict[str, torch.Tensor]:
-    """The state dict a packed file holds, weights dequantized as code * step in float32."""
-    head, read = read_container(blob, MAGIC, source, "packed weight file")
-    bits = int(head["bits"])
+    """The state dict a packed file holds, weights dequantized as code * step in float32; every size
+    the header claims is checked against the file before anything is allocated."""
+    what = "packed weight file"
+    head, read = read_container(blob, MAGIC, source, what)
+    bits = head.get("bits")
+    if type(bits) is not int or not 2 <= bits <= 8 or not isinstance(head.get("tensors"), list):
+        raise UserError(f"{source}: corrupt {what} (bits {str(bits)[:20]} or tensor list)")
     qmax = 2 ** (bits - 1) - 1
-    raw = {t["name"]: (t, read(t["data"])) for t in head["tensors"]}
+    raw: dict[str, tuple[tuple[int, ...], str, bytes]] = {}
+    for t in head["tensors"]:
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("kind") not in ("codes", "f32"):
+            raise UserError(f"{source}: corrupt {what} (bad tensor entry {str(t)[:60]})")
+        shape, count = shape_of(t.get("shape"), source, what)
+        size = (count * bits + 7) // 8 if t["kind"] == "codes" else 4 * count
+        raw[t["name"]] = (shape, t["kind"], read(t.get("data"), size))
     state: dict[str, torch.Tensor] = {}
-    for name, (t, data) in raw.items():
-        if name.endswith(".step"):
+    for name, (shape, kind, data) in raw.items():
+        if name.endswith(".step") and kind == "f32":
             continue
-        shape = tuple(t["shape"])
-        if t["kind"] == "f32":
+        if kind == "f32":
             state[name] = torch.from_numpy(np.frombuffer(data, "<f4").reshape(shape).copy())
             continue
-        count = int(np.prod(shape))
-        codes = torch.from_numpy(unpack_bits(data, bits, count).astype(np.float32) - qmax).reshape(shape)
-        step = torch.from_numpy(np.frombuffer(raw[f"{name}.step"][1], "<f4").copy())
+        step_shape, _, step_data = raw.get(f"{name}.step", ((), "", b""))
+        if not shape or step_shape != (shape[0],):
+            raise UserError(f"{source}: corrupt {what} ({name} has no per-channel step of {shape[:1]} values)")
+        codes = torch.from_numpy(unpack_bits(data, bits, math.prod(shape)).astype(np.float32) - qmax).reshape(shape)
+        step = torch.from_numpy(np.frombuffer(step_data, "<f4").copy())
         state[name] = codes * step.reshape(-1, *([1] * (len(shape) - 1)))
     return state
 

@@ -10,7 +10,6 @@ is decided on the bit pattern, so a -0.0 would be kept as an explicit value.
 """
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,21 @@ import torch
 from torch import Tensor, nn
 
 from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.errors import UserError
+from deepshrink.export import sparse_runtime
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.container import Streams, encode_positions, read_container, reader, scatter
+from deepshrink.export.container import (
+    Streams,
+    count_of,
+    encode_positions,
+    positions_end,
+    read_container,
+    reader,
+    scatter,
+    shape_of,
+)
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.runners import ort_runner, torch_runner
-from deepshrink.measure.latency import RunnerFactory, median_us
 from deepshrink.models import weighted_layers
 
 MAGIC = b"DSPARSE1"
@@ -56,18 +65,33 @@ def encode_state(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "
     return streams.pack(MAGIC, {"tensors": entries})
 
 
+_DENSE_DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
+
+
 @reader("sparse file")
 def decode_state(data: bytes, source: str) -> dict[str, Tensor]:
-    header, blob = read_container(data, MAGIC, source, "sparse file")
+    """The state dict a sparse file holds; every size the header claims is checked against the file first."""
+    what = "sparse file"
+    header, blob = read_container(data, MAGIC, source, what)
+    if not isinstance(header.get("tensors"), list):
+        raise UserError(f"{source}: corrupt {what} (no tensor list)")
     out: dict[str, Tensor] = {}
     for e in header["tensors"]:
-        shape, dtype = tuple(e["shape"]), np.dtype(e["dtype"])
-        if e["kind"] == "sparse":
-            gaps = np.frombuffer(blob(e["gaps"]), np.uint8)
-            values = _unshuffle(blob(e["values"]), e["entries"])
-            arr = scatter(gaps, values, int(np.prod(shape)), np.float32).reshape(shape)
+        if not isinstance(e, dict) or not isinstance(e.get("key"), str) or e.get("dtype") not in _DENSE_DTYPES:
+            raise UserError(f"{source}: corrupt {what} (bad tensor entry {str(e)[:60]})")
+        shape, size = shape_of(e.get("shape"), source, what)
+        dtype = np.dtype(e["dtype"])
+        if e.get("kind") == "sparse" and dtype == np.float32:
+            entries = count_of(e.get("entries"), source, what)
+            gaps = np.frombuffer(blob(e.get("gaps"), entries), np.uint8)
+            if positions_end(gaps) > size:
+                raise UserError(f"{source}: corrupt {what} (positions of {e['key']} run past its {size} elements)")
+            values = _unshuffle(blob(e.get("values"), 4 * entries), entries)
+            arr = scatter(gaps, values, size, np.float32).reshape(shape)
+        elif e.get("kind") == "dense":
+            arr = np.frombuffer(blob(e.get("data"), size * dtype.itemsize), dtype).reshape(shape).copy()
         else:
-            arr = np.frombuffer(blob(e["data"]), dtype).reshape(shape).copy()
+            raise UserError(f"{source}: corrupt {what} (tensor {e['key']} of unknown kind)")
         out[e["key"]] = torch.from_numpy(arr)
     return out
 
@@ -81,60 +105,25 @@ def write_sparse(model: nn.Module, path: Path, codec: str = "lzma") -> Path:
     return path
 
 
-class SparseLinear(nn.Module):
-    """y = x W^T + b with W held as a CSR tensor: the work done is proportional to the non-zeros."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all this uses
-            warnings.simplefilter("ignore", UserWarning)
-            self.weight_csr = linear.weight.detach().to_sparse_csr()
-        self.bias = None if linear.bias is None else linear.bias.detach().clone()
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = torch.sparse.mm(self.weight_csr, x.t()).t()
-        return y if self.bias is None else y + self.bias
-
-
-def to_sparse_kernels(model: nn.Module) -> nn.Module:
-    """A copy whose Linear layers run CSR matmuls; convolutions stay dense (no sparse conv kernel
-    on CPU in torch), so their zeros are still multiplied."""
-    out = copy.deepcopy(model).eval()
-    for name, mod in weighted_layers(out, (nn.Linear,)):
-        assert isinstance(mod, nn.Linear)
-        parent = out.get_submodule(name.rpartition(".")[0]) if "." in name else out
-        setattr(parent, name.rpartition(".")[2], SparseLinear(mod))
-    return out
-
-
-def compare_kernels(dense: RunnerFactory, sparse: RunnerFactory, x: np.ndarray) -> dict[str, Any]:
-    """Dense kernels on the zero-filled weights vs CSR kernels, same input, 1 thread, batch 256."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        us = median_us({"dense": dense(1, "cpu"), "sparse": sparse(1, "cpu")}, x, batch=256, repeats=5)
-    finally:
-        torch.set_num_threads(prev)
-    d_us, s_us = us["dense"], us["sparse"]
-    return {"dense_us_per_image": d_us, "sparse_us_per_image": s_us,
-            "sparse_kernel_faster": s_us < d_us, "faster_kernel": "torch-sparse" if s_us < d_us else "torch"}
-
-
 @EXPORTERS.register("sparse")
 def export_sparse(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
-    """Primary file: the sparse file. Every runner runs the model decoded from that file."""
+    """Primary file: the sparse file. Every runner runs the model decoded from that file: dense in
+    ONNX Runtime and torch, and on its non-zeros in the sparse runtime when the model is a Linear chain."""
     path = write_sparse(model, stem.with_suffix(".dsparse"), str(opts.get("codec", "lzma")))
     decoded = load_sparse_into(model, path)
     # The zero-filled dense ONNX sits beside the manifest, so `deepshrink bench` can time it.
     onnx_path = export_onnx(decoded, stem.with_suffix(".onnx"), ctx.example)
-    dense, sparse = torch_runner(decoded), torch_runner(to_sparse_kernels(decoded))
-    probe = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
-    info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma")),
-                            **compare_kernels(dense, sparse, probe)}
+    runners = {"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(decoded)}
+    calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
+    info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma"))}
+    net = sparse_runtime.build(decoded, calib)
+    if net is not None:
+        runners["sparse"] = sparse_runtime.sparse_runner(net)
+        info.update(sparse_runtime_nonzeros=net.nnz, sparse_runtime_inputs=len(net.keep))
+    else:
+        info["notes"] = "no sparse runtime (convolutions): runs dense"
     return Artifact(path=path, kind="sparse", precision="fp32",
-                    files={p.name: p.stat().st_size for p in (path, onnx_path)},
-                    runners={"onnxruntime": ort_runner(onnx_path), "torch": dense, "torch-sparse": sparse},
-                    info=info)
+                    files={p.name: p.stat().st_size for p in (path, onnx_path)}, runners=runners, info=info)
 
 
 def load_sparse_into(model: nn.Module, path: Path) -> nn.Module:

@@ -25,6 +25,11 @@ from deepshrink.progress import Progress, null_progress
 Runner = Callable[[np.ndarray], np.ndarray]
 RunnerFactory = Callable[[int, str], Runner]
 
+# Runtimes an artifact may offer: "sparse" is deepshrink's own kernels for unstructured-pruned Linear
+# chains (export/sparse_runtime.py), CPU only.
+RUNTIMES = ("torch", "onnxruntime", "sparse")
+CPU_ONLY = frozenset({"sparse"})
+
 
 class Timeable(Protocol):
     """What can be timed: an exported artifact's runners and the input dtype they take."""
@@ -37,7 +42,7 @@ class Timeable(Protocol):
 class LatencyConfig:
     """The measurement defaults (recipes' `[measure]` section extends this, see study.recipe)."""
 
-    runtimes: tuple[str, ...] = ("torch", "onnxruntime")
+    runtimes: tuple[str, ...] = RUNTIMES  # each artifact is timed in those it offers
     threads: tuple[int, ...] = (1, 0)  # 0 = all cores
     batch: int = 256
     repeats: int = 10
@@ -50,6 +55,8 @@ def all_cores() -> int:
 
 
 def _runs_on_cuda(runtime: str) -> bool:
+    if runtime in CPU_ONLY:
+        return False
     if runtime != "onnxruntime":
         return True
     import onnxruntime as ort
@@ -110,11 +117,24 @@ def _summary(values_us: list[float]) -> dict[str, float]:
             "us_per_image_max": max(values_us)}
 
 
+def _with_reference(named: Sequence[tuple[str, Timeable]], runners: dict[str, Runner], runtime: str, threads: int,
+                    device: str) -> tuple[dict[str, Runner], str]:
+    """The runners, led by the reference artifact's. A runtime the reference lacks (the sparse kernels
+    of a pruned variant) is compared with the reference's ONNX Runtime model, timed in the same run;
+    returns the reference label for the rows."""
+    ref, art = named[0]
+    if ref in runners or len(named) < 2 or not art.runners:
+        return runners, ref
+    borrowed = "onnxruntime" if "onnxruntime" in art.runners else next(iter(art.runners))
+    return {ref: art.runners[borrowed](threads, device), **runners}, f"{ref} ({borrowed})"
+
+
 def measure_latency(named: Sequence[tuple[str, Timeable]], x: np.ndarray, cfg: LatencyConfig,
                     progress: Progress | None = None) -> list[dict[str, object]]:
     """Rows (variant, runtime, device, threads, batch, us_per_image_*) for each artifact and setting.
 
-    The first artifact of `named` is the reference for `speedup` (baseline time / variant time).
+    The first artifact of `named` is the reference for `speedup` (baseline time / variant time), in
+    the same runtime, or in its ONNX Runtime model where it lacks the runtime (it gets no row then).
     """
     progress = progress or null_progress()
     rows: list[dict[str, object]] = []
@@ -122,26 +142,28 @@ def measure_latency(named: Sequence[tuple[str, Timeable]], x: np.ndarray, cfg: L
                 if dev == "cpu" or (th == cfg.threads[0] and _runs_on_cuda(rt))]
     task = progress.add("latency", total=len(settings))
     prev_threads = torch.get_num_threads()
+    dtypes = {v: a.input_dtype for v, a in named}
     try:
         for runtime, device, threads in settings:
             n_threads = threads or all_cores()
             torch.set_num_threads(n_threads)
-            runners = {v: a.runners[runtime](n_threads, device) for v, a in named if runtime in a.runners}
-            if not runners:
+            own = {v: a.runners[runtime](n_threads, device) for v, a in named if runtime in a.runners}
+            if not own:
                 continue
-            xs = {v: x.astype(a.input_dtype, copy=False) for v, a in named if v in runners}
+            runners, ref_label = _with_reference(named, own, runtime, n_threads, device)
+            xs = {v: x.astype(dtypes[v], copy=False) for v in runners}
             batched = time_passes(runners, xs, cfg.batch, cfg.repeats)
             single = time_singles(runners, xs, cfg.single_calls)
             thread_label = n_threads if device == "cpu" else 0
             reference = next(iter(runners))
             for mode_batch, table in ((cfg.batch, batched), (1, single)):
                 ref = statistics.median(table[reference])
-                for v in runners:
+                for v in own:
                     s = _summary(table[v])
                     rows.append({"variant": v, "runtime": runtime, "device": device, "threads": thread_label,
                                  "batch": mode_batch, **s,
                                  "speedup": ref / s["us_per_image_median"] if s["us_per_image_median"] else 0.0,
-                                 "reference": reference})
+                                 "reference": ref_label})
             progress.update(task, advance=1, info=f"{runtime} {device} {n_threads}t")
     finally:
         torch.set_num_threads(prev_threads)

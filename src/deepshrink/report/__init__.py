@@ -1,5 +1,6 @@
 """The report: a pure function of a run directory's files (results.csv, latency.csv, layers.csv,
-provenance.json). `deepshrink report RUN_DIR` re-renders it without training anything.
+provenance.json, and the artifacts' container headers). `deepshrink report RUN_DIR` re-renders it
+without training anything.
 """
 
 import base64
@@ -11,19 +12,15 @@ import jinja2
 
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
-from deepshrink.report.plots import bits_figure, figure1, pareto_figures
-from deepshrink.report.tables import RunData, Table, build_tables
+from deepshrink.measure.energy import DEFAULT_SRAM_BUDGET_BYTES
+from deepshrink.report.plots import Figure, bits_figure, figure1, pareto_figures
+from deepshrink.report.reference_gaps import gaps_table
+from deepshrink.report.rundata import RunData
+from deepshrink.report.tables import READING, Table, build_tables
 from deepshrink.results import read_rows
 
 JPEG_NOTE = ("Our CIFAR-10 copy is decoded from a JPEG quality-75 copy of the dataset, not the original "
              "pixels, so CIFAR-10 accuracies run a few points under results on the original images.")
-
-
-def load_run(run_dir: Path) -> RunData:
-    if not (run_dir / "results.csv").exists():
-        raise UserError(f"{run_dir}: no results.csv in this run directory")
-    return RunData(read_rows(run_dir / "results.csv"), read_rows(run_dir / "latency.csv"),
-                   read_rows(run_dir / "layers.csv"))
 
 
 def _provenance(run_dir: Path) -> dict[str, Any]:
@@ -32,6 +29,21 @@ def _provenance(run_dir: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text())) if path.exists() else {}
     except (json.JSONDecodeError, OSError):
         return {}
+
+
+def load_run(run_dir: Path) -> RunData:
+    if not (run_dir / "results.csv").exists():
+        raise UserError(f"{run_dir}: no results.csv in this run directory")
+    return RunData(read_rows(run_dir / "results.csv"), read_rows(run_dir / "latency.csv"),
+                   read_rows(run_dir / "layers.csv"), run_dir, _provenance(run_dir))
+
+
+def sram_budget(prov: dict[str, Any]) -> int:
+    """The on-chip budget the run's energy estimates used: the recipe's measure.sram_kb (KiB), 0 or
+    absent meaning the default."""
+    recipe = prov.get("recipe") or {}
+    kb = (recipe.get("measure") or {}).get("sram_kb", 0) if isinstance(recipe, dict) else 0
+    return int(kb) * 1024 if kb else DEFAULT_SRAM_BUDGET_BYTES
 
 
 def _env() -> jinja2.Environment:
@@ -45,22 +57,28 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def _numbered(figs: list[Figure]) -> list[dict[str, str]]:
+    """Captions numbered in page order; Figure 1 is the reference's (temperature) figure when present."""
+    start = 1 if figs and figs[0].path.name.startswith("figure1") else 2
+    return [{"name": f.path.stem, "rel": f"figures/{f.path.name}", "caption": f"Figure {i}. {f.caption}",
+             "b64": base64.b64encode(f.path.read_bytes()).decode()} for i, f in enumerate(figs, start=start)]
+
+
 def render_report(run_dir: Path) -> tuple[Path, Path]:
     """Write report.md, report.html (figures embedded as base64, no network) and figures/*.png."""
     data = load_run(run_dir)
     figdir = run_dir / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    figures = pareto_figures(data, figdir)
     extra = [figure1(data, figdir), bits_figure(data, figdir)]
-    figs = [f for f in extra if f] + figures
-    tables: list[Table] = build_tables(data)
-    prov = _provenance(run_dir)
+    figs = [f for f in extra if f] + pareto_figures(data, figdir)
+    tables: list[Table] = build_tables(data, sram_budget(data.provenance))
+    # The gaps section follows the reference's tables it draws on, before the seed and variant lists.
+    at = next((i for i, t in enumerate(tables) if t.id in ("seeds", "all")), len(tables))
+    tables.insert(at, gaps_table(tables[:at], data))
     has_cifar = any(r.get("dataset") == "cifar10" for r in data.results)
-    ctx = {"tables": tables, "prov": prov, "jpeg_note": JPEG_NOTE if has_cifar else "",
+    ctx = {"tables": tables, "prov": data.provenance, "jpeg_note": JPEG_NOTE if has_cifar else "",
            "n_ok": sum(r.get("status") == "ok" for r in data.results), "n": len(data.results),
-           "run_dir": str(run_dir), "md_cell": _md_cell,
-           "figures": [{"name": p.stem, "rel": f"figures/{p.name}",
-                        "b64": base64.b64encode(p.read_bytes()).decode()} for p in figs]}
+           "run_dir": str(run_dir), "md_cell": _md_cell, "figures": _numbered(figs), "reading": READING}
     env = _env()
     md = run_dir / "report.md"
     html = run_dir / "report.html"

@@ -5,6 +5,7 @@ PNGs via matplotlib Agg.
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from deepshrink.report.tables import RunData, _num, ok
+from deepshrink.report.numbers import num as _num
+from deepshrink.report.rundata import RunData, ok
+from deepshrink.report.seeds import column, groups, mean_std
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -25,41 +28,90 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str]], xlabel: str) -> None:
-    front = pareto([(x, y) for x, y, _ in pts])
-    on_front = set(front)
-    for x, y, label in pts:
-        ax.scatter(x, y, s=18, color="tab:red" if label == "baseline" else "tab:blue", zorder=3)
-        if label == "baseline" or (x, y) in on_front:  # labelling every point would be unreadable
-            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green", lw=1, marker="o",
-            markersize=7, markerfacecolor="none", label="Pareto front (labelled)")
+@dataclass(frozen=True)
+class Figure:
+    path: Path
+    caption: str
+
+
+# Label offsets in points tried in turn, near ones first; a far one gets a leader line.
+_OFFSETS = [(4, 4), (4, -10), (-10, 4), (-10, -10), (6, -3), (-14, -3), (0, 12), (0, -16),
+            (16, 12), (16, -18), (-22, 12), (-22, -18), (24, -3), (-30, -3), (0, 22), (0, -26)]
+
+
+def _place_labels(ax: plt.Axes, points: list[tuple[float, float, str]]) -> list[str]:
+    """Each point's number at the first offset whose box overlaps no label placed before (boxes
+    measured in display points); numbers with no free spot are left off the plot, the legend still
+    lists them. Returns the numbers left off."""
+    ax.autoscale_view()
+    to_pts = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+    skipped = []
+    for x, y, text in points:
+        px, py = (v * to_pts for v in ax.transData.transform((x, y)))
+        w, h = 4.3 * len(text) + 1, 8.0  # 7-point digits
+        for dx, dy in _OFFSETS:
+            box = (px + dx, py + dy, px + dx + w, py + dy + h)
+            if all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in placed):
+                placed.append(box)
+                far = abs(dx) > 10 or abs(dy) > 12
+                ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points",
+                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if far else None)
+                break
+        else:
+            skipped.append(text)
+    return skipped
+
+
+def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str, float]], xlabel: str) -> None:
+    """(cost, mean accuracy, label, accuracy std over seeds or 0) points, the std as an error bar.
+    Points carry numbers, not names (names collide where points crowd); the legend maps each number
+    to its pipeline."""
+    front = set(pareto([(x, y) for x, y, _, _ in pts]))
+    ordered = sorted(pts, key=lambda p: p[0])
+    for i, (x, y, label, err) in enumerate(ordered, start=1):
+        color = "tab:red" if label == "baseline" else ("tab:green" if (x, y) in front else "tab:blue")
+        ax.errorbar(x, y, yerr=err or None, fmt="o", markersize=4, color=color, capsize=2, zorder=3,
+                    label=f"{i} {label}")
+    line = sorted(front)
+    ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="tab:green", lw=1, zorder=2)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    skipped = set(_place_labels(ax, [(x, y, str(i)) for i, (x, y, _, _) in enumerate(ordered, start=1)]))
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [f"{lab} (crowded: not numbered)" if lab.split(" ")[0] in skipped else lab for lab in labels]
+    ax.legend(handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              handletextpad=0.2, markerscale=0.8)
 
 
-def pareto_figures(data: RunData, out: Path) -> list[Path]:
-    paths = []
+def pareto_figures(data: RunData, out: Path) -> list[Figure]:
+    figs = []
     combos = sorted({(r["dataset"], r.get("base_model") or r["model"]) for r in data.results if ok(r)})
     for ds, model in combos:
-        rows = [r for r in data.results
-                if ok(r) and r["dataset"] == ds and (r.get("base_model") or r["model"]) == model]
-        size = [(_num(r["size_kb"]), _num(r["accuracy_pct"]), r.get("label", "")) for r in rows]
-        time = [(data.time_us(r["variant"])[0], _num(r["accuracy_pct"]), r.get("label", "")) for r in rows]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        _scatter(axes[0], [(x, y, lab) for x, y, lab in size if x and y is not None],
-                 "size of the shipped artifact (kB)")
-        _scatter(axes[1], [(x, y, lab) for x, y, lab in time if x and y is not None], "time per image (µs, batched)")
+        seeded = [(label, rows) for (d, m, label), rows in groups(data.results).items() if (d, m) == (ds, model)]
+        size, time = [], []
+        for label, rows in seeded:  # one point per pipeline: its seeds' mean, their std as the error bar
+            acc, err, _ = mean_std(column(rows, "accuracy_pct"))
+            size.append((mean_std(column(rows, "size_bytes", 1 / 1024))[0], acc, label, err or 0.0))
+            time.append((mean_std([data.time_us(r["variant"])[0] for r in rows])[0], acc, label, err or 0.0))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        _scatter(axes[0], [(x, y, lab, e) for x, y, lab, e in size if x and y is not None],
+                 "size of the shipped file (KiB, log scale)")
+        _scatter(axes[1], [(x, y, lab, e) for x, y, lab, e in time if x and y is not None],
+                 "time per image (µs, batched, log scale)")
         fig.suptitle(f"{ds} {model}: size and time against accuracy")
         fig.tight_layout()
         path = out / f"pareto-{ds}-{model}.png".replace(":", "_").replace("/", "_")
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        paths.append(path)
-    return paths
+        figs.append(Figure(path, f"{ds} {model}: test accuracy against the shipped file's size "
+                                 "(left) and time per image (right), one point per pipeline (mean over seeds, "
+                                 "error bar their std). Red: baseline; green: on the Pareto front (nothing "
+                                 "smaller or faster is as accurate), joined by the green step line. Numbers "
+                                 "name the pipelines in the legend."))
+    return figs
 
 
 def temperature(row: dict[str, str]) -> float | None:
@@ -67,32 +119,45 @@ def temperature(row: dict[str, str]) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def figure1(data: RunData, out: Path) -> Path | None:
-    """Accuracy of the distilled student against temperature, per dataset and teacher."""
-    series: dict[str, list[tuple[float, float]]] = {}
+def figure1(data: RunData, out: Path) -> Figure | None:
+    """Accuracy of the distilled student against temperature: one panel per dataset, a line per
+    teacher, each panel's y-axis fitted to its own points (MNIST near 98 % and CIFAR-10 near 50 % on
+    one axis would flatten both curves)."""
+    by_ds: dict[str, dict[str, dict[float, list[float | None]]]] = {}
     for r in data.results:
         lab = r.get("label", "")
         t = temperature(r)
         if ok(r) and t is not None and (lab == "distill" or lab.startswith("distill-T")):
-            key = f"{r['dataset']} teacher {r.get('base_model') or r['model']}"
-            series.setdefault(key, []).append((t, _num(r["accuracy_pct"]) or 0.0))
-    series = {k: sorted(set(v)) for k, v in series.items() if len(set(v)) > 1}
-    if not series:
+            teacher = r.get("base_model") or r["model"]
+            by_ds.setdefault(r["dataset"], {}).setdefault(teacher, {}).setdefault(t, []).append(
+                _num(r["accuracy_pct"]))
+    panels = {ds: {k: v for k, v in series.items() if len(v) > 1} for ds, series in sorted(by_ds.items())}
+    panels = {ds: s for ds, s in panels.items() if s}
+    if not panels:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, pts in sorted(series.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("student test accuracy (%)")
-    ax.set_title("Figure 1. Effect of temperature on accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (ds, series) in zip(axes[0], panels.items(), strict=True):
+        for teacher, accs in sorted(series.items()):
+            temps = sorted(accs)
+            stats = [mean_std(accs[t]) for t in temps]  # several seeds per temperature: mean, std as error bar
+            ax.errorbar(temps, [m or 0.0 for m, _, _ in stats], yerr=[sd or 0.0 for _, sd, _ in stats],
+                        marker="o", capsize=3, label=f"teacher {teacher}")
+        ax.set_xscale("log", base=2)
+        ax.margins(y=0.15)
+        ax.set_xlabel("temperature T")
+        ax.set_ylabel("student test accuracy (%)")
+        ax.set_title(ds)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Figure 1. Effect of temperature on accuracy")
     fig.tight_layout()
     path = out / "figure1-temperature.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return Figure(path, "Effect of temperature on accuracy (the reference's Figure 1): test accuracy of the "
+                        "distilled student against the distillation temperature, one panel per dataset (each "
+                        "with its own y-axis range, so the effect is visible), a line per teacher; error bars "
+                        "are the std over seeds where there are several.")
 
 
 def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: Path, title: str = "Accuracy vs weight bits") -> Path:
@@ -131,7 +196,7 @@ def _weight_bits(row: dict[str, str]) -> int | None:
     return 8 if label == "int8" else None
 
 
-def bits_figure(data: RunData, out: Path) -> Path | None:
+def bits_figure(data: RunData, out: Path) -> Figure | None:
     """Accuracy against weight bits per dataset/model, from the run's quantize rows."""
     points: list[dict[str, Any]] = [
         {"series": f"{r['dataset']}-{r['model']}", "bits": b, "accuracy_pct": _num(r["accuracy_pct"])}
@@ -139,4 +204,8 @@ def bits_figure(data: RunData, out: Path) -> Path | None:
     points = [p for p in points if p["accuracy_pct"] is not None]
     series = {p["series"] for p in points if p["bits"] < 8}
     points = [p for p in points if p["series"] in series]
-    return plot_accuracy_vs_bits(points, out / "accuracy-vs-bits.png") if points else None
+    if not points:
+        return None
+    return Figure(plot_accuracy_vs_bits(points, out / "accuracy-vs-bits.png"),
+                  "Accuracy against weight bits: test accuracy of each baseline (32 bits, FP32) and its "
+                  "quantized variants at 8 bits and below, one line per dataset and model.")

@@ -1,20 +1,57 @@
 """The reference study's tables rebuilt from a run directory's result files, with the reference's
-published number beside ours in each cell where it has one.
-
-A table row names (dataset, model, recipe pipeline label); the `paper` and `quick` recipes use these
-labels. A row whose variant is absent from the run is left out; a table with no rows is skipped.
+published number beside ours in each cell where it has one. A row whose variant is absent from the
+run is left out; a table with no rows is skipped. Every cell compared with the reference is also kept
+as a `Comparison`, from which the "where the reference looks better" section is built.
 """
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepshrink.measure.energy import DRAM_PJ_PER_32BIT, SRAM_PJ_PER_32BIT
+from deepshrink.report.kd_gain import gain_note
+from deepshrink.report.numbers import cell, count, fixed, kib, num, sig
 from deepshrink.report.reference import BEST, ref
+from deepshrink.report.rundata import LayerCount, Row, RunData, Timing, ok
+from deepshrink.report.seeds import column, groups, mean_std, per_seed, pm
+from deepshrink.report.specs import (
+    BEST_CHOICE,
+    DS_NAME,
+    FUTURE,
+    LAYER_TABLES,
+    MAIN_TABLES,
+    MODEL_NAME,
+    Spec,
+)
 
-Row = dict[str, str]
-DS_NAME = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
-MODEL_NAME = {"lenet-300-100": "LeNet-300-100", "lenet-5": "LeNet-5"}
+__all__ = ["READING", "Comparison", "RunData", "Table", "build_tables", "cell", "ok"]
+
+SIZE_NOTE = ("Size: KiB (1,024 bytes) of the file that ships, the unit the reference's \"kB\" values are in "
+             "(LeNet-300-100's 266,610 FP32 parameters are 1,041 KiB; it prints 1,043).")
+NUMBERS_NOTE = ("Measurements show three significant digits (0.312 µs, 3.28 µs, 265 KiB); accuracies two decimals, "
+                "as the reference prints them; counts in full.")
+TIME_NOTE = ("Speedup = the baseline's µs / the variant's µs, both from one paired run (the two timed "
+             "interleaved, same runtime, threads and batch), so the two µs columns divide to it. Reference: "
+             "Config1 (Intel i7-8750H) seconds converted to µs; its speedup is its two published times divided.")
+
+READING = [SIZE_NOTE, TIME_NOTE, NUMBERS_NOTE]
+
+
+@dataclass
+class Comparison:
+    """One cell where our number stands beside the reference's."""
+
+    table: str
+    row_name: str
+    quantity: str  # "size" (KiB), "accuracy" (%), "time" (µs), "speedup" (x)
+    ours: float
+    theirs: float
+    row: Row
+    ref_base: dict[str, Any] = field(default_factory=dict)  # the reference's baseline row of that table
+    timing: Timing | None = None
+
+    def worse(self) -> bool:
+        """The reference's number beats ours: higher accuracy or speedup, smaller size or time."""
+        return self.ours < self.theirs if self.quantity in ("accuracy", "speedup") else self.ours > self.theirs
 
 
 @dataclass
@@ -24,268 +61,218 @@ class Table:
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
     note: str = ""
+    comparisons: list[Comparison] = field(default_factory=list)
 
 
-@dataclass
-class RunData:
-    """results.csv / latency.csv / layers.csv, indexed the way the tables look them up."""
-
-    results: list[Row]
-    latency: list[Row]
-    layers: list[Row]
-
-    def find(self, dataset: str, model: str, label: str) -> Row | None:
-        hits = [r for r in self.results if r.get("dataset") == dataset and
-                (r.get("base_model") or r.get("model")) == model and r.get("label") == label]
-        return min(hits, key=lambda r: _num(r.get("seed")) or 0.0) if hits else None
-
-    def time_us(self, variant: str) -> tuple[float | None, float | None]:
-        """(µs per image, speedup) by the study's method: batched, onnxruntime if measured, fewest threads."""
-        rows = [r for r in self.latency if r["variant"] == variant and r["batch"] != "1" and r["device"] == "cpu"]
-        if not rows:
-            return None, None
-        best = min(rows, key=lambda r: (r["runtime"] != "onnxruntime", int(r["threads"] or 0)))
-        return _num(best["us_per_image_median"]), _num(best.get("speedup"))
-
-    def layer_params(self, variant: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.layers:
-            if r["variant"] == variant:
-                name = r["layer"].split(".")[0]
-                out[name] = out.get(name, 0) + int(float(r["params_nonzero"] or 0))
-        return out
+def _base_name(specs: list[Spec], ds: str, model: str) -> str | None:
+    return next((n for n, d, m, lab in specs if (d, m, lab) == (ds, model, "baseline")), None)
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
+def _speedup_ref(r: dict[str, Any], rb: dict[str, Any]) -> float | None:
+    return rb["time"] / r["time"] if r.get("time") and rb.get("time") else None
 
 
-def fmt(v: float | None, digits: int = 2) -> str:
-    if v is None:
-        return "–"
-    return f"{v:,.{digits}f}"
-
-
-def cell(ours: float | None, theirs: Any, digits: int = 2) -> str:
-    """`ours (ref theirs)`; only ours where the reference has no number."""
-    return fmt(ours, digits) if theirs is None else f"{fmt(ours, digits)} ({fmt(float(theirs), digits)})"
-
-
-def ok(row: Row | None) -> bool:
-    return row is not None and row.get("status") == "ok"
-
-
-# ---- row specs: (row label, dataset, model, pipeline label) ----
-
-Spec = tuple[str, str, str, str]
-
-
-def _sweep(ds: str, model: str, sparsities: list[int], int8: bool = False) -> list[Spec]:
-    rows: list[Spec] = [("Original FP32" if int8 else "Original", ds, model, "baseline")]
-    rows += [("Original INT8", ds, model, "int8")] if int8 else []
-    for s in sparsities:
-        rows.append((f"{s}% FP32" if int8 else f"{s}%", ds, model, f"prune{s}"))
-        rows += [(f"{s}% INT8", ds, model, f"prune{s}+int8")] if int8 else []
-    return rows
-
-
-def _structured(ds: str, int8: bool = False) -> list[Spec]:
-    rows: list[Spec] = []
-    for name, label in (("Original", "baseline"), ("Dense", "prune-dense"), ("Dense + Conv", "prune-dense-conv")):
-        if not int8:
-            rows.append((name, ds, "lenet-5", label))
-            continue
-        rows.append((f"{name} FP32", ds, "lenet-5", label))
-        rows.append((f"{name} INT8", ds, "lenet-5", "int8" if label == "baseline" else f"{label}+int8"))
-    return rows
-
-
-def _kd(ds: str) -> list[Spec]:
-    return [("Student (no teacher)", ds, "lenet-5", "student"), ("LeNet-300-100", ds, "lenet-300-100", "baseline"),
-            ("LeNet-5", ds, "lenet-5", "baseline"), ("LeNet-300-100 distilled", ds, "lenet-300-100", "distill"),
-            ("LeNet-5 distilled", ds, "lenet-5", "distill")]
-
-
-def _kdq(ds: str) -> list[Spec]:
-    rows: list[Spec] = []
-    for m in ("lenet-300-100", "lenet-5"):
-        rows += [(f"{MODEL_NAME[m]} FP32", ds, m, "baseline"), (f"{MODEL_NAME[m]} INT8", ds, m, "int8")]
-    for m in ("lenet-300-100", "lenet-5"):
-        rows += [(f"{MODEL_NAME[m]} distilled FP32", ds, m, "distill"),
-                 (f"{MODEL_NAME[m]} distilled INT8", ds, m, "distill+int8")]
-    return rows
-
-
-_T2: list[Spec] = [(f"{DS_NAME[d]} {MODEL_NAME[m]} {p.upper()}", d, m, "baseline" if p == "fp32" else "int8")
-                   for d, m in (("mnist", "lenet-300-100"), ("mnist", "lenet-5"), ("cifar10", "lenet-300-100"),
-                                ("cifar10", "lenet-5")) for p in ("fp32", "int8")]
-_T1B: list[Spec] = [(f"{DS_NAME[d]} {MODEL_NAME[m]} {name}", d, m, lab)
-                    for d, m in (("mnist", "lenet-300-100"), ("mnist", "lenet-5"), ("cifar10", "lenet-300-100"),
-                                 ("cifar10", "lenet-5"))
-                    for name, lab in (("FLOAT64", "fp64"), ("FLOAT32", "baseline"), ("FLOAT16", "fp16"),
-                                      ("INT8 QAT", "int8"), ("INT8 PTQ", "int8-ptq"),
-                                      ("INT8 never-slower", "int8-auto"), ("4-bit weights", "w4"),
-                                      ("2-bit weights", "w2"))]
-MAIN_TABLES: list[tuple[str, str, list[Spec], bool]] = [  # (id, title, rows, with epochs column)
-    ("t1", "Table 1. Effect of precision on LeNet-300-100 on MNIST",
-     [(n, "mnist", "lenet-300-100", lab) for n, lab in (("FLOAT64", "fp64"), ("FLOAT32", "baseline"),
-                                                        ("FLOAT16", "fp16"), ("INT8", "int8"))], False),
-    ("t1b", "Table 1b. Precision and weight bits for every baseline (beyond the reference)", _T1B, False),
-    ("t2", "Table 2. Quantization (FP32 reference, INT8 compressed)", _T2, False),
-    ("t3", "Table 3. Pruning LeNet-300-100 on MNIST", _sweep("mnist", "lenet-300-100", [50, 60, 70, 80, 90]), False),
-    ("t5", "Table 5. Pruning LeNet-5 on MNIST", _structured("mnist"), False),
-    ("t7", "Table 7. Pruning LeNet-300-100 on CIFAR-10", _sweep("cifar10", "lenet-300-100", [50, 70, 80]), False),
-    ("t9", "Table 9. Pruning LeNet-5 on CIFAR-10", _structured("cifar10"), False),
-    ("t11", "Table 11. Knowledge distillation on MNIST (student mlp-50)", _kd("mnist"), True),
-    ("t12", "Table 12. Knowledge distillation on CIFAR-10 (student mlp-50)", _kd("cifar10"), True),
-    ("t13", "Table 13. Pruning & quantization on LeNet-300-100 on MNIST",
-     _sweep("mnist", "lenet-300-100", [50, 60, 70, 80, 90], int8=True), False),
-    ("t14", "Table 14. Pruning & quantization on LeNet-5 on MNIST", _structured("mnist", int8=True), False),
-    ("t15", "Table 15. Pruning & quantization on LeNet-300-100 on CIFAR-10",
-     _sweep("cifar10", "lenet-300-100", [50, 70, 80], int8=True), False),
-    ("t16", "Table 16. Pruning & quantization on LeNet-5 on CIFAR-10", _structured("cifar10", int8=True), False),
-    ("t17", "Table 17. KD + quantization on MNIST", _kdq("mnist"), False),
-    ("t18", "Table 18. KD + quantization on CIFAR-10", _kdq("cifar10"), False),
-]
-LAYER_TABLES: list[tuple[str, str, list[Spec], list[str]]] = [
-    ("t4", "Table 4. Non-zero parameters per layer, LeNet-300-100 on MNIST",
-     _sweep("mnist", "lenet-300-100", [50, 60, 70, 80, 90]), ["fc1", "fc2", "fc3"]),
-    ("t6", "Table 6. Non-zero parameters per layer, LeNet-5 on MNIST",
-     [("Original", "mnist", "lenet-5", "baseline"), ("Dense", "mnist", "lenet-5", "prune-dense"),
-      ("Dense + Conv", "mnist", "lenet-5", "prune-dense-conv")], ["conv1", "conv2", "fc1", "fc2", "fc3"]),
-    ("t8", "Table 8. Non-zero parameters per layer, LeNet-300-100 on CIFAR-10",
-     _sweep("cifar10", "lenet-300-100", [50, 70, 80]), ["fc1", "fc2", "fc3"]),
-    ("t10", "Table 10. Non-zero parameters per layer, LeNet-5 on CIFAR-10",
-     [("Original", "cifar10", "lenet-5", "baseline"), ("Dense", "cifar10", "lenet-5", "prune-dense"),
-      ("Dense + Conv", "cifar10", "lenet-5", "prune-dense-conv")], ["conv1", "conv2", "fc1", "fc2", "fc3"]),
-]
-FUTURE = [("Distill into a pruned student, then INT8", "fw-distill-pruned+int8"),
-          ("Prune a distilled model, then INT8", "fw-prune-distilled+int8")]
-FAMILIES: dict[str, Callable[[str], bool]] = {
-    "Original": lambda lab: lab == "baseline",
-    "Quantization": lambda lab: lab in ("int8", "int8-ptq", "int8-auto"),
-    "Pruning": lambda lab: lab.startswith("prune") and "+" not in lab,
-    "Knowledge Distillation": lambda lab: lab == "distill" or (lab.startswith("distill-T") and "+" not in lab),
-    "Pruning + Quantization": lambda lab: lab.startswith("prune") and lab.endswith("+int8"),
-    "KD + Quantization": lambda lab: lab == "distill+int8",
-}
+def _compare(t: Table, name: str, row: Row, rb: dict[str, Any], tm: Timing | None,
+             pairs: list[tuple[str, float | None, Any]]) -> None:
+    for quantity, ours, theirs in pairs:
+        if ours is not None and theirs is not None:
+            t.comparisons.append(Comparison(t.id, name, quantity, ours, float(theirs), row, rb, tm))
 
 
 def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: bool) -> Table:
-    cols = ["", "size kB", "× smaller", "accuracy %", "µs / image", "speedup"] + (["epochs"] if epochs else [])
-    t = Table(tid, title, cols, note="Ours (reference in parentheses). Time: ours µs/image batched on this machine; "
-              "reference Config1 converted to µs. Speedup: baseline time / variant time, the two timed "
-              "interleaved in one run (same runtime, threads and batch).")
+    cols = ["", "size KiB", "× smaller", "accuracy %", "µs / image", "baseline µs, same run", "speedup"]
+    # The distillation tables (the ones with epochs) show each seed's accuracy beside the mean ± std.
+    cols += ["epochs trained", "converged at epoch", "per seed accuracy %"] if epochs else []
+    t = Table(tid, title, cols, note="Beyond the reference: ours only, it published no such table." if tid == "t1b"
+              else "Ours, the reference's number in parentheses; sizes in KiB.")
+    timings = []
     for name, ds, model, label in specs:
         row, base = data.find(ds, model, label), data.find(ds, model, "baseline")
         if not ok(row):
             continue
         assert row is not None
-        r = ref(tid, name)
-        size, us = _num(row["size_kb"]), data.time_us(row["variant"])
-        base_size = _num(base["size_kb"]) if ok(base) and base else None
-        ratio = base_size / size if base_size and size else None
+        base_name = _base_name(specs, ds, model)
+        r, rb = ref(tid, name), ref(tid, base_name) if base_name else {}
+        size = kib(num(row["size_bytes"]))
+        base_size = kib(num(base["size_bytes"])) if base and ok(base) else None
+        tm = data.timing(row["variant"])
+        timings += [(name, tm)] if tm else []
         ref_us = r["time"] * 1e6 if r.get("time") else None
-        line = [name, cell(size, r.get("size"), 1), fmt(ratio, 1), cell(_num(row["accuracy_pct"]), r.get("acc")),
-                cell(us[0], ref_us, 1), fmt(us[1], 2)]
+        seeds = [x for x in data.find_all(ds, model, label) if ok(x)]
+        accs = column(seeds, "accuracy_pct")
+        acc_mean = mean_std(accs)[0]
+        acc_text = pm(accs) if len([a for a in accs if a is not None]) > 1 else fixed(acc_mean)
+        ref_sp = _speedup_ref(r, rb)
+        line = [name, cell(size, r.get("size"), None), sig(base_size / size if base_size and size else None),
+                cell(acc_text, r.get("acc")), cell(tm.us if tm else None, ref_us, None),
+                sig(tm.base_us if tm else None), cell(tm.speedup if tm else None, ref_sp, None)]
         if epochs:
-            conv = _num(row.get("epochs_to_converge")) or _num(row.get("epochs"))
-            line.append(cell(conv, r.get("epochs"), 0) if label != "baseline" else "–")
+            baseline = label == "baseline"
+            line += ["–" if baseline else cell(num(row.get("epochs")), r.get("epochs"), 0),
+                     "–" if baseline else count(num(row.get("epochs_to_converge"))),
+                     per_seed(seeds, "accuracy_pct", lambda v: f"{v:.2f}") or "–"]
         t.rows.append(line)
+        _compare(t, name, row, rb, tm, [("size", size, r.get("size")), ("accuracy", acc_mean, r.get("acc")),
+                                        ("time", tm.us if tm else None, ref_us),
+                                        ("speedup", tm.speedup if tm else None, ref_sp)])
+    t.note += " " + data.timing_note(timings)
+    if epochs:
+        t.note += (" Epochs trained: ours beside the reference's. Converged at epoch: ours only, the first "
+                   "epoch whose validation accuracy is within 0.1 points of the last one (the reference "
+                   "gives no such number, so its trained epochs are not a convergence point). "
+                   "Accuracy: mean ± sample std over seeds where there are several. ")
+        t.note += gain_note(data, specs[0][1])
     return t
 
 
-def layer_table(data: RunData, tid: str, title: str, specs: list[Spec], layers: list[str]) -> Table:
-    t = Table(tid, title, ["", *layers, "total"], note="Non-zero parameters (weights and biases) of our model; "
-              "reference in parentheses.")
+def layer_table(data: RunData, tid: str, title: str, specs: list[Spec], layers: list[str], biases: bool) -> Table:
+    """Non-zeros per layer, counted as the reference counts them in that table (see specs)."""
+    t = Table(tid, title, ["", *layers, "total"])
+
+    def shown(c: LayerCount) -> int:
+        return c.weights_nonzero + (c.biases_nonzero if biases else 0)
+
+    bias_total = 0
     for name, ds, model, label in specs:
         row = data.find(ds, model, label)
         if not ok(row):
             continue
         assert row is not None
-        got, r = data.layer_params(row["variant"]), ref(tid, name)
+        got, r = data.layer_counts(row["variant"]), ref(tid, name)
         if not got:
             continue
-        t.rows.append([name, *[cell(float(got.get(la, 0)), r.get(la), 0) for la in layers],
-                       cell(float(sum(got.values())), r.get("total"), 0)])
+        bias_total = max(bias_total, sum(c.biases_nonzero for c in got.values()))
+        t.rows.append([name, *[cell(float(shown(got[la])) if la in got else 0.0, r.get(la), 0) for la in layers],
+                       cell(float(sum(shown(c) for c in got.values())), r.get("total"), 0)])
+    if biases:
+        t.note = ("Non-zero weights and biases, as the reference counts in this table (its conv1 156 = 6 x 5 x 5 "
+                  "weights + 6 biases); the reference's number in parentheses.")
+    else:
+        t.note = ("Non-zero weights only, as the reference counts in this table (its fc1 235,200 = 784 x 300); "
+                  f"the biases, never pruned, add {bias_total:,} more to each row. The reference's number in "
+                  "parentheses.")
     return t
 
 
-def best_of(data: RunData, ds: str, model: str, family: Callable[[str], bool]) -> Row | None:
-    """The smallest variant of a family within 1 point of its baseline's accuracy, else the most accurate."""
-    rows = [r for r in data.results if ok(r) and r.get("dataset") == ds and
-            (r.get("base_model") or r.get("model")) == model and family(r.get("label", ""))]
-    if not rows:
-        return None
-    good = [r for r in rows if (_num(r["accuracy_pct"]) or 0) >= (_num(r["baseline_accuracy_pct"]) or 0) - 1.0]
-    if good:
-        return min(good, key=lambda r: _num(r["size_kb"]) or math.inf)
-    return max(rows, key=lambda r: _num(r["accuracy_pct"]) or -math.inf)
-
-
 def best_tables(data: RunData) -> list[Table]:
+    """Tables 19/20: per technique, the same kind of variant the reference's cell is (BEST_CHOICE)."""
     combos = [(d, m) for d in ("mnist", "cifar10") for m in ("lenet-300-100", "lenet-5")
               if data.find(d, m, "baseline")]
     heads = [f"{DS_NAME[d]} {MODEL_NAME[m]}" for d, m in combos]
-    size = Table("t19", "Table 19. Size in kB of the best models", ["technique", *heads],
-                 note="Best = smallest variant within 1 point of its baseline's accuracy (else the most accurate).")
-    time = Table("t20", "Table 20. Time per image (µs) of the best models", ["technique", *heads],
-                 note="Ours batched on this machine; reference Config1 in parentheses (converted to µs).")
-    for fam, pred in FAMILIES.items():
+    note = ("Each cell is the variant the reference's cell is (named in the first column, per model), not "
+            "a pick of ours.")
+    size = Table("t19", "Table 19. Size in KiB of the best models", ["technique: variant", *heads],
+                 note=f"{note} Sizes in KiB, the reference's in parentheses.")
+    time = Table("t20", "Table 20. Time per image (µs) of the best models", ["technique: variant", *heads],
+                 note=f"{note} Reference: Config1 seconds converted to µs.")
+    timings = []
+    for fam, choice in BEST_CHOICE.items():
+        names = sorted({n for _, n in choice.values()})
+        what = names[0] if len(names) == 1 else ", ".join(f"{n} on {MODEL_NAME[m]}" for m, (_, n) in choice.items())
         s_cells, t_cells = [], []
         for d, m in combos:
-            row, r = best_of(data, d, m, pred), BEST.get((fam, d, m), {})
-            if row is None:
+            label, _ = choice[m]
+            row, r = data.find(d, m, label), BEST.get((fam, d, m), {})
+            if not ok(row):
                 s_cells.append("–")
                 t_cells.append("–")
                 continue
-            s_cells.append(cell(_num(row["size_kb"]), r.get("size"), 1) + f" {row.get('label', '')}")
-            t_cells.append(cell(data.time_us(row["variant"])[0], r["time"] * 1e6 if r.get("time") else None, 1))
-        size.rows.append([fam, *s_cells])
-        time.rows.append([fam, *t_cells])
+            assert row is not None
+            size_kib, tm = kib(num(row["size_bytes"])), data.timing(row["variant"])
+            col = f"{DS_NAME[d]} {MODEL_NAME[m]}"
+            timings += [(f"{fam} {col}", tm)] if tm else []
+            ref_us = r["time"] * 1e6 if r.get("time") else None
+            s_cells.append(cell(size_kib, r.get("size"), None))
+            t_cells.append(cell(tm.us if tm else None, ref_us, None))
+            _compare(size, f"{fam} {col}", row, {}, tm, [("size", size_kib, r.get("size"))])
+            _compare(time, f"{fam} {col}", row, {}, tm, [("time", tm.us if tm else None, ref_us)])
+        size.rows.append([f"{fam}: {what}", *s_cells])
+        time.rows.append([f"{fam}: {what}", *t_cells])
+    time.note += " " + data.timing_note(timings)
     return [size, time] if combos else []
 
 
 def future_table(data: RunData) -> Table:
     t = Table("future", "Future-work pipelines of the reference (§9), done", ["dataset / model", "pipeline",
-              "size kB", "× smaller", "accuracy %", "baseline %", "µs / image", "speedup"])
+              "size KiB", "× smaller", "accuracy %", "baseline %", "µs / image", "baseline µs, same run",
+              "speedup"], note="Ours only: the reference did not run these. Sizes in KiB.")
+    timings = []
     for d in ("mnist", "cifar10"):
         for m in ("lenet-300-100", "lenet-5"):
             for name, label in FUTURE:
                 row, base = data.find(d, m, label), data.find(d, m, "baseline")
                 if not ok(row) or row is None:
                     continue
-                size, bsize = _num(row["size_kb"]), _num(base["size_kb"]) if base else None
-                us, sp = data.time_us(row["variant"])
-                t.rows.append([f"{DS_NAME.get(d, d)} {MODEL_NAME.get(m, m)}", name, fmt(size, 1),
-                               fmt(bsize / size if bsize and size else None, 1), fmt(_num(row["accuracy_pct"])),
-                               fmt(_num(row["baseline_accuracy_pct"])), fmt(us, 1), fmt(sp, 2)])
+                size, bsize = kib(num(row["size_bytes"])), kib(num(base["size_bytes"])) if base else None
+                tm = data.timing(row["variant"])
+                timings += [(f"{DS_NAME.get(d, d)} {MODEL_NAME.get(m, m)} {name}", tm)] if tm else []
+                t.rows.append([f"{DS_NAME.get(d, d)} {MODEL_NAME.get(m, m)}", name, sig(size),
+                               sig(bsize / size if bsize and size else None), fixed(num(row["accuracy_pct"])),
+                               fixed(num(row["baseline_accuracy_pct"])), sig(tm.us if tm else None),
+                               sig(tm.base_us if tm else None), sig(tm.speedup if tm else None)])
+    t.note += " " + data.timing_note(timings)
     return t
 
 
-def all_variants(data: RunData) -> Table:
-    t = Table("all", "All variants", ["variant", "pipeline", "precision", "sparsity", "size kB", "accuracy %",
-                                      "baseline %", "µs / image", "speedup", "nJ / image (est.)", "status"])
+def all_variants(data: RunData, sram_budget_bytes: int) -> Table:
+    t = Table("all", "All variants", ["variant", "pipeline", "precision", "sparsity", "size KiB", "accuracy %",
+                                      "baseline %", "µs / image", "speedup", "nJ / image (est.)",
+                                      "weights read from", "status"])
+    timings = []
     for r in data.results:
-        us, sp = data.time_us(r["variant"])
+        tm = data.timing(r["variant"])
+        timings += [(r["variant"], tm)] if tm else []
         t.rows.append([r["variant"], r.get("recipe_steps") or r.get("pipeline", ""), r.get("precision", ""),
-                       fmt(_num(r.get("sparsity")), 3), fmt(_num(r.get("size_kb")), 1),
-                       fmt(_num(r.get("accuracy_pct"))),
-                       fmt(_num(r.get("baseline_accuracy_pct"))), fmt(us, 1), fmt(sp, 2),
-                       fmt(_num(r.get("energy_nj_est")), 0), r.get("status", "")])
+                       sig(num(r.get("sparsity"))), sig(kib(num(r.get("size_bytes")))),
+                       fixed(num(r.get("accuracy_pct"))), fixed(num(r.get("baseline_accuracy_pct"))),
+                       sig(tm.us if tm else None), sig(tm.speedup if tm else None),
+                       sig(num(r.get("energy_nj_est"))), (r.get("energy_memory") or "").upper(),
+                       r.get("status", "")])
+    ratio = DRAM_PJ_PER_32BIT / SRAM_PJ_PER_32BIT
+    t.note = (f"Energy estimate (45 nm figures the reference cites): MACs at the variant's precision plus one read "
+              f"per weight, from on-chip SRAM ({SRAM_PJ_PER_32BIT:g} pJ per 32 bits) when the shipped file fits the "
+              f"{sram_budget_bytes / 1024:,.0f} KiB on-chip budget, else from DRAM ({DRAM_PJ_PER_32BIT:g} pJ, "
+              f"{ratio:g} x more). So two variants either side of that budget differ up to {ratio:g} x in the "
+              f"memory part of their nJ; \"weights read from\" says which side each is on. "
+              + data.timing_note(timings))
     return t
 
 
-def build_tables(data: RunData) -> list[Table]:
+def seed_summary(data: RunData) -> Table:
+    """One line per (dataset, model, pipeline): mean ± std over its seeds, each seed's accuracy beside."""
+    t = Table("seeds", "Every pipeline over its seeds (mean ± std)", ["dataset / model", "pipeline", "seeds",
+              "size KiB", "accuracy %", "per seed accuracy %", "µs / image", "speedup"],
+              note="Sample standard deviation over the seeds; size in KiB (1,024 bytes) of the shipped file.")
+    named = []
+    for (ds, model, label), rows in groups(data.results).items():
+        timings = [tm for r in rows if (tm := data.timing(r["variant"]))]
+        name = f"{DS_NAME.get(ds, ds)} {MODEL_NAME.get(model, model)}"
+        named += [(f"{name} {label}", tm) for tm in timings]
+        t.rows.append([name, label or rows[0].get("pipeline", ""), str(len(rows)),
+                       pm_sig(column(rows, "size_bytes", 1 / 1024)), pm(column(rows, "accuracy_pct")),
+                       per_seed(rows, "accuracy_pct", lambda v: f"{v:.2f}"), pm_sig([tm.us for tm in timings]),
+                       pm_sig([tm.speedup for tm in timings])])
+    t.note += " " + data.timing_note(named)
+    return t
+
+
+def pm_sig(values: list[float | None]) -> str:
+    """Mean ± sample std over seeds at three significant digits (seeds.pm keeps fixed decimals)."""
+    mean, std, _ = mean_std(values)
+    return sig(mean) if std is None or mean is None else f"{sig(mean)} ± {sig(std)}"
+
+
+ORDER = ["t1", "t1b", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13", "t14", "t15",
+         "t16", "t17", "t18", "t19", "t20", "future"]
+
+
+def build_tables(data: RunData, sram_budget_bytes: int = 256 * 1024) -> list[Table]:
+    """The reference's tables with rows, then the seed summary (several seeds only) and all variants."""
     out = [main_table(data, *spec) for spec in MAIN_TABLES]
     out += [layer_table(data, *spec) for spec in LAYER_TABLES]
     out += best_tables(data)
     out.append(future_table(data))
-    order = {t: i for i, t in enumerate(["t1", "t1b", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11",
-                                         "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t20", "future"])}
-    out.sort(key=lambda t: order[t.id])
-    return [t for t in out if t.rows] + [all_variants(data)]
+    out.sort(key=lambda t: ORDER.index(t.id))
+    multi = any(len(rows) > 1 for rows in groups(data.results).values())
+    return ([t for t in out if t.rows] + ([seed_summary(data)] if multi else [])
+            + [all_variants(data, sram_budget_bytes)])

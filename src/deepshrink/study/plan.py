@@ -12,7 +12,7 @@ from deepshrink import provenance
 from deepshrink._version import __version__
 from deepshrink.errors import UserError
 from deepshrink.models import is_reference, source_sha256
-from deepshrink.study.recipe import Recipe
+from deepshrink.study.recipe import PipelineSpec, Recipe
 from deepshrink.variant import slug, variant_id
 
 BaseKey = tuple[str, str, int]  # (dataset, model, seed): which baseline a variant starts from
@@ -40,10 +40,11 @@ class Work:
     seed: int
     label: str
     steps: tuple[str, ...] = ()
+    base_seed: int | None = None  # the baseline's seed when it differs (a pipeline's extra seed)
 
     @property
     def base_group(self) -> BaseKey:
-        return self.dataset, self.model, self.seed
+        return self.dataset, self.model, self.seed if self.base_seed is None else self.base_seed
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,20 @@ class Unit:
         return self.tree[0].label if self.tree else self.base.vid
 
 
+def _vid(ds: str, model: str, p: PipelineSpec) -> str:
+    # A named pipeline's id is its label (readable: mnist-lenet-5--prune80+int8).
+    named = p.name != "+".join(p.steps) and len(p.name) <= 60
+    return f"{variant_id(ds, model, [])}--{slug(p.name)}" if named else variant_id(ds, model, list(p.steps))
+
+
+def _extra_seeds(recipe: Recipe, ds: str, model: str) -> list[Work]:
+    """A pipeline's own seeds beyond the study's, each from the study's first seed's baseline."""
+    first = recipe.seeds[0]
+    return [Work(f"{_vid(ds, model, p)}--seed{seed}", ds, model, seed, p.name, p.steps, base_seed=first)
+            for p in recipe.pipelines if p.applies(ds, model)
+            for seed in p.seeds if seed not in recipe.seeds]
+
+
 def plan(recipe: Recipe) -> list[Work]:
     """Every variant of the recipe, baselines first, in a deterministic order."""
     multi_seed = len(recipe.seeds) > 1
@@ -71,13 +86,9 @@ def plan(recipe: Recipe) -> list[Work]:
             for seed in recipe.seeds:
                 tail = f"--seed{seed}" if multi_seed else ""
                 out.append(Work(variant_id(ds, model, []) + tail, ds, model, seed, "baseline"))
-                for p in recipe.pipelines:
-                    if p.applies(ds, model):
-                        # A named pipeline's id is its label (readable: mnist-lenet-5--prune80+int8).
-                        named = p.name != "+".join(p.steps) and len(p.name) <= 60
-                        vid = f"{variant_id(ds, model, [])}--{slug(p.name)}" if named else variant_id(
-                            ds, model, list(p.steps))
-                        out.append(Work(vid + tail, ds, model, seed, p.name, p.steps))
+                out += [Work(_vid(ds, model, p) + tail, ds, model, seed, p.name, p.steps)
+                        for p in recipe.pipelines if p.applies(ds, model)]
+            out += _extra_seeds(recipe, ds, model)
     seen: set[str] = set()
     for w in out:
         if w.vid in seen:
@@ -87,11 +98,12 @@ def plan(recipe: Recipe) -> list[Work]:
 
 
 def trees(works: Iterable[Work]) -> list[list[Work]]:
-    """Pipelines grouped by (dataset, model, seed, first step): each group shares its prefixes."""
-    groups: dict[tuple[str, str, int, str], list[Work]] = {}
+    """Pipelines grouped by (dataset, model, baseline seed, seed, first step): each group shares its
+    prefixes and one step seed."""
+    groups: dict[tuple[str, str, int, int, str], list[Work]] = {}
     for w in works:
         if w.steps:
-            groups.setdefault((*w.base_group, w.steps[0]), []).append(w)
+            groups.setdefault((*w.base_group, w.seed, w.steps[0]), []).append(w)
     return [sorted(g, key=lambda w: w.steps) for g in groups.values()]
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.config import coerce
 from deepshrink.data import check_name
-from deepshrink.errors import UserError
-from deepshrink.measure.latency import LatencyConfig
+from deepshrink.errors import UserError, malformed
+from deepshrink.measure.latency import RUNTIMES, LatencyConfig
 from deepshrink.models import check_model_name
 from deepshrink.train import TrainConfig
 
@@ -30,7 +30,7 @@ _TOP_KEYS = {"name": str, "description": str, "expected_minutes": float,
              "study": dict, "train": dict, "measure": dict, "pipeline": list, "model_args": dict}
 _STUDY_KEYS: dict[str, Any] = {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0], "val_size": 5000,
                                "jobs": 1, "cpus_per_task": 1.0, "gpus_per_task": 0.0}
-_PIPELINE_KEYS: dict[str, Any] = {"name": "", "steps": [""], "models": [""], "datasets": [""]}
+_PIPELINE_KEYS: dict[str, Any] = {"name": "", "steps": [""], "models": [""], "datasets": [""], "seeds": [0]}
 _TRAIN_DEFAULTS = TrainConfig()
 
 
@@ -40,6 +40,9 @@ class PipelineSpec:
     steps: tuple[str, ...]
     models: tuple[str, ...] = ()  # empty = every model of the study
     datasets: tuple[str, ...] = ()
+    # Seeds this pipeline runs under, beside the study's: its extra seeds start from the study's first
+    # seed's baseline (the same teacher), so only this pipeline's own training repeats, not the baselines'.
+    seeds: tuple[int, ...] = ()
 
     def applies(self, dataset: str, model: str) -> bool:
         return (not self.models or model in self.models) and (not self.datasets or dataset in self.datasets)
@@ -121,7 +124,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         raise UserError(f"{path}: cannot read recipe ({e})") from None
     for item in overrides:
         apply_override(raw, item)
-    return validate(raw, str(path), default_name=path.stem)
+    with malformed(path, "recipe"):  # a value of a type no check foresaw is still the recipe's fault
+        return validate(raw, str(path), default_name=path.stem)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -233,8 +237,8 @@ def _check_names(study: dict[str, Any], source: str) -> None:
 
 def _check_measure(m: MeasureSpec, source: str) -> None:
     for rt in m.runtimes:
-        if rt not in ("torch", "onnxruntime"):
-            raise UserError(f"{source}: measure.runtimes: unknown runtime {rt!r} (known: torch, onnxruntime)")
+        if rt not in RUNTIMES:
+            raise UserError(f"{source}: measure.runtimes: unknown runtime {rt!r} (known: {', '.join(RUNTIMES)})")
     for key in ("batch", "repeats", "single_calls"):
         if getattr(m, key) < 1:
             raise UserError(f"{source}: measure.{key}: must be >= 1")
@@ -253,8 +257,10 @@ def _pipelines(raw: Any, source: str) -> tuple[PipelineSpec, ...]:
             raise UserError(f"{where}.steps: missing (an ordered list of steps)")
         for j, step in enumerate(values["steps"]):
             check_step(step, f"{where}.steps[{j}]")
+        if any(seed < 0 for seed in values.get("seeds", ())):
+            raise UserError(f"{where}.seeds: seeds must be >= 0")
         spec = PipelineSpec(values.get("name") or "+".join(values["steps"]), values["steps"],
-                            values.get("models", ()), values.get("datasets", ()))
+                            values.get("models", ()), values.get("datasets", ()), values.get("seeds", ()))
         if any(p.name == spec.name and _overlap(p, spec) for p in out):
             raise UserError(f"{where}.name: {spec.name!r} used twice for the same dataset and model")
         out.append(spec)

@@ -26,6 +26,7 @@ from deepshrink.report import render_report
 from deepshrink.results import TABLES, finished, read_rows, remove_variant
 from deepshrink.study.executor import Executor, LocalExecutor, wait_for_orphans
 from deepshrink.study.plan import StudyOptions, code_version, plan, units
+from deepshrink.study.preflight import check_study
 from deepshrink.study.ray_executor import RayExecutor
 from deepshrink.study.recipe import Recipe, load_recipe
 from deepshrink.study.variant import Measured, measure_variant, train_baseline, write_measured
@@ -182,12 +183,14 @@ def create_executor(name: str, jobs: int, address: str | None = None) -> Executo
 def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None = None, device: str = "auto",
               jobs: int | None = None, overrides: tuple[str, ...] = (), fresh: bool = False,
               quiet: bool = False, executor: str = "local", address: str | None = None) -> tuple[Path, dict[str, str]]:
-    """`deepshrink study`: validate the recipe, run what is not yet done, render the report."""
+    """`deepshrink study`: validate the recipe and every input it names, run what is not yet done, render the
+    report."""
     recipe = load_recipe(recipe_name, list(overrides))  # every problem surfaces before any work
     jobs = recipe.jobs if jobs is None else jobs
     runner = create_executor(executor, jobs, address)
     out = out or Path("runs") / slug(recipe.name)
     opts = StudyOptions(out=out, data_dir=data_dir, device=resolve_device(device), quiet=quiet)
+    check_study(recipe, opts)  # data, model references, checkpoints: exit 2 before anything is trained
     statuses = execute(recipe, opts, runner, jobs=jobs, fresh=fresh)
     render_report(out)
     return out, statuses

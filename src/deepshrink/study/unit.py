@@ -30,7 +30,9 @@ UnitResult = list[tuple[str, str]]  # (variant id, status)
 _DATA: dict[tuple[str, int], DataSplits] = {}  # per process: each dataset is decoded once
 
 
-def _data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
+def study_data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
+    """The dataset as this process decoded it once (the driver checks it before any work; a serial study
+    then reuses it)."""
     if (name, val_size) not in _DATA:
         _DATA[name, val_size] = load_dataset(name, opts.data_dir, val_size=val_size)
     return _DATA[name, val_size]
@@ -63,7 +65,7 @@ def _baseline(recipe: Recipe, opts: StudyOptions, base_work: Work, data: DataSpl
     cached = (opts.out / "cache" / key / "variant.json").exists()
     v, _ = cached_or_compute(
         opts.out / "cache" / key, base_work.vid,
-        lambda: train_baseline(base_work.dataset, base_work.model, cfg, data, opts.device, progress, base_work.vid,
+        lambda: train_baseline(data.name, base_work.model, cfg, data, opts.device, progress, base_work.vid,
                                recipe.model_args.get(base_work.model)),
         fresh=False)
     return v, key, not cached
@@ -113,7 +115,8 @@ class _Group:
         # the baseline's cache folder, which a recomputation replaces.
         base_art = export(base.model, Deployment(), out / "cache" / "exports" / f"{key}-{os.getpid()}" / "model",
                           ctx_export)
-        ctx = StepContext(data=data, device=self.opts.device, seed=self.base_work.seed, progress=self.progress,
+        # A tree shares one seed: the baseline's, or a pipeline's extra seed (same baseline, new student).
+        ctx = StepContext(data=data, device=self.opts.device, seed=works[0].seed, progress=self.progress,
                           cache_dir=out / "cache" / "steps")
         base_ckpt = out / "cache" / key / "model.safetensors"
         current = [""]
@@ -156,7 +159,7 @@ def run_unit(recipe: Recipe, opts: StudyOptions, unit: Unit, done: frozenset[str
         return group.statuses
     group.say(f"{base_work.vid}: baseline")
     try:
-        data = _data(base_work.dataset, opts, recipe.val_size)
+        data = study_data(base_work.dataset, opts, recipe.val_size)
         base, key, retrained = _baseline(recipe, opts, base_work, data, group.progress)
     except Exception as e:  # no baseline: every variant of the group is recorded as failed
         for w in [base_work] * need_base + todo:

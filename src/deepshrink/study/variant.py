@@ -13,7 +13,7 @@ from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.measure import energy, power
 from deepshrink.measure.accuracy import artifact_accuracy
 from deepshrink.measure.params import layer_stats
-from deepshrink.models import canonical, check_output, create_model, reference_of
+from deepshrink.models import canonical, check_output, create_model, origin_of, reference_of
 from deepshrink.progress import Progress
 from deepshrink.results import (
     LATENCY_COLUMNS,
@@ -46,7 +46,8 @@ def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str
     ckpt = save_checkpoint(v.model, v.manifest, stem)
     ctx = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
     artifact = export(v.model, v.deployment, stem, ctx)
-    runtime = "onnxruntime" if "onnxruntime" in artifact.runners else next(iter(artifact.runners))
+    # Accuracy from what deploys: the runtime measured fastest at batch 256 (export/deploy.py).
+    runtime = str(artifact.info.get("deployed_runtime") or next(iter(artifact.runners)))
     acc = artifact_accuracy(artifact, data, runtime)
     acc_torch = artifact_accuracy(artifact, data, "torch") if "torch" in artifact.runners else float("nan")
     stats = layer_stats(v.model, data.input_shape)
@@ -95,7 +96,9 @@ def train_baseline(dataset: str, model: str | nn.Module, cfg: TrainConfig, data:
     """Train a fresh registry/referenced model (seeded), or the caller's own module in place."""
     torch.manual_seed(cfg.seed)
     if isinstance(model, nn.Module):
-        model_name = reference_of(model)
+        origin = origin_of(model)
+        model_name = origin[0] if origin else reference_of(model)
+        model_args = model_args if model_args is not None or origin is None else origin[1]
         check_output(model, model_name, data.input_shape, data.num_classes)
     else:
         model_name, model = canonical(model), create_model(model, data, **(model_args or {}))

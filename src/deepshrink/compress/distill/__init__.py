@@ -32,16 +32,27 @@ from deepshrink.compress.distill.teacher import (
     resolve_teachers,
 )
 from deepshrink.compress.registry import apply, register_step
-from deepshrink.config import default_train
+from deepshrink.config import default_train, family_augment, parse_kwargs
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
 from deepshrink.models import MODELS, canonical, check_model_name, create_model, is_reference
-from deepshrink.train import AUGMENTS, Objective, TrainConfig, cross_entropy, evaluate, fit
+from deepshrink.train import AUGMENTS, Objective, TrainConfig, TrainLog, cross_entropy, evaluate, fit
 from deepshrink.variant import StepContext, Variant, variant_id
 
-__all__ = ["DistillConfig", "apply_distill", "control_of", "distill_objective", "distill_with_control",
-           "distillation_table", "hinton_loss", "scratch_config"]
+__all__ = [
+    "CONTROLS",
+    "DistillConfig",
+    "apply_distill",
+    "augment_candidates",
+    "control_of",
+    "distill_objective",
+    "distill_with_control",
+    "distillation_table",
+    "hinton_loss",
+    "scratch_config",
+]
 
+CONTROLS = ("same", "best")
 INPUT_STUDENT = "input"  # the step's input model itself is the student (warm start), e.g. a pruned copy
 
 
@@ -55,13 +66,17 @@ class DistillConfig:
     """`distill:teacher=...,student=mlp-50,temperature=2,alpha=0.5,epochs=...`.
 
     teacher: "" = the step's input model; else a checkpoint, or an ensemble `a.safetensors+b.safetensors`.
-    student: a registry model name (fresh, seeded init), a checkpoint path (e.g. a structurally pruned
-    copy), or "input" (the step's input model). epochs/lr/batch_size 0 and augment "" mean the tuned
-    training defaults of the student's model and dataset (`config.default_train`).
+    student: a registry model name or a model reference `PATH.py:CALLABLE` (fresh, seeded init), a
+    checkpoint path (e.g. a structurally pruned copy), or "input" (the step's input model).
+    student_args: a fresh reference student's constructor arguments, `;`-separated because `,` separates
+    the step's keys: `student=examples/models.py:dwnet,student_args=width=16;depth=2`.
+    epochs/lr/batch_size 0 and augment "" mean the tuned training defaults of the student's model and
+    dataset (`config.default_train`).
     """
 
     teacher: str = ""
     student: str = "mlp-50"
+    student_args: str = ""
     # T=2, alpha=0.5 won on the validation split for mlp-50 from LeNet-5 on both datasets (T in 1-16,
     # alpha in 0.3-0.9): a 10-class teacher at ~70% has little "dark knowledge" beyond the top classes.
     temperature: float = 2.0
@@ -70,8 +85,14 @@ class DistillConfig:
     lr: float = 0.0
     batch_size: int = 0
     augment: str = ""
+    # "same": train once with these settings (the control: the same settings, no teacher). "best": best
+    # effort, the fair rival for "just train the small model well": train once per augmentation
+    # candidate (none, the dataset family's) under the same epoch cap and keep the best validation run.
+    control: str = "same"
 
     def __post_init__(self) -> None:
+        if self.control not in CONTROLS:
+            raise UserError(f"distill.control={self.control!r}: unknown (known: {', '.join(CONTROLS)})")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise UserError(f"distill.temperature={self.temperature}: must be a finite number > 0")
         if not 0.0 <= self.alpha <= 1.0:
@@ -82,8 +103,15 @@ class DistillConfig:
         if self.augment and self.augment not in AUGMENTS:
             raise UserError(f"distill.augment={self.augment!r}: unknown (known: {', '.join(AUGMENTS.names())})")
         self._check_student()
+        if self.student_args and not (is_reference(self.student) and not _is_path(self.student)):
+            raise UserError(f"distill.student_args: only a model reference student takes arguments "
+                            f"(student={self.student!r})")
+        self.model_args()
         if self.teacher:
             check_teacher_manifests(self.teacher)
+
+    def model_args(self) -> dict[str, Any]:
+        return parse_kwargs(list(filter(None, self.student_args.split(";"))), "distill.student_args")
 
     def _check_student(self) -> None:
         if self.student == INPUT_STUDENT or self.student in MODELS:
@@ -110,7 +138,7 @@ def _student(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tuple[nn.Modul
         return copy.deepcopy(v.model).cpu(), v.manifest, v.deployment
     if not _is_path(cfg.student):
         torch.manual_seed(ctx.seed)
-        return create_model(cfg.student, ctx.data), None, Deployment()
+        return create_model(cfg.student, ctx.data, **cfg.model_args()), None, Deployment()
     try:
         model, manifest = load_checkpoint(Path(cfg.student))
     except UserError as e:
@@ -133,6 +161,48 @@ def _teacher_objective(teachers: list[Teacher], cfg: DistillConfig, train_cfg: T
     return distill_objective(online, cfg.temperature, cfg.alpha), "online"
 
 
+def augment_candidates(cfg: DistillConfig, dataset: str, tuned: str) -> list[str]:
+    """The augmentations a run tries: its own (tuned or set) for `same`; for `best`, none and the
+    dataset family's (or the one set), so a scratch and a distilled student search the same space."""
+    if cfg.control == "same":
+        return [tuned]
+    return list(dict.fromkeys(["none", cfg.augment or family_augment(dataset)]))
+
+
+def _train_once(student: nn.Module, cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
+                ctx: StepContext, label: str) -> tuple[TrainLog, str]:
+    """One run of the shared loop: (its log, how the teacher's logits were obtained)."""
+    if cfg.alpha > 0:
+        objective, mode = _teacher_objective(teachers, cfg, train_cfg, ctx)
+    else:  # the control: the teacher plays no part
+        objective, mode = cross_entropy(train_cfg.label_smoothing), "none"
+    log = fit(student, ctx.data, train_cfg, objective=objective, progress=ctx.progress, label=label,
+              device=ctx.device)
+    return log, mode
+
+
+def train_best(student: nn.Module, cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
+               ctx: StepContext, label: str) -> tuple[nn.Module, TrainConfig, TrainLog, dict[str, Any]]:
+    """Train one copy of the (identically initialised) student per augmentation candidate and keep the
+    one with the best validation accuracy; `fit` already keeps each run's best validation epoch, so
+    epochs are chosen on validation too, under the same cap. Returns (model, its config, log, info)."""
+    candidates = augment_candidates(cfg, ctx.data.name, train_cfg.augment)
+    runs = []
+    for aug in candidates:
+        model, run_cfg = copy.deepcopy(student), dataclasses.replace(train_cfg, augment=aug)
+        log, mode = _train_once(model, cfg, run_cfg, teachers, ctx, f"{label} aug={aug}")
+        runs.append((log.best_val_acc, aug, model, run_cfg, log, mode))
+    # Ties go to the first candidate (no augmentation: the cheaper recipe).
+    best = max(runs, key=lambda r: (r[0], -candidates.index(r[1])))
+    # The search's whole cost is the variant's training time: a best effort is not free.
+    info: dict[str, Any] = {"distill_control": cfg.control, "distill_teacher_logits": best[5],
+                            "distill_train_seconds": sum(r[4].seconds for r in runs)}
+    if cfg.control == "best":
+        info["distill_augment_val_acc"] = {aug: acc for acc, aug, *_ in runs}
+        info["distill_augment"] = best[1]
+    return best[2], best[3], best[4], info
+
+
 @register_step("distill", DistillConfig)
 def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
     """Train the student on the teacher's softened outputs (alpha > 0) or on labels alone (alpha = 0)."""
@@ -144,16 +214,14 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
                             "distill_student": student_name, "distill_temperature": cfg.temperature,
                             "distill_alpha": cfg.alpha,
                             "distill_teacher": (cfg.teacher or INPUT_STUDENT) if cfg.alpha > 0 else "none"}
+    teachers: list[Teacher] = []
     if cfg.alpha > 0:
         teachers = resolve_teachers(cfg.teacher, v.model, v.manifest, data)
-        objective, mode = _teacher_objective(teachers, cfg, train_cfg, ctx)
         info["distill_teacher_model"] = "+".join(t.manifest.model for t in teachers)
         info["distill_teacher_val_acc"] = evaluate(OnlineEnsemble(teachers), data.val_x, data.val_y)
-    else:  # the control: the teacher plays no part, but a wrong teacher file is still an error
-        objective, mode = cross_entropy(train_cfg.label_smoothing), "none"
-    info["distill_teacher_logits"] = mode
-    log = fit(student, data, train_cfg, objective=objective, progress=ctx.progress,
-              label=f"{info['distill_role']} {student_name} T={cfg.temperature:g}", device=ctx.device)
+    label = f"{info['distill_role']} {student_name} T={cfg.temperature:g}"
+    student, train_cfg, log, chosen = train_best(student, cfg, train_cfg, teachers, ctx, label)
+    info.update(chosen)
     student.cpu().eval()
     info["epochs_to_converge"] = log.epochs_to_converge()
     warm = cfg.student == INPUT_STUDENT  # only a warm-started student inherits its input's facts
@@ -161,14 +229,16 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
                         num_classes=data.num_classes, mean=list(v.manifest.mean), std=list(v.manifest.std),
                         pipeline=list(v.manifest.pipeline), train=train_cfg.to_dict(),
                         info={**(v.manifest.info if warm else {}), **info},
-                        model_args=dict(loaded.model_args) if loaded else {})
-    return Variant(v.id, student, manifest, deployment=deployment, log=log, train_seconds=log.seconds,
+                        model_args=dict(loaded.model_args) if loaded else cfg.model_args())
+    return Variant(v.id, student, manifest, deployment=deployment, log=log,
+                   train_seconds=info["distill_train_seconds"],
                    epochs=train_cfg.epochs, seed=ctx.seed, info={**(v.info if warm else {}), **info})
 
 
 def scratch_config(cfg: DistillConfig) -> DistillConfig:
-    """The control of `cfg`: same student, settings and budget, alpha=0 (no teacher). The one place
-    a no-teacher control is built; every caller reporting a control goes through `control_of`."""
+    """The control of `cfg`: same student, settings, budget and effort (`control`: `same` trains once,
+    `best` searches the augmentations too), alpha=0 (no teacher). The one place a no-teacher control is
+    built; every caller reporting a control goes through `control_of`."""
     return dataclasses.replace(cfg, alpha=0.0)
 
 

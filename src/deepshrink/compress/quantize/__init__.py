@@ -48,7 +48,9 @@ class QuantizeConfig:
     epochs: int = 3  # QAT fine-tuning epochs
     lr: float = 0.005  # QAT learning rate (a fine-tune: ~1/10 of the baseline's)
     calib: int = 512  # training images for PTQ calibration and QAT's initial ranges
-    deploy: str = "full"  # int8 deployment: full | mixed | weights | auto (fastest, chosen by timing)
+    # int8 deployment: full | mixed | weights | auto (the default: the fastest at batch 256 and 1, chosen by
+    # timing, so an INT8 variant is never slower than FP32; integer convolutions lose on x86 CPUs here)
+    deploy: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

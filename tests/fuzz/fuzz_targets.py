@@ -1,0 +1,334 @@
+"""What the fuzzer feeds: every reader of a file a user or an earlier run hands deepshrink, each with
+valid seed files in its canonical format. A reader may accept an input or refuse it with `UserError`;
+anything else it raises (or a hang) is a crash.
+
+Adding a reader (e.g. `.dsz`) is one registration:
+
+    def _dsz_seeds(tmp: Path) -> list[bytes]:
+        return [encode_dsz(small_model()), ...]          # valid files, small: the fuzzer mutates them
+
+    @target("dsz", _dsz_seeds)
+    def _read_dsz(data: bytes, tmp: Path) -> object:
+        return decode_dsz(data, "fuzz.dsz")               # or write `data` under `tmp` and read the path
+"""
+
+import gzip
+import io
+import pickle
+import struct
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from deepshrink.checkpoint import Manifest, load_checkpoint, save_checkpoint
+from deepshrink.compress.distill.teacher import _read_cached
+from deepshrink.data import cifar, folder, idx, npz
+from deepshrink.export.dsonnx import pack_onnx, unpack_onnx
+from deepshrink.export.dsz import coded_weight_keys
+from deepshrink.export.dsz import decode_state as decode_dsz
+from deepshrink.export.dsz import encode_state as encode_dsz
+from deepshrink.export.floating import export_onnx
+from deepshrink.export.onnx_file import read_onnx
+from deepshrink.export.packed import decode as decode_packed
+from deepshrink.export.packed import encode as encode_packed
+from deepshrink.export.sparse import decode_state, encode_state, sparse_weight_keys
+from deepshrink.models import create_model
+from deepshrink.study.recipe import load_recipe
+
+Seeds = Callable[[Path], list[bytes]]
+Read = Callable[[bytes, Path], object]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    seeds: Seeds  # valid inputs, written into `tmp` if they need files beside them
+    read: Read  # reads one input (bytes, a scratch folder); UserError is the only allowed failure
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def target(name: str, seeds: Seeds) -> Callable[[Read], Read]:
+    """Register a reader under `name` with its seed generator."""
+    def deco(read: Read) -> Read:
+        if name in TARGETS:
+            raise ValueError(f"fuzz target {name!r} registered twice")
+        TARGETS[name] = Target(name, seeds, read)
+        return read
+
+    return deco
+
+
+def _tiny_model(seed: int = 0, sparsity: float = 0.0) -> nn.Module:
+    """mlp-50 on 1x8x8 inputs, 3 classes: every format's code paths, a few kB."""
+    torch.manual_seed(seed)
+    model = create_model("mlp-50", (1, 8, 8), 3)
+    if sparsity:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p[p.abs() < p.abs().flatten().quantile(sparsity)] = 0.0
+    return model.eval()
+
+
+def _write(tmp: Path, name: str, data: bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
+# ---- data files --------------------------------------------------------------------------------------
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape) + \
+        arr.astype(np.uint8).tobytes()
+
+
+def _idx_seeds(tmp: Path) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    images, labels = _idx_bytes(rng.integers(0, 255, (3, 5, 5))), _idx_bytes(np.array([0, 1, 2]))
+    return [images, labels, gzip.compress(images), gzip.compress(labels)]
+
+
+@target("idx", _idx_seeds)
+def _read_idx(data: bytes, tmp: Path) -> object:
+    # Named as the seed it came from was (gzip magic or not), so each path of the reader sees mutants.
+    return idx.read_idx(_write(tmp, "x-idx3-ubyte.gz" if data[:2] == b"\x1f\x8b" else "x-idx3-ubyte", data))
+
+
+def _cifar_python_seeds(tmp: Path) -> list[bytes]:
+    x = np.random.default_rng(0).integers(0, 255, (2, 3072), dtype=np.uint8)
+    batch = {b"batch_label": b"b", b"labels": [3, 7], b"data": x, b"filenames": [b"a.png", b"b.png"]}
+    return [pickle.dumps(batch, protocol=p) for p in (2, 4)]
+
+
+@target("cifar-python", _cifar_python_seeds)
+def _read_cifar_python(data: bytes, tmp: Path) -> object:
+    return cifar.load_batch(data, "data_batch_1")
+
+
+def _cifar_binary_seeds(tmp: Path) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for mode in ("w", "w:gz"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode=mode) as tf:
+            for name in [*cifar.TRAIN_BATCHES, cifar.TEST_BATCH]:
+                rec = np.concatenate([[1], rng.integers(0, 255, 3072)]).astype(np.uint8).tobytes()
+                info = tarfile.TarInfo(f"{cifar.BIN_DIR}/{name}.bin")
+                info.size = len(rec)
+                tf.addfile(info, io.BytesIO(rec))
+        out.append(buf.getvalue())
+    return out
+
+
+@target("cifar-binary", _cifar_binary_seeds)
+def _read_cifar_binary(data: bytes, tmp: Path) -> object:
+    return cifar.load_binary(_write(tmp, "cifar-10-binary.tar.gz", data))
+
+
+def _npz_seeds(tmp: Path) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 255, (4, 6, 6), dtype=np.uint8), "y_train": np.array([0, 1, 0, 1]),
+              "x_test": rng.random((2, 6, 6, 1)).astype(np.float32), "y_test": np.array([1, 0])}
+    out = []
+    for save in (np.savez, np.savez_compressed):
+        buf = io.BytesIO()
+        save(buf, **arrays)
+        out.append(buf.getvalue())
+    return out
+
+
+@target("npz", _npz_seeds)
+def _read_npz(data: bytes, tmp: Path) -> object:
+    return npz.load_npz(_write(tmp, "data.npz", data))
+
+
+def _image_seeds(tmp: Path) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for fmt, mode in (("PNG", "L"), ("BMP", "RGB"), ("GIF", "L"), ("PNG", "RGB")):
+        arr = rng.integers(0, 255, (6, 6) if mode == "L" else (6, 6, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode).save(buf, fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+@target("folder", _image_seeds)
+def _read_folder(data: bytes, tmp: Path) -> object:
+    """One mutated image in an ImageFolder tree whose other images are valid and match it in size."""
+    root = tmp / "images"
+    for split, cls in (("train", "a"), ("train", "b"), ("test", "a")):
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+    _write(root / "train" / "a", "0.png", data)
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # the rest of the tree agrees with the image's size and mode
+            size, mode = probe.size, probe.mode
+    except Exception:
+        size, mode = (6, 6), "L"
+    if size[0] * size[1] > 4096 or mode not in ("L", "RGB", "P"):
+        size, mode = (6, 6), "L"
+    other = io.BytesIO()
+    Image.new(mode, size).save(other, "PNG")
+    _write(root / "train" / "b", "1.png", other.getvalue())
+    _write(root / "test" / "a", "2.png", other.getvalue())
+    return folder.load_folder(root)
+
+
+# ---- models and checkpoints --------------------------------------------------------------------------
+
+_MODEL_SOURCE = b'''"""A user's model file."""
+from torch import nn
+
+
+def net(num_classes, input_shape):
+    c, h, w = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=3, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+'''
+
+
+@target("model-reference", lambda tmp: [_MODEL_SOURCE])
+def _read_model_reference(data: bytes, tmp: Path) -> object:
+    path = _write(tmp, "user_model.py", data)
+    return [create_model(f"{path}:{name}", (1, 8, 8), 3) for name in ("net", "Net")]
+
+
+def _checkpoint_files(tmp: Path) -> tuple[bytes, bytes]:
+    folder_ = tmp / "seed-ckpt"
+    manifest = Manifest(model="mlp-50", dataset="npz:x.npz", input_shape=[1, 8, 8], num_classes=3, mean=[0.1],
+                        std=[0.3], pipeline=["prune.unstructured:sparsity=0.5"], train={"epochs": 1})
+    weights = save_checkpoint(_tiny_model(), manifest, folder_ / "model")
+    return weights.read_bytes(), weights.with_suffix(".json").read_bytes()
+
+
+@target("checkpoint-manifest", lambda tmp: [_checkpoint_files(tmp)[1]])
+def _read_manifest(data: bytes, tmp: Path) -> object:
+    if not (tmp / "ckpt.safetensors").exists():
+        _write(tmp, "ckpt.safetensors", _checkpoint_files(tmp)[0])
+    _write(tmp, "ckpt.json", data)
+    return load_checkpoint(tmp / "ckpt.safetensors")
+
+
+@target("safetensors", lambda tmp: [_checkpoint_files(tmp)[0]])
+def _read_safetensors(data: bytes, tmp: Path) -> object:
+    if not (tmp / "ckpt.json").exists():
+        _write(tmp, "ckpt.json", _checkpoint_files(tmp)[1])
+    _write(tmp, "ckpt.safetensors", data)
+    return load_checkpoint(tmp / "ckpt.safetensors")
+
+
+def _onnx_bytes(model: nn.Module) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_onnx(model, Path(tmp) / "m.onnx", torch.zeros(1, 1, 8, 8)).read_bytes()
+
+
+@target("onnx", lambda tmp: [_onnx_bytes(_tiny_model())])
+def _read_onnx(data: bytes, tmp: Path) -> object:
+    return read_onnx(data, "fuzz.onnx", session=True)
+
+
+# ---- deepshrink's compact files ----------------------------------------------------------------------
+
+def _dsparse_seeds(tmp: Path) -> list[bytes]:
+    model = _tiny_model(sparsity=0.6)
+    return [encode_state(model.state_dict(), sparse_weight_keys(model), codec) for codec in ("lzma", "none", "zlib")]
+
+
+@target("dsparse", _dsparse_seeds)
+def _read_dsparse(data: bytes, tmp: Path) -> object:
+    return decode_state(data, "fuzz.dsparse")
+
+
+def _dsz_seeds(tmp: Path) -> list[bytes]:
+    model = _tiny_model(sparsity=0.7)
+    with torch.no_grad():  # a clustered model: few distinct non-zero values per layer
+        for p in model.parameters():
+            p.copy_(torch.round(p * 8) / 8)
+    return [encode_dsz(model.state_dict(), coded_weight_keys(model), gap_bits) for gap_bits in (0, 4)]
+
+
+@target("dsz", _dsz_seeds)
+def _read_dsz(data: bytes, tmp: Path) -> object:
+    return decode_dsz(data, "fuzz.dsz")
+
+
+@target("dsonnx", lambda tmp: [pack_onnx(_onnx_bytes(_tiny_model(sparsity=0.7)), codec) for codec in ("lzma", "none")])
+def _read_dsonnx(data: bytes, tmp: Path) -> object:
+    return unpack_onnx(data, "fuzz.dsonnx")
+
+
+def _dsq_seeds(tmp: Path) -> list[bytes]:
+    model = _tiny_model()
+    steps = {name: torch.full((m.weight.shape[0],), 0.01) for name, m in model.named_modules()
+             if isinstance(m, nn.Linear)}
+    return [encode_packed(model, bits, steps) for bits in (2, 4, 7)]
+
+
+@target("dsq", _dsq_seeds)
+def _read_dsq(data: bytes, tmp: Path) -> object:
+    return decode_packed(data, "fuzz.dsq")
+
+
+# ---- recipes and caches ------------------------------------------------------------------------------
+
+_RECIPE = b'''name = "fuzz"
+description = "tiny"
+expected_minutes = 0.1
+[study]
+datasets = ["mnist", "npz:data.npz"]
+models = ["lenet-300-100", "mlp-50"]
+seeds = [0, 1]
+val_size = 30
+jobs = 2
+[train]
+epochs = 1
+batch_size = 64
+[train.per.mnist]
+epochs = 2
+[measure]
+runtimes = ["onnxruntime"]
+threads = [1]
+repeats = 1
+single_calls = 5
+images = 50
+[[pipeline]]
+name = "prune+int8"
+steps = ["prune.unstructured:sparsity=0.5,epochs=1", "quantize:precision=int8,method=ptq"]
+models = ["mlp-50"]
+[[pipeline]]
+steps = ["distill:temperature=2,alpha=0.5,epochs=1,teacher={baseline}", "prune.structured:ratio=0.5"]
+'''
+
+
+@target("recipe", lambda tmp: [_RECIPE])
+def _read_recipe(data: bytes, tmp: Path) -> object:
+    return load_recipe(str(_write(tmp, "recipe.toml", data)))
+
+
+@target("teacher-logits", lambda tmp: [save_safetensors({"train": torch.randn(6, 3)})])
+def _read_teacher_logits(data: bytes, tmp: Path) -> object:
+    # A bad cache file is recomputed, never an error: the reader returns None for it.
+    got = _read_cached(_write(tmp, "logits.safetensors", data), (6, 3))
+    assert got is None or tuple(got.shape) == (6, 3)
+    return got
+
