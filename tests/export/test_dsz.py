@@ -14,12 +14,12 @@ from deepshrink.errors import UserError
 from deepshrink.export import huffman
 from deepshrink.export.container import Streams, seal
 from deepshrink.export.dsz import (
-    FORMAT,
     MAGIC,
     decode_state,
     describe,
     encode_state,
     gap_symbols,
+    pack_header,
     positions_of,
     summarize,
 )
@@ -132,18 +132,21 @@ def _crafted(entry: dict, body: bytes = b"") -> bytes:  # type: ignore[type-arg]
     """A well-formed, correctly sealed file with a hostile header."""
     streams = Streams("none")
     streams.add(body)
-    return seal(streams.pack(MAGIC, {"format": FORMAT, "tensors": [entry]}, zip_header=True))
+    return seal(streams.pack(MAGIC, pack_header([entry]), zip_header=True))
+
+
+def _coded(shape: int, nonzero: int, gap_bits: int, count: int, code: int, data: int) -> dict:  # type: ignore[type-arg]
+    end = code + data
+    return {"key": "w", "shape": [shape], "kind": "coded", "nonzero": nonzero, "gap_bits": gap_bits,
+            "gaps": {"count": count, "code": [0, code], "data": [code, data]}, "codebook": [end, 0],
+            "index": {"code": [end, 0], "data": [end, 0]}}
 
 
 @pytest.mark.parametrize("entry", [
-    {"key": "w", "shape": [2**40], "kind": "coded", "nonzero": 0, "gap_bits": 1,
-     "gaps": {"count": 0, "code": [0, 0], "data": [0, 0]}, "codebook": [0, 0],
-     "index": {"count": 0, "code": [0, 0], "data": [0, 0]}},
-    {"key": "w", "shape": [100], "kind": "coded", "nonzero": 10**9, "gap_bits": 1,
-     "gaps": {"count": 10**9, "code": [0, 2], "data": [2, 2]}},
-    {"key": "w", "shape": [1000], "kind": "coded", "nonzero": 5, "gap_bits": 4,
-     "gaps": {"count": 900, "code": [0, 16], "data": [16, 4]}},
-    {"key": "w", "shape": [10], "kind": "dense", "dtype": "<f4", "data": [0, 10**6]},
+    _coded(2**40, 0, 1, 0, 0, 0),  # a shape no decoder should allocate
+    _coded(100, 10**9, 1, 10**9, 2, 2),  # more values than the tensor has elements
+    _coded(1000, 5, 4, 900, 16, 4),  # more symbols than the stream's bits can hold
+    {"key": "w", "shape": [10], "kind": "dense", "dtype": "<f4", "data": [0, 10**6]},  # past the end
 ])
 def test_hostile_headers_are_refused_before_allocating(entry: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(UserError, match=r"evil\.dsz: corrupt"):

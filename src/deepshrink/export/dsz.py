@@ -13,6 +13,7 @@ Decoding gives back every tensor bit for bit; the byte layout is documented in d
 """
 
 import copy
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,59 @@ def _dense(streams: Streams, arr: np.ndarray) -> dict[str, Any]:
     return {"kind": "dense", "dtype": arr.dtype.str, "data": streams.add(arr.tobytes())}
 
 
+# The streams each kind of tensor owns, in body order. The header stores only their lengths (offsets
+# follow), and one column per field rather than one object per tensor: a third smaller, which is 3%
+# of a LeNet-5 file of ~5 kB.
+STREAMS = {"dense": ("data",), "coded": ("gaps.code", "gaps.data", "codebook", "index.code", "index.data"),
+           "raw": ("gaps.code", "gaps.data", "values")}
+COLUMNS = ("key", "shape", "kind", "dtype", "as", "nonzero", "gap_bits", "gaps.count")
+
+
+def _get(entry: dict[str, Any], path: str) -> Any:
+    head, _, tail = path.partition(".")
+    value = entry.get(head)
+    return value.get(tail) if tail and isinstance(value, dict) else value
+
+
+def _set(entry: dict[str, Any], path: str, value: Any) -> None:
+    """entry[path] = value, `a.b` nested; None (a field this kind of tensor lacks) is left out."""
+    head, _, tail = path.partition(".")
+    if value is None:
+        return
+    if tail:
+        entry.setdefault(head, {})[tail] = value
+    else:
+        entry[head] = value
+
+
+def pack_header(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tensor entries (streams as spans, written in STREAMS order) -> the stored columnar header."""
+    columns: dict[str, Any] = {c: [_get(e, c) for e in entries] for c in COLUMNS}
+    spans = [_get(e, name) for e in entries for name in STREAMS[e["kind"]]]
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(spans)), "streams out of order"
+    return {"format": FORMAT, **columns, "streams": [length for _, length in spans]}
+
+
+def unpack_header(header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored header -> tensor entries with spans, offsets recomputed from the stream lengths."""
+    entries: list[dict[str, Any]] = [{} for _ in header["key"]]
+    for column in COLUMNS:
+        if len(header[column]) != len(entries):
+            raise ValueError(f"header column {column} has {len(header[column])} entries for {len(entries)} tensors")
+        for entry, value in zip(entries, header[column], strict=True):
+            _set(entry, column, value)
+    lengths, offset = iter(header["streams"]), 0
+    for entry in entries:
+        for name in STREAMS[entry["kind"]]:
+            length = int(next(lengths))
+            _set(entry, name, [offset, length])
+            offset += length
+    for entry in entries:
+        if entry["kind"] == "coded":
+            entry["index"]["count"] = entry["nonzero"]  # one index per stored value
+    return entries
+
+
 def encode_state(state: dict[str, Tensor], coded_keys: set[str], gap_bits: int = 0) -> bytes:
     """The .dsz bytes of a state dict; `coded_keys` are the float32 weights to code (others: dense)."""
     streams = Streams("none")  # Huffman streams and float32 tensors gain nothing from a general codec
@@ -128,17 +182,17 @@ def encode_state(state: dict[str, Tensor], coded_keys: set[str], gap_bits: int =
         else:
             entry.update(_dense(streams, arr))
         entries.append(entry)
-    return seal(streams.pack(MAGIC, {"format": FORMAT, "tensors": entries}, zip_header=True))
+    return seal(streams.pack(MAGIC, pack_header(entries), zip_header=True))
 
 
-def read_header(data: bytes, source: str) -> tuple[dict[str, Any], Any]:
-    """(header, stream reader) of a .dsz file whose magic and checksum hold."""
+def read_header(data: bytes, source: str) -> tuple[list[dict[str, Any]], Any]:
+    """(tensor entries, stream reader) of a .dsz file whose magic and checksum hold."""
     if data[: len(MAGIC)] != MAGIC:
         raise UserError(f"{source}: not a deepshrink {WHAT}")
     header, blob = read_container(unseal(data, source, WHAT), MAGIC, source, WHAT, zip_header=True)
     if header.get("format") != FORMAT:
         raise UserError(f"{source}: unsupported {WHAT} format {header.get('format')!r} (expected {FORMAT})")
-    return header, blob
+    return unpack_header(header), blob
 
 
 def _decode_coded(blob: Any, part: dict[str, Any], alphabet: int) -> np.ndarray:
@@ -173,13 +227,12 @@ def decode_state(data: bytes, source: str = WHAT, expected: dict[str, list[int]]
 
     @reader(WHAT)
     def checked(data: bytes, source: str) -> dict[str, Tensor]:
-        header, blob = read_header(data, source)
-        shapes = {e["key"]: [int(d) for d in e["shape"]] for e in header["tensors"]}
+        entries, blob = read_header(data, source)
+        shapes = {e["key"]: [int(d) for d in e["shape"]] for e in entries}
         if expected is not None and shapes != expected:
             diff = sorted(k for k in set(shapes) | set(expected) if shapes.get(k) != expected.get(k))
             raise UserError(f"{source}: tensors do not match the model (differs at {', '.join(diff[:3])})")
-        return {e["key"]: torch.from_numpy(_decode_tensor(blob, e, tuple(shapes[e["key"]])))
-                for e in header["tensors"]}
+        return {e["key"]: torch.from_numpy(_decode_tensor(blob, e, tuple(shapes[e["key"]]))) for e in entries}
 
     return checked(data, source)
 
@@ -205,9 +258,9 @@ def _span_bytes(e: dict[str, Any], key: str) -> int:
 @reader(WHAT)
 def describe(data: bytes, source: str) -> list[dict[str, Any]]:
     """One row per tensor: name, shape, storage kind, non-zeros, codebook size, gap width, bytes."""
-    header, _ = read_header(data, source)
+    entries, _ = read_header(data, source)
     rows = []
-    for e in header["tensors"]:
+    for e in entries:
         size = int(np.prod(e["shape"], dtype=np.int64))
         coded = e["kind"] != "dense"
         rows.append({"tensor": e["key"], "shape": "x".join(map(str, e["shape"])), "kind": e["kind"],
