@@ -51,10 +51,7 @@ def _run(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     write_rows(run / "results.csv", RESULTS, RESULTS_COLUMNS)
-    lat = [{"variant": v, "runtime": "onnxruntime", "device": "cpu", "threads": 1, "batch": 256,
-            "us_per_image_median": us, "us_per_image_min": us, "us_per_image_max": us, "speedup": sp,
-            "reference": "b"} for v, us, sp in TIMES]
-    write_rows(run / "latency.csv", lat, LATENCY_COLUMNS)
+    write_rows(run / "latency.csv", _lat_rows(), LATENCY_COLUMNS)
     layers = [{"variant": v, "layer": name, "shape": shape, "params_total": total,
                "params_nonzero": (nz if v != "b" else macs) + total - macs, "macs": macs,
                "macs_nonzero": nz if v != "b" else macs}
@@ -219,3 +216,28 @@ def test_gain_sentence_edge_cases() -> None:
     scratch = [{"seed": "0", "accuracy_pct": "89", "status": "ok"}, {"seed": "1", "accuracy_pct": "80",
                                                                       "status": "ok"}]
     assert paired_diffs(kd, scratch) == [1.0]
+
+
+def test_speed_as_shipped_takes_each_files_fastest_runtime(tmp_path: Path) -> None:
+    """A variant's fastest runtime against its baseline's fastest (not the same runtime's): the INT8 file
+    is 2.5x faster than the baseline in ONNX Runtime (10 vs 25 µs) but its torch time (30) is beaten by the
+    baseline's torch (12), which is the baseline's fastest, so as shipped it runs at 12 / 10 = 1.20x;
+    the pruned one's fastest (12) against 12 is 1.00x, and one at 16 µs is flagged slower (0.75x)."""
+    run = _run(tmp_path)
+    extra = [("b", "torch", 12.0), ("q", "torch", 30.0), ("d4", "torch", 16.0), ("d4", "onnxruntime", 18.0)]
+    rows = [r for r in _lat_rows() if r["variant"] != "d4"]
+    rows += [{"variant": v, "runtime": rt, "device": "cpu", "threads": 1, "batch": 256, "us_per_image_median": us,
+              "us_per_image_min": us, "us_per_image_max": us, "speedup": 1.0, "reference": "b"} for v, rt, us in extra]
+    write_rows(run / "latency.csv", rows, LATENCY_COLUMNS)
+    section = _section(render_report(run)[0].read_text(), "Speed as shipped")
+    table = {r[0]: r for r in _table_rows(section)[1:]}
+    assert table["q"][2:5] == ["onnxruntime 10.0", "torch 12.0", "1.20x"] and table["q"][5] == ""
+    assert table["p80"][4] == "1.00x"
+    assert table["d4"][2:6] == ["torch 16.0", "torch 12.0", "0.75x", "slower"]
+    assert "Slower than 0.95x its baseline: d4 (1 thread, batch 256: 0.75x)." in section
+
+
+def _lat_rows() -> list[dict]:
+    return [{"variant": v, "runtime": "onnxruntime", "device": "cpu", "threads": 1, "batch": 256,
+             "us_per_image_median": us, "us_per_image_min": us, "us_per_image_max": us, "speedup": sp,
+             "reference": "b"} for v, us, sp in TIMES]

@@ -23,7 +23,8 @@ RESULTS_COLUMNS = [
     "accuracy_torch_pct",
 ]
 LATENCY_COLUMNS = ["variant", "runtime", "device", "threads", "batch", "us_per_image_median",
-                   "us_per_image_min", "us_per_image_max", "speedup", "reference"]
+                   "us_per_image_min", "us_per_image_max", "speedup", "reference",
+                   "us_per_image_mean", "reference_us_per_image_median"]
 LAYERS_COLUMNS = ["variant", "layer", "shape", "params_total", "params_nonzero", "macs", "macs_nonzero"]
 
 RESULTS_KEY = ("variant",)

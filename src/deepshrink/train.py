@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepshrink import quiet
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.progress import Progress, null_progress
@@ -153,7 +154,8 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 2048) -> Tensor:
     was_training = model.training
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
-    out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    with quiet.busy():
+        out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
 
@@ -192,19 +194,20 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, objective: Objecti
         perm = torch.randperm(n, generator=gen)
         total_loss = 0.0
         for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            x = augment(data.train_x[idx], gen).to(device)
-            out = objective(model, x, data.train_y[idx].to(device), idx)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for cb in callbacks:
-                cb.on_step_end(model)
-            total_loss += float(loss.detach()) * len(idx)
+            with quiet.busy():  # a study's timing waits for this batch, and this one for a timing
+                idx = perm[i : i + cfg.batch_size]
+                x = augment(data.train_x[idx], gen).to(device)
+                out = objective(model, x, data.train_y[idx].to(device), idx)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at epoch {epoch}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                for cb in callbacks:
+                    cb.on_step_end(model)
+                total_loss += float(loss.detach()) * len(idx)
         val_acc = evaluate(model, data.val_x, data.val_y, cfg.eval_batch_size)
         log.history.append({"epoch": epoch, "train_loss": total_loss / n, "val_acc": val_acc,
                             "seconds": time.perf_counter() - start})

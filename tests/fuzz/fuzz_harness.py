@@ -94,13 +94,15 @@ def _alarm(seconds: float) -> Iterator[None]:
     def ring(signum: int, frame: Any) -> None:
         raise Hang(f"no answer in {seconds:g} s")
 
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # CPU seconds of this process, not wall seconds: a reader preempted by other jobs on a shared machine
+    # (or a run paused with SIGSTOP) is not hanging; one spinning on a hostile header is.
+    previous = signal.signal(signal.SIGPROF, ring)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def fuzz(t: Target, n: int, crash_dir: Path | None = None, hang_seconds: float = HANG_SECONDS) -> Stats:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepshrink import quiet
 from deepshrink.measure.latency import RunnerFactory, time_passes, time_singles
 
 BATCH = 256
@@ -32,10 +33,11 @@ def time_runtimes(runners: Mapping[str, RunnerFactory], x: np.ndarray) -> dict[i
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        made = {k: f(1, "cpu") for k, f in runners.items()}
-        xs = dict.fromkeys(made, x)
-        batched = time_passes(made, xs, BATCH, REPEATS)
-        single = time_singles(made, xs, SINGLES, chunk=50)
+        with quiet.quiet():  # in a study, no other worker trains or times meanwhile
+            made = {k: f(1, "cpu") for k, f in runners.items()}
+            xs = dict.fromkeys(made, x)
+            batched = time_passes(made, xs, BATCH, REPEATS)
+            single = time_singles(made, xs, SINGLES, chunk=50)
     finally:
         torch.set_num_threads(prev)
     return {BATCH: {k: min(v) for k, v in batched.items()}, 1: {k: statistics.median(v) for k, v in single.items()}}

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from deepshrink import quiet
 from deepshrink.progress import Progress, null_progress
 
 # A runner maps an input batch to logits; a factory makes one per (threads, device).
@@ -113,8 +114,8 @@ def time_singles(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], ca
 
 
 def _summary(values_us: list[float]) -> dict[str, float]:
-    return {"us_per_image_median": statistics.median(values_us), "us_per_image_min": min(values_us),
-            "us_per_image_max": max(values_us)}
+    return {"us_per_image_median": statistics.median(values_us), "us_per_image_mean": statistics.fmean(values_us),
+            "us_per_image_min": min(values_us), "us_per_image_max": max(values_us)}
 
 
 def _with_reference(named: Sequence[tuple[str, Timeable]], runners: dict[str, Runner], runtime: str, threads: int,
@@ -129,12 +130,38 @@ def _with_reference(named: Sequence[tuple[str, Timeable]], runners: dict[str, Ru
     return {ref: art.runners[borrowed](threads, device), **runners}, f"{ref} ({borrowed})"
 
 
+def _setting_rows(named: Sequence[tuple[str, Timeable]], x: np.ndarray, cfg: LatencyConfig, runtime: str,
+                  device: str, n_threads: int) -> list[dict[str, object]]:
+    """One (runtime, device, threads): every artifact offering the runtime timed interleaved with the
+    reference, batched and at batch 1; each row carries the reference's median from the same passes."""
+    own = {v: a.runners[runtime](n_threads, device) for v, a in named if runtime in a.runners}
+    if not own:
+        return []
+    runners, ref_label = _with_reference(named, own, runtime, n_threads, device)
+    dtypes = {v: a.input_dtype for v, a in named}
+    xs = {v: x.astype(dtypes[v], copy=False) for v in runners}
+    batched = time_passes(runners, xs, cfg.batch, cfg.repeats)
+    single = time_singles(runners, xs, cfg.single_calls)
+    reference = next(iter(runners))
+    rows: list[dict[str, object]] = []
+    for mode_batch, table in ((cfg.batch, batched), (1, single)):
+        ref = statistics.median(table[reference])
+        for v in own:
+            s = _summary(table[v])
+            rows.append({"variant": v, "runtime": runtime, "device": device,
+                         "threads": n_threads if device == "cpu" else 0, "batch": mode_batch, **s,
+                         "speedup": ref / s["us_per_image_median"] if s["us_per_image_median"] else 0.0,
+                         "reference": ref_label, "reference_us_per_image_median": ref})
+    return rows
+
+
 def measure_latency(named: Sequence[tuple[str, Timeable]], x: np.ndarray, cfg: LatencyConfig,
                     progress: Progress | None = None) -> list[dict[str, object]]:
     """Rows (variant, runtime, device, threads, batch, us_per_image_*) for each artifact and setting.
 
     The first artifact of `named` is the reference for `speedup` (baseline time / variant time), in
     the same runtime, or in its ONNX Runtime model where it lacks the runtime (it gets no row then).
+    In a study, nothing else of the study runs meanwhile (deepshrink.quiet).
     """
     progress = progress or null_progress()
     rows: list[dict[str, object]] = []
@@ -142,30 +169,14 @@ def measure_latency(named: Sequence[tuple[str, Timeable]], x: np.ndarray, cfg: L
                 if dev == "cpu" or (th == cfg.threads[0] and _runs_on_cuda(rt))]
     task = progress.add("latency", total=len(settings))
     prev_threads = torch.get_num_threads()
-    dtypes = {v: a.input_dtype for v, a in named}
-    try:
-        for runtime, device, threads in settings:
-            n_threads = threads or all_cores()
-            torch.set_num_threads(n_threads)
-            own = {v: a.runners[runtime](n_threads, device) for v, a in named if runtime in a.runners}
-            if not own:
-                continue
-            runners, ref_label = _with_reference(named, own, runtime, n_threads, device)
-            xs = {v: x.astype(dtypes[v], copy=False) for v in runners}
-            batched = time_passes(runners, xs, cfg.batch, cfg.repeats)
-            single = time_singles(runners, xs, cfg.single_calls)
-            thread_label = n_threads if device == "cpu" else 0
-            reference = next(iter(runners))
-            for mode_batch, table in ((cfg.batch, batched), (1, single)):
-                ref = statistics.median(table[reference])
-                for v in own:
-                    s = _summary(table[v])
-                    rows.append({"variant": v, "runtime": runtime, "device": device, "threads": thread_label,
-                                 "batch": mode_batch, **s,
-                                 "speedup": ref / s["us_per_image_median"] if s["us_per_image_median"] else 0.0,
-                                 "reference": ref_label})
-            progress.update(task, advance=1, info=f"{runtime} {device} {n_threads}t")
-    finally:
-        torch.set_num_threads(prev_threads)
-        progress.finish(task)
+    with quiet.quiet():
+        try:
+            for runtime, device, threads in settings:
+                n_threads = threads or all_cores()
+                torch.set_num_threads(n_threads)
+                rows += _setting_rows(named, x, cfg, runtime, device, n_threads)
+                progress.update(task, advance=1, info=f"{runtime} {device} {n_threads}t")
+        finally:
+            torch.set_num_threads(prev_threads)
+            progress.finish(task)
     return rows

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Protocol
 
+from deepshrink import quiet
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import all_cores
 from deepshrink.progress import Progress
@@ -181,6 +182,7 @@ def _init_worker(queue: Channel, parent: int, run_dir: str) -> None:
     fd = os.open(os.path.join(run_dir, ".workers.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
     _WORKER.update(queue=queue, lock_fd=fd)
+    quiet.enable(Path(run_dir))  # timings wait for the other workers' batches, and they for timings
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 

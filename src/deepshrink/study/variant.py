@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepshrink import quiet
 from deepshrink.checkpoint import Manifest, save_checkpoint
 from deepshrink.data import DataSplits
 from deepshrink.export import Artifact, ExportContext, export
@@ -42,6 +43,12 @@ class Measured:
 def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float] | None = None,
                     sram_budget: int = energy.DEFAULT_SRAM_BUDGET_BYTES) -> Measured:
     """Export `v`, then measure accuracy, size, parameters, MACs and energy from the artifact."""
+    with quiet.busy():  # export and accuracy passes load the CPU: a study's timing waits for them
+        return _measure(v, data, out, baseline, sram_budget)
+
+
+def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float] | None,
+             sram_budget: int) -> Measured:
     stem = out / "artifacts" / v.id / "model"
     ckpt = save_checkpoint(v.model, v.manifest, stem)
     ctx = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
