@@ -241,3 +241,24 @@ def _lat_rows() -> list[dict]:
     return [{"variant": v, "runtime": "onnxruntime", "device": "cpu", "threads": 1, "batch": 256,
              "us_per_image_median": us, "us_per_image_min": us, "us_per_image_max": us, "speedup": sp,
              "reference": "b"} for v, us, sp in TIMES]
+
+
+def test_speed_as_shipped_uses_the_paired_baseline_time(tmp_path: Path) -> None:
+    """MNIST LeNet-5's INT8-weights file at 10.92 µs against the baseline's own row (10.34, another run) looks
+    0.95x; in its own run the baseline took 10.93, so as shipped it is 1.00x. When the baseline's fastest
+    runtime (torch, 9.0) was not timed beside the variant, its own row is used."""
+    run = _run(tmp_path)
+
+    def lat(v: str, rt: str, us: float, ref_us: float | None = None) -> dict:
+        return {"variant": v, "runtime": rt, "device": "cpu", "threads": 1, "batch": 256, "us_per_image_median": us,
+                "us_per_image_min": us, "us_per_image_max": us, "speedup": (ref_us or us) / us, "reference": "b",
+                "reference_us_per_image_median": ref_us if ref_us is not None else ""}
+
+    rows = [lat("b", "onnxruntime", 10.34), lat("q", "onnxruntime", 10.92, 10.93), lat("d4", "onnxruntime", 10.0, 10.5),
+            lat("b", "torch", 9.0)]
+    write_rows(run / "latency.csv", rows[:3], LATENCY_COLUMNS)
+    table = {r[0]: r for r in _table_rows(_section(render_report(run)[0].read_text(), "Speed as shipped"))[1:]}
+    assert table["q"][3:6] == ["onnxruntime 10.9", "1.00x", ""]
+    write_rows(run / "latency.csv", rows, LATENCY_COLUMNS)
+    table = {r[0]: r for r in _table_rows(_section(render_report(run)[0].read_text(), "Speed as shipped"))[1:]}
+    assert table["d4"][3:6] == ["torch 9.00", "0.90x", "slower"]

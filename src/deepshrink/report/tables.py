@@ -276,9 +276,10 @@ def shipped_table(data: RunData) -> Table:
                  ["variant", "setting", "fastest runtime, µs / image", "baseline's fastest, µs / image",
                   "speedup as shipped", ""], rows,
                  note="A user runs each file in whichever runtime is fastest for it, so a variant is compared "
-                      "with its baseline runtime-for-runtime's best, at the same threads and batch (median "
-                      "µs per image in latency.csv, each file timed while nothing else of the study ran). "
-                      + verdict)
+                      "with its baseline's best, at the same threads and batch: median µs per image in "
+                      "latency.csv, the baseline's from the run it was timed in interleaved with the variant "
+                      "(two runs of one file minutes apart differ by up to 5-10 % here), each run while "
+                      "nothing else of the study ran. " + verdict)
 
 
 def build_tables(data: RunData, sram_budget_bytes: int = 256 * 1024) -> list[Table]:
