@@ -15,6 +15,7 @@ endif
 
 # Inputs per reader for `make fuzz` (a small run of every reader is part of `make test`).
 FUZZ_N ?= 1000
+FUZZ_JOBS ?= 2
 
 setup: $(STAMP)
 
@@ -47,7 +48,7 @@ bench: setup
 
 # Every reader of a user's file, mutated from valid seeds: prints reader / inputs / crashes; exits 1 on a crash.
 fuzz: setup
-	$(BIN)/python tests/fuzz/run.py --n $(FUZZ_N)
+	$(BIN)/python tests/fuzz/run.py --n $(FUZZ_N) --jobs $(FUZZ_JOBS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 native crash or runaway memory in one cannot take the others down); prints the table and exits 1 on any
 crash or hang. Crashing inputs are kept in OUT/crashes/ for reproduction.
 
-    FUZZ_N=5000 python tests/fuzz/run.py [--targets dsparse dsq] [--out runs/fuzz]
+    FUZZ_N=5000 FUZZ_JOBS=2 python tests/fuzz/run.py [--targets dsparse dsq] [--out runs/fuzz]
 """
 
 import argparse
@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def _run(name: str, n: int, out: Path) -> Stats:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=int(os.environ.get("FUZZ_N", "1000")), help="inputs per reader")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("FUZZ_JOBS", "1")),
+                    help="readers fuzzed at once (each in its own process)")
     ap.add_argument("--targets", nargs="*", default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/fuzz"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -50,10 +53,14 @@ def main() -> None:
         _child(args.child, args.n, args.out)
         return
     t0 = time.perf_counter()
-    rows = []
-    for t in targets(args.targets):
-        rows.append(_run(t.name, args.n, args.out))
-        print(f"{t.name}: {rows[-1].tried} inputs, {rows[-1].crashes} crashes, {rows[-1].hangs} hangs", flush=True)
+
+    def one(name: str) -> Stats:
+        stats = _run(name, args.n, args.out)
+        print(f"{name}: {stats.tried} inputs, {stats.crashes} crashes, {stats.hangs} hangs", flush=True)
+        return stats
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # threads only wait on child processes
+        rows = list(pool.map(one, [t.name for t in targets(args.targets)]))
     print(table(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     bad = [s for s in rows if s.crashes or s.hangs]
