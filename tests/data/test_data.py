@@ -137,6 +137,27 @@ def test_cifar_pickle_with_foreign_global_is_refused(tmp_path: Path) -> None:
         cifar.load_batch(b"\x80\x02cbuiltins\neval\nq\x00.", "eval_batch")
 
 
+_SIZES = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"  # a dtype state's elsize, alignment, flags
+
+
+def _batch_pickle(x: np.ndarray) -> bytes:
+    return pickle.dumps({b"data": x, b"labels": [1, 2]}, protocol=2)
+
+
+@pytest.mark.parametrize("patch, message", [
+    # numpy's dtype.__setstate__ trusts these fields (a crafted one crashed the interpreter under `make fuzz`);
+    # the reader checks a state before numpy sees it
+    ((b"NNN" + _SIZES, b"NX\x01\x00\x00\x00aN" + _SIZES), "unsupported dtype state"),  # field names
+    ((b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8"), "unsupported dtype"),  # object arrays
+    ((b"K\x02M\x00\x0c\x86", b"K\x03M\x00\x0c\x86"), "does not match its 6144 data bytes"),
+])
+def test_cifar_pickle_numpy_state_is_checked_before_numpy_sees_it(patch: tuple[bytes, bytes], message: str) -> None:
+    data = _batch_pickle(np.zeros((2, 3072), np.uint8))
+    assert patch[0] in data
+    with pytest.raises(UserError, match=message):
+        cifar.load_batch(data.replace(patch[0], patch[1], 1), "data_batch_1")
+
+
 def test_cifar_binary(tmp_path: Path) -> None:
     x, y = synthetic_images(10, (3, 32, 32))
     rec = np.concatenate([y.astype(np.uint8)[:, None], x.reshape(10, -1)], axis=1).tobytes()

@@ -20,21 +20,99 @@ BIN_DIR = "cifar-10-batches-bin"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 
+class _Stub:
+    """A numpy object a batch's pickle names (array, dtype or scalar), kept as plain arguments and state.
+    numpy's own `__setstate__` trusts its state: a crafted dtype or array state crashes the interpreter
+    (found by `make fuzz`), so nothing reaches numpy until `_build` has checked it."""
+
+    def __init__(self, kind: str, args: tuple[Any, ...]) -> None:
+        self.kind, self.args, self.state = kind, args, None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _NDArray:
+    """Stands for `numpy.ndarray` as `_reconstruct`'s first argument."""
+
+
+def _encode(text: Any, encoding: str = "utf-8") -> bytes:
+    # Python 2 byte strings arrive as `_codecs.encode(str, "latin1")`; other codecs (zlib, bz2...) have no
+    # business in a batch.
+    if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "utf8"):
+        raise pickle.UnpicklingError(f"forbidden _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode(encoding)
+
+
 # Both numpy spellings: batches written by numpy 1.x name numpy.core, numpy 2.x names numpy._core.
-_ALLOWED = {
-    (mod, name)
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+_SAFE: dict[tuple[str, str], Any] = {
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): lambda cls, *a: _Stub("array", (cls, *a))
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): lambda *a: _Stub("scalar", a) for core in ("core", "_core")},
+    ("numpy", "ndarray"): _NDArray, ("numpy", "dtype"): lambda *a: _Stub("dtype", a),
+    ("_codecs", "encode"): _encode,
+}
+_DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "b1"})
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
+        if (module, name) not in _SAFE:
             raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
-        if module.startswith("numpy.core"):
-            module = module.replace("numpy.core", "numpy._core", 1)  # numpy 2 keeps the old path as a shim
-        return super().find_class(module, name)
+        return _SAFE[module, name]
+
+
+def _text(v: Any) -> Any:
+    return v.decode("latin-1") if isinstance(v, bytes) else v  # a Python 2 str arrives as bytes
+
+
+def _dtype(stub: Any) -> np.dtype:
+    name = _text(stub.args[0]) if isinstance(stub, _Stub) and stub.kind == "dtype" and stub.args else None
+    if name not in _DTYPES:
+        raise pickle.UnpicklingError(f"unsupported dtype {getattr(stub, 'args', stub)!r:.60}")
+    dt = np.dtype(name)
+    st = stub.state if isinstance(stub.state, tuple) else ()
+    if any(v is not None for v in st[2:5]) or any(v not in (-1, dt.itemsize) for v in st[5:6]):
+        raise pickle.UnpicklingError(f"unsupported dtype state {st!r:.60}")  # sub-arrays, fields, sizes
+    order = _text(st[1]) if len(st) > 1 else "|"
+    return dt.newbyteorder(">") if order == ">" else dt
+
+
+def _array(stub: _Stub) -> np.ndarray:
+    st = stub.state
+    if stub.args[:1] != (_NDArray,) or not isinstance(st, tuple) or len(st) != 5:
+        raise pickle.UnpicklingError("malformed ndarray state")
+    _, shape, dt, fortran, raw = st
+    if (not isinstance(shape, tuple) or len(shape) > 4 or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(raw, bytes)):
+        raise pickle.UnpicklingError("malformed ndarray state")
+    dtype = _dtype(dt)
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(raw):
+        raise pickle.UnpicklingError(f"array of shape {shape} does not match its {len(raw)} data bytes")
+    return np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _build(obj: Any, depth: int = 0) -> Any:
+    """The unpickled tree with every stub turned into the numpy object it stands for, once checked."""
+    if depth > 20:
+        raise pickle.UnpicklingError("nested too deep")
+    if isinstance(obj, dict):
+        return {_build(k, depth + 1): _build(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_build(v, depth + 1) for v in obj)
+    if isinstance(obj, _Stub):
+        if obj.kind == "array":
+            return _array(obj)
+        if obj.kind == "dtype":
+            return _dtype(obj)
+        dt, data = (*obj.args, None)[:2]
+        dtype = _dtype(dt)
+        if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+            raise pickle.UnpicklingError("malformed numpy scalar")
+        return np.frombuffer(data, dtype)[0]
+    if obj is _NDArray:
+        raise pickle.UnpicklingError("bare numpy.ndarray")
+    return obj
 
 
 def _check_memo(data: bytes, name: str) -> None:
@@ -57,7 +135,7 @@ def load_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One python-version batch: images (N,3,32,32) uint8 and labels (N,) int64."""
     _check_memo(data, name)
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        obj = _build(_RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
     except pickle.UnpicklingError as e:
         raise UserError(f"{name}: refused to unpickle ({e})") from None
     except Exception as e:  # any other parse failure means a corrupt file
