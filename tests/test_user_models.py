@@ -146,6 +146,12 @@ def test_missing_file_and_syntax_error(tmp_path: Path) -> None:
     raises.write_text("import not_a_module_anywhere_xyz\n")
     with pytest.raises(UserError, match=re.escape(f"{raises}: importing it raised ModuleNotFoundError")):
         create_model(f"{raises}:net", DATA)
+    # found by `make fuzz`: `super().__init__` without the call left torch to fail later with AttributeError
+    uninit = tmp_path / "uninit.py"
+    uninit.write_text("from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self, num_classes=10):\n"
+                      "        super().__init__\n")
+    with pytest.raises(UserError, match=re.escape(f"{uninit}:Net': Net.__init__ never called super().__init__()")):
+        create_model(f"{uninit}:Net", DATA)
 
 
 def test_cli_bad_reference_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

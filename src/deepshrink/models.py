@@ -140,21 +140,22 @@ def _build_reference(ref: str, shape: InputShape, num_classes: int, args: dict[s
         raise UserError(f"model {ref!r}: calling it raised {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model {ref!r}: returned {type(model).__name__}, not a torch.nn.Module")
+    if "_parameters" not in vars(model):  # torch's own error would come later, from deep inside nn.Module
+        raise UserError(f"model {ref!r}: {type(model).__name__}.__init__ never called super().__init__()")
     return model
 
 
 def check_output(model: nn.Module, name: str, shape: InputShape, num_classes: int) -> None:
     """One forward pass on zeros: the model takes the data's images and gives one logit per class."""
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", True)
     try:
+        model.eval()
         with torch.no_grad():
             out = model(torch.zeros(1, *shape))
+        model.train(was_training)
     except Exception as e:  # shape mismatches surface as RuntimeError from deep inside torch
         raise UserError(f"model {name!r}: a forward pass on {list(shape)} inputs failed "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    finally:
-        model.train(was_training)
+                        f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"model {name!r}: outputs {got} for one image; the data has {num_classes} classes")
