@@ -10,7 +10,7 @@ directories, and when its fastest runtime is one the variant was not timed besid
 
 from dataclasses import dataclass
 
-from deepshrink.report.numbers import DASH, num, sig
+from deepshrink.report.numbers import num, sig
 from deepshrink.report.rundata import Row, RunData, ok
 
 SLOWER = 0.95  # below this a variant is called slower than its baseline (the never-slower goal)
@@ -22,29 +22,33 @@ class Fastest:
     us: float
 
 
-def fastest(latency: list[Row], variant: str, threads: str, batch: str) -> Fastest | None:
-    """The variant's fastest runtime on the CPU at one (threads, batch)."""
-    got = [(us, r["runtime"]) for r in latency if r["variant"] == variant and r.get("device", "cpu") == "cpu"
-           and r["threads"] == threads and r["batch"] == batch and (us := num(r.get("us_per_image_median")))]
+def _at(latency: list[Row], variant: str, threads: str, batch: str) -> list[Row]:
+    return [r for r in latency if r["variant"] == variant and r.get("device", "cpu") == "cpu"
+            and r["threads"] == threads and r["batch"] == batch]
+
+
+def _min(got: list[tuple[float, str]]) -> Fastest | None:
     if not got:
         return None
     us, runtime = min(got)
     return Fastest(runtime, us)
+
+
+def fastest(latency: list[Row], variant: str, threads: str, batch: str) -> Fastest | None:
+    """The variant's fastest runtime on the CPU at one (threads, batch)."""
+    return _min([(us, r["runtime"]) for r in _at(latency, variant, threads, batch)
+                 if (us := num(r.get("us_per_image_median")))])
 
 
 def paired_fastest(latency: list[Row], variant: str, threads: str, batch: str) -> Fastest | None:
     """The baseline's fastest runtime as timed interleaved with `variant` (a runtime the baseline lacks, e.g.
     `sparse`, was compared with its ONNX Runtime model: `reference` says `<baseline> (onnxruntime)`)."""
-    got = []
-    for r in latency:
-        if (r["variant"] == variant and r.get("device", "cpu") == "cpu" and r["threads"] == threads
-                and r["batch"] == batch and (us := num(r.get("reference_us_per_image_median")))):
-            ref = r.get("reference", "")
-            got.append((us, ref[ref.index("(") + 1 : -1] if ref.endswith(")") else r["runtime"]))
-    if not got:
-        return None
-    us, runtime = min(got)
-    return Fastest(runtime, us)
+    def runtime(r: Row) -> str:
+        ref = r.get("reference", "")
+        return ref[ref.index("(") + 1 : -1] if ref.endswith(")") else r["runtime"]
+
+    return _min([(us, runtime(r)) for r in _at(latency, variant, threads, batch)
+                 if (us := num(r.get("reference_us_per_image_median")))])
 
 
 def settings(latency: list[Row]) -> list[tuple[str, str]]:
@@ -59,11 +63,12 @@ def settings(latency: list[Row]) -> list[tuple[str, str]]:
 def shipped_ratios(data: RunData) -> list[tuple[Row, str, str, Fastest, Fastest]]:
     """(row, threads, batch, the variant's fastest, its baseline's fastest) for every compressed variant."""
     out = []
+    where = settings(data.latency)
     for r in data.results:
         base = r.get("baseline_variant", "")
         if not ok(r) or not base or base == r["variant"]:
             continue
-        for threads, batch in settings(data.latency):
+        for threads, batch in where:
             mine, own = fastest(data.latency, r["variant"], threads, batch), fastest(data.latency, base, threads,
                                                                                     batch)
             paired = paired_fastest(data.latency, r["variant"], threads, batch)
@@ -84,5 +89,5 @@ def shipped_table_rows(data: RunData) -> tuple[list[list[str]], list[str]]:
             slow.append(f"{r['variant']} ({threads} thread{'s' if threads != '1' else ''}, batch {batch}: "
                         f"{ratio:.2f}x)")
         rows.append([r["variant"], f"{threads}t, batch {batch}", f"{mine.runtime} {sig(mine.us)}",
-                     f"{theirs.runtime} {sig(theirs.us)}", f"{ratio:.2f}x" if ratio else DASH, flag])
+                     f"{theirs.runtime} {sig(theirs.us)}", f"{ratio:.2f}x", flag])
     return rows, slow
