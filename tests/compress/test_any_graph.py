@@ -15,6 +15,7 @@ import torch
 
 import deepshrink as ds
 from deepshrink.checkpoint import load_checkpoint
+from deepshrink.config import default_train
 from deepshrink.export.packed import decode
 from deepshrink.export.qdq import int8_weight_elements
 from deepshrink.measure.latency import LatencyConfig
@@ -115,6 +116,20 @@ def test_structured_retrain_can_distill_from_the_unpruned_model(bases: dict[str,
     assert widths == [10] and r.row["status"] == "ok" and r.row["params_total"] < 0.6 * base.row["params_total"]
     with pytest.raises(ds.UserError, match="prune.structured.alpha"):
         ds.steps.PruneStructured(alpha=1.5)
+
+
+def test_structured_retraining_defaults_follow_the_graph(bases: dict[str, ds.Result]) -> None:
+    """Unset epochs/lr/alpha: a coupled graph gets the long full-LR retrain with the unpruned model as
+    teacher (what held ResNet-8 within 2 points), a plain stack the short low-LR one; set keys win."""
+    structured = importlib.import_module("deepshrink.compress.prune.structured")
+    v = bases["resnet8"].variant
+    tuned = default_train(v.manifest.dataset, v.manifest.model).lr
+    run, alpha = structured.retraining(ds.steps.PruneStructured(), True, v, 0)
+    assert (run.epochs, run.lr, alpha) == (40, tuned, 0.5)
+    run, alpha = structured.retraining(ds.steps.PruneStructured(), False, v, 0)
+    assert (run.epochs, run.lr, alpha) == (10, pytest.approx(0.2 * tuned), 0.0)
+    run, alpha = structured.retraining(ds.steps.PruneStructured(epochs=3, lr=0.01, alpha=0.0), True, v, 0)
+    assert (run.epochs, run.lr, alpha) == (3, 0.01, 0.0)
 
 
 @pytest.mark.parametrize("method", ["ptq", "qat"])

@@ -84,3 +84,27 @@ def test_lock_stops_a_second_study(tmp_path: Path, mnist_dir: Path) -> None:
     out.mkdir()
     with FileLock(str(out / ".study.lock")), pytest.raises(UserError, match="another study"):
         run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
+
+
+def test_a_unit_times_its_variants_together_with_the_baseline_once(tmp_path: Path, mnist_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serial study: the baseline's own unit times it alone, then one interleaved run times both ok
+    variants beside it; each speedup is the baseline's median from that run over the variant's."""
+    from deepshrink.study import unit
+
+    calls: list[list[str]] = []
+    real = unit.measure_latency
+
+    def spy(named, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append([v for v, _ in named])
+        return real(named, *args, **kwargs)
+
+    monkeypatch.setattr(unit, "measure_latency", spy)
+    out = tmp_path / "run"
+    run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
+    rows = {r["label"]: r["variant"] for r in read_rows(out / "results.csv")}
+    assert calls == [[rows["baseline"]], [rows["baseline"], rows["half"], rows["half+quarter"]]]
+    for r in read_rows(out / "latency.csv"):
+        if r["variant"] != rows["baseline"]:
+            ratio = float(r["reference_us_per_image_median"]) / float(r["us_per_image_median"])
+            assert float(r["speedup"]) == pytest.approx(ratio)

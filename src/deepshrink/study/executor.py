@@ -34,6 +34,8 @@ class Executor(ABC):
     """Runs units of a study and returns variant -> status; rows are written as variants finish."""
 
     name = "local"  # --executor NAME
+    # How many units to cut the pipelines into at least (plan.units); None: one per tree.
+    parallel: int | None = None
 
     def describe(self) -> dict[str, Any]:
         """What provenance.json records about where the study ran."""
@@ -54,7 +56,7 @@ class LocalExecutor(Executor):
     def __init__(self, jobs: int = 1) -> None:
         if jobs < 1:
             raise UserError(f"--jobs {jobs}: must be >= 1")
-        self.jobs = jobs
+        self.jobs = self.parallel = jobs
 
     def run(self, recipe: Recipe, opts: StudyOptions, units: list[Unit], done: set[str], progress: Progress,
             overall: int) -> dict[str, str]:

@@ -156,7 +156,7 @@ def execute(recipe: Recipe, opts: StudyOptions, executor: Executor, jobs: int = 
             overall = progress.add(f"study {recipe.name}", total=len(works))
             progress.update(overall, advance=len(statuses))
             _study_provenance(opts.out, recipe, jobs, opts.device, executor)
-            statuses.update(executor.run(recipe, opts, units(works), done, progress, overall))
+            statuses.update(executor.run(recipe, opts, units(works, executor.parallel), done, progress, overall))
     finally:
         guard.release()
     return statuses

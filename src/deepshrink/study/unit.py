@@ -4,6 +4,7 @@ measured) and the tree of pipelines that start from it, each measured and timed 
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from deepshrink import provenance
 from deepshrink.compress import apply, parse_step, step_names
 from deepshrink.config import default_train
 from deepshrink.data import DataSplits, load_dataset
-from deepshrink.export import Deployment, ExportContext, export
+from deepshrink.export import Artifact, Deployment, ExportContext, export
 from deepshrink.measure import energy
 from deepshrink.measure.latency import measure_latency
 from deepshrink.progress import Progress
@@ -21,7 +22,7 @@ from deepshrink.results import read_rows
 from deepshrink.study.cache import Prefixes, cached_or_compute, failure_reason, realize, substitute
 from deepshrink.study.plan import StudyOptions, Unit, Work, baseline_key, pin_code_version
 from deepshrink.study.recipe import CANONICAL_STEPS, Recipe
-from deepshrink.study.variant import measure_variant, record, record_failure, train_baseline
+from deepshrink.study.variant import Measured, measure_variant, record, record_failure, train_baseline
 from deepshrink.train import TrainConfig
 from deepshrink.variant import StepContext, Variant, variant_id
 
@@ -125,6 +126,7 @@ class _Group:
         memo.done[()] = (base, key, 0.0)
         ids = {w.steps[:i]: w.vid if i == len(w.steps) else variant_id(w.dataset, w.model, list(w.steps[:i]))
                for w in works for i in range(1, len(w.steps) + 1)}
+        measured: list[tuple[Work, Measured, float]] = []
         for w in todo:
             current[0] = w.vid
             self.say(f"{w.vid} ({len(w.steps)} steps)")
@@ -133,13 +135,33 @@ class _Group:
                                      lambda t: substitute(t, base_ckpt, key)[1], data.fingerprint, w.seed,
                                      fresh=False)
                 v.id = w.vid
-                m = measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram)
-                lat = [r for r in measure_latency([(base.id, base_art), (v.id, m.artifact)], x_time, self.lat_cfg,
-                                                  self.progress) if r["variant"] == v.id]
-                record(out, [m], lat, {"label": w.label, "base_model": w.model,
-                                       "recipe_steps": " | ".join(w.steps), "pipeline_seconds": seconds})
-                self.tick(w.vid, "ok")
+                measured.append((w, measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram),
+                                 seconds))
             except Exception as e:  # a failed variant is a result too; the study goes on
+                self.fail(w, e)
+        self.time_and_record(base.id, base_art, measured, x_time)
+
+    def time_and_record(self, base_id: str, base_art: Artifact, measured: list[tuple[Work, Measured, float]],
+                        x_time: np.ndarray) -> None:
+        """Every variant of the unit timed in one interleaved run with the baseline once; rows are written
+        only now (the steps' outputs are in the cache, so a killed unit redoes exports, not training)."""
+        if not measured:
+            return
+        self.say(f"timing {len(measured)} variants beside {base_id}")
+        named = [(base_id, base_art), *((w.vid, m.artifact) for w, m, _ in measured)]
+        try:
+            lat: list[dict[str, Any]] | None = measure_latency(named, x_time, self.lat_cfg, self.progress)
+        except Exception:  # one artifact a runtime cannot run must not fail its siblings: each alone
+            lat = None
+        for w, m, seconds in measured:
+            try:
+                own = lat if lat is not None else measure_latency([named[0], (w.vid, m.artifact)], x_time,
+                                                                  self.lat_cfg, self.progress)
+                record(self.opts.out, [m], [r for r in own if r["variant"] == w.vid],
+                       {"label": w.label, "base_model": w.model, "recipe_steps": " | ".join(w.steps),
+                        "pipeline_seconds": seconds})
+                self.tick(w.vid, "ok")
+            except Exception as e:
                 self.fail(w, e)
 
 
