@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from deepshrink.measure.latency import LatencyConfig, Runner, RunnerFactory, measure_latency, time_passes, time_singles
+from deepshrink.measure.latency import (
+    LatencyConfig,
+    Runner,
+    RunnerFactory,
+    _order,
+    measure_latency,
+    time_passes,
+    time_singles,
+)
 
 
 def _recorder(name: str, log: list[tuple[str, int]], sleep_s: float = 0.0) -> Runner:
@@ -29,7 +37,9 @@ def test_time_passes_warms_up_once_then_interleaves_passes() -> None:
     x = np.zeros((10, 1, 2, 2), np.float32)
     out = time_passes(runners, {"a": x, "b": x[:4]}, batch=4, repeats=3)
     a_pass, b_pass = [("a", 4), ("a", 4), ("a", 2)], [("b", 4)]  # 10 images in batches of 4; b gets 4
-    assert log == (a_pass + b_pass) * 4  # one warm-up pass each, then 3 passes, runner by runner
+    # one warm-up pass each, then 3 rounds of one pass per runner, in the order latency._order gives
+    rounds = [p for r in range(3) for k in _order(["a", "b"], r) for p in (a_pass if k == "a" else b_pass)]
+    assert log == a_pass + b_pass + rounds
     assert set(out) == {"a", "b"} and len(out["a"]) == len(out["b"]) == 3
     assert all(v >= 0 for v in out["a"] + out["b"])
 
@@ -49,15 +59,18 @@ def test_time_singles_makes_exactly_calls_batch1_calls_per_runner(calls: int) ->
     assert [n for n, _ in log].count("a") == calls and [n for n, _ in log].count("b") == calls
     assert {size for _, size in log} == {1}
     assert len(out["a"]) == len(out["b"]) == calls
-    # interleaved in chunks of at most 100 calls: a's chunk, then b's, then a's next ...
-    runs: list[tuple[str, int]] = []
-    for name, _ in log:
-        if runs and runs[-1][0] == name:
-            runs[-1] = (name, runs[-1][1] + 1)
-        else:
-            runs.append((name, 1))
+    # interleaved in chunks of at most 100 calls, each chunk's runners in the order _order gives
     chunks = [min(100, calls - s) for s in range(0, calls, 100)]
-    assert runs == [(n, c) for c in chunks for n in ("a", "b")]
+    assert [n for n, _ in log] == [n for r, c in enumerate(chunks) for n in _order(["a", "b"], r) for _ in range(c)]
+
+
+def test_each_round_shuffles_who_runs_right_after_the_reference() -> None:
+    """A fixed order would slow the same runner (the one after a big reference) in every round."""
+    names = ["ref", *"abcdefgh"]
+    orders = [_order(names, r) for r in range(10)]
+    assert orders[0] == names and all(sorted(o) == sorted(names) for o in orders)
+    after_ref = [o[o.index("ref") + 1] for o in orders if o[-1] != "ref"]
+    assert max(after_ref.count(n) for n in names[1:]) <= 4 < len(after_ref)
 
 
 def test_time_singles_walks_through_the_input() -> None:
