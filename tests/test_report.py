@@ -262,3 +262,47 @@ def test_speed_as_shipped_uses_the_paired_baseline_time(tmp_path: Path) -> None:
     write_rows(run / "latency.csv", rows, LATENCY_COLUMNS)
     table = {r[0]: r for r in _table_rows(_section(render_report(run)[0].read_text(), "Speed as shipped"))[1:]}
     assert table["d4"][3:6] == ["torch 9.00", "0.90x", "slower"]
+
+
+def _dsz_of(kept_every: int, levels: int) -> bytes:
+    """LeNet-300-100's three weight tensors: every `kept_every`-th weight non-zero, on `levels` values."""
+    from deepshrink.export.dsz import encode_state as encode_dsz
+
+    state = {}
+    for name, (rows, cols) in (("fc1", (300, 784)), ("fc2", (100, 300)), ("fc3", (10, 100))):
+        w = torch.zeros(rows * cols)
+        kept = w[::kept_every]
+        w[::kept_every] = (torch.arange(len(kept)) % levels + 1).float() / levels
+        state[f"{name}.weight"], state[f"{name}.bias"] = w.view(rows, cols), torch.zeros(rows)
+    return encode_dsz(state, {f"fc{i}.weight" for i in (1, 2, 3)})
+
+
+def test_deep_compression_table_reads_each_layer_from_the_dsz_headers_beside_hans(tmp_path: Path) -> None:
+    """Two seeds of a .dsz LeNet-300-100 keeping every 10th weight on 16 values: kept 10 %, 4-bit indices,
+    bytes equal to the header's streams; Han's published row under each of ours."""
+    from deepshrink.export.dsz import describe
+    from deepshrink.report.deep_compression import deep_compression_rows, layer_bits
+    from deepshrink.report.rundata import RunData
+
+    run = tmp_path / "run"
+    rows = []
+    for seed, levels in ((0, 16), (1, 16)):
+        (run / "artifacts" / f"dc{seed}").mkdir(parents=True)
+        (run / "artifacts" / f"dc{seed}" / "model.dsz").write_bytes(_dsz_of(10, levels))
+        rows.append({**_row(f"dc--seed{seed}", "dc", 0, 98.4, "prune.unstructured | cluster | encode",
+                            deployment="dsz", artifact=f"artifacts/dc{seed}/model.dsz"), "seed": seed})
+    bits = layer_bits(run / "artifacts" / "dc0" / "model.dsz")
+    header = {r["tensor"]: r for r in describe((run / "artifacts" / "dc0" / "model.dsz").read_bytes(), "t")}
+    assert bits["fc1"].kept == 23_520 and bits["fc1"].weights == 235_200 and bits["fc1"].weight_bits == 4
+    assert bits["fc1"].bytes == header["fc1.weight"]["position_bytes"] + header["fc1.weight"]["value_bytes"]
+    assert bits["total"].weights == 266_200 and bits["total"].bytes == sum(bits[f"fc{i}"].bytes for i in (1, 2, 3))
+    table = deep_compression_rows(RunData(rows, [], [], run))
+    assert [r[:2] for r in table] == [["dc (2 seeds)", "fc1"], ["Han et al. 2016", "fc1"], ["dc (2 seeds)", "fc2"],
+                                      ["Han et al. 2016", "fc2"], ["dc (2 seeds)", "fc3"], ["Han et al. 2016", "fc3"],
+                                      ["dc (2 seeds)", "total"], ["Han et al. 2016", "total"]]
+    assert table[0][2:6] == ["235,200 ± 0", "10.0 ± 0.0", "4.0 ± 0.0", table[0][5]]
+    assert table[1][2:4] == ["235K", "8"]  # Han: ip1 keeps 8 %
+    # every 10th weight: one gap value, so the Huffman-coded positions cost about a bit each
+    assert float(table[0][7].split(" ")[0]) < 1.5
+    write_rows(run / "results.csv", rows, RESULTS_COLUMNS)
+    assert "Deep Compression per layer, laid out as Han et al. 2016" in render_report(run)[0].read_text()

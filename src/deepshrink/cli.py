@@ -106,7 +106,8 @@ def _show_dsz(path: Path) -> None:
     data = path.read_bytes()
     rows = describe(data, str(path))
     table = Table(title=str(path))
-    for title in ("tensor", "shape", "kind", "non-zero", "codebook", "gap bits", "position B", "value B"):
+    for title in ("tensor", "shape", "kind", "non-zero", "codebook", "gap bits", "position B", "value B",
+                  "of which index B", "codebook B"):
         table.add_column(title)
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])

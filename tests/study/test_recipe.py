@@ -30,8 +30,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_builtins_load_and_are_kept_once() -> None:
-    assert {"quick", "paper"} <= set(builtin_names())
-    for name in ("quick", "paper"):
+    assert {"quick", "paper", "beyond"} <= set(builtin_names())
+    for name in ("quick", "paper", "beyond"):
         r = load_recipe(name)
         assert r.pipelines and r.description and r.expected_minutes > 0
     # Package data is the only copy: a second one (e.g. a top-level recipes/) would drift.
@@ -125,3 +125,36 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_cli_recipes_lists_builtins() -> None:
     res = subprocess.run([sys.executable, "-m", "deepshrink", "recipes"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "quick" in res.stdout and "paper" in res.stdout and "min" in res.stdout
+
+
+def test_models_per_dataset_replace_the_study_models_for_that_dataset() -> None:
+    from deepshrink.study.plan import plan
+    from deepshrink.study.recipe import validate
+
+    r = validate({"study": {"datasets": ["mnist", "cifar10"], "models": ["lenet-5", "lenet-300-100"],
+                            "models_per": {"cifar10": ["mlp-50"]}},
+                  "pipeline": [{"name": "fp16", "steps": ["quantize:precision=fp16"]}]}, "t.toml")
+    assert r.models_for("mnist") == ("lenet-5", "lenet-300-100") and r.models_for("cifar10") == ("mlp-50",)
+    assert {(w.dataset, w.model) for w in plan(r)} == {("mnist", "lenet-5"), ("mnist", "lenet-300-100"),
+                                                       ("cifar10", "mlp-50")}
+    narrowed = validate({"study": {"datasets": ["mnist"], "models_per": {"cifar10": ["mlp-50"]}}}, "t.toml")
+    assert narrowed.models_for("mnist") == ("lenet-5",)  # --set study.datasets=mnist leaves cifar10's unused
+    for bad, key in (({"imagenet": ["lenet-5"]}, "models_per.imagenet"), ({"mnist": []}, "models_per.mnist"),
+                     ({"mnist": ["nope"]}, "models_per.mnist"), (["mnist"], "models_per")):
+        with pytest.raises(UserError, match=key):
+            validate({"study": {"datasets": ["mnist"], "models_per": bad}}, "t.toml")
+
+
+def test_beyond_runs_every_variant_under_three_seeds_with_deep_compression_on_hans_models() -> None:
+    from deepshrink.study.plan import plan
+
+    works = plan(load_recipe("beyond"))
+    by_label: dict[tuple[str, str, str], set[int]] = {}
+    for w in works:
+        by_label.setdefault((w.dataset, w.model, w.label), set()).add(w.seed)
+    assert all(seeds == {0, 1, 2} for seeds in by_label.values())
+    dc = {m for d, m, label in by_label if label == "deep-compression"}
+    assert dc == {"lenet-300-100", "lenet-5", "lenet-5-caffe"}
+    assert all(w.steps[-1] == "encode" for w in works if w.label == "deep-compression")
+    assert {m for d, m, _ in by_label if d == "cifar10"} == {"examples/models.py:dwnet"}
+    assert {"obd95", "magnitude95", "w4", "w2"} <= {label for _, _, label in by_label}

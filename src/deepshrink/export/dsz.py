@@ -257,7 +257,8 @@ def _span_bytes(e: dict[str, Any], key: str) -> int:
 
 @reader(WHAT)
 def describe(data: bytes, source: str) -> list[dict[str, Any]]:
-    """One row per tensor: name, shape, storage kind, non-zeros, codebook size, gap width, bytes."""
+    """One row per tensor: name, shape, storage kind, non-zeros, codebook size, gap width, bytes (positions,
+    values; of the values, the Huffman-coded codebook indices and the codebook itself)."""
     entries, _ = read_header(data, source)
     rows = []
     for e in entries:
@@ -268,7 +269,8 @@ def describe(data: bytes, source: str) -> list[dict[str, Any]]:
                      "codebook": e["codebook"][1] // 4 if e["kind"] == "coded" else "",
                      "gap_bits": e["gap_bits"] if coded else "",
                      "position_bytes": _span_bytes(e, "gaps"),
-                     "value_bytes": sum(_span_bytes(e, k) for k in ("index", "codebook", "values", "data"))})
+                     "value_bytes": sum(_span_bytes(e, k) for k in ("index", "codebook", "values", "data")),
+                     "index_bytes": _span_bytes(e, "index"), "codebook_bytes": _span_bytes(e, "codebook")})
     return rows
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepshrink.measure.energy import DRAM_PJ_PER_32BIT, SRAM_PJ_PER_32BIT
+from deepshrink.report.deep_compression import COLUMNS as DC_COLUMNS
+from deepshrink.report.deep_compression import deep_compression_rows
 from deepshrink.report.kd_gain import gain_note
 from deepshrink.report.numbers import cell, count, fixed, kib, num, sig
 from deepshrink.report.reference import BEST, ref
@@ -282,6 +284,19 @@ def shipped_table(data: RunData) -> Table:
                       "nothing else of the study ran. " + verdict)
 
 
+def deep_compression_table(data: RunData) -> Table:
+    """Han et al.'s per-layer Deep Compression tables, ours from the `.dsz` headers (report/deep_compression.py)."""
+    return Table("deep_compression", "Deep Compression per layer, laid out as Han et al. 2016 (Tables 2 and 3)",
+                 DC_COLUMNS, deep_compression_rows(data),
+                 note="Each `.dsz` file's weight tensors as its header stores them: weights kept, bits per kept "
+                      "weight for its codebook index (P+Q: the codebook's width; P+Q+H: the Huffman-coded index "
+                      "stream with its code table, x 8 / kept weights) and for its position (P+Q: the "
+                      "relative-index width; P+Q+H: the coded gap stream, filler entries included), and bytes "
+                      "(positions + indices + codebook). Several seeds: mean ± sample std. Han's rows are his "
+                      "published numbers (ipN = our fcN; his LeNet-5 is our lenet-5-caffe); his last column "
+                      "is the P+Q+H compress rate.")
+
+
 def build_tables(data: RunData, sram_budget_bytes: int = 256 * 1024) -> list[Table]:
     """The reference's tables with rows, then the seed summary (several seeds only) and all variants."""
     out = [main_table(data, *spec) for spec in MAIN_TABLES]
@@ -290,5 +305,6 @@ def build_tables(data: RunData, sram_budget_bytes: int = 256 * 1024) -> list[Tab
     out.append(future_table(data))
     out.sort(key=lambda t: ORDER.index(t.id))
     multi = any(len(rows) > 1 for rows in groups(data.results).values())
-    return ([t for t in [*out, shipped_table(data)] if t.rows] + ([seed_summary(data)] if multi else [])
+    return ([t for t in [*out, shipped_table(data), deep_compression_table(data)] if t.rows]
+            + ([seed_summary(data)] if multi else [])
             + [all_variants(data, sram_budget_bytes)])

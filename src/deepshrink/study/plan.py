@@ -82,7 +82,7 @@ def plan(recipe: Recipe) -> list[Work]:
     multi_seed = len(recipe.seeds) > 1
     out: list[Work] = []
     for ds in recipe.datasets:
-        for model in recipe.models:
+        for model in recipe.models_for(ds):
             for seed in recipe.seeds:
                 tail = f"--seed{seed}" if multi_seed else ""
                 out.append(Work(variant_id(ds, model, []) + tail, ds, model, seed, "baseline"))

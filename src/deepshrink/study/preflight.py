@@ -26,7 +26,7 @@ def check_study(recipe: Recipe, opts: StudyOptions) -> None:
             data = study_data(name, opts, recipe.val_size)  # decoded once; a serial study reuses it
         except UserError as e:
             raise UserError(f"{recipe.source}: study.datasets: {e}") from None
-        for model in recipe.models:
+        for model in recipe.models_for(name):
             if is_reference(model):  # imported, called and run once on this data's shape
                 try:
                     create_model(model, data, **recipe.model_args.get(model, {}))

@@ -85,6 +85,11 @@ class Recipe:
     pipelines: tuple[PipelineSpec, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved TOML, for provenance
     model_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # model reference -> its arguments
+    # `[study.models_per]` cifar10 = [...]: a dataset's own model list in place of `models`
+    models_per: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def models_for(self, dataset: str) -> tuple[str, ...]:
+        return self.models_per.get(dataset, self.models)
 
     def train_overrides(self, dataset: str, model: str) -> dict[str, Any]:
         out = dict(self.train)
@@ -188,8 +193,12 @@ def validate(raw: dict[str, Any], source: str, default_name: str = "recipe") -> 
     if unknown:
         raise UserError(f"{source}: {sorted(unknown)[0]}: unknown key (known: {', '.join(_TOP_KEYS)})")
     study: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in _STUDY_KEYS.items()}
-    study.update(_table(raw.get("study", {}), _STUDY_KEYS, f"{source}: study"))
+    study_raw = raw.get("study", {})
+    per_models = study_raw.get("models_per", {}) if isinstance(study_raw, dict) else {}
+    study_raw = {k: v for k, v in study_raw.items() if k != "models_per"} if isinstance(study_raw, dict) else study_raw
+    study.update(_table(study_raw, _STUDY_KEYS, f"{source}: study"))
     _check_names(study, source)
+    models_per = _models_per(per_models, source)
     train_raw = dict(raw.get("train", {}))
     per_raw = train_raw.pop("per", {})
     train = _train_table(train_raw, f"{source}: train")
@@ -204,7 +213,29 @@ def validate(raw: dict[str, Any], source: str, default_name: str = "recipe") -> 
                   models=study["models"], seeds=study["seeds"], val_size=study["val_size"], jobs=study["jobs"],
                   cpus_per_task=study["cpus_per_task"], gpus_per_task=study["gpus_per_task"], train=train,
                   train_per=per, measure=measure, pipelines=pipelines, raw=raw,
-                  model_args=_model_args(raw.get("model_args", {}), study["models"], source))
+                  model_args=_model_args(raw.get("model_args", {}),
+                                         (*study["models"], *(m for ms in models_per.values() for m in ms)), source),
+                  models_per=models_per)
+
+
+def _models_per(raw: Any, source: str) -> dict[str, tuple[str, ...]]:
+    """`[study.models_per]` mnist = ["lenet-5"]: per dataset, the models it trains instead of study.models."""
+    where = f"{source}: study.models_per"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a table of dataset = [models]")
+    out: dict[str, tuple[str, ...]] = {}
+    for ds, models in raw.items():
+        try:  # a dataset not in study.datasets (narrowed by --set) is fine: its list goes unused
+            check_name(ds)
+        except UserError as e:
+            raise UserError(f"{where}.{ds}: {e}") from None
+        out[ds] = _check_type(models, [""], f"{where}.{ds}")
+        for name in out[ds]:
+            try:
+                check_model_name(name)
+            except UserError as e:
+                raise UserError(f"{where}.{ds}: {e}") from None
+    return out
 
 
 def _model_args(raw: dict[str, Any], models: tuple[str, ...], source: str) -> dict[str, dict[str, Any]]:
