@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from deepshrink.export.dsz import describe
-from deepshrink.report.numbers import num
-from deepshrink.report.rundata import Row, RunData, ok
-from deepshrink.report.seeds import pm
+from deepshrink.report.rundata import Row, RunData
+from deepshrink.report.seeds import groups, pm
 
 
 @dataclass(frozen=True)
@@ -100,16 +99,11 @@ def _han_cells(h: HanLayer) -> list[str]:
             f"{h.index_bits_huffman:g}", "", f"{h.rate_pct:g}"]
 
 
-def dsz_groups(data: RunData) -> dict[tuple[str, str], list[Row]]:
-    """Finished `.dsz` rows of Han's models by (model, label), seeds in order."""
-    out: dict[tuple[str, str], list[Row]] = {}
-    for r in data.results:
-        model = r.get("base_model") or r.get("model", "")
-        if ok(r) and r.get("deployment") == "dsz" and model in HAN and r.get("dataset") == "mnist":
-            out.setdefault((model, r.get("label") or r["variant"]), []).append(r)
-    for rows in out.values():
-        rows.sort(key=lambda r: num(r.get("seed")) or 0.0)
-    return out
+def dsz_groups(data: RunData) -> dict[tuple[str, ...], list[Row]]:
+    """Finished `.dsz` rows of Han's models on MNIST by (model, label), seeds in order."""
+    mine = [r for r in data.results if r.get("deployment") == "dsz" and r.get("dataset") == "mnist"
+            and (r.get("base_model") or r.get("model", "")) in HAN]
+    return groups(mine, key=lambda r: (r.get("base_model") or r.get("model", ""), r.get("label") or r["variant"]))
 
 
 def deep_compression_rows(data: RunData) -> list[list[str]]:

@@ -34,12 +34,12 @@ def group_key(r: Row) -> tuple[str, str, str]:
     return r.get("dataset", ""), r.get("base_model") or r.get("model", ""), r.get("label", "")
 
 
-def groups(rows: list[Row]) -> dict[tuple[str, str, str], list[Row]]:
-    """Finished rows by (dataset, base model, label), seeds in order."""
-    out: dict[tuple[str, str, str], list[Row]] = {}
+def groups(rows: list[Row], key: Callable[[Row], tuple[str, ...]] = group_key) -> dict[tuple[str, ...], list[Row]]:
+    """Finished rows by `key` (default: dataset, base model, label), seeds in order."""
+    out: dict[tuple[str, ...], list[Row]] = {}
     for r in rows:
         if r.get("status") == "ok":
-            out.setdefault(group_key(r), []).append(r)
+            out.setdefault(key(r), []).append(r)
     for seeds in out.values():
         seeds.sort(key=lambda r: num(r.get("seed")) or 0.0)
     return out

@@ -193,9 +193,10 @@ def validate(raw: dict[str, Any], source: str, default_name: str = "recipe") -> 
     if unknown:
         raise UserError(f"{source}: {sorted(unknown)[0]}: unknown key (known: {', '.join(_TOP_KEYS)})")
     study: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in _STUDY_KEYS.items()}
-    study_raw = raw.get("study", {})
-    per_models = study_raw.get("models_per", {}) if isinstance(study_raw, dict) else {}
-    study_raw = {k: v for k, v in study_raw.items() if k != "models_per"} if isinstance(study_raw, dict) else study_raw
+    study_raw, per_models = raw.get("study", {}), {}
+    if isinstance(study_raw, dict):  # else _table names the error
+        study_raw = dict(study_raw)
+        per_models = study_raw.pop("models_per", {})
     study.update(_table(study_raw, _STUDY_KEYS, f"{source}: study"))
     _check_names(study, source)
     models_per = _models_per(per_models, source)
