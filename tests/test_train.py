@@ -6,7 +6,7 @@ import torch
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.models import create_model
-from deepshrink.train import AUGMENTS, TrainConfig, evaluate, fit
+from deepshrink.train import AUGMENTS, TrainConfig, _random_crop, evaluate, fit
 
 from conftest import make_splits
 
@@ -36,6 +36,21 @@ def test_augment_keeps_shape_and_moves_pixels(name: str) -> None:
     out = AUGMENTS.get(name)(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     assert not torch.equal(out, x)
+
+
+def test_random_crop_cuts_each_sample_at_its_own_offset() -> None:
+    """The strided gather equals cropping each zero-padded sample at the offsets drawn from the generator."""
+    x = torch.randn(16, 3, 8, 8)
+    out = _random_crop(x, torch.Generator().manual_seed(3), pad=2)
+    gen = torch.Generator().manual_seed(3)
+    oy, ox = torch.randint(0, 5, (16,), generator=gen), torch.randint(0, 5, (16,), generator=gen)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    expected = torch.stack([padded[i, :, oy[i] : oy[i] + 8, ox[i] : ox[i] + 8] for i in range(16)])
+    assert torch.equal(out, expected) and out.is_contiguous()
+    flipped = AUGMENTS.get("crop-flip")(x, torch.Generator().manual_seed(3))
+    flip = torch.rand(16, generator=gen) < 0.5  # drawn after the shift's offsets (pad 4 for crop-flip)
+    crop4 = _random_crop(x, torch.Generator().manual_seed(3), pad=4)
+    assert torch.equal(flipped, torch.where(flip[:, None, None, None], crop4.flip(3), crop4))
 
 
 def test_objective_and_callbacks_are_used() -> None:

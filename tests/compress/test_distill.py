@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import dataclasses
 import importlib
 import math
 import subprocess
@@ -302,6 +303,40 @@ def test_best_control_picks_augmentation_by_validation(data: DataSplits, monkeyp
     assert out.info["distill_augment"] == want and out.manifest.train["augment"] == want
     assert out.info["distill_augment_val_acc"] == vals and out.manifest.train["epochs"] == 1
     assert float(next(out.model.parameters()).detach().flatten()[0]) == vals[want]  # the kept run is the chosen one
+
+
+def test_best_control_chooses_at_seed_0_once_and_every_seed_trains_that_choice(
+        data: DataSplits, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Seed 1 asks first: it runs the search at seed 0 and one run of the winner at seed 1, although seed 1
+    alone would have picked the other augmentation; seed 0 then reuses the saved winner without training,
+    and seed 2 trains once."""
+    dd = importlib.import_module("deepshrink.compress.distill")
+    seen: list[tuple[str, int]] = []
+
+    def fake(model, data, cfg, objective=None, **kw):  # type: ignore[no-untyped-def]
+        from deepshrink.train import TrainLog
+
+        seen.append((cfg.augment, cfg.seed))
+        acc = {"none": 60.0, "shift": 70.0}[cfg.augment] + (20.0 if (cfg.augment, cfg.seed) == ("none", 1) else 0)
+        with torch.no_grad():
+            next(model.parameters()).fill_(acc + cfg.seed)
+        return TrainLog(history=[{"epoch": 1, "train_loss": 1.0, "val_acc": acc}], best_epoch=1, best_val_acc=acc,
+                        seconds=1.0)
+
+    monkeypatch.setattr(dd, "fit", fake)
+    cfg = DistillConfig(alpha=0.0, epochs=1, control="best", student="lenet-300-100")
+    base = Variant("v", torch.nn.Linear(1, 1), _teacher_manifest(data))
+    out = {s: apply(base, cfg, StepContext(data=data, seed=s, cache_dir=tmp_path)) for s in (1, 0, 2)}
+    assert seen == [("none", 0), ("shift", 0), ("shift", 1), ("shift", 2)]
+    for s, v in out.items():
+        assert v.info["distill_augment"] == "shift" and v.manifest.train["augment"] == "shift"
+        assert v.info["distill_augment_val_acc"] == {"none": 60.0, "shift": 70.0}
+        assert float(next(v.model.parameters()).detach().flatten()[0]) == 70.0 + s  # its own seed's run
+    assert out[0].info["distill_train_seconds"] == 2.0 and out[1].info["distill_train_seconds"] == 1.0
+    # The same student, config and objective with control=same (lenet-300-100's tuned MNIST augmentation is
+    # shift) is a run already trained: it is loaded, not trained again.
+    same = apply(base, dataclasses.replace(cfg, control="same"), StepContext(data=data, seed=1, cache_dir=tmp_path))
+    assert len(seen) == 4 and float(next(same.model.parameters()).detach().flatten()[0]) == 71.0
 
 
 def test_best_distilled_student_runs_the_teacher_online_when_augmented(data: DataSplits, teacher: Variant,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deepshrink.measure.latency import (
+    WARMUP_BATCHES,
     LatencyConfig,
     Runner,
     RunnerFactory,
@@ -34,12 +35,13 @@ def _recorder(name: str, log: list[tuple[str, int]], sleep_s: float = 0.0) -> Ru
 def test_time_passes_warms_up_once_then_interleaves_passes() -> None:
     log: list[tuple[str, int]] = []
     runners = {"a": _recorder("a", log), "b": _recorder("b", log)}
-    x = np.zeros((10, 1, 2, 2), np.float32)
+    x = np.zeros((4 * WARMUP_BATCHES + 6, 1, 2, 2), np.float32)
     out = time_passes(runners, {"a": x, "b": x[:4]}, batch=4, repeats=3)
-    a_pass, b_pass = [("a", 4), ("a", 4), ("a", 2)], [("b", 4)]  # 10 images in batches of 4; b gets 4
-    # one warm-up pass each, then 3 rounds of one pass per runner, in the order latency._order gives
+    a_pass, b_pass = [("a", 4)] * (WARMUP_BATCHES + 1) + [("a", 2)], [("b", 4)]  # a: 8 batches of 4 + 6 images
+    # a warm-up of the first WARMUP_BATCHES batches each, then 3 rounds of one pass per runner, in the
+    # order latency._order gives
     rounds = [p for r in range(3) for k in _order(["a", "b"], r) for p in (a_pass if k == "a" else b_pass)]
-    assert log == a_pass + b_pass + rounds
+    assert log == a_pass[:WARMUP_BATCHES] + b_pass + rounds
     assert set(out) == {"a", "b"} and len(out["a"]) == len(out["b"]) == 3
     assert all(v >= 0 for v in out["a"] + out["b"])
 

@@ -10,6 +10,7 @@ from deepshrink.compress import STEP_CONFIGS, register_step
 from deepshrink.variant import StepContext, Variant
 
 CALLS: list[str] = []
+SEEDS: list[int] = []  # the step seed of each call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,7 @@ if "test.scale" not in STEP_CONFIGS:
     @register_step("test.scale", ScaleConfig)
     def _scale(v: Variant, cfg: ScaleConfig, ctx: StepContext) -> Variant:
         CALLS.append(f"{v.id}:{cfg.factor}" + (":fail" if cfg.fail else ""))
+        SEEDS.append(ctx.seed)
         if cfg.fail:
             raise FloatingPointError("non-finite loss at epoch 1")
         with torch.no_grad():

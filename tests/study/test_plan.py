@@ -74,19 +74,19 @@ def test_paper_recipe_validates_with_seeded_distillation_rows() -> None:
 
 
 def test_local_units_merge_the_trees_of_one_baseline_and_seed_largest_first() -> None:
-    """A local pool gets one unit per (baseline, seed), so each unit times its baseline once; split
-    again only while there are fewer units than jobs."""
+    """A local pool gets one unit per baseline and one for its pipelines' extra seeds, so each unit times
+    its baseline once; split again only while there are fewer units than jobs."""
     from deepshrink.study.plan import plan, units
     from deepshrink.study.recipe import validate
 
     r = validate({"study": {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0]},
                   "pipeline": [{"name": "fp16", "steps": ["quantize:precision=fp16"]},
                                {"name": "fp64", "steps": ["quantize:precision=fp64"]},
-                               {"name": "kd", "steps": ["distill:alpha=0.5"], "seeds": [0, 1]}]}, "t.toml")
+                               {"name": "kd", "steps": ["distill:alpha=0.5"], "seeds": [0, 1, 2]}]}, "t.toml")
     works = plan(r)
     merged = [u.tree for u in units(works, parallel=1) if u.tree]
-    assert [[w.label for w in t] for t in merged] == [["fp16", "fp64", "kd"], ["kd"]]
-    assert [len({w.seed for w in t}) for t in merged] == [1, 1]
-    split = [u.tree for u in units(works, parallel=3) if u.tree]
-    assert len(split) == 3 and sorted(w.vid for t in split for w in t) == sorted(w.vid for w in works if w.steps)
-    assert len([u for u in units(works) if u.tree]) == 4  # a cluster: one unit per tree
+    assert [[w.label for w in t] for t in merged] == [["fp16", "fp64", "kd"], ["kd", "kd"]]
+    assert [sorted({w.seed for w in t}) for t in merged] == [[0], [1, 2]]
+    split = [u.tree for u in units(works, parallel=4) if u.tree]
+    assert len(split) == 4 and sorted(w.vid for t in split for w in t) == sorted(w.vid for w in works if w.steps)
+    assert len([u for u in units(works) if u.tree]) == 5  # a cluster: one unit per tree

@@ -11,7 +11,7 @@ from deepshrink.errors import UserError
 from deepshrink.results import read_rows
 from deepshrink.study.run import run_study
 
-from smoke_recipe import CALLS, RECIPE, _recipe
+from smoke_recipe import CALLS, RECIPE, SEEDS, _recipe
 
 
 def test_smoke_study_end_to_end_then_resume(tmp_path: Path, mnist_dir: Path) -> None:
@@ -108,3 +108,27 @@ def test_a_unit_times_its_variants_together_with_the_baseline_once(tmp_path: Pat
         if r["variant"] != rows["baseline"]:
             ratio = float(r["reference_us_per_image_median"]) / float(r["us_per_image_median"])
             assert float(r["speedup"]) == pytest.approx(ratio)
+
+
+def test_extra_seeds_of_a_baseline_share_one_unit_each_with_its_own_step_seed(
+        tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline's seeds 1 and 2 (same baseline) run in one unit, timed together beside the baseline once,
+    and each runs its steps with its own seed."""
+    from deepshrink.study import unit
+
+    calls: list[list[str]] = []
+    real = unit.measure_latency
+
+    def spy(named, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append([v for v, _ in named])
+        return real(named, *args, **kwargs)
+
+    monkeypatch.setattr(unit, "measure_latency", spy)
+    text = RECIPE.split("[[pipeline]]")[0] + '[[pipeline]]\nname = "half"\nsteps = ["test.scale"]\nseeds = [0, 1, 2]\n'
+    SEEDS.clear()
+    out = tmp_path / "run"
+    run_study(str(_recipe(tmp_path, text)), out, mnist_dir, "cpu", quiet=True)
+    rows = {r["variant"]: r for r in read_rows(out / "results.csv")}
+    base = next(v for v, r in rows.items() if r["label"] == "baseline")
+    assert sorted(SEEDS) == [0, 1, 2] and all(r["status"] == "ok" for r in rows.values())
+    assert [base, f"{base}--half--seed1", f"{base}--half--seed2"] in calls and len(calls) == 3

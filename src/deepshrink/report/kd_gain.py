@@ -61,5 +61,5 @@ def gain_note(data: RunData, ds: str) -> str:
     if not lines:
         return ""
     return (f"{DS_NAME.get(ds, ds)}: " + " ".join(lines) + " Best effort: augmentation (none or the dataset's) "
-            "and epochs chosen on the validation split under the same epoch cap, for the scratch and the "
-            "distilled student alike.")
+            "chosen on the validation split at seed 0 and kept for every seed, epochs on validation under the "
+            "same epoch cap, for the scratch and the distilled student alike.")

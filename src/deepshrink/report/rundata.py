@@ -133,4 +133,4 @@ class RunData:
         over = f" over {images:,} test images" if isinstance(images, int) and images > 0 else " over the test set"
         cpu = (self.provenance.get("machine") or {}).get("cpu")
         where = f" on {cpu}" if cpu else " on this machine"
-        return f"Timed{where}: {main}{others}; {how}{over} after a warm-up pass, per image."
+        return f"Timed{where}: {main}{others}; {how}{over} after a warm-up of up to 8 batches, per image."

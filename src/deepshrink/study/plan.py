@@ -111,9 +111,10 @@ def units(works: list[Work], parallel: int | None = None) -> list[Unit]:
     """Baselines alone first, then the pipeline trees with their baseline.
 
     `parallel` None: one unit per tree (a cluster spreads them). A number (the local pool's jobs): the
-    trees of one (baseline, seed) merged into one unit, largest first, split again only until there are
-    `parallel` units. A unit times its variants together at its end with its baseline once; timed per
-    tree, the paper study timed the baseline beside every variant (128 times instead of 16).
+    trees of one baseline merged into one unit (and those of its pipelines' extra seeds into a second),
+    largest first, split again only until there are `parallel` units. A unit times its variants together
+    at its end with its baseline once; timed per tree, the paper study timed the baseline beside every
+    variant (128 times instead of 12).
     """
     bases = {w.base_group: w for w in works if not w.steps}
     groups = trees(works)
@@ -123,9 +124,11 @@ def units(works: list[Work], parallel: int | None = None) -> list[Unit]:
 
 
 def _merged(groups: list[list[Work]], parallel: int) -> list[list[Work]]:
-    by_base: dict[tuple[BaseKey, int], list[list[Work]]] = {}
+    # A baseline's own seed in one unit, its pipelines' extra seeds (new students, same baseline) in another:
+    # each unit times the baseline once more.
+    by_base: dict[tuple[BaseKey, bool], list[list[Work]]] = {}
     for t in groups:
-        by_base.setdefault((t[0].base_group, t[0].seed), []).append(t)
+        by_base.setdefault((t[0].base_group, t[0].base_seed is None), []).append(t)
     parts = list(by_base.values())  # each a list of trees
     while len(parts) < parallel and any(len(p) > 1 for p in parts):
         big = max((p for p in parts if len(p) > 1), key=lambda p: sum(map(len, p)))

@@ -116,7 +116,17 @@ class _Group:
         # the baseline's cache folder, which a recomputation replaces.
         base_art = export(base.model, Deployment(), out / "cache" / "exports" / f"{key}-{os.getpid()}" / "model",
                           ctx_export)
-        # A tree shares one seed: the baseline's, or a pipeline's extra seed (same baseline, new student).
+        measured: list[tuple[Work, Measured, float]] = []
+        # Pipelines of one seed share prefixes and a step seed (the baseline's, or a pipeline's extra seed:
+        # same baseline, new student); a unit may hold several seeds.
+        for seed in dict.fromkeys(w.seed for w in todo):
+            measured += self._seed_pipelines(base, key, base_acc, data, [w for w in works if w.seed == seed],
+                                             [w for w in todo if w.seed == seed])
+        self.time_and_record(base.id, base_art, measured, x_time)
+
+    def _seed_pipelines(self, base: Variant, key: str, base_acc: float, data: DataSplits, works: list[Work],
+                        todo: list[Work]) -> list[tuple[Work, Measured, float]]:
+        out = self.opts.out
         ctx = StepContext(data=data, device=self.opts.device, seed=works[0].seed, progress=self.progress,
                           cache_dir=out / "cache" / "steps")
         base_ckpt = out / "cache" / key / "model.safetensors"
@@ -139,7 +149,7 @@ class _Group:
                                  seconds))
             except Exception as e:  # a failed variant is a result too; the study goes on
                 self.fail(w, e)
-        self.time_and_record(base.id, base_art, measured, x_time)
+        return measured
 
     def time_and_record(self, base_id: str, base_art: Artifact, measured: list[tuple[Work, Measured, float]],
                         x_time: np.ndarray) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
+from deepshrink.compress.distill import best
 from deepshrink.compress.distill.loss import distill_objective, hinton_loss
 from deepshrink.compress.distill.teacher import (
     OnlineEnsemble,
@@ -30,12 +31,14 @@ from deepshrink.compress.distill.teacher import (
     check_teacher_manifests,
     ensemble_train_logits,
     resolve_teachers,
+    weights_hash,
 )
 from deepshrink.compress.registry import apply, register_step
 from deepshrink.config import default_train, family_augment, parse_kwargs
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
 from deepshrink.models import MODELS, canonical, check_model_name, create_model, is_reference
+from deepshrink.provenance import config_hash
 from deepshrink.train import AUGMENTS, Objective, TrainConfig, TrainLog, cross_entropy, evaluate, fit
 from deepshrink.variant import StepContext, Variant, variant_id
 
@@ -131,13 +134,14 @@ class DistillConfig:
             raise UserError(f"distill.student: {e}") from None
 
 
-def _student(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tuple[nn.Module, Manifest | None, Deployment]:
+def _student(v: Variant, cfg: DistillConfig, ctx: StepContext,
+             seed: int) -> tuple[nn.Module, Manifest | None, Deployment]:
     """(model, the manifest it was loaded with or None for a fresh one, deployment). Fresh students
     are seeded so the control starts identical."""
     if cfg.student == INPUT_STUDENT:
         return copy.deepcopy(v.model).cpu(), v.manifest, v.deployment
     if not _is_path(cfg.student):
-        torch.manual_seed(ctx.seed)
+        torch.manual_seed(seed)
         return create_model(cfg.student, ctx.data, **cfg.model_args()), None, Deployment()
     try:
         model, manifest = load_checkpoint(Path(cfg.student))
@@ -181,33 +185,52 @@ def _train_once(student: nn.Module, cfg: DistillConfig, train_cfg: TrainConfig, 
     return log, mode
 
 
-def train_best(student: nn.Module, cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
+def _run_context(cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
+                 ctx: StepContext) -> dict[str, Any]:
+    """What determines a student run besides its initial weights, augmentation and seed."""
+    kd = {"alpha": cfg.alpha, "temperature": cfg.temperature, "teachers": [t.weights_hash for t in teachers]}
+    return {"objective": kd if cfg.alpha > 0 else "cross-entropy",
+            "train": {**train_cfg.to_dict(), "augment": None, "seed": None},
+            "data": ctx.data.fingerprint, "device": str(ctx.device)}
+
+
+def train_best(make: best.MakeStudent, cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
                ctx: StepContext, label: str) -> tuple[nn.Module, TrainConfig, TrainLog, dict[str, Any]]:
-    """Train one copy of the (identically initialised) student per augmentation candidate and keep the
-    one with the best validation accuracy; `fit` already keeps each run's best validation epoch, so
-    epochs are chosen on validation too, under the same cap. Returns (model, its config, log, info)."""
+    """`same`: one run. `best`: one run per augmentation candidate at the selection seed, the best on
+    validation kept (`fit` keeps each run's best validation epoch, so epochs are chosen on validation too,
+    under the same cap); other seeds train once with that choice (compress/distill/best.py). Runs are
+    memoized in the step cache. Returns (model, its config, log, info)."""
     candidates = augment_candidates(cfg, ctx.data.name, train_cfg.augment)
-    runs = []
-    for aug in candidates:
-        model, run_cfg = copy.deepcopy(student), dataclasses.replace(train_cfg, augment=aug)
-        log, mode = _train_once(model, cfg, run_cfg, teachers, ctx, f"{label} aug={aug}")
-        runs.append((log.best_val_acc, aug, model, run_cfg, log, mode))
-    # Ties go to the first candidate (no augmentation: the cheaper recipe).
-    best = max(runs, key=lambda r: (r[0], -candidates.index(r[1])))
-    # The search's whole cost is the variant's training time: a best effort is not free.
-    info: dict[str, Any] = {"distill_control": cfg.control, "distill_teacher_logits": best[5],
-                            "distill_train_seconds": sum(r[4].seconds for r in runs)}
-    if cfg.control == "best":
-        info["distill_augment_val_acc"] = {aug: acc for acc, aug, *_ in runs}
-        info["distill_augment"] = best[1]
-    return best[2], best[3], best[4], info
+
+    def train_one(model: nn.Module, aug: str, seed: int) -> tuple[TrainLog, str]:
+        run_cfg = dataclasses.replace(train_cfg, augment=aug, seed=seed)
+        return _train_once(model, cfg, run_cfg, teachers, ctx, f"{label} aug={aug} seed={seed}")
+
+    context = _run_context(cfg, train_cfg, teachers, ctx)
+    train = best.memoized(train_one, context, ctx.cache_dir and ctx.cache_dir / "student_runs", weights_hash)
+    info: dict[str, Any] = {"distill_control": cfg.control}
+    if cfg.control == "same":
+        model = make(ctx.seed)
+        log, mode = train(model, train_cfg.augment, ctx.seed)
+        return model, train_cfg, log, {**info, "distill_teacher_logits": mode, "distill_train_seconds": log.seconds}
+    folder = None
+    if ctx.cache_dir is not None:
+        key = config_hash({**context, "init": weights_hash(make(best.SELECT_SEED)), "candidates": candidates}, 20)
+        folder = ctx.cache_dir / "best_effort" / key
+    choice = best.choose(make, train, candidates, ctx.seed, folder)
+    run = choice.run
+    # The search's whole cost is the selection seed's training time: a best effort is not free.
+    info.update({"distill_teacher_logits": run.mode, "distill_train_seconds": choice.seconds,
+                 "distill_augment_val_acc": choice.val_acc, "distill_augment": run.augment,
+                 "distill_augment_seed": best.SELECT_SEED})
+    return run.model, dataclasses.replace(train_cfg, augment=run.augment), run.log, info
 
 
 @register_step("distill", DistillConfig)
 def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
     """Train the student on the teacher's softened outputs (alpha > 0) or on labels alone (alpha = 0)."""
     data = ctx.data
-    student, loaded, deployment = _student(v, cfg, ctx)
+    student, loaded, deployment = _student(v, cfg, ctx, ctx.seed)
     student_name = loaded.model if loaded else canonical(cfg.student)
     train_cfg = student_train_config(cfg, data.name, student_name, ctx.seed)
     info: dict[str, Any] = {"distill_role": "distilled" if cfg.alpha > 0 else "scratch",
@@ -220,9 +243,16 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
         info["distill_teacher_model"] = "+".join(t.manifest.model for t in teachers)
         info["distill_teacher_val_acc"] = evaluate(OnlineEnsemble(teachers), data.val_x, data.val_y)
     label = f"{info['distill_role']} {student_name} T={cfg.temperature:g}"
-    student, train_cfg, log, chosen = train_best(student, cfg, train_cfg, teachers, ctx, label)
+
+    def make(seed: int) -> nn.Module:  # a copy of this seed's student, or another seed's (RNG state kept)
+        if seed == ctx.seed:
+            return copy.deepcopy(student)
+        with torch.random.fork_rng(devices=[]):
+            return _student(v, cfg, ctx, seed)[0]
+
+    trained, train_cfg, log, chosen = train_best(make, cfg, train_cfg, teachers, ctx, label)
     info.update(chosen)
-    student.cpu().eval()
+    trained.cpu().eval()
     info["epochs_to_converge"] = log.epochs_to_converge()
     warm = cfg.student == INPUT_STUDENT  # only a warm-started student inherits its input's facts
     manifest = Manifest(model=student_name, dataset=v.manifest.dataset, input_shape=list(data.input_shape),
@@ -230,7 +260,7 @@ def apply_distill(v: Variant, cfg: DistillConfig, ctx: StepContext) -> Variant:
                         pipeline=list(v.manifest.pipeline), train=train_cfg.to_dict(),
                         info={**(v.manifest.info if warm else {}), **info},
                         model_args=dict(loaded.model_args) if loaded else cfg.model_args())
-    return Variant(v.id, student, manifest, deployment=deployment, log=log,
+    return Variant(v.id, trained, manifest, deployment=deployment, log=log,
                    train_seconds=info["distill_train_seconds"],
                    epochs=train_cfg.epochs, seed=ctx.seed, info={**(v.info if warm else {}), **info})
 
