@@ -86,10 +86,9 @@ def test_lock_stops_a_second_study(tmp_path: Path, mnist_dir: Path) -> None:
         run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
 
 
-def test_a_unit_times_its_variants_together_with_the_baseline_once(tmp_path: Path, mnist_dir: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serial study: the baseline's own unit times it alone, then one interleaved run times both ok
-    variants beside it; each speedup is the baseline's median from that run over the variant's."""
+@pytest.fixture
+def timed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The variants of each measure_latency call a study's units make, in order."""
     from deepshrink.study import unit
 
     calls: list[list[str]] = []
@@ -100,10 +99,17 @@ def test_a_unit_times_its_variants_together_with_the_baseline_once(tmp_path: Pat
         return real(named, *args, **kwargs)
 
     monkeypatch.setattr(unit, "measure_latency", spy)
+    return calls
+
+
+def test_a_unit_times_its_variants_together_with_the_baseline_once(tmp_path: Path, mnist_dir: Path,
+                                                                   timed: list[list[str]]) -> None:
+    """Serial study: the baseline's own unit times it alone, then one interleaved run times both ok
+    variants beside it; each speedup is the baseline's median from that run over the variant's."""
     out = tmp_path / "run"
     run_study(str(_recipe(tmp_path)), out, mnist_dir, "cpu", quiet=True)
     rows = {r["label"]: r["variant"] for r in read_rows(out / "results.csv")}
-    assert calls == [[rows["baseline"]], [rows["baseline"], rows["half"], rows["half+quarter"]]]
+    assert timed == [[rows["baseline"]], [rows["baseline"], rows["half"], rows["half+quarter"]]]
     for r in read_rows(out / "latency.csv"):
         if r["variant"] != rows["baseline"]:
             ratio = float(r["reference_us_per_image_median"]) / float(r["us_per_image_median"])
@@ -111,19 +117,9 @@ def test_a_unit_times_its_variants_together_with_the_baseline_once(tmp_path: Pat
 
 
 def test_extra_seeds_of_a_baseline_share_one_unit_each_with_its_own_step_seed(
-        tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, mnist_dir: Path, timed: list[list[str]]) -> None:
     """A pipeline's seeds 1 and 2 (same baseline) run in one unit, timed together beside the baseline once,
     and each runs its steps with its own seed."""
-    from deepshrink.study import unit
-
-    calls: list[list[str]] = []
-    real = unit.measure_latency
-
-    def spy(named, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append([v for v, _ in named])
-        return real(named, *args, **kwargs)
-
-    monkeypatch.setattr(unit, "measure_latency", spy)
     text = RECIPE.split("[[pipeline]]")[0] + '[[pipeline]]\nname = "half"\nsteps = ["test.scale"]\nseeds = [0, 1, 2]\n'
     SEEDS.clear()
     out = tmp_path / "run"
@@ -131,4 +127,4 @@ def test_extra_seeds_of_a_baseline_share_one_unit_each_with_its_own_step_seed(
     rows = {r["variant"]: r for r in read_rows(out / "results.csv")}
     base = next(v for v, r in rows.items() if r["label"] == "baseline")
     assert sorted(SEEDS) == [0, 1, 2] and all(r["status"] == "ok" for r in rows.values())
-    assert [base, f"{base}--half--seed1", f"{base}--half--seed2"] in calls and len(calls) == 3
+    assert [base, f"{base}--half--seed1", f"{base}--half--seed2"] in timed and len(timed) == 3
