@@ -91,6 +91,12 @@ def write(run_dir: Path, data: DataSplits | None = None, device: str | None = No
     atomic_write_bytes(path, json.dumps(prov, indent=2, default=str).encode())
 
 
+def update(run_dir: Path, **fields: Any) -> None:
+    """Add top-level entries to an existing provenance.json (a study's wall time, once its work is done)."""
+    path = run_dir / "provenance.json"
+    atomic_write_bytes(path, json.dumps({**read(path), **fields}, indent=2, default=str).encode())
+
+
 def config_hash(obj: Any, length: int = 10) -> str:
     """Stable short hash of any JSON-able object (shrinkbench's run-directory digest)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]

@@ -1,6 +1,7 @@
 """The study runner: a smoke study end to end on tiny generated data, resume, cache keys, failures,
 the run-directory lock."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,11 @@ def test_smoke_study_end_to_end_then_resume(tmp_path: Path, mnist_dir: Path) -> 
     assert again[rows["half"]["variant"]] == "ok"
     ok_before = [r for r in read_rows(out / "results.csv") if r["status"] == "ok"]
     assert ok_before == [r for r in _rows_from(before) if r["status"] == "ok"]
+    # The resumed invocation's own wall time and share of the work, read by the report from provenance.
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["study_seconds"] > 0 and (prov["study_variants_run"], prov["study_variants"]) == (1, 4)
+    assert "for the 1 variant this invocation ran (resumed: the other 3 were done before" in \
+        (out / "report.md").read_text()
     # From scratch again (--fresh): everything recomputed, same accuracies and sizes.
     _fresh_recomputes_and_gives_identical_numbers(tmp_path, mnist_dir, out)
     # Cache gone: the failed pipeline's retry retrains the baseline, whose row is then measured again

@@ -64,6 +64,17 @@ def _numbered(figs: list[Figure]) -> list[dict[str, str]]:
              "b64": base64.b64encode(f.path.read_bytes()).decode()} for i, f in enumerate(figs, start=start)]
 
 
+def study_time(prov: dict[str, Any]) -> list[str]:
+    """The reading line on how long the study took, from provenance.json (none for train/compress runs)."""
+    seconds, ran, total = (prov.get(k) for k in ("study_seconds", "study_variants_run", "study_variants"))
+    if not isinstance(seconds, int | float) or not isinstance(ran, int) or not isinstance(total, int):
+        return []
+    resumed = f" (resumed: the other {total - ran:,} were done before and are not counted)" if ran < total else ""
+    plural = "s" if ran != 1 else ""
+    return [f"Study time: {seconds / 60:.1f} min wall for the {ran:,} variant{plural} this invocation ran{resumed}, "
+            f"{prov.get('jobs', 1)} job(s) on {(prov.get('machine') or {}).get('cpu', 'this machine')}."]
+
+
 def render_report(run_dir: Path) -> tuple[Path, Path]:
     """Write report.md, report.html (figures embedded as base64, no network) and figures/*.png."""
     data = load_run(run_dir)
@@ -78,7 +89,8 @@ def render_report(run_dir: Path) -> tuple[Path, Path]:
     has_cifar = any(r.get("dataset") == "cifar10" for r in data.results)
     ctx = {"tables": tables, "prov": data.provenance, "jpeg_note": JPEG_NOTE if has_cifar else "",
            "n_ok": sum(r.get("status") == "ok" for r in data.results), "n": len(data.results),
-           "run_dir": str(run_dir), "md_cell": _md_cell, "figures": _numbered(figs), "reading": READING}
+           "run_dir": str(run_dir), "md_cell": _md_cell, "figures": _numbered(figs),
+           "reading": READING + study_time(data.provenance)}
     env = _env()
     md = run_dir / "report.md"
     html = run_dir / "report.html"

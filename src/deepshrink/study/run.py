@@ -5,6 +5,7 @@ measure -> result files -> report. `train`, `compress` and `study` (CLI and Pyth
 import copy
 import dataclasses
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,13 @@ def execute(recipe: Recipe, opts: StudyOptions, executor: Executor, jobs: int = 
             overall = progress.add(f"study {recipe.name}", total=len(works))
             progress.update(overall, advance=len(statuses))
             _study_provenance(opts.out, recipe, jobs, opts.device, executor)
+            t0 = time.perf_counter()
             statuses.update(executor.run(recipe, opts, units(works, executor.parallel), done, progress, overall))
+        # This invocation's wall time, so "how long does the study take" is read from the run directory
+        # (a resumed study counts only its own part: `variants_run` says how much that was).
+        provenance.update(opts.out, study_seconds=round(time.perf_counter() - t0, 3),
+                          study_variants_run=len(works) - len(done & {w.vid for w in works}),
+                          study_variants=len(works))
     finally:
         guard.release()
     return statuses
