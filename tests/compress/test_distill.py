@@ -337,6 +337,9 @@ def test_best_control_chooses_at_seed_0_once_and_every_seed_trains_that_choice(
     # shift) is a run already trained: it is loaded, not trained again.
     same = apply(base, dataclasses.replace(cfg, control="same"), StepContext(data=data, seed=1, cache_dir=tmp_path))
     assert len(seen) == 4 and float(next(same.model.parameters()).detach().flatten()[0]) == 71.0
+    monkeypatch.setattr(importlib.import_module("deepshrink.codehash"), "_CODE", ["edited"])  # other code
+    apply(base, dataclasses.replace(cfg, control="same"), StepContext(data=data, seed=1, cache_dir=tmp_path))
+    assert seen[4:] == [("shift", 1)]  # trained again: a memo answers only for the code that made it
 
 
 def test_best_distilled_student_runs_the_teacher_online_when_augmented(data: DataSplits, teacher: Variant,

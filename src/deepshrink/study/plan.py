@@ -3,13 +3,13 @@
 cache keys under which their outputs are kept.
 """
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from deepshrink import provenance
-from deepshrink._version import __version__
+from deepshrink.codehash import code_version as code_version
+from deepshrink.codehash import pin_code_version as pin_code_version
 from deepshrink.errors import UserError
 from deepshrink.models import is_reference, source_sha256
 from deepshrink.study.recipe import PipelineSpec, Recipe
@@ -140,29 +140,6 @@ def _merged(groups: list[list[Work]], parallel: int) -> list[list[Work]]:
 def pending(works: Iterable[Work], done: set[str]) -> frozenset[BaseKey]:
     """Baselines (dataset, model, seed) that some unfinished pipeline still starts from."""
     return frozenset(w.base_group for w in works if w.steps and w.vid not in done)
-
-
-_CODE: list[str] = []  # pinned once per study: a commit landing mid-run must not change the keys
-_DOWNSTREAM = ("report", "templates")  # readers of results, not producers
-
-
-def code_version() -> str:
-    """A hash of the package's own source (code, recipes): unlike the git commit it sees uncommitted
-    edits and ignores commits that touch only docs or tests. The report and its templates are left out:
-    they only read results, so editing them must not retrain anything."""
-    if not _CODE:
-        root = Path(__file__).resolve().parents[1]
-        h = hashlib.sha256(__version__.encode())
-        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml") and p.is_file()
-                           and p.relative_to(root).parts[0] not in _DOWNSTREAM):
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-        _CODE.append(f"{__version__}+src.{h.hexdigest()[:12]}")
-    return _CODE[0]
-
-
-def pin_code_version(version: str) -> None:
-    """Workers use the parent's code version, read once when the study started."""
-    _CODE[:] = [version]
 
 
 def baseline_key(dataset: str, model: str, train: dict[str, object], fingerprint: str, val_size: int,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
+from deepshrink.codehash import code_version
 from deepshrink.compress.distill import best
 from deepshrink.compress.distill.loss import distill_objective, hinton_loss
 from deepshrink.compress.distill.teacher import (
@@ -187,11 +188,12 @@ def _train_once(student: nn.Module, cfg: DistillConfig, train_cfg: TrainConfig, 
 
 def _run_context(cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
                  ctx: StepContext) -> dict[str, Any]:
-    """What determines a student run besides its initial weights, augmentation and seed."""
+    """What determines a student run besides its initial weights, augmentation and seed (the code too: a
+    changed training loop must not be answered from the memo)."""
     kd = {"alpha": cfg.alpha, "temperature": cfg.temperature, "teachers": [t.weights_hash for t in teachers]}
     return {"objective": kd if cfg.alpha > 0 else "cross-entropy",
             "train": {**train_cfg.to_dict(), "augment": None, "seed": None},
-            "data": ctx.data.fingerprint, "device": str(ctx.device)}
+            "data": ctx.data.fingerprint, "device": str(ctx.device), "code": code_version()}
 
 
 def train_best(make: best.MakeStudent, cfg: DistillConfig, train_cfg: TrainConfig, teachers: list[Teacher],
