@@ -39,8 +39,8 @@ def test_time_passes_warms_up_once_then_interleaves_passes() -> None:
     out = time_passes(runners, {"a": x, "b": x[:4]}, batch=4, repeats=3)
     a_pass, b_pass = [("a", 4)] * (WARMUP_BATCHES + 1) + [("a", 2)], [("b", 4)]  # a: 8 batches of 4 + 6 images
     # a warm-up of the first WARMUP_BATCHES batches each, then 3 rounds of one pass per runner, in the
-    # order latency._order gives
-    rounds = [p for r in range(3) for k in _order(["a", "b"], r) for p in (a_pass if k == "a" else b_pass)]
+    # order latency._order gives, each pass led by one untimed batch
+    rounds = [p for r in range(3) for k in _order(["a", "b"], r) for p in [(k, 4)] + (a_pass if k == "a" else b_pass)]
     assert log == a_pass[:WARMUP_BATCHES] + b_pass + rounds
     assert set(out) == {"a", "b"} and len(out["a"]) == len(out["b"]) == 3
     assert all(v >= 0 for v in out["a"] + out["b"])
