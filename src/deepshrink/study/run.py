@@ -157,13 +157,12 @@ def execute(recipe: Recipe, opts: StudyOptions, executor: Executor, jobs: int = 
             overall = progress.add(f"study {recipe.name}", total=len(works))
             progress.update(overall, advance=len(statuses))
             _study_provenance(opts.out, recipe, jobs, opts.device, executor)
-            t0 = time.perf_counter()
+            t0, already = time.perf_counter(), len(statuses)
             statuses.update(executor.run(recipe, opts, units(works, executor.parallel), done, progress, overall))
         # This invocation's wall time, so "how long does the study take" is read from the run directory
         # (a resumed study counts only its own part: `variants_run` says how much that was).
         provenance.update(opts.out, study_seconds=round(time.perf_counter() - t0, 3),
-                          study_variants_run=len(works) - len(done & {w.vid for w in works}),
-                          study_variants=len(works))
+                          study_variants_run=len(works) - already, study_variants=len(works))
     finally:
         guard.release()
     return statuses

@@ -32,14 +32,12 @@ from deepshrink.compress.distill.teacher import (
     check_teacher_manifests,
     ensemble_train_logits,
     resolve_teachers,
-    weights_hash,
 )
 from deepshrink.compress.registry import apply, register_step
 from deepshrink.config import default_train, family_augment, parse_kwargs
 from deepshrink.errors import UserError
 from deepshrink.export.base import Deployment
 from deepshrink.models import MODELS, canonical, check_model_name, create_model, is_reference
-from deepshrink.provenance import config_hash
 from deepshrink.train import AUGMENTS, Objective, TrainConfig, TrainLog, cross_entropy, evaluate, fit
 from deepshrink.variant import StepContext, Variant, variant_id
 
@@ -208,18 +206,14 @@ def train_best(make: best.MakeStudent, cfg: DistillConfig, train_cfg: TrainConfi
         run_cfg = dataclasses.replace(train_cfg, augment=aug, seed=seed)
         return _train_once(model, cfg, run_cfg, teachers, ctx, f"{label} aug={aug} seed={seed}")
 
-    context = _run_context(cfg, train_cfg, teachers, ctx)
-    train = best.memoized(train_one, context, ctx.cache_dir and ctx.cache_dir / "student_runs", weights_hash)
+    context, root = _run_context(cfg, train_cfg, teachers, ctx), ctx.cache_dir
+    train = best.memoized(train_one, context, root and root / "student_runs")
     info: dict[str, Any] = {"distill_control": cfg.control}
     if cfg.control == "same":
         model = make(ctx.seed)
         log, mode = train(model, train_cfg.augment, ctx.seed)
         return model, train_cfg, log, {**info, "distill_teacher_logits": mode, "distill_train_seconds": log.seconds}
-    folder = None
-    if ctx.cache_dir is not None:
-        key = config_hash({**context, "init": weights_hash(make(best.SELECT_SEED)), "candidates": candidates}, 20)
-        folder = ctx.cache_dir / "best_effort" / key
-    choice = best.choose(make, train, candidates, ctx.seed, folder)
+    choice = best.choose(make, train, candidates, ctx.seed, context, root and root / "best_effort")
     run = choice.run
     # The search's whole cost is the selection seed's training time: a best effort is not free.
     info.update({"distill_teacher_logits": run.mode, "distill_train_seconds": choice.seconds,

@@ -27,6 +27,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.compress.distill.teacher import weights_hash
 from deepshrink.provenance import config_hash
 from deepshrink.train import TrainLog
 
@@ -62,8 +63,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("version") == _VERSION else None
 
 
-def memoized(train: TrainRun, context: dict[str, Any], folder: Path | None,
-             weights_hash: Callable[[nn.Module], str]) -> TrainRun:
+def memoized(train: TrainRun, context: dict[str, Any], folder: Path | None) -> TrainRun:
     """`train`, kept in `folder` by (initial weights, augmentation, seed, `context`: everything else that
     determines a run: objective, teacher, config, data, device)."""
     if folder is None:
@@ -129,9 +129,13 @@ def _selection(make: MakeStudent, train: TrainRun, candidates: list[str],
         return win.augment, val_acc, seconds, win
 
 
-def choose(make: MakeStudent, train: TrainRun, candidates: list[str], seed: int, folder: Path | None) -> Choice:
+def choose(make: MakeStudent, train: TrainRun, candidates: list[str], seed: int, context: dict[str, Any],
+           root: Path | None) -> Choice:
     """The best-effort run at `seed`: the selection seed's winner, or one run with its augmentation (with a
-    memoized `train`, the winner found by another seed's search is loaded, not retrained)."""
+    memoized `train`, the winner found by another seed's search is loaded, not retrained). The choice is
+    kept under `root` by (`context`, the selection seed's initial weights, the candidates)."""
+    folder = root / config_hash({**context, "init": weights_hash(make(SELECT_SEED)), "candidates": candidates,
+                                 "version": _VERSION}, 20) if root else None
     augment, val_acc, seconds, win = _selection(make, train, candidates, folder)
     if seed == SELECT_SEED:
         return Choice(win or _train(make, train, augment, seed), val_acc, seconds)
