@@ -20,12 +20,18 @@ FUZZ_JOBS ?= 2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# The microcontroller target's cross-compiler is a system package: installed when root, else the command.
+	@command -v arm-none-eabi-gcc >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-arm-none-eabi \
+		libnewlib-arm-none-eabi >/dev/null; else echo "deepshrink mcu needs: sudo apt-get install gcc-arm-none-eabi \
+		libnewlib-arm-none-eabi"; fi; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel of torch 2.13.0 lies on disk; an unpinned torch would pull a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	# The Ray extra too, so `make test` runs the Ray executor's tests against a real Ray.
-	$(BIN)/python -m pip install -q -e '.[dev,ray]'
+	# The Ray and microcontroller extras too, so `make test` runs the Ray executor's tests against a real Ray
+	# and the emulator's tests against a real emulator.
+	$(BIN)/python -m pip install -q -e '.[dev,ray,mcu]'
 	touch $(STAMP)
 
 test: setup

@@ -90,11 +90,31 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding r
     cols = [("variant", "variant"), ("pipeline", "pipeline"), ("precision", "prec"), ("sparsity", "sparsity"),
             ("params_nonzero", "params≠0"), ("size_kb", "kB"), ("accuracy_pct", "acc %"),
             ("baseline_accuracy_pct", "base %"), ("energy_nj_est", "nJ/img"), ("status", "status")]
+    rows = read_rows(path)
     table = Table(title=str(path))
     for _, title in cols:
         table.add_column(title, overflow="fold")
-    for r in read_rows(path):
+    for r in rows:
         table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in cols])
+    _console().print(table)
+    if any(r.get("mcu_flash_bytes") for r in rows):
+        _show_mcu([r for r in rows if r.get("mcu_flash_bytes")])
+
+
+# The microcontroller columns (SPEC §12), for rows measured through `deepshrink mcu` or a study's [measure] mcu.
+MCU_COLUMNS = [("variant", "variant"), ("mcu_target", "target"), ("mcu_flash_bytes", "flash B"),
+               ("mcu_ram_bytes", "RAM B"), ("mcu_instructions", "instructions"),
+               ("mcu_instructions_per_mac", "instr/MAC"), ("mcu_cycles_est", "cycles (est)"),
+               ("mcu_ms_est", "ms (est)"), ("accuracy_pct", "acc %"), ("mcu_match_ort_pct", "= ORT %"),
+               ("mcu_emulated_identical", "emulated = host")]
+
+
+def _show_mcu(rows: list[dict[str, str]]) -> None:
+    table = Table(title="On the microcontroller (instructions exact; cycles and ms estimated, zero wait states)")
+    for _, title in MCU_COLUMNS:
+        table.add_column(title, overflow="fold")
+    for r in rows:
+        table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in MCU_COLUMNS])
     _console().print(table)
 
 
@@ -148,6 +168,48 @@ def bench(
                       f"{r['us_per_image_median']:.2f}", f"{r['us_per_image_min']:.2f}",
                       f"{r['us_per_image_max']:.2f}")
     _console().print(table)
+
+
+@app.command()
+def mcu(
+    artifact: Annotated[Path, typer.Argument(help="An INT8 model deepshrink shipped (model.onnx or model.dsonnx "
+                                             "of quantize:precision=int8), or any INT8 QDQ ONNX classifier.")],
+    target: Annotated[str, typer.Option("--target", help="cortex-m4, cortex-m7, or host (C and host build "
+                                        "only).")] = "cortex-m4",
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to measure on (default: the "
+                                                "manifest beside the file).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where model.h, model.c, firmware.elf and the "
+                                             "result rows go (default runs/mcu-VARIANT).")] = None,
+    images: Annotated[int, typer.Option("--images", help="Test images run in the emulator, compared bit for "
+                                        "bit with the host build.")] = 100,
+    clock_mhz: Annotated[float, typer.Option("--clock-mhz", help="Clock for the estimated milliseconds.")] = 80.0,
+    no_time: Annotated[bool, typer.Option("--no-time", help="Skip timing the host build (`c` runtime).")] = False,
+    data_dir: DataDir = None, quiet: Quiet = False,
+) -> None:
+    """Turn an INT8 artifact into C99 for a microcontroller (model.h + model.c), build it for this host and
+    the target, run it in an emulator, and measure flash, RAM, instructions and accuracy."""
+    from deepshrink.mcu import McuOptions, build_mcu
+    from deepshrink.mcu.run import HOST_TIMING
+    from deepshrink.progress import Progress
+    from deepshrink.variant import slug
+
+    opts = McuOptions(target=target, images=images, clock_mhz=clock_mhz,
+                      latency=None if no_time else HOST_TIMING)
+    out = out or Path("runs") / slug(f"mcu-{artifact.parent.name or artifact.stem}")
+    with Progress(enabled=not quiet) as progress:
+        row = build_mcu(artifact, out, dataset, data_dir, opts, progress)
+    console = _console()
+    console.print(f"{row['variant']}: C on this host {row['accuracy_pct']:.2f}% "
+                  f"(ONNX Runtime {row['mcu_ort_accuracy_pct']:.2f}%, same class on {row['mcu_match_ort_pct']:.2f}% "
+                  f"of the test set) -> {out / 'model.c'}")
+    if "mcu_flash_bytes" in row:
+        console.print(f"{target}: flash {row['mcu_flash_bytes']} B, RAM {row['mcu_ram_bytes']} B, "
+                      f"{row['mcu_instructions']} instructions ({row['mcu_instructions_per_mac']:.2f} per MAC), "
+                      f"~{row['mcu_ms_est']:.2f} ms at {row['mcu_clock_mhz']:g} MHz (estimate); "
+                      f"{row['mcu_emulated_identical']}/{row['mcu_emulated_images']} emulated images identical "
+                      "to the host build")
+    if row.get("notes"):
+        console.print(f"notes: {row['notes']}")
 
 
 @app.command()

@@ -92,7 +92,7 @@ def _layer_attrs(mod: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if defaults.get(k) != v}
 
 
-def _weighted(g: _Graph, op: Op, act: _Act, ranges: Ranges, prev_point: str, int8: bool, last: bool) -> _Act:
+def _weighted(g: _Graph, op: Op, act: _Act, ranges: Ranges, prev_point: str, int8: bool, float_out: bool) -> _Act:
     mod = op.module
     w = op.weight.detach().float()
     scales = weight_scales(w, 127)
@@ -119,13 +119,16 @@ def _weighted(g: _Graph, op: Op, act: _Act, ranges: Ranges, prev_point: str, int
         b_scale = g.node("Mul", [act.qparams[0], s_w])  # type: ignore[index]
         inputs.append(g.node("DequantizeLinear", [g.const(q_bias), b_scale], axis=0))
     y = g.node(op_type, inputs, **_layer_attrs(mod))
-    if last and not op.relu:  # float logits straight from the integer kernel (QGemm's float output)
+    if float_out:  # float logits straight from the integer kernel (QGemm's float output)
         return _Act(y)
     return _quantize_act(g, _Act(y), ranges[op.name])  # clamps at zp 0 == the fused ReLU
 
 
-def build_qdq(model: nn.Module, ranges: Ranges, input_shape: tuple[int, ...], int8_layers: set[str]) -> onnx.ModelProto:
-    """The integer ONNX model: layers in `int8_layers` run in int8, the others weight-only."""
+def build_qdq(model: nn.Module, ranges: Ranges, input_shape: tuple[int, ...], int8_layers: set[str],
+              quantize_logits: bool = False) -> onnx.ModelProto:
+    """The integer ONNX model: layers in `int8_layers` run in int8, the others weight-only. The logits are
+    float (QGemm's float output, no rounding) unless `quantize_logits`: a microcontroller returns int8 logits,
+    quantized with the last layer's calibrated range."""
     g = _Graph()
     act = _Act(INPUT)
     prev_point = INPUT
@@ -133,7 +136,8 @@ def build_qdq(model: nn.Module, ranges: Ranges, input_shape: tuple[int, ...], in
     last = [op for op in ops if op.weighted][-1].name
     for op in ops:
         if op.weighted:
-            act = _weighted(g, op, act, ranges, prev_point, op.name in int8_layers, op.name == last)
+            float_out = op.name == last and not op.relu and not quantize_logits
+            act = _weighted(g, op, act, ranges, prev_point, op.name in int8_layers, float_out)
             prev_point = op.name
         elif isinstance(op.module, nn.ReLU):
             act = _Act(g.node("Relu", [_dequantize_act(g, act)]))

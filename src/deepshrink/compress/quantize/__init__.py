@@ -216,6 +216,10 @@ def apply_quantize(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> Variant
     v.deployment = deployment
     if cfg.precision not in ("fp32", "fp64"):
         v.manifest.info.update({"quantized": True, "quant_precision": label})
+    if ranges := deployment.opts().get("ranges"):
+        # The calibration travels with the checkpoint: the microcontroller target rebuilds the all-INT8
+        # model from it whatever mode the desktop ships (deepshrink.mcu.source).
+        v.manifest.info["int8_ranges"] = [list(r) for r in ranges]
     v.info.update({"quant_precision": label, "quant_method": cfg.method if cfg.precision == "int8" else "cast",
                    "quant_bits": cfg.bits if cfg.precision == "int8" else int(cfg.precision[2:]),
                    "quant_seconds": round(time.perf_counter() - t0, 2), **info})

@@ -1,0 +1,528 @@
+/* deepshrink's integer kernels for microcontrollers (C99, <stdint.h> only, no allocation).
+ *
+ * The code generator copies the sections a model needs into its model.c, in the order they appear here.
+ * A section starts with a "@kernel NAME needs=A,B" line and runs to the next one.
+ *
+ * Arithmetic reproduces ONNX Runtime's CPU kernels (MLAS) so that a model computes here what it computed
+ * when it was validated: int32 accumulation of int8 x int8 products, then requantization in float32 as
+ * MlasRequantizeOutput does it (scale product, clamp, round half to even, add the zero point).
+ * Activations are int8 (ONNX Runtime's uint8 values minus 128: the same integers, shifted, so every clamp
+ * and zero point moves with them); weights int8 with zero point 0; biases int32 with the input zero point
+ * folded in (bias - zp_x * sum(w)), so the inner loops multiply raw int8 values.
+ *
+ * On a Cortex-M4/M7 (__ARM_FEATURE_DSP) the dot products use the DSP extension: SXTB16 widens two int8
+ * lanes of a word to int16 and SMLAD multiplies and accumulates both pairs in one instruction; each
+ * activation word is loaded and widened once for four weight rows. Elsewhere a portable loop computes the
+ * same integers.
+ */
+
+/* @kernel base */
+#if defined(__GNUC__) || defined(__clang__)
+#define DS_ALIGN4 __attribute__((aligned(4)))
+#else
+#define DS_ALIGN4
+#endif
+
+#if defined(__ARM_FEATURE_DSP) && (defined(__GNUC__) || defined(__clang__))
+#define DS_DSP 1
+#else
+#define DS_DSP 0
+#endif
+
+/* Per-channel requantization of a layer's int32 accumulators (bias already includes -zp_x*sum(w)). */
+typedef struct {
+    const int32_t *bias;
+    const float *mult; /* x_scale * w_scale[c] / y_scale, as ONNX Runtime computes it in float32 */
+    int8_t zp;         /* output zero point; a ReLU is the clamp at it (ONNX Runtime's quantizer removes ReLUs) */
+} ds_q_t;
+
+#if DS_DSP && defined(__ARM_FP)
+/* The same result in 7 instructions: VCVTR rounds half to even (the FPSCR's default mode) and saturates,
+ * QADD and SSAT clamp; rounding before clamping changes nothing when the bounds are integers. */
+static int8_t ds_requant(int32_t acc, float m, int32_t zp)
+{
+    float f = (float)acc * m;
+    int32_t r;
+    __asm__("vcvtr.s32.f32 %[f], %[f]\n\t"
+            "vmov %[r], %[f]\n\t"
+            "qadd %[r], %[r], %[zp]\n\t"
+            "ssat %[r], #8, %[r]"
+            : [r] "=&r"(r), [f] "+t"(f)
+            : [zp] "r"(zp));
+    return (int8_t)r;
+}
+#else
+/* round(f) half to even for |f| < 2^22: adding 1.5 * 2^23 leaves the integer in the low mantissa bits. */
+static int32_t ds_round(float f)
+{
+    union { float f; int32_t i; } u;
+    u.f = f + 12582912.0f;
+    return u.i - 0x4B400000;
+}
+
+/* MlasRequantizeOutput: float product, clamp in float to the output range, round half to even, add zp. */
+static int8_t ds_requant(int32_t acc, float m, int32_t zp)
+{
+    float f = (float)acc * m;
+    const float flo = (float)(-128 - zp);
+    const float fhi = (float)(127 - zp);
+    if (f < flo) {
+        f = flo;
+    }
+    if (f > fhi) {
+        f = fhi;
+    }
+    return (int8_t)(ds_round(f) + zp);
+}
+#endif
+
+/* @kernel dot needs=base */
+/* Dot products of one activation vector with weight rows of kp bytes (kp a multiple of 4), 4 rows at a
+ * time (then 2, then 1). Rows are interleaved in flash by 4-byte blocks: for 4 rows, block k holds bytes
+ * 4k..4k+3 of row 0, then of rows 1, 2 and 3, so one pointer walks the weights in order and a doubleword
+ * load fetches two rows.
+ *
+ * Two activation forms: int8 (a layer's input as it is: each word is widened in the loop, once for all
+ * rows: SXTB16 gives lanes (x0, x2) and (x1, x3), matching the weights' own SXTB16 lanes), and int16 (a
+ * convolution's column, widened once by im2col: a doubleword load gives (x0, x1), (x2, x3), so those
+ * layers store each weight block as w0 w2 w1 w3, whose SXTB16 lanes are (w0, w1) and (w2, w3)). */
+#if DS_DSP
+#define DS_X8                                                                                               \
+    "ldr %[xa], [%[x]], #4\n\t"                                                                             \
+    "sxtb16 %[xb], %[xa], ror #8\n\t"                                                                       \
+    "sxtb16 %[xa], %[xa]\n\t"
+#define DS_X16 "ldrd %[xa], %[xb], [%[x]], #8\n\t"
+#define DS_ROW(A, W)                                                                                        \
+    "sxtb16 %[t], %[" W "]\n\t"                                                                             \
+    "sxtb16 %[" W "], %[" W "], ror #8\n\t"                                                                 \
+    "smlad %[" A "], %[xa], %[t], %[" A "]\n\t"                                                             \
+    "smlad %[" A "], %[xb], %[" W "], %[" A "]\n\t"
+#define DS_W4 "ldrd %[wa], %[wb], [%[w]], #8\n\t" DS_ROW("a0", "wa") DS_ROW("a1", "wb")                    \
+    "ldrd %[wa], %[wb], [%[w]], #8\n\t" DS_ROW("a2", "wa") DS_ROW("a3", "wb")
+#define DS_W2 "ldrd %[wa], %[wb], [%[w]], #8\n\t" DS_ROW("a0", "wa") DS_ROW("a1", "wb")
+#define DS_W1 "ldr %[wa], [%[w]], #4\n\t" DS_ROW("a0", "wa")
+#define DS_OPERANDS                                                                                         \
+    [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [x] "+r"(x), [w] "+r"(w), [n] "+r"(n),   \
+        [xa] "=&r"(xa), [xb] "=&r"(xb), [wa] "=&r"(wa), [wb] "=&r"(wb), [t] "=&r"(t)
+/* Two blocks per iteration: the loop's subs/bne then costs 2 instructions per 32 multiply-accumulates. */
+#define DS_LOOP(BLOCK)                                                                                      \
+    do {                                                                                                    \
+        const XT *x = x0;                                                                                   \
+        uint32_t xa, xb, wa, wb, t;                                                                         \
+        int n = nblk >> 1;                                                                                  \
+        a0 = a1 = a2 = a3 = 0;                                                                              \
+        if (n > 0) {                                                                                        \
+            __asm__ volatile("1:\n\t" BLOCK BLOCK "subs %[n], %[n], #1\n\t"                                 \
+                             "bne 1b\n\t" : DS_OPERANDS : : "cc", "memory");                                \
+        }                                                                                                   \
+        if (nblk & 1) {                                                                                     \
+            __asm__ volatile(BLOCK : DS_OPERANDS : : "memory");                                             \
+        }                                                                                                   \
+    } while (0)
+#define DS_GROUP(XLOAD)                                                                                     \
+    if (rows - r >= 4) {                                                                                    \
+        DS_LOOP(XLOAD DS_W4);                                                                               \
+        g = 4;                                                                                              \
+    } else if (rows - r >= 2) {                                                                             \
+        DS_LOOP(XLOAD DS_W2);                                                                               \
+        g = 2;                                                                                              \
+    } else {                                                                                                \
+        DS_LOOP(XLOAD DS_W1);                                                                               \
+        g = 1;                                                                                              \
+    }
+#else
+#define DS_GROUP(XLOAD)                                                                                     \
+    do {                                                                                                    \
+        const XT *x = x0;                                                                                   \
+        int32_t a[4];                                                                                       \
+        int k, j;                                                                                           \
+        a[0] = a[1] = a[2] = a[3] = 0;                                                                      \
+        g = rows - r >= 4 ? 4 : rows - r >= 2 ? 2 : 1;                                                      \
+        for (k = 0; k < nblk; k++, x += 4) {                                                                \
+            for (j = 0; j < g; j++, w += 4) {                                                               \
+                a[j] += XLOAD;                                                                              \
+            }                                                                                               \
+        }                                                                                                   \
+        a0 = a[0];                                                                                          \
+        a1 = a[1];                                                                                          \
+        a2 = a[2];                                                                                          \
+        a3 = a[3];                                                                                          \
+    } while (0)
+#define DS_X8 x[0] * w[0] + x[1] * w[1] + x[2] * w[2] + x[3] * w[3]
+#define DS_X16 x[0] * w[0] + x[1] * w[2] + x[2] * w[1] + x[3] * w[3]
+#endif
+
+/* The accumulators of `rows` weight rows against x0 into out, which has room for rows rounded up to 4 (a
+ * group's four lanes are stored whole). Returns the weights' end. */
+#define DS_DOTS(NAME, XLOAD)                                                                                \
+    static const int8_t *NAME(const XT *x0, const int8_t *w, int nblk, int rows, int32_t *out)             \
+    {                                                                                                       \
+        int32_t a0, a1, a2, a3;                                                                             \
+        int r, g;                                                                                           \
+        for (r = 0; r < rows; r += g, out += g) {                                                           \
+            DS_GROUP(XLOAD);                                                                                \
+            out[0] = a0;                                                                                    \
+            out[1] = a1;                                                                                    \
+            out[2] = a2;                                                                                    \
+            out[3] = a3;                                                                                    \
+        }                                                                                                   \
+        return w;                                                                                           \
+    }
+
+/* @kernel dot8 needs=dot */
+#define XT int8_t
+DS_DOTS(ds_dots8, DS_X8)
+#undef XT
+
+/* @kernel dot16 needs=dot */
+#define XT int16_t
+DS_DOTS(ds_dots16, DS_X16)
+#undef XT
+
+/* @kernel fc needs=dot8 */
+typedef struct {
+    const int8_t *w; /* n_out rows of kp bytes, zero-padded and interleaved (see ds_dot) */
+    ds_q_t q;
+    int16_t kp, n_out;
+} ds_fc_t;
+
+static void ds_fc(const ds_fc_t *p, const int8_t *x, int8_t *y)
+{
+    const int32_t *const bias = p->q.bias;
+    const float *const mult = p->q.mult;
+    const int n = p->n_out, nblk = p->kp >> 2, zp = p->q.zp;
+    const int8_t *w = p->w;
+    int32_t acc[4];
+    int r, i;
+    /* Four rows at a time: an accumulator per output for the whole layer would cost 4 bytes of RAM each. */
+    for (r = 0; r < n; r += 4) {
+        const int g = n - r >= 4 ? 4 : n - r;
+        w = ds_dots8(x, w, nblk, g, acc);
+        for (i = 0; i < g; i++) {
+            y[r + i] = ds_requant(acc[i] + bias[r + i], mult[r + i], zp);
+        }
+    }
+}
+
+/* @kernel conv needs=dot16 */
+typedef struct {
+    const int8_t *w; /* per group: out_c/groups rows of kp bytes, as ds_fc's, blocks ordered w0 w2 w1 w3 */
+    ds_q_t q;
+    int16_t in_h, in_w, in_c, out_c;  /* input geometry (H x W x C, or C x H x W when chw), filters */
+    int16_t kh, kw, sh, sw, pt, pl;   /* kernel, stride, top and left padding */
+    int16_t groups, kp;               /* column length per group, padded to a multiple of 4 */
+    int16_t pool_k, pool_s;           /* max pooling fused behind the convolution (1, 1: none) */
+    int16_t out_h, out_w;             /* output geometry, after pooling */
+    int8_t in_zp;                     /* padding value: the input's zero point (a float 0) */
+    uint8_t chw;                      /* input in C x H x W order (the network input); else H x W x C */
+    int16_t slice, ncols;             /* C x H x W: values per input column (even), padded input width */
+    int32_t rowlen;                   /* C x H x W: int16 values of one output row's slices */
+} ds_conv_t;
+
+/* n int8 values widened to int16: eight per iteration on the DSP (SXTB16 splits even and odd lanes, two
+ * half-word packs put them back in order). */
+static void ds_widen(int16_t *d, const int8_t *s, int n)
+{
+#if DS_DSP
+    uint32_t v, u, a, b;
+    for (; n >= 8; n -= 8) {
+        __asm__ volatile("ldr %[v], [%[s]], #4\n\t"
+                         "ldr %[u], [%[s]], #4\n\t"
+                         "sxtb16 %[a], %[v]\n\t"
+                         "sxtb16 %[b], %[v], ror #8\n\t"
+                         "pkhbt %[v], %[a], %[b], lsl #16\n\t"
+                         "pkhtb %[a], %[b], %[a], asr #16\n\t"
+                         "str %[v], [%[d]], #4\n\t"
+                         "str %[a], [%[d]], #4\n\t"
+                         "sxtb16 %[a], %[u]\n\t"
+                         "sxtb16 %[b], %[u], ror #8\n\t"
+                         "pkhbt %[u], %[a], %[b], lsl #16\n\t"
+                         "pkhtb %[a], %[b], %[a], asr #16\n\t"
+                         "str %[u], [%[d]], #4\n\t"
+                         "str %[a], [%[d]], #4\n\t"
+                         : [v] "=&r"(v), [u] "=&r"(u), [a] "=&r"(a), [b] "=&r"(b), [s] "+r"(s), [d] "+r"(d)
+                         :
+                         : "memory");
+    }
+#endif
+    for (; n > 0; n--) {
+        *d++ = *s++;
+    }
+}
+
+static void ds_fill(int16_t *d, int16_t v, int n)
+{
+    for (; n > 0; n--) {
+        *d++ = v;
+    }
+}
+
+/* H x W x C input: the receptive field of output (oy, ox), group g, as one int16 column in (ky, kx, c)
+ * order (the weights' order). A window inside the image is copied a kernel row at a time (kw * C
+ * contiguous bytes without groups); a window over the padding reads the zero point there. The column's
+ * tail up to kp is zero. Parameters are copied to locals: stores through the column may alias anything to
+ * the compiler, which would otherwise reload each field after every store. */
+static void ds_im2col(const ds_conv_t *p, const int8_t *x, int g, int oy, int ox, int16_t *col)
+{
+    const int in_h = p->in_h, in_w = p->in_w, in_c = p->in_c, kh = p->kh, kw = p->kw;
+    const int cg = in_c / p->groups;
+    const int iy0 = oy * p->sh - p->pt, ix0 = ox * p->sw - p->pl;
+    int16_t *c = col;
+    int ky, kx;
+    if (iy0 >= 0 && iy0 + kh <= in_h && ix0 >= 0 && ix0 + kw <= in_w && cg == in_c) {
+        const int8_t *row = x + (iy0 * in_w + ix0) * in_c;
+        for (ky = 0; ky < kh; ky++, c += kw * in_c, row += in_w * in_c) {
+            ds_widen(c, row, kw * in_c);
+        }
+    } else {
+        for (ky = 0; ky < kh; ky++) {
+            const int iy = iy0 + ky;
+            for (kx = 0; kx < kw; kx++, c += cg) {
+                const int ix = ix0 + kx;
+                if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
+                    ds_widen(c, x + (iy * in_w + ix) * in_c + g * cg, cg);
+                } else {
+                    ds_fill(c, p->in_zp, cg);
+                }
+            }
+        }
+    }
+    ds_fill(c, 0, p->kp - (int)(c - col));
+}
+
+/* C x H x W input (the network's, a few channels): the slices of output row oy, group g. A slice is one
+ * padded input column's C * kh values in (c, ky) order, padded to an even count; the column of output ox
+ * is then kw consecutive slices starting at slice ox * sw, read in place (order (kx, c, ky), the weights'
+ * order). One pass over the rows an output row needs replaces a gather per output. */
+static void ds_slices(const ds_conv_t *p, const int8_t *x, int g, int oy, int16_t *b)
+{
+    const int in_h = p->in_h, in_w = p->in_w, kh = p->kh, cg = p->in_c / p->groups, pl = p->pl;
+    const int iy0 = oy * p->sh - p->pt;
+    const int odd = (cg * kh) & 1;
+    const int16_t zp = p->in_zp;
+    int16_t *const end = b + p->rowlen;
+    int ix, ch, ky;
+    const int rows_inside = iy0 >= 0 && iy0 + kh <= in_h;
+    for (ix = -pl; ix < p->ncols - pl; ix++) {
+        const int col_inside = ix >= 0 && ix < in_w;
+        for (ch = 0; ch < cg; ch++) {
+            const int8_t *plane = x + (g * cg + ch) * in_h * in_w;
+            if (col_inside && rows_inside) {
+                const int8_t *src = plane + iy0 * in_w + ix;
+                for (ky = 0; ky < kh; ky++, src += in_w) {
+                    *b++ = *src;
+                }
+                continue;
+            }
+            for (ky = 0; ky < kh; ky++) {
+                const int iy = iy0 + ky;
+                *b++ = (col_inside && iy >= 0 && iy < in_h) ? plane[iy * in_w + ix] : zp;
+            }
+        }
+        if (odd) {
+            *b++ = 0;
+        }
+    }
+    ds_fill(b, 0, (int)(end - b));
+}
+
+/* Convolution (any groups, stride, padding), output H x W x C. With fused max pooling, each output is the
+ * largest accumulator of its window, requantized: requantization is monotonic, so that is the max of the
+ * requantized values, exactly, at a fraction of the requantizations. col: kp int16 for an H x W x C input,
+ * pool_k rows of rowlen for a C x H x W one; acc: pool_k^2 accumulators per output channel of a group,
+ * rounded up to 4. */
+static void ds_conv(const ds_conv_t *p, const int8_t *x, int8_t *y, int16_t *col, int32_t *acc)
+{
+    const int groups = p->groups, out_c = p->out_c, cg = out_c / groups, pk = p->pool_k, ps = p->pool_s;
+    const int out_h = p->out_h, out_w = p->out_w, nblk = p->kp >> 2, npos = pk * pk, chw = p->chw;
+    const int step = p->sw * p->slice, zp = p->q.zp, stride = (cg + 3) & ~3;
+    const int32_t rowlen = p->rowlen;
+    int py, px, g, d, i;
+    for (g = 0; g < groups; g++) {
+        const int8_t *w = p->w + g * cg * p->kp;
+        const int32_t *bias = p->q.bias + g * cg;
+        const float *mult = p->q.mult + g * cg;
+        for (py = 0; py < out_h; py++) {
+            for (d = 0; chw && d < pk; d++) {
+                ds_slices(p, x, g, py * ps + d, col + d * rowlen);
+            }
+            for (px = 0; px < out_w; px++) {
+                int8_t *out = y + (py * out_w + px) * out_c + g * cg;
+                for (d = 0; d < npos; d++) {
+                    const int dy = d / pk, ox = px * ps + d % pk;
+                    const int16_t *c = col + dy * rowlen + ox * step;
+                    if (!chw) {
+                        ds_im2col(p, x, g, py * ps + dy, ox, col);
+                        c = col;
+                    }
+                    ds_dots16(c, w, nblk, cg, acc + d * stride);
+                }
+                for (i = 0; i < cg; i++) {
+                    int32_t m = acc[i];
+                    for (d = 1; d < npos; d++) {
+                        m = acc[d * stride + i] > m ? acc[d * stride + i] : m;
+                    }
+                    out[i] = ds_requant(m + bias[i], mult[i], zp);
+                }
+            }
+        }
+    }
+}
+
+/* @kernel maxpool needs=base */
+typedef struct {
+    int16_t in_h, in_w, c, out_h, out_w, kh, kw, sh, sw, pt, pl;
+} ds_pool_t;
+
+/* Max pooling on H x W x C; padded positions are skipped (ONNX MaxPool pads with -inf). */
+static void ds_maxpool(const ds_pool_t *p, const int8_t *x, int8_t *y)
+{
+    int oy, ox, ky, kx, c;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            for (c = 0; c < p->c; c++) {
+                int8_t m = -128;
+                for (ky = 0; ky < p->kh; ky++) {
+                    const int iy = oy * p->sh - p->pt + ky;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        const int ix = ox * p->sw - p->pl + kx;
+                        if (iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
+                            const int8_t v = x[(iy * p->in_w + ix) * p->c + c];
+                            m = v > m ? v : m;
+                        }
+                    }
+                }
+                *y++ = m;
+            }
+        }
+    }
+}
+
+/* @kernel fma needs=base */
+/* A fused multiply-add (one rounding), as ONNX Runtime's AVX2 kernels compute QLinearAdd: VFMA.F32 on a
+ * Cortex-M4F, the C library's fmaf elsewhere. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ds_fmaf __builtin_fmaf
+#else
+float fmaf(float, float, float);
+#define ds_fmaf fmaf
+#endif
+
+/* round half to even of a float clamped to [lo - 1, hi + 1], then clamped to [lo, hi] */
+static int32_t ds_round_clamp(float t, int32_t lo, int32_t hi)
+{
+    union { float f; int32_t i; } u;
+    int32_t q;
+    const float flo = (float)(lo - 1), fhi = (float)(hi + 1);
+    if (t < flo) {
+        t = flo;
+    }
+    if (t > fhi) {
+        t = fhi;
+    }
+    u.f = t + 12582912.0f;
+    q = u.i - 0x4B400000;
+    return q < lo ? lo : q > hi ? hi : q;
+}
+
+/* @kernel add needs=fma */
+/* Element-wise addition of two quantized tensors (a residual connection), as ONNX Runtime's QLinearAdd.
+ * Its arithmetic uses the zero points as stored (uint8 tensors: our int8 values + 128), so `off` moves
+ * values back there and the result down again. */
+typedef struct {
+    float ra, rb;        /* a_scale / y_scale, b_scale / y_scale */
+    int16_t za, zb, zy;  /* zero points in ONNX Runtime's domain */
+    int16_t off;         /* 128 for uint8 tensors, 0 for int8 */
+    int32_t n;
+} ds_add_t;
+
+static void ds_add(const ds_add_t *p, const int8_t *a, const int8_t *b, int8_t *y)
+{
+    const float ra = p->ra, rb = p->rb;
+    const float prod_b = rb * (float)p->zb;
+    const float fixed = (float)p->zy - ds_fmaf(ra, (float)p->za, prod_b);
+    const int32_t off = p->off, lo = -128 + off, hi = 127 + off;
+    int32_t i;
+    for (i = 0; i < p->n; i++) {
+        float t = ds_fmaf((float)(b[i] + off), rb, fixed);
+        t = ds_fmaf((float)(a[i] + off), ra, t);
+        y[i] = (int8_t)(ds_round_clamp(t, lo, hi) - off);
+    }
+}
+
+/* @kernel gavgpool needs=base */
+/* Global average pooling of H x W x C to C, as ONNX Runtime's QLinearGlobalAveragePool: an int32 sum minus
+ * n times the input zero point, requantized with x_scale / (y_scale * n). acc: C int32. */
+typedef struct {
+    float mult;
+    int32_t n, c;
+    int8_t in_zp, zp;
+} ds_gavg_t;
+
+static void ds_gavgpool(const ds_gavg_t *p, const int8_t *x, int8_t *y, int32_t *acc)
+{
+    const int32_t c = p->c, n = p->n;
+    int32_t i, k;
+    for (k = 0; k < c; k++) {
+        acc[k] = -p->in_zp * n;
+    }
+    for (i = 0; i < n; i++, x += c) {
+        for (k = 0; k < c; k++) {
+            acc[k] += x[k];
+        }
+    }
+    for (k = 0; k < c; k++) {
+        y[k] = ds_requant(acc[k], p->mult, p->zp);
+    }
+}
+
+/* @kernel avgpool needs=fma */
+/* Average pooling (not global), as ONNX Runtime's QLinearAveragePool computes it: in float, each value
+ * dequantized, summed in row order, divided by the count, divided by y_scale, the zero point added, then
+ * rounded. */
+typedef struct {
+    int16_t in_h, in_w, c, out_h, out_w, kh, kw, sh, sw, pt, pl;
+    int16_t count_pad, in_zp, zp, off; /* zero points in ONNX Runtime's domain */
+    float x_scale, y_scale;
+} ds_avgpool_t;
+
+static void ds_avgpool(const ds_avgpool_t *p, const int8_t *x, int8_t *y)
+{
+    const int32_t lo = -128 + p->off, hi = 127 + p->off;
+    int oy, ox, ky, kx, c;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            for (c = 0; c < p->c; c++) {
+                float acc = 0.0f, t;
+                int count = 0;
+                for (ky = 0; ky < p->kh; ky++) {
+                    const int iy = oy * p->sh - p->pt + ky;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        const int ix = ox * p->sw - p->pl + kx;
+                        if (iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
+                            const float d = p->x_scale * (float)(x[(iy * p->in_w + ix) * p->c + c] + p->off - p->in_zp);
+                            acc += d;
+                            count++;
+                        }
+                    }
+                }
+                acc /= (float)(p->count_pad ? p->kh * p->kw : count);
+                t = acc / p->y_scale;
+                t = t + (float)p->zp;
+                *y++ = (int8_t)(ds_round_clamp(t, lo, hi) - p->off);
+            }
+        }
+    }
+}
+
+/* @kernel argmax */
+static int ds_argmax(const int8_t *v, int n)
+{
+    int i, best = 0;
+    for (i = 1; i < n; i++) {
+        if (v[i] > v[best]) {
+            best = i;
+        }
+    }
+    return best;
+}

@@ -1,0 +1,39 @@
+/* A minimal Cortex-M start-up: vector table, .data copied from flash, .bss zeroed, FPU enabled, main().
+ * No C library, no semihosting: what is measured is the model and this, nothing else. */
+#include <stdint.h>
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+int main(void);
+void Reset_Handler(void);
+void Default_Handler(void);
+
+void Default_Handler(void)
+{
+    for (;;) {
+    }
+}
+
+/* Initial stack pointer, reset, then NMI ... SysTick: the 16 entries every Cortex-M core has. */
+__attribute__((section(".isr_vector"), used)) void (*const ds_vectors[16])(void) = {
+    (void (*)(void))(uintptr_t)&_estack, Reset_Handler, Default_Handler, Default_Handler, Default_Handler,
+    Default_Handler, Default_Handler, 0, 0, 0, 0, Default_Handler, Default_Handler, 0, Default_Handler,
+    Default_Handler,
+};
+
+void Reset_Handler(void)
+{
+    uint32_t *src = &_sidata;
+    uint32_t *dst = &_sdata;
+    while (dst < &_edata) {
+        *dst++ = *src++;
+    }
+    for (dst = &_sbss; dst < &_ebss;) {
+        *dst++ = 0;
+    }
+    /* CP10 and CP11 full access (SCB->CPACR): the kernels' requantization uses the FPU. */
+    *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;
+    __asm__ volatile("dsb\n\tisb" ::: "memory");
+    main();
+    for (;;) {
+    }
+}

@@ -1,0 +1,187 @@
+"""`deepshrink mcu`: an artifact -> model.h + model.c, built for the host and the target, measured.
+
+- host build: accuracy on the whole test set through `ds_infer_pixels` (raw pixels in, as a device gets
+  them), its logits against ONNX Runtime running the same all-INT8 QDQ model (`model.int8.onnx`), and the
+  `c` runtime's time beside ONNX Runtime's;
+- target build: flash and static RAM of the linked image (`firmware.elf`); the image emulated on `images`
+  test images (logits bit for bit against the host build), instructions counted on `counted` of them, the
+  stack's high-water mark.
+"""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.errors import UserError
+from deepshrink.export.base import Artifact
+from deepshrink.export.runners import ort_runner
+from deepshrink.mcu import toolchain
+from deepshrink.mcu.arena import plan
+from deepshrink.mcu.emit import emit
+from deepshrink.mcu.emulate import Firmware
+from deepshrink.mcu.graph import Graph, read_graph
+from deepshrink.mcu.lower import Program, lower
+from deepshrink.mcu.measure import EvalData, HostLibrary, integer_logits, load_eval_data, ort_quantize, pixel_lut
+from deepshrink.mcu.source import Source, load_source
+from deepshrink.measure.latency import LatencyConfig, measure_latency
+from deepshrink.progress import Progress, null_progress
+from deepshrink.results import LATENCY_COLUMNS, LATENCY_KEY, RESULTS_COLUMNS, RESULTS_KEY, read_rows, upsert
+
+HOST_TIMING = LatencyConfig(runtimes=("c",), threads=(1,))
+
+
+@dataclass(frozen=True)
+class McuOptions:
+    target: str = "cortex-m4"
+    images: int = 100  # emulated images whose logits must equal the host build's, bit for bit
+    counted: int = 3  # of those, images whose instructions are counted (a block hook; slower)
+    clock_mhz: float = 80.0
+    latency: LatencyConfig | None = HOST_TIMING  # the `c` runtime beside ONNX Runtime; None: not timed
+
+    def __post_init__(self) -> None:
+        if self.target not in toolchain.TARGET_NAMES:
+            raise UserError(f"--target {self.target!r}: expected one of {', '.join(toolchain.TARGET_NAMES)}")
+        if not 1 <= self.counted <= self.images:
+            raise UserError(f"--images {self.images}: must be at least {self.counted} (the images counted)")
+        if not self.clock_mhz > 0:
+            raise UserError(f"--clock-mhz {self.clock_mhz}: must be > 0")
+
+
+@dataclass
+class Built:
+    """The generated program and what its measurement needs."""
+
+    src: Source
+    graph: Graph
+    prog: Program
+    arena: int
+    data: EvalData
+
+
+def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None) -> Built:
+    """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
+    src = load_source(artifact)
+    name = dataset or (src.manifest.dataset if src.manifest else None)
+    if not name:
+        raise UserError(f"{artifact}: no manifest beside it names its dataset; pass --dataset")
+    graph = read_graph(src.model, str(artifact))
+    data = load_eval_data(name, data_dir)
+    if tuple(data.pixels.shape[1:]) != tuple(graph.image_shape if len(graph.image_shape) == 3 else ()) and \
+            int(np.prod(data.pixels.shape[1:])) != graph.input.size:
+        raise UserError(f"{artifact}: takes {list(graph.image_shape)} inputs; {name} images are "
+                        f"{list(data.pixels.shape[1:])}")
+    prog = lower(graph)
+    arena = plan(prog.buffers)
+    norm = src.manifest or data.splits  # the model's own normalization where its manifest records it
+    lut = pixel_lut(graph, norm.mean, norm.std)
+    sources = emit(prog, arena, lut, f"{artifact.name} ({src.variant}, {name})")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "model.h", sources.header.encode())
+    atomic_write_bytes(out / "model.c", sources.body.encode())
+    atomic_write_bytes(out / "model.int8.onnx", src.model.SerializeToString())
+    return Built(src, graph, prog, arena, data)
+
+
+def _host(b: Built, out: Path, work: Path) -> tuple[HostLibrary, dict[str, Any], np.ndarray, np.ndarray]:
+    """Host build: accuracy from raw pixels, agreement with ONNX Runtime. Returns the library, the row's
+    facts, and the quantized test inputs with their C logits (the emulator's reference)."""
+    lib_path, warnings = toolchain.build_host(out, work)
+    lib = HostLibrary(lib_path, b.graph.tensors[b.graph.output].size, b.graph.input.size)
+    splits = b.data.splits
+    logits, classes = lib.pixels(b.data.pixels)
+    xq = ort_quantize(b.graph, splits.test_x.numpy())
+    if not np.array_equal(lib.quantized(xq)[0], logits):  # the pixel table must be ONNX Runtime's quantization
+        raise RuntimeError(f"{b.graph.source}: ds_infer_pixels and ds_infer disagree on the test set")
+    ref = integer_logits(b.src.model, splits.test_x.numpy(), b.graph.offset)
+    labels = splits.test_y.numpy()
+    diff = np.abs(logits.astype(np.int16) - ref)
+    facts = {"accuracy_pct": 100.0 * float((classes == labels).mean()),
+             "mcu_ort_accuracy_pct": 100.0 * float((ref.argmax(1) == labels).mean()),
+             "mcu_match_ort_pct": 100.0 * float((classes == ref.argmax(1)).mean()),
+             "mcu_logits_exact_pct": 100.0 * float((diff == 0).mean()), "mcu_logits_max_diff": int(diff.max()),
+             "mcu_host_compiler": toolchain.compiler_version(toolchain.host_compiler()),
+             "mcu_host_warnings": len([w for w in warnings.splitlines() if "warning:" in w])}
+    return lib, facts, xq, logits
+
+
+def _target(b: Built, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: np.ndarray,
+            progress: Progress) -> dict[str, Any]:
+    """Target build, emulated: sizes, bit-exactness against the host build, instructions and cycles."""
+    elf, warnings = toolchain.build_target(out, out / "firmware", opts.target)
+    flash, static_ram = toolchain.image_sizes(elf)
+    fw = Firmware.load(elf)
+    n = min(opts.images, len(xq))
+    classes = b.graph.tensors[b.graph.output].size
+    task = progress.add(f"emulating {opts.target}", total=n)
+    identical = 0
+    counts: list[tuple[int, int]] = []
+    for i in range(n):
+        if i < opts.counted:
+            logits, instructions, cycles = fw.count(xq[i], classes)
+            counts.append((instructions, cycles))
+        else:
+            logits = fw.infer(xq[i], classes)[0]
+        identical += int(np.array_equal(logits, host_logits[i]))
+        progress.update(task, advance=1)
+    progress.finish(task)
+    instructions = round(float(np.mean([c[0] for c in counts])))
+    cycles = round(float(np.mean([c[1] for c in counts])))
+    stack = fw.stack_bytes()
+    return {"mcu_flash_bytes": flash, "mcu_ram_bytes": static_ram + stack, "mcu_static_ram_bytes": static_ram,
+            "mcu_stack_bytes": stack, "mcu_instructions": instructions, "mcu_cycles_est": cycles,
+            "mcu_ms_est": cycles / (opts.clock_mhz * 1e3), "mcu_clock_mhz": opts.clock_mhz,
+            "mcu_instructions_per_mac": instructions / max(b.prog.macs, 1),
+            "mcu_emulated_images": n, "mcu_emulated_identical": identical,
+            "mcu_compiler": toolchain.compiler_version(toolchain.CROSS),
+            "mcu_target_warnings": len([w for w in warnings.splitlines() if "warning:" in w])}
+
+
+def _artifact_accuracy(artifact: Path, variant: str) -> float | None:
+    """The shipped artifact's accuracy, from the results.csv of the run that wrote it (two folders up)."""
+    for row in read_rows(artifact.parent.parent.parent / "results.csv"):
+        if row.get("variant") == variant and row.get("accuracy_pct"):
+            return float(row["accuracy_pct"])
+    return None
+
+
+def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: Path | None = None,
+              options: McuOptions | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Generate, build and measure; writes model.h, model.c, firmware.elf and result rows into `out`."""
+    opts = options or McuOptions()
+    progress = progress or null_progress()
+    b = generate(artifact, out, dataset, data_dir)
+    notes = list(b.src.notes)
+    m = b.src.manifest
+    row: dict[str, Any] = {
+        "variant": b.src.variant, "dataset": b.data.splits.name, "model": m.model if m else artifact.stem,
+        "pipeline": " | ".join(m.pipeline) if m else "", "precision": "int8", "size_bytes": artifact.stat().st_size,
+        "size_kb": artifact.stat().st_size / 1000.0, "artifact": str(artifact.resolve()), "status": "ok",
+        "macs": b.prog.macs, "mcu_target": opts.target, "mcu_arena_bytes": b.arena,
+        "mcu_kernels": " ".join(sorted(b.prog.kernels - {"base", "argmax"})),
+        "artifact_accuracy_pct": _artifact_accuracy(artifact, b.src.variant)}
+    with tempfile.TemporaryDirectory() as tmp:
+        lib, facts, xq, host_logits = _host(b, out, Path(tmp))
+        row.update(facts)
+        if opts.target != "host" and toolchain.cross_compiler() is None:
+            notes.append(f"no target build: {toolchain.CROSS} not found ({toolchain.INSTALL_HINT})")
+        elif opts.target != "host":
+            row.update(_target(b, out, opts, xq, host_logits, progress))
+        latency = [] if opts.latency is None else time_host(lib, out / "model.int8.onnx", b.src.variant,
+                                                            b.data.splits.test_x.numpy(), opts.latency, progress)
+    row["notes"] = "; ".join(notes)
+    upsert(out / "results.csv", [row], RESULTS_COLUMNS, RESULTS_KEY)
+    if latency:
+        upsert(out / "latency.csv", latency, LATENCY_COLUMNS, LATENCY_KEY)
+    return row
+
+
+def time_host(lib: HostLibrary, reference: Path, variant: str, x: np.ndarray, cfg: LatencyConfig,
+              progress: Progress) -> list[dict[str, object]]:
+    """The `c` runtime beside ONNX Runtime running the same all-INT8 model, interleaved in one run."""
+    ort_art = Artifact(reference, "onnx-qdq-int8-full", "int8", runners={"onnxruntime": ort_runner(reference)})
+    c_art = Artifact(reference, "c", "int8", runners={"c": lib.runner()})
+    return measure_latency([(f"{variant} (onnxruntime)", ort_art), (variant, c_art)], x, cfg, progress)

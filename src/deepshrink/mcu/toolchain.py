@@ -1,0 +1,104 @@
+"""Compilers: the host build (the system `cc`, a shared library loaded through ctypes) and the target build
+(Arm's GNU toolchain, `arm-none-eabi-gcc`, a firmware image with our own start-up and linker script), and
+the image's flash and static RAM read from its ELF sections."""
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from deepshrink.errors import UserError
+
+WARNINGS = ("-std=c99", "-Wall", "-Wextra")
+# Loops GCC would turn into memcpy/memset calls stay loops: the image links no C library.
+FIRMWARE = ("-Os", "-ffunction-sections", "-fdata-sections", "-fno-tree-loop-distribute-patterns",
+            "-nostartfiles", "-nostdlib", "-Wl,--gc-sections")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    cpu_flags: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    "cortex-m4": Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
+    "cortex-m7": Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16")),
+}
+TARGET_NAMES = (*TARGETS, "host")
+CROSS = "arm-none-eabi-gcc"
+INSTALL_HINT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi (or `make setup` as root)"
+
+
+def support_file(name: str) -> str:
+    return resources.files("deepshrink.mcu").joinpath(f"c/{name}").read_text()
+
+
+def _run(cmd: list[str], what: str) -> str:
+    """Run a compiler; a failure is ours (generated code that does not compile), so not a UserError."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+        raise RuntimeError(f"{what} failed: {first}")
+    return proc.stderr
+
+
+def host_compiler() -> str:
+    for cc in ("cc", "gcc", "clang"):
+        if path := shutil.which(cc):
+            return path
+    raise UserError("no C compiler (cc, gcc or clang) on PATH for the host build")
+
+
+def build_host(src: Path, out: Path) -> tuple[Path, str]:
+    """model.c + the host harness as a shared library: (library, compiler warnings)."""
+    (out / "host.c").write_text(support_file("host.c"))
+    lib = out / "libmodel.so"
+    cmd = [host_compiler(), *WARNINGS, "-O2", "-shared", "-fPIC", "-I", str(src), "-o", str(lib),
+           str(src / "model.c"), str(out / "host.c"), "-lm"]
+    return lib, _run(cmd, "host build")
+
+
+def cross_compiler() -> str | None:
+    return shutil.which(CROSS)
+
+
+def build_target(src: Path, firmware: Path, target: str) -> tuple[Path, str]:
+    """The firmware image (start-up, an inference loop, the model), linked for `target`: (ELF, warnings)."""
+    cc = cross_compiler()
+    if cc is None:
+        raise UserError(f"{CROSS} not found: {INSTALL_HINT}")
+    firmware.mkdir(parents=True, exist_ok=True)
+    for name in ("startup.c", "main.c", "link.ld"):
+        (firmware / name).write_text(support_file(name))
+    elf = src / "firmware.elf"
+    cmd = [cc, *TARGETS[target].cpu_flags, *WARNINGS, *FIRMWARE, "-I", str(src), "-T", str(firmware / "link.ld"),
+           "-o", str(elf), str(firmware / "startup.c"), str(firmware / "main.c"), str(src / "model.c"), "-lgcc"]
+    return elf, _run(cmd, "target build")
+
+
+def compiler_version(cc: str) -> str:
+    proc = subprocess.run([cc, "--version"], capture_output=True, text=True)
+    return (proc.stdout.splitlines() or [cc])[0]
+
+
+def image_sizes(elf: Path) -> tuple[int, int]:
+    """(flash, static RAM) of a linked image: flash holds code, constants and .data's initial values
+    (text + rodata + data); RAM holds .data and .bss."""
+    from elftools.elf.constants import SH_FLAGS
+    from elftools.elf.elffile import ELFFile
+
+    flash = ram = 0
+    with elf.open("rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            flags = sec["sh_flags"]
+            if not flags & SH_FLAGS.SHF_ALLOC:
+                continue
+            loaded = sec["sh_type"] != "SHT_NOBITS"
+            if flags & SH_FLAGS.SHF_WRITE:
+                ram += sec["sh_size"]
+                flash += sec["sh_size"] if loaded else 0
+            else:
+                flash += sec["sh_size"]
+    return int(flash), int(ram)
