@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -47,8 +47,7 @@ def test_max_pooling_alone_and_fused_behind_a_convolution(tmp_path: Path, c: int
     pad = k // 2 if stride == 1 else 0
     body = nn.Sequential(nn.Conv2d(c, 4, 3), nn.ReLU(), nn.MaxPool2d(k, k),  # fusable: kernel == stride
                          nn.Conv2d(4, 4, 1), nn.MaxPool2d(k, stride, padding=pad))  # padded: a kernel of its own
-    if features(body, (c, size, size)) == 0:
-        return
+    assume((size - 2) // k >= k)  # the second pooling still has a window
     _exact(body, (c, size, size), tmp_path)
 
 

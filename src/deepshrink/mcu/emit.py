@@ -85,6 +85,7 @@ def emit(prog: Program, arena_bytes: int, lut: np.ndarray, title: str) -> Source
     parts = [f"/* {stamp} */", "#include <stdint.h>", "", '#include "model.h"', ""]
     parts += [sections[n][1] + "\n" for n in _needed(prog.kernels, sections)]
     parts += [_array(a) for a in prog.arrays]
+    parts += prog.definitions
     parts += [f"static const {call.struct_type} ds_L{i} = {{{', '.join(call.fields)}}};"
               for i, call in enumerate(prog.calls)]
     parts += ["", f"static int32_t ds_arena[{max(-(-arena_bytes // 4), 1)}];",

@@ -61,6 +61,7 @@ class Program:
     arrays: list[CArray] = field(default_factory=list)
     buffers: dict[str, Buffer] = field(default_factory=dict)
     kernels: set[str] = field(default_factory=lambda: {"base", "argmax"})
+    definitions: list[str] = field(default_factory=list)  # const structs a call's fields point to
     macs: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -153,9 +154,13 @@ def lower(graph: Graph) -> Program:
             pool = graph.nodes[nxt[0]]
             s.fused.add(pool.output)
             node = Node("conv", node.inputs, pool.output, {**node.attrs, "pool": pool.attrs})
-            s.root[node.output] = node.output
+        elif node.kind == "conv" and len(nxt) == 1 and (residual := _residual(s, consumers, node, nxt[0])):
+            add = graph.nodes[nxt[0]]
+            s.fused.add(add.output)
+            s.root[add.output] = s.buf(residual)  # written over the other operand, in place
+            node = Node("conv", node.inputs, add.output, {**node.attrs, "conv_out": node.output, "add": add})
         LOWERERS.get(node.kind)(s, i, node)
-        if node.kind != "reshape":
+        if node.kind != "reshape" and node.output not in s.root:
             size = s.tensor(node.output).size
             s.prog.buffers[node.output] = Buffer(node.output, -(-size // 4) * 4, i, i)
     _lifetimes(s)
@@ -164,6 +169,23 @@ def lower(graph: Graph) -> Program:
         raise UserError(f"{graph.source}: the logits must be a vector computed by an operator from the input")
     prog.buffers[out].external = "logits"
     return prog
+
+
+def _residual(s: _State, consumers: dict[str, list[int]], conv: Node, at: int) -> str | None:
+    """The other operand of the addition at node `at` when the convolution can compute the sum itself, in
+    place over that operand: it must be an arena tensor of the same layout whose last use is this addition,
+    and not the convolution's own input (still read around each output pixel)."""
+    add = s.graph.nodes[at]
+    if add.kind != "add" or conv.output not in add.inputs or add.inputs[0] == add.inputs[1]:
+        return None
+    other = add.inputs[1] if add.inputs[0] == conv.output else add.inputs[0]
+    buf = s.prog.buffers.get(s.buf(other))
+    alive_after = any(j > at for j in consumers.get(other, [])) or any(
+        j > at for name, users in consumers.items() if name != other and s.buf(name) == s.buf(other) for j in users)
+    if buf is None or buf.external or alive_after or s.buf(other) == s.buf(conv.inputs[0]) or \
+            s.layout.get(other) != "hwc":
+        return None
+    return other
 
 
 def _poolable(node: Node) -> bool:
@@ -228,8 +250,8 @@ def _lower_fc(s: _State, i: int, node: Node) -> None:
 
 @LOWERERS.register("conv")
 def _lower_conv(s: _State, i: int, node: Node) -> None:
-    x, y = s.tensor(node.inputs[0]), s.tensor(node.output)
     a = node.attrs
+    x, y = s.tensor(node.inputs[0]), s.tensor(a.get("conv_out", node.output))
     w, g = a["w"], a["group"]
     o, cg, kh, kw = w.shape
     chw = s.layout[node.inputs[0]] == "chw"
@@ -238,7 +260,7 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
     pool = a.get("pool")
     pk, ps = (pool["kernel"][0], pool["strides"][0]) if pool else (1, 1)
     conv_w = (x.shape[2] + a["pads"][1] + a["pads"][3] - kw) // a["strides"][1] + 1
-    oh, ow = y.shape[1], y.shape[2]
+    oh, ow = s.tensor(node.output).shape[1:]
     if chw:  # column order (kx, c, ky), slices padded to even (kernels.c, ds_slices)
         slice_ = -(-(cg * kh) // 2) * 2
         cols = np.zeros((o, kw, slice_), np.int8)
@@ -258,13 +280,13 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
     wname = s.array("w", "int8_t", np.concatenate(packed))
     fields = [wname, _q_fields(s, bias, _multipliers(x, a["w_scale"], y, o), y),
               *map(str, (x.shape[1], x.shape[2], x.shape[0], o, kh, kw, *a["strides"], a["pads"][0], a["pads"][1],
-                         g, kp, pk, ps, oh, ow, x.zp, int(chw), slice_, ncols, rowlen))]
+                         g, kp, pk, ps, oh, ow, x.zp, int(chw), slice_, ncols, rowlen)), *_fused_add(s, node)]
     col = s.scratch(i, 2 * (pk * rowlen if chw else kp))
     acc = s.scratch(i, 4 * pk * pk * (-(-(o // g) // 4) * 4))
+    note = f"max pool {pk}x{pk} fused" if pool else "addition fused, in place" if "add" in a else ""
     s.prog.calls.append(Call("conv", "ds_conv_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
-                                                          (node.output, "int8_t *"), (col, "int16_t *"),
-                                                          (acc, "int32_t *")],
-                             note=f"max pool {pk}x{pk} fused" if pool else ""))
+                                                          (s.buf(node.output), "int8_t *"), (col, "int16_t *"),
+                                                          (acc, "int32_t *")], note=note))
     s.prog.kernels.add("conv")
     conv_h = (x.shape[1] + a["pads"][0] + a["pads"][2] - kh) // a["strides"][0] + 1
     s.prog.macs += o * cg * kh * kw * (oh * ow * pk * pk if pool else conv_h * conv_w)
@@ -285,15 +307,30 @@ def _lower_maxpool(s: _State, i: int, node: Node) -> None:
     s.layout[node.output] = "hwc"
 
 
+def _add_fields(s: _State, node: Node) -> list[str]:
+    """ds_add_t's initializer: ONNX Runtime's scale ratios in float32, zero points in its own domain."""
+    a, b, y = (s.tensor(n) for n in (*node.inputs, node.output))
+    off = s.graph.offset
+    ra, rb = np.float32(a.scale) / np.float32(y.scale), np.float32(b.scale) / np.float32(y.scale)
+    return [c_float(ra), c_float(rb), str(a.zp + off), str(b.zp + off), str(y.zp + off), str(off), str(y.size)]
+
+
+def _fused_add(s: _State, node: Node) -> list[str]:
+    """The conv struct's last fields: a pointer to its fused addition's parameters, and which operand it is."""
+    add = node.attrs.get("add")
+    if add is None:
+        return ["0", "0"]
+    name = f"ds_add{len(s.prog.definitions)}"
+    s.prog.definitions.append(f"static const ds_add_t {name} = {{{', '.join(_add_fields(s, add))}}};")
+    return [f"&{name}", str(int(add.inputs[0] == node.attrs["conv_out"]))]
+
+
 @LOWERERS.register("add")
 def _lower_add(s: _State, i: int, node: Node) -> None:
-    a, b, y = (s.tensor(n) for n in (*node.inputs, node.output))
     if s.layout[node.inputs[0]] != s.layout[node.inputs[1]] or s.order.get(node.inputs[0]) is not None or \
             s.order.get(node.inputs[1]) is not None:
         raise UserError(f"{s.graph.source}: an addition of tensors stored in different orders is not supported")
-    off = s.graph.offset
-    ra, rb = np.float32(a.scale) / np.float32(y.scale), np.float32(b.scale) / np.float32(y.scale)
-    fields = [c_float(ra), c_float(rb), str(a.zp + off), str(b.zp + off), str(y.zp + off), str(off), str(y.size)]
+    fields = _add_fields(s, node)
     s.prog.calls.append(Call("add", "ds_add_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
                                                         (s.buf(node.inputs[1]), "const int8_t *"),
                                                         (node.output, "int8_t *")]))

@@ -204,7 +204,70 @@ static void ds_fc(const ds_fc_t *p, const int8_t *x, int8_t *y)
     }
 }
 
-/* @kernel conv needs=dot16 */
+/* @kernel fma needs=base */
+/* A fused multiply-add (one rounding), as ONNX Runtime's AVX2 kernels compute QLinearAdd: VFMA.F32 on a
+ * Cortex-M4F, the C library's fmaf elsewhere. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ds_fmaf __builtin_fmaf
+#else
+float fmaf(float, float, float);
+#define ds_fmaf fmaf
+#endif
+
+/* round half to even of a float clamped to [lo - 1, hi + 1], then clamped to [lo, hi] */
+static int32_t ds_round_clamp(float t, int32_t lo, int32_t hi)
+{
+    union { float f; int32_t i; } u;
+    int32_t q;
+    const float flo = (float)(lo - 1), fhi = (float)(hi + 1);
+    if (t < flo) {
+        t = flo;
+    }
+    if (t > fhi) {
+        t = fhi;
+    }
+    u.f = t + 12582912.0f;
+    q = u.i - 0x4B400000;
+    return q < lo ? lo : q > hi ? hi : q;
+}
+
+/* @kernel addq needs=fma */
+/* Element-wise addition of two quantized tensors (a residual connection), as ONNX Runtime's QLinearAdd.
+ * Its arithmetic uses the zero points as stored (uint8 tensors: our int8 values + 128), so `off` moves
+ * values back there and the result down again. A convolution whose output feeds an addition computes it
+ * pixel by pixel (ds_conv), writing over the other operand in place. */
+typedef struct {
+    float ra, rb;        /* a_scale / y_scale, b_scale / y_scale */
+    int16_t za, zb, zy;  /* zero points in ONNX Runtime's domain */
+    int16_t off;         /* 128 for uint8 tensors, 0 for int8 */
+    int32_t n;
+} ds_add_t;
+
+/* The part of the sum that does not depend on the values, rounded as ONNX Runtime rounds it. */
+static float ds_add_fixed(const ds_add_t *p)
+{
+    const float prod_b = p->rb * (float)p->zb;
+    return (float)p->zy - ds_fmaf(p->ra, (float)p->za, prod_b);
+}
+
+static int8_t ds_add_one(const ds_add_t *p, float fixed, int32_t a, int32_t b)
+{
+    float t = ds_fmaf((float)(b + p->off), p->rb, fixed);
+    t = ds_fmaf((float)(a + p->off), p->ra, t);
+    return (int8_t)(ds_round_clamp(t, -128 + p->off, 127 + p->off) - p->off);
+}
+
+/* @kernel add needs=addq */
+static void ds_add(const ds_add_t *p, const int8_t *a, const int8_t *b, int8_t *y)
+{
+    const float fixed = ds_add_fixed(p);
+    int32_t i;
+    for (i = 0; i < p->n; i++) {
+        y[i] = ds_add_one(p, fixed, a[i], b[i]);
+    }
+}
+
+/* @kernel conv needs=dot16,addq */
 typedef struct {
     const int8_t *w; /* per group: out_c/groups rows of kp bytes, as ds_fc's, blocks ordered w0 w2 w1 w3 */
     ds_q_t q;
@@ -217,6 +280,8 @@ typedef struct {
     uint8_t chw;                      /* input in C x H x W order (the network input); else H x W x C */
     int16_t slice, ncols;             /* C x H x W: values per input column (even), padded input width */
     int32_t rowlen;                   /* C x H x W: int16 values of one output row's slices */
+    const ds_add_t *add;              /* an addition fused behind: y holds its other operand, overwritten */
+    uint8_t add_first;                /* the convolution is the addition's first operand */
 } ds_conv_t;
 
 /* n int8 values widened to int16: eight per iteration on the DSP (SXTB16 splits even and odd lanes, two
@@ -337,6 +402,8 @@ static void ds_conv(const ds_conv_t *p, const int8_t *x, int8_t *y, int16_t *col
     const int out_h = p->out_h, out_w = p->out_w, nblk = p->kp >> 2, npos = pk * pk, chw = p->chw;
     const int step = p->sw * p->slice, zp = p->q.zp, stride = (cg + 3) & ~3;
     const int32_t rowlen = p->rowlen;
+    const ds_add_t *const add = p->add;
+    const float fixed = add ? ds_add_fixed(add) : 0.0f;
     int py, px, g, d, i;
     for (g = 0; g < groups; g++) {
         const int8_t *w = p->w + g * cg * p->kp;
@@ -359,10 +426,15 @@ static void ds_conv(const ds_conv_t *p, const int8_t *x, int8_t *y, int16_t *col
                 }
                 for (i = 0; i < cg; i++) {
                     int32_t m = acc[i];
+                    int8_t v;
                     for (d = 1; d < npos; d++) {
                         m = acc[d * stride + i] > m ? acc[d * stride + i] : m;
                     }
-                    out[i] = ds_requant(m + bias[i], mult[i], zp);
+                    v = ds_requant(m + bias[i], mult[i], zp);
+                    if (add) {
+                        v = p->add_first ? ds_add_one(add, fixed, v, out[i]) : ds_add_one(add, fixed, out[i], v);
+                    }
+                    out[i] = v;
                 }
             }
         }
@@ -395,58 +467,6 @@ static void ds_maxpool(const ds_pool_t *p, const int8_t *x, int8_t *y)
                 *y++ = m;
             }
         }
-    }
-}
-
-/* @kernel fma needs=base */
-/* A fused multiply-add (one rounding), as ONNX Runtime's AVX2 kernels compute QLinearAdd: VFMA.F32 on a
- * Cortex-M4F, the C library's fmaf elsewhere. */
-#if defined(__GNUC__) || defined(__clang__)
-#define ds_fmaf __builtin_fmaf
-#else
-float fmaf(float, float, float);
-#define ds_fmaf fmaf
-#endif
-
-/* round half to even of a float clamped to [lo - 1, hi + 1], then clamped to [lo, hi] */
-static int32_t ds_round_clamp(float t, int32_t lo, int32_t hi)
-{
-    union { float f; int32_t i; } u;
-    int32_t q;
-    const float flo = (float)(lo - 1), fhi = (float)(hi + 1);
-    if (t < flo) {
-        t = flo;
-    }
-    if (t > fhi) {
-        t = fhi;
-    }
-    u.f = t + 12582912.0f;
-    q = u.i - 0x4B400000;
-    return q < lo ? lo : q > hi ? hi : q;
-}
-
-/* @kernel add needs=fma */
-/* Element-wise addition of two quantized tensors (a residual connection), as ONNX Runtime's QLinearAdd.
- * Its arithmetic uses the zero points as stored (uint8 tensors: our int8 values + 128), so `off` moves
- * values back there and the result down again. */
-typedef struct {
-    float ra, rb;        /* a_scale / y_scale, b_scale / y_scale */
-    int16_t za, zb, zy;  /* zero points in ONNX Runtime's domain */
-    int16_t off;         /* 128 for uint8 tensors, 0 for int8 */
-    int32_t n;
-} ds_add_t;
-
-static void ds_add(const ds_add_t *p, const int8_t *a, const int8_t *b, int8_t *y)
-{
-    const float ra = p->ra, rb = p->rb;
-    const float prod_b = rb * (float)p->zb;
-    const float fixed = (float)p->zy - ds_fmaf(ra, (float)p->za, prod_b);
-    const int32_t off = p->off, lo = -128 + off, hi = 127 + off;
-    int32_t i;
-    for (i = 0; i < p->n; i++) {
-        float t = ds_fmaf((float)(b[i] + off), rb, fixed);
-        t = ds_fmaf((float)(a[i] + off), ra, t);
-        y[i] = (int8_t)(ds_round_clamp(t, lo, hi) - off);
     }
 }
 
