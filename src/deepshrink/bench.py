@@ -11,31 +11,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
+from deepshrink.checkpoint import load_checkpoint, read_manifest
 from deepshrink.data import load_dataset
-from deepshrink.errors import UserError, malformed
+from deepshrink.errors import UserError
 from deepshrink.export import Artifact, sparse_runtime
+from deepshrink.export.compact import manifest_beside, open_compact
 from deepshrink.export.dsonnx import unpack_onnx
-from deepshrink.export.dsz import decode_state as decode_dsz
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.onnx_file import fixed_batch, read_onnx
-from deepshrink.export.packed import decode as decode_packed
 from deepshrink.export.runners import ort_runner, torch_runner
-from deepshrink.export.sparse import decode_state
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig, measure_latency
-from deepshrink.models import create_model, shrink_to
 from deepshrink.progress import Progress
 
 Opened = tuple[Path | nn.Module, str | None]  # (an ONNX file or a decoded model, the dataset its manifest names)
-
-
-def _manifest_beside(path: Path) -> Path:
-    """artifacts/<variant>/model.onnx, model.dsq, model.decoded.onnx ... all sit beside model.json."""
-    for cand in (path.with_suffix(".json"), path.with_name(f"{path.name.split('.')[0]}.json")):
-        if cand.is_file():
-            return cand
-    raise UserError(f"{path}: no manifest {path.with_suffix('.json').name} beside it to tell which dataset and "
-                    "model it holds")
 
 
 def _open_onnx(path: Path, tmp: Path) -> Opened:
@@ -52,26 +40,9 @@ def _open_dsonnx(path: Path, tmp: Path) -> Opened:
     return _open_onnx(out, tmp)[0], None
 
 
-def _decoded(path: Path, state: dict[str, torch.Tensor]) -> Opened:
-    """The manifest's model rebuilt to the decoded tensors' shapes, holding them."""
-    manifest: Manifest = read_manifest(_manifest_beside(path))
-    model = create_model(manifest.model, tuple(manifest.input_shape), manifest.num_classes, **manifest.model_args)
-    with malformed(path, f"file for model {manifest.model!r} (its tensors do not fit it)"):
-        shrink_to(model, {k: list(v.shape) for k, v in state.items()})
-        model.load_state_dict(state)
-    return model.eval(), manifest.dataset
-
-
-def _open_dsparse(path: Path, tmp: Path) -> Opened:
-    return _decoded(path, decode_state(path.read_bytes(), str(path)))
-
-
-def _open_dsz(path: Path, tmp: Path) -> Opened:
-    return _decoded(path, decode_dsz(path.read_bytes(), str(path)))
-
-
-def _open_dsq(path: Path, tmp: Path) -> Opened:
-    return _decoded(path, decode_packed(path.read_bytes(), str(path)))
+def _open_compact(path: Path, tmp: Path) -> Opened:
+    model, manifest = open_compact(path)
+    return model, manifest.dataset
 
 
 def _open_checkpoint(path: Path, tmp: Path) -> Opened:
@@ -80,7 +51,8 @@ def _open_checkpoint(path: Path, tmp: Path) -> Opened:
 
 
 OPENERS: dict[str, Callable[[Path, Path], Opened]] = {
-    ".onnx": _open_onnx, ".dsonnx": _open_dsonnx, ".dsparse": _open_dsparse, ".dsq": _open_dsq, ".dsz": _open_dsz,
+    ".onnx": _open_onnx, ".dsonnx": _open_dsonnx, ".dsparse": _open_compact, ".dsq": _open_compact,
+    ".dsz": _open_compact,
     ".safetensors": _open_checkpoint, ".json": _open_checkpoint,
 }
 
@@ -100,13 +72,13 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
             if runtime != "onnxruntime":
                 raise UserError(f"{path}: an ONNX file runs with --runtime onnxruntime")
             art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(opened)})
-            dataset = dataset or read_manifest(_manifest_beside(path)).dataset
+            dataset = dataset or read_manifest(manifest_beside(path)).dataset
         else:
             dataset = dataset or named
             assert dataset is not None
             runners = {"torch": torch_runner(opened)}
             if runtime == "onnxruntime":  # the decoded model as ONNX Runtime runs it: a float ONNX copy
-                example = torch.zeros(1, *read_manifest(_manifest_beside(path)).input_shape)
+                example = torch.zeros(1, *read_manifest(manifest_beside(path)).input_shape)
                 runners["onnxruntime"] = ort_runner(export_onnx(opened, Path(tmp) / "decoded.onnx", example))
             if runtime == "sparse":  # compaction + sparse kernels, calibrated on training images
                 net = sparse_runtime.build(opened, load_dataset(dataset, data_dir).train_x[:512].numpy())

@@ -92,10 +92,11 @@ def _layer_attrs(mod: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if defaults.get(k) != v}
 
 
-def _weighted(g: _Graph, op: Op, act: _Act, ranges: Ranges, prev_point: str, int8: bool, float_out: bool) -> _Act:
+def _weighted(g: _Graph, op: Op, act: _Act, ranges: Ranges, prev_point: str, int8: bool, float_out: bool,
+              scales: torch.Tensor | None = None) -> _Act:
     mod = op.module
     w = op.weight.detach().float()
-    scales = weight_scales(w, 127)
+    scales = weight_scales(w, 127) if scales is None else scales
     codes = quantize_weight(w, scales, 127).numpy().astype(np.int8)
     s_w = g.const(scales.numpy().astype(np.float32))
     # ONNX Runtime fuses DQ->Gemm->Q into QGemm only when the weight zero point is explicit;
@@ -125,10 +126,12 @@ def _weighted(g: _Graph, op: Op, act: _Act, ranges: Ranges, prev_point: str, int
 
 
 def build_qdq(model: nn.Module, ranges: Ranges, input_shape: tuple[int, ...], int8_layers: set[str],
-              quantize_logits: bool = False) -> onnx.ModelProto:
+              quantize_logits: bool = False, scales: dict[str, torch.Tensor] | None = None) -> onnx.ModelProto:
     """The integer ONNX model: layers in `int8_layers` run in int8, the others weight-only. The logits are
     float (QGemm's float output, no rounding) unless `quantize_logits`: a microcontroller returns int8 logits,
-    quantized with the last layer's calibrated range."""
+    quantized with the last layer's calibrated range. `scales` replaces a layer's per-channel weight scales
+    (one per output channel): a clustered layer's shared values stay shared under one scale, a bit-packed
+    layer's codes stay exact under its own steps."""
     g = _Graph()
     act = _Act(INPUT)
     prev_point = INPUT
@@ -137,7 +140,8 @@ def build_qdq(model: nn.Module, ranges: Ranges, input_shape: tuple[int, ...], in
     for op in ops:
         if op.weighted:
             float_out = op.name == last and not op.relu and not quantize_logits
-            act = _weighted(g, op, act, ranges, prev_point, op.name in int8_layers, float_out)
+            act = _weighted(g, op, act, ranges, prev_point, op.name in int8_layers, float_out,
+                            (scales or {}).get(op.name))
             prev_point = op.name
         elif isinstance(op.module, nn.ReLU):
             act = _Act(g.node("Relu", [_dequantize_act(g, act)]))

@@ -48,13 +48,13 @@ def _format(values: np.ndarray, ctype: str) -> str:
         per = 4
     else:
         items = [str(int(v)) for v in flat]
-        per = 20 if ctype == "int8_t" else 8
+        per = 20 if ctype in ("int8_t", "uint8_t") else 12
     lines = [", ".join(items[i : i + per]) for i in range(0, len(items), per)]
     return "    " + ",\n    ".join(lines)
 
 
 def _array(a: CArray) -> str:
-    align = " DS_ALIGN4" if a.ctype == "int8_t" else ""
+    align = " DS_ALIGN4" if a.ctype in ("int8_t", "uint8_t") else ""
     return f"static const {a.ctype} {a.name}[{max(a.values.size, 1)}]{align} = {{\n{_format(a.values, a.ctype)}\n}};"
 
 
@@ -84,6 +84,7 @@ def emit(prog: Program, arena_bytes: int, lut: np.ndarray, title: str) -> Source
     sections = kernel_sections()
     parts = [f"/* {stamp} */", "#include <stdint.h>", "", '#include "model.h"', ""]
     parts += [sections[n][1] + "\n" for n in _needed(prog.kernels, sections)]
+    parts += sorted(prog.instantiations)
     parts += [_array(a) for a in prog.arrays]
     parts += prog.definitions
     parts += [f"static const {call.struct_type} ds_L{i} = {{{', '.join(call.fields)}}};"
@@ -92,7 +93,7 @@ def emit(prog: Program, arena_bytes: int, lut: np.ndarray, title: str) -> Source
               "#define DS_AT(offset) ((int8_t *)ds_arena + (offset))", "",
               "int ds_infer(const int8_t *input, int8_t *logits)", "{"]
     for i, call in enumerate(prog.calls):
-        args = ", ".join(_arg(prog, name, ctype) for name, ctype in call.args)
+        args = ", ".join([*([call.fn] if call.fn else []), *(_arg(prog, name, ctype) for name, ctype in call.args)])
         parts.append(f"    ds_{call.kernel}(&ds_L{i}, {args});{'  /* ' + call.note + ' */' if call.note else ''}")
     parts += ["    return ds_argmax(logits, DS_NUM_CLASSES);", "}", "", _pixels(lut, inp.size // c)]
     return Sources(header, "\n".join(parts) + "\n")

@@ -21,6 +21,7 @@ import numpy as np
 
 from deepshrink.errors import UserError
 from deepshrink.mcu.graph import Graph, Node, QTensor
+from deepshrink.mcu.layouts import Layout, choose
 from deepshrink.registry import Registry
 
 
@@ -52,6 +53,7 @@ class Call:
     fields: list[str]  # the const struct's initializer, in declaration order
     args: list[tuple[str, str]]  # (buffer name, C type of the pointer)
     note: str = ""
+    fn: str = ""  # a function argument before the buffers (a convolution's in-place rows kernel, or 0)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Program:
     buffers: dict[str, Buffer] = field(default_factory=dict)
     kernels: set[str] = field(default_factory=lambda: {"base", "argmax"})
     definitions: list[str] = field(default_factory=list)  # const structs a call's fields point to
+    instantiations: set[str] = field(default_factory=set)  # kernel macros expanded for this model
+    layouts: list[str] = field(default_factory=list)  # each in-place layer's weight layout, for notes
     macs: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -238,14 +242,44 @@ def _lower_fc(s: _State, i: int, node: Node) -> None:
         w = permuted
     packed, kp = pack_rows(w)
     bias = _fold_bias(node.attrs["bias"], w, x.zp, s.graph.source)
-    wname = s.array("w", "int8_t", packed)
-    s.prog.calls.append(Call("fc", "ds_fc_t", [wname, _q_fields(s, bias, _multipliers(x, node.attrs["w_scale"], y,
-                             w.shape[0]), y), str(kp), str(w.shape[0])],
-                             [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *")]))
-    s.prog.kernels.add("fc")
+    mult = _multipliers(x, node.attrs["w_scale"], y, w.shape[0])
+    layout = choose(w, packed.size)
     s.prog.macs += w.size
     s.layout[node.output] = "flat"
     s.order[node.output] = None
+    args = [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *")]
+    if layout.kind == "dense":
+        wname = s.array("w", "int8_t", packed)
+        s.prog.calls.append(Call("fc", "ds_fc_t", [wname, _q_fields(s, bias, mult, y), str(kp), str(w.shape[0])],
+                                 args))
+        s.prog.kernels.add("fc")
+        return
+    name, fields = _sparse(s, layout, bias, mult, y, w.shape[0], "int8_t")
+    s.prog.calls.append(Call(name, "ds_sparse_t", fields, [*args, ("", "int32_t *")], note=layout.note))
+
+
+def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, rows: int,
+            xt: str) -> tuple[str, list[str]]:
+    """(the kernel instantiated for this layout, count width and activation type; ds_sparse_t's fields)."""
+    count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
+    params = f"{layout.gbits}, {count}, {xt}" if layout.kind == "sparse12" else f"{count}, {xt}"
+    s.prog.kernels.add(layout.kind)
+    s.prog.instantiations.add(f"DS_{layout.kind.upper()}({params})")
+    s.prog.layouts.append(layout.note)
+    return f"{layout.kind}_{params.replace(', ', '_')}", _sparse_fields(s, layout, bias, mult, y, rows, count)
+
+
+def _sparse_fields(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, rows: int,
+                   count: str) -> list[str]:
+    """ds_sparse_t's initializer; a layer whose rows share one multiplier stores it once, one without fillers
+    no compensation list."""
+    one = bool(np.all(mult == mult[0]))
+    entries = s.array("e", "uint8_t", layout.entries)
+    counts = s.array("n", count, layout.counts)
+    cb = s.array("cb", "int8_t", layout.codebook) if layout.codebook.size else "0"
+    comp = s.array("comp", "int16_t", layout.comp) if layout.comp.size > 3 else "0"
+    q = _q_fields(s, bias, mult[:1] if one else mult, y)
+    return [entries, counts, cb, comp, q, str(rows), str(int(not one))]
 
 
 @LOWERERS.register("conv")
@@ -274,19 +308,32 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
     kp = kps[0]
     # The input zero point folds into the bias over the real weights only (slice padding multiplies zeros).
     bias = _fold_bias(a["bias"], w.reshape(o, -1), x.zp, s.graph.source)
+    mult = _multipliers(x, a["w_scale"], y, o)
     ncols = x.shape[2] + a["pads"][1] + a["pads"][3]
     rowlen = max(ncols * slice_, (conv_w - 1) * a["strides"][1] * slice_ + kp) if chw else 0
     rowlen = -(-rowlen // 2) * 2
-    wname = s.array("w", "int8_t", np.concatenate(packed))
-    fields = [wname, _q_fields(s, bias, _multipliers(x, a["w_scale"], y, o), y),
+    layout = choose(rows, sum(p.size for p in packed), allow_sparse=g == 1)
+    rows_fn, sparse = "0", "0"
+    if layout.kind == "dense":
+        wname = s.array("w", "int8_t", np.concatenate(packed))
+    else:  # the sparse rows read the column in its natural order: no padding, no block reordering
+        wname = "0"
+        kernel, sp_fields = _sparse(s, layout, bias, mult, y, o, "int16_t")
+        name = f"ds_sp{len(s.prog.definitions)}"
+        s.prog.definitions.append(f"static const ds_sparse_t {name} = {{{', '.join(sp_fields)}}};")
+        sparse = f"&{name}"
+        rows_fn = f"ds_{kernel}"
+    fields = [wname, _q_fields(s, bias, mult, y),
               *map(str, (x.shape[1], x.shape[2], x.shape[0], o, kh, kw, *a["strides"], a["pads"][0], a["pads"][1],
-                         g, kp, pk, ps, oh, ow, x.zp, int(chw), slice_, ncols, rowlen)), *_fused_add(s, node)]
+                         g, kp, pk, ps, oh, ow, x.zp, int(chw), slice_, ncols, rowlen)), *_fused_add(s, node), sparse]
     col = s.scratch(i, 2 * (pk * rowlen if chw else kp))
     acc = s.scratch(i, 4 * pk * pk * (-(-(o // g) // 4) * 4))
-    note = f"max pool {pk}x{pk} fused" if pool else "addition fused, in place" if "add" in a else ""
+    note = "; ".join(filter(None, [f"max pool {pk}x{pk} fused" if pool else "",
+                                   "addition fused, in place" if "add" in a else "",
+                                   layout.note if layout.kind != "dense" else ""]))
     s.prog.calls.append(Call("conv", "ds_conv_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
                                                           (s.buf(node.output), "int8_t *"), (col, "int16_t *"),
-                                                          (acc, "int32_t *")], note=note))
+                                                          (acc, "int32_t *")], note=note, fn=rows_fn))
     s.prog.kernels.add("conv")
     conv_h = (x.shape[1] + a["pads"][0] + a["pads"][2] - kh) // a["strides"][0] + 1
     s.prog.macs += o * cg * kh * kw * (oh * ow * pk * pk if pool else conv_h * conv_w)

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from deepshrink.checkpoint import atomic_write_bytes
+from deepshrink.checkpoint import atomic_write_bytes, read_manifest
 from deepshrink.errors import UserError
 from deepshrink.export.base import Artifact
+from deepshrink.export.compact import manifest_beside
 from deepshrink.export.runners import ort_runner
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.arena import plan
@@ -26,7 +27,7 @@ from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.graph import Graph, read_graph
 from deepshrink.mcu.lower import Program, lower
 from deepshrink.mcu.measure import EvalData, HostLibrary, integer_logits, load_eval_data, ort_quantize, pixel_lut
-from deepshrink.mcu.source import Source, load_source
+from deepshrink.mcu.source import Source, compact, load_source
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress, null_progress
 from deepshrink.results import LATENCY_COLUMNS, LATENCY_KEY, RESULTS_COLUMNS, RESULTS_KEY, read_rows, upsert
@@ -67,12 +68,15 @@ class Built:
 
 def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None) -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
-    src = load_source(artifact)
+    data = None
+    if compact(artifact):  # decoded, then calibrated on training images: the data comes first
+        data = load_eval_data(dataset or read_manifest(manifest_beside(artifact)).dataset, data_dir)
+    src = load_source(artifact, data.splits.train_x[:512] if data else None)
     name = dataset or (src.manifest.dataset if src.manifest else None)
     if not name:
         raise UserError(f"{artifact}: no manifest beside it names its dataset; pass --dataset")
     graph = read_graph(src.model, str(artifact))
-    data = load_eval_data(name, data_dir)
+    data = data or load_eval_data(name, data_dir)
     if tuple(data.pixels.shape[1:]) != tuple(graph.image_shape if len(graph.image_shape) == 3 else ()) and \
             int(np.prod(data.pixels.shape[1:])) != graph.input.size:
         raise UserError(f"{artifact}: takes {list(graph.image_shape)} inputs; {name} images are "

@@ -1,4 +1,4 @@
-"""What a shipped artifact runs on a microcontroller: always its full-INT8 QDQ model.
+"""What a shipped artifact runs on a microcontroller: always an all-INT8 QDQ model.
 
 On a desktop CPU the "never slower" choice may ship a variant as INT8-stored weights with float compute;
 on a microcontroller the integer path is the fast one. A variant quantized by deepshrink keeps its
@@ -6,6 +6,13 @@ calibrated ranges in the manifest (`int8_ranges`), so its all-INT8 model is rebu
 beside the file with the same weights and the same calibration, the logits quantized with the last
 layer's calibrated range (the C returns int8 logits). A graph quantized by ONNX Runtime (residuals,
 depthwise convolutions) ships all-INT8 already and is read as it is.
+
+A compact file (`.dsparse` pruned, `.dsq` 2-7-bit weights, `.dsz` pruned and clustered) is decoded and
+quantized the way its weights already are, so the INT8 weights hold exactly its values' structure: a
+clustered layer's few shared values under one scale for the layer (one int8 codebook), a bit-packed layer's
+codes under each channel's own step (the int8 weights are the codes themselves), anything else per channel;
+activations calibrated on the same 512 training images as PTQ. The kernels then read those weights in place
+(mcu/layouts.py).
 """
 
 from collections.abc import Callable
@@ -13,14 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import torch
+from torch import nn
 
 from deepshrink.checkpoint import Manifest, load_checkpoint, paths_for, read_manifest
 from deepshrink.errors import UserError
+from deepshrink.export.compact import DECODERS, open_compact
 from deepshrink.export.dsonnx import unpack_onnx
 from deepshrink.export.onnx_file import read_onnx
 from deepshrink.export.qdq import build_qdq
-from deepshrink.export.qgraph import expressible
-from deepshrink.models import weighted_layers
+from deepshrink.export.qgraph import expressible, observe_ranges, weight_scales
+from deepshrink.models import weight_of, weighted_layers
 
 
 @dataclass
@@ -49,12 +59,20 @@ def _integer_input(m: onnx.ModelProto) -> bool:
     return any(n.op_type == "QuantizeLinear" and n.input[0] in {i.name for i in m.graph.input} for n in m.graph.node)
 
 
-def load_source(path: Path) -> Source:
+def compact(path: Path) -> bool:
+    return path.suffix in DECODERS
+
+
+def load_source(path: Path, calib: torch.Tensor | None = None) -> Source:
+    """The all-INT8 model of an artifact; a compact file's activations are calibrated on `calib`."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if compact(path):
+        assert calib is not None
+        return _compact(path, calib)
     if path.suffix not in READERS:
-        raise UserError(f"{path}: the microcontroller target reads {', '.join(READERS)} files (an INT8 model "
-                        "from quantize:precision=int8)")
+        raise UserError(f"{path}: the microcontroller target reads {', '.join([*READERS, *DECODERS])} files (an "
+                        "INT8 model from quantize:precision=int8, or a compact file deepshrink wrote)")
     shipped = read_onnx(READERS[path.suffix](path), str(path))
     manifest = _manifest(path)
     variant = path.parent.name if manifest else path.stem
@@ -78,3 +96,51 @@ def load_source(path: Path) -> Source:
         notes.append("the desktop ships this variant as INT8-stored weights with float compute; the "
                      "microcontroller runs it all-INT8")
     return Source(full, variant, manifest, notes)
+
+
+def _code_steps(flat: torch.Tensor) -> torch.Tensor | None:
+    """Per row, the step that makes every weight an integer code (tried from the fewest levels up), or None
+    when some row has none: then the weights are not codes x step."""
+    top = flat.abs().amax(1)
+    steps = torch.ones_like(top)
+    todo = top > 0
+    for levels in range(1, 128):
+        s = top / levels
+        k = flat / torch.where(todo, s, torch.ones_like(s))[:, None]
+        exact = todo & ((k - k.round()).abs().amax(1) < 1e-3)
+        steps[exact] = s[exact]
+        todo &= ~exact
+        if not todo.any():
+            return steps
+    return None
+
+
+def channel_scales(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel int8 scales that keep a decoded compact layer's weights exact where they can be: a
+    bit-packed layer's own steps (every weight is code x step: the int8 weights are the codes); one scale
+    for a layer of at most 256 distinct values (clustered: one codebook); else the channel's max|w| / 127."""
+    flat = w.detach().float().reshape(w.shape[0], -1)
+    if (steps := _code_steps(flat)) is not None:
+        return steps
+    nz = flat[flat != 0]
+    if nz.numel() and torch.unique(nz).numel() <= 256:
+        return torch.full((w.shape[0],), float(nz.abs().max()) / 127)
+    return weight_scales(w, 127)
+
+
+def _compact(path: Path, calib: torch.Tensor) -> Source:
+    model, manifest = open_compact(path)
+    if not expressible(model):
+        raise UserError(f"{path}: in-place weights need a sequential model of Linear/Conv2d/ReLU/MaxPool2d/"
+                        "Flatten layers")
+    scales = {name: channel_scales(weight_of(model, name)) for name, _ in weighted_layers(model)}
+    ranges = observe_ranges(model, calib)
+    full = build_qdq(model, ranges, tuple(manifest.input_shape), set(scales), quantize_logits=True, scales=scales)
+    note = (f"{path.suffix} decoded and quantized to INT8 as its weights are stored (shared values under one "
+            "scale per layer, packed codes under their own steps), activations calibrated on 512 training images")
+    return Source(full, path.parent.name, manifest, [note])
+
+
+def decoded(path: Path) -> nn.Module:
+    """The float model a compact file decodes to (the artifact's own accuracy is measured on it)."""
+    return open_compact(path)[0]

@@ -267,7 +267,46 @@ static void ds_add(const ds_add_t *p, const int8_t *a, const int8_t *b, int8_t *
     }
 }
 
-/* @kernel conv needs=dot16,addq */
+/* @kernel sparse needs=base */
+/* Pruned weights read in place, one row after another, only the non-zeros. Each is an entry: a gap (the
+ * positions skipped since the previous non-zero of the row) and a value. Two forms:
+ *   16-bit entries: gap (8 bits), then the int8 weight itself;
+ *   12-bit entries, two per 3 bytes: gap (G bits), then a code (12 - G bits) into the layer's int8 codebook
+ *   (clustered weights: Deep Compression's shared values).
+ * A gap too long for its field is bridged by filler entries (the longest gap, value 0 or code 0). A 16-bit
+ * filler adds 0; a 12-bit filler adds code 0's product, which the compensation list takes back before its
+ * row starts: (row, position, code) triples in row order, ending with row -1.
+ * The activations are a layer's int8 input (fully connected) or a convolution's int16 column; a layer
+ * requantizes each row into y, a convolution (y null) keeps the raw accumulators in acc. */
+typedef struct {
+    const uint8_t *e;       /* entries, then 3 bytes of padding (word loads read ahead) */
+    const void *count;      /* entries per row (fillers included): uint8_t, or uint16_t where one exceeds 255 */
+    const int8_t *cb;       /* the codebook (12-bit entries) */
+    const int16_t *comp;    /* fillers' compensation (12-bit entries) */
+    ds_q_t q;
+    int16_t n_out;
+    uint8_t per_channel;    /* a multiplier per row, else one for the layer */
+} ds_sparse_t;
+
+/* The activation loads of each element type: pointer step and the sign-extending load (DSP inline asm). */
+#define DS_LD_int8_t "ldrsb"
+#define DS_SH_int8_t ""
+#define DS_SZ_int8_t "1"
+#define DS_LD_int16_t "ldrsh"
+#define DS_SH_int16_t ", lsl #1"
+#define DS_SZ_int16_t "2"
+#define DS_STR2(v) #v
+#define DS_STR(v) DS_STR2(v)
+
+/* One row's output: requantized into y (a layer), or the raw accumulator into acc (a convolution). */
+#define DS_ROW_OUT()                                                                                        \
+    if (y) {                                                                                                \
+        y[r] = ds_requant(acc, *mult, zp);                                                                  \
+    } else {                                                                                                \
+        out[r] = acc;                                                                                       \
+    }
+
+/* @kernel conv needs=dot16,addq,sparse */
 typedef struct {
     const int8_t *w; /* per group: out_c/groups rows of kp bytes, as ds_fc's, blocks ordered w0 w2 w1 w3 */
     ds_q_t q;
@@ -282,6 +321,7 @@ typedef struct {
     int32_t rowlen;                   /* C x H x W: int16 values of one output row's slices */
     const ds_add_t *add;              /* an addition fused behind: y holds its other operand, overwritten */
     uint8_t add_first;                /* the convolution is the addition's first operand */
+    const ds_sparse_t *sparse;        /* weights in place (then w is 0), rows run by ds_conv's `rows` */
 } ds_conv_t;
 
 /* n int8 values widened to int16: eight per iteration on the DSP (SXTB16 splits even and odd lanes, two
@@ -396,7 +436,9 @@ static void ds_slices(const ds_conv_t *p, const int8_t *x, int g, int oy, int16_
  * requantized values, exactly, at a fraction of the requantizations. col: kp int16 for an H x W x C input,
  * pool_k rows of rowlen for a C x H x W one; acc: pool_k^2 accumulators per output channel of a group,
  * rounded up to 4. */
-static void ds_conv(const ds_conv_t *p, const int8_t *x, int8_t *y, int16_t *col, int32_t *acc)
+typedef void (*ds_rows_fn)(const ds_sparse_t *, const int16_t *, int8_t *, int32_t *);
+
+static void ds_conv(const ds_conv_t *p, ds_rows_fn rows, const int8_t *x, int8_t *y, int16_t *col, int32_t *acc)
 {
     const int groups = p->groups, out_c = p->out_c, cg = out_c / groups, pk = p->pool_k, ps = p->pool_s;
     const int out_h = p->out_h, out_w = p->out_w, nblk = p->kp >> 2, npos = pk * pk, chw = p->chw;
@@ -406,7 +448,7 @@ static void ds_conv(const ds_conv_t *p, const int8_t *x, int8_t *y, int16_t *col
     const float fixed = add ? ds_add_fixed(add) : 0.0f;
     int py, px, g, d, i;
     for (g = 0; g < groups; g++) {
-        const int8_t *w = p->w + g * cg * p->kp;
+        const int8_t *w = p->w ? p->w + g * cg * p->kp : 0;
         const int32_t *bias = p->q.bias + g * cg;
         const float *mult = p->q.mult + g * cg;
         for (py = 0; py < out_h; py++) {
@@ -422,7 +464,11 @@ static void ds_conv(const ds_conv_t *p, const int8_t *x, int8_t *y, int16_t *col
                         ds_im2col(p, x, g, py * ps + dy, ox, col);
                         c = col;
                     }
-                    ds_dots16(c, w, nblk, cg, acc + d * stride);
+                    if (rows) {
+                        rows(p->sparse, c, 0, acc + d * stride);
+                    } else {
+                        ds_dots16(c, w, nblk, cg, acc + d * stride);
+                    }
                 }
                 for (i = 0; i < cg; i++) {
                     int32_t m = acc[i];
@@ -440,6 +486,150 @@ static void ds_conv(const ds_conv_t *p, const int8_t *x, int8_t *y, int16_t *col
         }
     }
 }
+
+/* @kernel sparse12 needs=sparse */
+/* The 24 bits of a pair of 12-bit entries (above them, on the DSP core, the next byte: fields never reach
+ * it). An unaligned word load there, three byte loads elsewhere. */
+#if DS_DSP
+static uint32_t ds_word(const uint8_t *b)
+{
+    uint32_t w;
+    __asm__("ldr %0, [%1]" : "=r"(w) : "r"(b) : "memory");
+    return w;
+}
+#define DS_WORD(b) ds_word(b)
+#else
+#define DS_WORD(b) ((uint32_t)(b)[0] | ((uint32_t)(b)[1] << 8) | ((uint32_t)(b)[2] << 16))
+#endif
+
+/* One entry of 12 bits at bit `at` of w: skip its gap, multiply-accumulate its codebook value. */
+#define DS_ENTRY12(G, AT)                                                                                   \
+    do {                                                                                                    \
+        x += (w >> (AT)) & ((1u << (G)) - 1u);                                                              \
+        acc += (int32_t)*x++ * cb[(w >> ((AT) + (G))) & ((1u << (12 - (G))) - 1u)];                          \
+    } while (0)
+#if DS_DSP
+/* Four entries (two unaligned word loads) per iteration: 28 instructions per four non-zeros. */
+#define DS_HALF12(G, AT, XT)                                                                                \
+    "ubfx %[f], %[w], #" DS_STR(AT) ", #" DS_STR(G) "\n\t"                                                  \
+    "add %[x], %[x], %[f]" DS_SH_##XT "\n\t"                                                                \
+    DS_LD_##XT " %[v], [%[x]], #" DS_SZ_##XT "\n\t"                                                         \
+    "ubfx %[f], %[w], #(" DS_STR(AT) " + " DS_STR(G) "), #(12 - " DS_STR(G) ")\n\t"                          \
+    "ldrsb %[f], [%[cb], %[f]]\n\t"                                                                         \
+    "mla %[acc], %[v], %[f], %[acc]\n\t"
+#define DS_QUADS12(G, XT)                                                                                   \
+    if (quads > 0) {                                                                                        \
+        uint32_t f;                                                                                         \
+        int32_t v;                                                                                          \
+        __asm__ volatile("1:\n\t"                                                                           \
+                         "ldr %[w], [%[b]], #3\n\t" DS_HALF12(G, 0, XT) DS_HALF12(G, 12, XT)                \
+                         "ldr %[w], [%[b]], #3\n\t" DS_HALF12(G, 0, XT) DS_HALF12(G, 12, XT)                \
+                         "subs %[n], %[n], #1\n\t"                                                          \
+                         "bne 1b\n\t"                                                                       \
+                         : [acc] "+r"(acc), [b] "+r"(b), [x] "+r"(x), [n] "+r"(quads), [w] "=&r"(w),          \
+                           [f] "=&r"(f), [v] "=&r"(v)                                                       \
+                         : [cb] "r"(cb)                                                                     \
+                         : "cc", "memory");                                                                 \
+    }
+#else
+#define DS_QUADS12(G, XT)                                                                                   \
+    for (; quads > 0; quads--, b += 6) {                                                                    \
+        w = DS_WORD(b);                                                                                     \
+        DS_ENTRY12(G, 0);                                                                                   \
+        DS_ENTRY12(G, 12);                                                                                  \
+        w = DS_WORD(b + 3);                                                                                 \
+        DS_ENTRY12(G, 0);                                                                                   \
+        DS_ENTRY12(G, 12);                                                                                  \
+    }
+#endif
+/* The rows of a layer of 12-bit entries with G gap bits and CT row counts, against XT activations. Per row:
+ * the compensation of its fillers, a first entry alone when the row starts on the second half of a pair,
+ * four entries at a time, then the last one to three; a row ending on the first half of a pair leaves the
+ * second to the next row. */
+#define DS_SPARSE12(G, CT, XT)                                                                              \
+    static void ds_sparse12_##G##_##CT##_##XT(const ds_sparse_t *p, const XT *x0, int8_t *y, int32_t *out)    \
+    {                                                                                                       \
+        const CT *count = (const CT *)p->count;                                                             \
+        const int16_t *comp = p->comp;                                                                      \
+        const int8_t *const cb = p->cb;                                                                     \
+        const float *mult = p->q.mult;                                                                      \
+        const int32_t step = p->per_channel, zp = p->q.zp;                                                  \
+        const uint8_t *b = p->e;                                                                            \
+        int32_t r, half = 0;                                                                                \
+        for (r = 0; r < p->n_out; r++, mult += step) {                                                      \
+            int32_t n = count[r], acc = y ? p->q.bias[r] : 0, quads;                                        \
+            const XT *x = x0;                                                                               \
+            uint32_t w;                                                                                     \
+            for (; comp && comp[0] == r; comp += 3) {                                                       \
+                acc -= (int32_t)x0[comp[1]] * cb[comp[2]];                                                  \
+            }                                                                                               \
+            if (half && n > 0) {                                                                            \
+                w = DS_WORD(b);                                                                             \
+                b += 3;                                                                                     \
+                DS_ENTRY12(G, 12);                                                                          \
+                n--;                                                                                        \
+                half = 0;                                                                                   \
+            }                                                                                               \
+            quads = n >> 2;                                                                                 \
+            DS_QUADS12(G, XT)                                                                               \
+            if (n & 2) {                                                                                    \
+                w = DS_WORD(b);                                                                             \
+                b += 3;                                                                                     \
+                DS_ENTRY12(G, 0);                                                                           \
+                DS_ENTRY12(G, 12);                                                                          \
+            }                                                                                               \
+            if (n & 1) {                                                                                    \
+                w = DS_WORD(b);                                                                             \
+                DS_ENTRY12(G, 0);                                                                           \
+                half = 1;                                                                                   \
+            }                                                                                               \
+            DS_ROW_OUT()                                                                                    \
+        }                                                                                                   \
+    }
+
+/* @kernel sparse16 needs=sparse */
+/* The rows of a layer of 16-bit entries (int8 weights) and CT row counts against XT activations: 7
+ * instructions per non-zero on the DSP core. */
+#if DS_DSP
+#define DS_ENTRIES16(XT)                                                                                    \
+    if (n > 0) {                                                                                            \
+        uint32_t g;                                                                                         \
+        int32_t v, c;                                                                                       \
+        __asm__ volatile("1:\n\t"                                                                           \
+                         "ldrb %[g], [%[e]], #1\n\t"                                                        \
+                         "add %[x], %[x], %[g]" DS_SH_##XT "\n\t"                                           \
+                         DS_LD_##XT " %[v], [%[x]], #" DS_SZ_##XT "\n\t"                                    \
+                         "ldrsb %[c], [%[e]], #1\n\t"                                                       \
+                         "mla %[acc], %[v], %[c], %[acc]\n\t"                                               \
+                         "subs %[n], %[n], #1\n\t"                                                          \
+                         "bne 1b\n\t"                                                                       \
+                         : [acc] "+r"(acc), [e] "+r"(e), [x] "+r"(x), [n] "+r"(n), [g] "=&r"(g),              \
+                           [v] "=&r"(v), [c] "=&r"(c)                                                       \
+                         :                                                                                  \
+                         : "cc", "memory");                                                                 \
+    }
+#else
+#define DS_ENTRIES16(XT)                                                                                    \
+    for (; n > 0; n--, e += 2) {                                                                            \
+        x += e[0];                                                                                          \
+        acc += (int32_t)*x++ * (int8_t)e[1];                                                                \
+    }
+#endif
+#define DS_SPARSE16(CT, XT)                                                                                 \
+    static void ds_sparse16_##CT##_##XT(const ds_sparse_t *p, const XT *x0, int8_t *y, int32_t *out)          \
+    {                                                                                                       \
+        const CT *count = (const CT *)p->count;                                                             \
+        const uint8_t *e = p->e;                                                                            \
+        const float *mult = p->q.mult;                                                                      \
+        const int32_t zp = p->q.zp;                                                                         \
+        int32_t r;                                                                                          \
+        for (r = 0; r < p->n_out; r++, mult += p->per_channel) {                                            \
+            int32_t n = count[r], acc = y ? p->q.bias[r] : 0;                                               \
+            const XT *x = x0;                                                                               \
+            DS_ENTRIES16(XT)                                                                                \
+            DS_ROW_OUT()                                                                                    \
+        }                                                                                                   \
+    }
 
 /* @kernel maxpool needs=base */
 typedef struct {

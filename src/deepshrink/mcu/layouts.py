@@ -1,0 +1,124 @@
+"""How a layer's int8 weight rows are stored in flash: dense, or only their non-zeros in place (kernels.c,
+`sparse` section), and the per-layer choice between them.
+
+- dense: every weight, rows zero-padded and interleaved for the SIMD dot product (lower.pack_rows);
+- sparse16: per non-zero a gap byte and the int8 weight; gaps over 255 bridged by zero-valued fillers;
+- sparse12: per non-zero 12 bits, a gap of G bits and a code of 12 - G bits into the layer's codebook of
+  int8 values (clustered weights have a few dozen distinct values); fillers use code 0, and the
+  compensation list takes their products back.
+
+The choice: the fewest bytes among the layouts whose estimated instructions stay within `SLOWDOWN` times
+the dense kernel's (a sparse layout of a dense layer is bigger and slower; a packed one of a layer with
+many distinct values impossible).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SLOWDOWN = 2.0
+# Instructions per weight (dense, measured on the Cortex-M4 image: ~1.4 per MAC), per stored entry and per
+# row (the sparse loops: 7 and 7.5 per entry; a row's set-up, compensation and requantization ~30).
+DENSE_PER_MAC = 1.4
+PER_ENTRY = {"sparse16": 7.0, "sparse12": 7.5}
+PER_ROW = 30.0
+
+
+@dataclass
+class Layout:
+    kind: str  # dense | sparse16 | sparse12
+    nbytes: int
+    instructions: float
+    entries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    codebook: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    comp: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # (row, position, code) triples
+    gbits: int = 8
+
+    @property
+    def note(self) -> str:
+        if self.kind == "dense":
+            return "dense"
+        fields = f"{self.gbits}-bit gaps, {12 - self.gbits}-bit codes" if self.kind == "sparse12" else "8-bit gaps"
+        return f"{self.kind} ({fields})"
+
+
+def _gaps(row: np.ndarray, limit: int) -> tuple[list[int], list[int], list[int]]:
+    """(gaps, positions, filler flags) of one row's non-zeros, fillers inserted where a gap exceeds `limit`."""
+    gaps, positions, filler = [], [], []
+    prev = -1
+    for pos in np.flatnonzero(row):
+        gap = int(pos) - prev - 1
+        while gap > limit:
+            prev += limit + 1
+            gaps.append(limit)
+            positions.append(prev)
+            filler.append(1)
+            gap = int(pos) - prev - 1
+        gaps.append(gap)
+        positions.append(int(pos))
+        filler.append(0)
+        prev = int(pos)
+    return gaps, positions, filler
+
+
+def sparse16(rows: np.ndarray) -> Layout:
+    entries: list[int] = []
+    counts = []
+    for row in rows:
+        gaps, positions, filler = _gaps(row, 255)
+        for g, pos, f in zip(gaps, positions, filler, strict=True):
+            entries += [g, 0 if f else int(row[pos]) & 0xFF]
+        counts.append(len(gaps))
+    arr = np.array([*entries, 0, 0, 0], np.uint8)
+    c = np.array(counts, np.int64)
+    n = int(c.sum())
+    return Layout("sparse16", arr.size + _count_bytes(c), PER_ENTRY["sparse16"] * n + PER_ROW * len(rows),
+                  arr, c)
+
+
+def sparse12(rows: np.ndarray) -> Layout | None:
+    """The codebook form, or None when the layer has more distinct non-zero values than 11 code bits hold."""
+    values = np.unique(rows[rows != 0])
+    vbits = max(1, int(np.ceil(np.log2(max(len(values), 2)))))
+    if vbits > 11:
+        return None
+    gbits = 12 - vbits
+    code = {int(v): i for i, v in enumerate(values)}
+    words, counts, comp = [], [], []
+    for r, row in enumerate(rows):
+        gaps, positions, filler = _gaps(row, (1 << gbits) - 1)
+        for g, pos, f in zip(gaps, positions, filler, strict=True):
+            words.append(g | ((0 if f else code[int(row[pos])]) << gbits))
+            if f:
+                comp += [r, pos, 0]
+        counts.append(len(gaps))
+    if len(words) % 2:
+        words.append(0)
+    w = np.array(words, np.uint32).reshape(-1, 2)
+    packed = (w[:, 0] | (w[:, 1] << 12)).astype(np.uint32)  # 24 bits per pair, little-endian
+    body = np.stack([packed & 0xFF, (packed >> 8) & 0xFF, packed >> 16], 1).astype(np.uint8).reshape(-1)
+    arr = np.concatenate([body, np.zeros(3, np.uint8)])
+    c = np.array(counts, np.int64)
+    comp_arr = np.array([*comp, -1, 0, 0], np.int16)
+    cb = values.astype(np.int8)
+    n = int(c.sum())
+    nbytes = arr.size + _count_bytes(c) + cb.size + (2 * comp_arr.size if comp else 0)
+    return Layout("sparse12", nbytes, PER_ENTRY["sparse12"] * n + PER_ROW * len(rows), arr, c, cb, comp_arr,
+                  gbits)
+
+
+def _count_bytes(counts: np.ndarray) -> int:
+    return counts.size * (1 if counts.max(initial=0) < 256 else 2)
+
+
+def choose(rows: np.ndarray, dense_bytes: int, allow_sparse: bool = True) -> Layout:
+    """The smallest layout of these int8 rows within SLOWDOWN x the dense kernel's instructions."""
+    dense = Layout("dense", dense_bytes, DENSE_PER_MAC * rows.size)
+    if not allow_sparse or np.count_nonzero(rows) > rows.size // 2:  # no sparse form can win
+        return dense
+    options = [dense, sparse16(rows)]
+    if (packed := sparse12(rows)) is not None:
+        options.append(packed)
+    allowed = [o for o in options if o.instructions <= SLOWDOWN * dense.instructions]
+    return min(allowed, key=lambda o: (o.nbytes, o.instructions))

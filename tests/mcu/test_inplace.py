@@ -1,0 +1,140 @@
+"""Pruned, clustered and bit-packed weights run in place: the stored entries decode back to the rows (a
+reference decoder written from the format's description), the generated C equals ONNX Runtime on the same
+INT8 model, and the per-layer choice picks the smallest layout within its instruction bound."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from mcu_helpers import generate, host_logits, write
+from torch import nn
+
+from deepshrink.export.qdq import build_qdq
+from deepshrink.export.qgraph import observe_ranges
+from deepshrink.mcu.layouts import Layout, choose, sparse12, sparse16
+from deepshrink.mcu.source import channel_scales
+from deepshrink.models import weight_of, weighted_layers
+
+
+def _decode(layout: Layout, shape: tuple[int, int]) -> np.ndarray:
+    """The rows a layout stores, read as the kernels read them; fillers' products taken back."""
+    out = np.zeros(shape, np.int64)
+    if layout.kind == "sparse16":
+        e = layout.entries[: 2 * int(layout.counts.sum())].reshape(-1, 2)
+        values = [(int(g), int(np.int8(np.uint8(v)))) for g, v in e]
+    else:
+        packed = layout.entries[:-3].reshape(-1, 3).astype(np.uint32)
+        pairs = packed[:, 0] | (packed[:, 1] << 8) | (packed[:, 2] << 16)
+        words = np.stack([pairs & 0xFFF, pairs >> 12], 1).reshape(-1)
+        g = layout.gbits
+        values = [(int(w) & ((1 << g) - 1), int(layout.codebook[int(w) >> g])) for w in words]
+    k = 0
+    for r, n in enumerate(layout.counts):
+        pos = -1
+        for gap, v in values[k : k + n]:
+            pos += gap + 1
+            out[r, pos] += v
+        k += n
+    for r, pos, code in layout.comp.reshape(-1, 3)[:-1]:
+        out[r, pos] -= layout.codebook[code]
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.int8, st.tuples(st.integers(1, 9), st.integers(1, 700)),
+              elements=st.sampled_from([0, 0, 0, 0, 0, 0, 0, -3, 5, 17, -128, 127])))
+def test_sparse_layouts_store_exactly_the_rows(rows: np.ndarray) -> None:
+    for layout in (sparse16(rows), sparse12(rows)):
+        assert layout is not None
+        assert np.array_equal(_decode(layout, rows.shape), rows)
+
+
+def test_choice_is_the_smallest_layout_within_the_instruction_bound() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.integers(-127, 128, (8, 64)).astype(np.int8)
+    assert choose(dense, dense.size).kind == "dense"  # no zeros: nothing to skip
+    pruned = np.where(rng.random((8, 400)) < 0.1, rng.choice([-40, -7, 9, 66], (8, 400)), 0).astype(np.int8)
+    chosen = choose(pruned, pruned.size)
+    assert chosen.kind == "sparse12" and chosen.gbits == 10  # 4 shared values: 2-bit codes, 10-bit gaps
+    assert chosen.nbytes < sparse16(pruned).nbytes < pruned.size
+    varied = np.where(rng.random((8, 400)) < 0.1, rng.integers(-127, 128, (8, 400)), 0).astype(np.int8)
+    assert choose(varied, varied.size).kind == "sparse16"  # ~200 distinct values: no 12-bit codebook
+    half = np.where(rng.random((8, 400)) < 0.6, rng.integers(1, 128, (8, 400)), 0).astype(np.int8)
+    assert choose(half, half.size).kind == "dense"  # 40 % zeros: entries cost more than they save
+
+
+def test_channel_scales_keep_shared_values_and_packed_codes_exact() -> None:
+    torch.manual_seed(0)
+    shared = torch.tensor([-0.5, -0.1, 0.2, 0.7])[torch.randint(0, 4, (6, 30))]
+    s = channel_scales(shared)
+    assert torch.all(s == s[0])  # one scale for the layer: one codebook
+    codes = torch.randint(-7, 8, (5, 40)).float()
+    steps = torch.rand(5) * 0.1 + 0.01
+    s = channel_scales(codes * steps[:, None])
+    q = codes * steps[:, None] / s[:, None]
+    assert torch.allclose(q, q.round(), atol=1e-3)  # each weight an integer code under its own step
+
+
+class _Net(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 3 * 3, 40), nn.ReLU(), nn.Linear(40, 5))
+
+
+@torch.no_grad()
+def _compressed(keep: float, values: int, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A net pruned to `keep` of its weights, each layer's survivors clustered to `values` shared values."""
+    torch.manual_seed(seed)
+    net = _Net().eval()
+    for name, _ in weighted_layers(net):
+        w = weight_of(net, name)
+        mask = torch.rand_like(w) < keep
+        centroids = torch.randn(values) * w.abs().max()  # shared values, no common step (not bit-packed codes)
+        w.copy_(centroids[(w[..., None] - centroids).abs().argmin(-1)] * mask)
+    return net, {n: channel_scales(weight_of(net, n)) for n, _ in weighted_layers(net)}
+
+
+@pytest.mark.parametrize(("keep", "values", "kinds"), [(0.3, 16, {"sparse12"}), (0.3, 255, {"sparse16"}),
+                                                       (1.0, 8, set())])
+def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, keep: float, values: int, kinds: set[str]) -> None:
+    net, scales = _compressed(keep, values)
+    x = torch.randn(48, 1, 12, 12)
+    model = build_qdq(net, observe_ranges(net, x), (1, 12, 12), set(scales), quantize_logits=True, scales=scales)
+    gen = generate(model)
+    used = {note.split()[0] for note in gen.prog.layouts}
+    assert kinds <= used and (kinds or not used), gen.prog.layouts
+    c, ort = host_logits(gen, tmp_path, x.numpy())
+    assert np.array_equal(c, ort), f"{(c != ort).sum()} of {c.size} logits differ"
+
+
+@pytest.mark.parametrize("values", [16, 255])
+def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, values: int) -> None:
+    from elftools.elf.elffile import ELFFile
+
+    from deepshrink.mcu import toolchain
+    from deepshrink.mcu.emulate import Firmware
+    from deepshrink.mcu.measure import HostLibrary, ort_quantize
+
+    net, scales = _compressed(0.12, values, seed=1)
+    x = torch.randn(48, 1, 12, 12)
+    model = build_qdq(net, observe_ranges(net, x), (1, 12, 12), set(scales), quantize_logits=True, scales=scales)
+    gen = generate(model)
+    folder = write(gen, tmp_path)
+    elf, warnings = toolchain.build_target(folder, folder / "fw", "cortex-m4")
+    assert "warning" not in warnings, warnings
+    lib, _ = toolchain.build_host(folder, folder)
+    xq = ort_quantize(gen.graph, x[:3].numpy())
+    expected = HostLibrary(lib, 5, gen.graph.input.size).quantized(xq)[0]
+    fw = Firmware.load(elf)
+    for i in range(3):
+        assert np.array_equal(fw.infer(xq[i], 5)[0], expected[i])
+    # The in-place layers have no dense weight array (ds_w*) in the image: only entries, counts, codebooks.
+    in_place = [weight_of(net, n).numel() for n, _ in weighted_layers(net) if weight_of(net, n).numel() > 200]
+    with elf.open("rb") as f:
+        dense = [s["st_size"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()
+                 if s.name.startswith("ds_w")]
+    assert len(gen.prog.layouts) >= len(in_place) and all(size < min(in_place) for size in dense)
