@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from mcu_helpers import generate, host_logits, write
 from torch import nn
 
 from deepshrink.export.qdq import build_qdq
@@ -18,6 +17,8 @@ from deepshrink.export.qgraph import observe_ranges
 from deepshrink.mcu.layouts import Layout, choose, sparse12, sparse16
 from deepshrink.mcu.source import channel_scales
 from deepshrink.models import weight_of, weighted_layers
+
+from mcu_helpers import generate, host_logits, write
 
 
 def _decode(layout: Layout, shape: tuple[int, int]) -> np.ndarray:
