@@ -80,6 +80,7 @@ class _State:
     layout: dict[str, str] = field(default_factory=dict)  # "chw" | "hwc" | "flat"
     order: dict[str, np.ndarray | None] = field(default_factory=dict)  # flat tensor -> storage permutation
     fused: set[str] = field(default_factory=set)  # nodes already lowered into another node's call
+    in_place: bool = True  # may weights be stored sparse (else every layer dense: the reference build)
 
     def tensor(self, name: str) -> QTensor:
         return self.graph.tensors[name]
@@ -139,9 +140,11 @@ def _q_fields(s: _State, bias: np.ndarray, mult: np.ndarray, y: QTensor) -> str:
     return f"{{{b}, {m}, {y.zp}}}"
 
 
-def lower(graph: Graph) -> Program:
+def lower(graph: Graph, in_place: bool = True) -> Program:
+    """The kernel calls of `graph`; `in_place` False stores every layer dense (the reference an in-place
+    build is compared with)."""
     prog = Program(graph)
-    s = _State(graph, prog)
+    s = _State(graph, prog, in_place=in_place)
     inp = graph.input
     s.layout[inp.name] = "chw" if len(inp.shape) == 3 else "flat"
     s.order[inp.name] = None
@@ -243,7 +246,7 @@ def _lower_fc(s: _State, i: int, node: Node) -> None:
     packed, kp = pack_rows(w)
     bias = _fold_bias(node.attrs["bias"], w, x.zp, s.graph.source)
     mult = _multipliers(x, node.attrs["w_scale"], y, w.shape[0])
-    layout = choose(w, packed.size)
+    layout = choose(w, packed.size, allow_sparse=s.in_place)
     s.prog.macs += w.size
     s.layout[node.output] = "flat"
     s.order[node.output] = None
@@ -312,7 +315,7 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
     ncols = x.shape[2] + a["pads"][1] + a["pads"][3]
     rowlen = max(ncols * slice_, (conv_w - 1) * a["strides"][1] * slice_ + kp) if chw else 0
     rowlen = -(-rowlen // 2) * 2
-    layout = choose(rows, sum(p.size for p in packed), allow_sparse=g == 1)
+    layout = choose(rows, sum(p.size for p in packed), allow_sparse=s.in_place and g == 1)
     rows_fn, sparse = "0", "0"
     if layout.kind == "dense":
         wname = s.array("w", "int8_t", np.concatenate(packed))

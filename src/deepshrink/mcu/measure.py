@@ -27,6 +27,15 @@ def load_eval_data(name: str, data_dir: Path | None) -> EvalData:
     return EvalData(splits, np.ascontiguousarray(arrays["test_x"]).astype(np.uint8, copy=False))
 
 
+def eval_data(splits: DataSplits) -> EvalData:
+    """A study's data as the target measures it: the raw pixels recovered from the normalized test images
+    ((p / 255 - mean) / std in float32 inverts to p within 1e-4, so rounding gives p back exactly)."""
+    mean = np.asarray(splits.mean, np.float32)[None, :, None, None]
+    std = np.asarray(splits.std, np.float32)[None, :, None, None]
+    pixels = np.rint((splits.test_x.numpy() * std + mean) * 255.0)
+    return EvalData(splits, np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 def _quantize_model(shape: tuple[int, ...], scale: float, zp: int, offset: int) -> onnx.ModelProto:
     """One QuantizeLinear node: ONNX Runtime's own rounding decides every input value."""
     dtype = TensorProto.UINT8 if offset else TensorProto.INT8

@@ -45,6 +45,7 @@ class McuOptions:
     counted: int = 3  # of those, images whose instructions are counted (a block hook; slower)
     clock_mhz: float = 80.0
     latency: LatencyConfig | None = HOST_TIMING  # the `c` runtime beside ONNX Runtime; None: not timed
+    dense_reference: bool = True  # with weights in place, also build the all-dense image (flash, instructions)
 
     def __post_init__(self) -> None:
         if self.target not in toolchain.TARGET_NAMES:
@@ -66,10 +67,10 @@ class Built:
     data: EvalData
 
 
-def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None) -> Built:
+def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None,
+             data: EvalData | None = None) -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
-    data = None
-    if compact(artifact):  # decoded, then calibrated on training images: the data comes first
+    if compact(artifact) and data is None:  # decoded, then calibrated on training images: the data comes first
         data = load_eval_data(dataset or read_manifest(manifest_beside(artifact)).dataset, data_dir)
     src = load_source(artifact, data.splits.train_x[:512] if data else None)
     name = dataset or (src.manifest.dataset if src.manifest else None)
@@ -138,13 +139,35 @@ def _target(b: Built, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: 
     instructions = round(float(np.mean([c[0] for c in counts])))
     cycles = round(float(np.mean([c[1] for c in counts])))
     stack = fw.stack_bytes()
-    return {"mcu_flash_bytes": flash, "mcu_ram_bytes": static_ram + stack, "mcu_static_ram_bytes": static_ram,
+    row = {"mcu_flash_bytes": flash, "mcu_ram_bytes": static_ram + stack, "mcu_static_ram_bytes": static_ram,
             "mcu_stack_bytes": stack, "mcu_instructions": instructions, "mcu_cycles_est": cycles,
             "mcu_ms_est": cycles / (opts.clock_mhz * 1e3), "mcu_clock_mhz": opts.clock_mhz,
             "mcu_instructions_per_mac": instructions / max(b.prog.macs, 1),
             "mcu_emulated_images": n, "mcu_emulated_identical": identical,
             "mcu_compiler": toolchain.compiler_version(toolchain.CROSS),
-            "mcu_target_warnings": len([w for w in warnings.splitlines() if "warning:" in w])}
+            "mcu_target_warnings": len([w for w in warnings.splitlines() if "warning:" in w]),
+            "mcu_layouts": "; ".join(b.prog.layouts)}
+    if b.prog.layouts and opts.dense_reference:
+        row.update(_dense_reference(b, out / "dense", opts.target, xq[0]))
+    return row
+
+
+def _dense_reference(b: Built, out: Path, target: str, x: np.ndarray) -> dict[str, Any]:
+    """The same INT8 model with every layer stored dense, built and counted on one image: what storing the
+    weights in place saves."""
+    prog = lower(b.graph, in_place=False)
+    arena = plan(prog.buffers)
+    sources = emit(prog, arena, np.zeros((b.graph.image_shape[0] if len(b.graph.image_shape) == 3 else 1, 256),
+                                         np.int8), "the dense reference build")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.h").write_text(sources.header)
+    (out / "model.c").write_text(sources.body)
+    elf, _ = toolchain.build_target(out, out / "firmware", target)
+    flash, static_ram = toolchain.image_sizes(elf)
+    fw = Firmware.load(elf)
+    _, instructions, cycles = fw.count(x, b.graph.tensors[b.graph.output].size)
+    return {"mcu_dense_flash_bytes": flash, "mcu_dense_ram_bytes": static_ram + fw.stack_bytes(),
+            "mcu_dense_instructions": instructions, "mcu_dense_cycles_est": cycles}
 
 
 def _artifact_accuracy(artifact: Path, variant: str) -> float | None:
@@ -156,11 +179,13 @@ def _artifact_accuracy(artifact: Path, variant: str) -> float | None:
 
 
 def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: Path | None = None,
-              options: McuOptions | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Generate, build and measure; writes model.h, model.c, firmware.elf and result rows into `out`."""
+              options: McuOptions | None = None, progress: Progress | None = None,
+              data: EvalData | None = None) -> dict[str, Any]:
+    """Generate, build and measure; writes model.h, model.c, firmware.elf and result rows into `out`.
+    `data`: the test set already in memory (a study's), else `dataset` is loaded."""
     opts = options or McuOptions()
     progress = progress or null_progress()
-    b = generate(artifact, out, dataset, data_dir)
+    b = generate(artifact, out, dataset, data_dir, data)
     notes = list(b.src.notes)
     m = b.src.manifest
     row: dict[str, Any] = {

@@ -13,6 +13,7 @@ import jinja2
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
 from deepshrink.measure.energy import DEFAULT_SRAM_BUDGET_BYTES
+from deepshrink.report.mcu import mcu_figure, mcu_table
 from deepshrink.report.plots import Figure, bits_figure, figure1, pareto_figures
 from deepshrink.report.reference_gaps import gaps_table
 from deepshrink.report.rundata import RunData
@@ -80,12 +81,14 @@ def render_report(run_dir: Path) -> tuple[Path, Path]:
     data = load_run(run_dir)
     figdir = run_dir / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    extra = [figure1(data, figdir), bits_figure(data, figdir)]
+    extra = [figure1(data, figdir), bits_figure(data, figdir), mcu_figure(data, figdir)]
     figs = [f for f in extra if f] + pareto_figures(data, figdir)
     tables: list[Table] = build_tables(data, sram_budget(data.provenance))
     # The gaps section follows the reference's tables it draws on, before the seed and variant lists.
     at = next((i for i, t in enumerate(tables) if t.id in ("seeds", "all")), len(tables))
     tables.insert(at, gaps_table(tables[:at], data))
+    if (mcu := mcu_table(data)).rows:
+        tables.insert(at + 1, mcu)
     has_cifar = any(r.get("dataset") == "cifar10" for r in data.results)
     ctx = {"tables": tables, "prov": data.provenance, "jpeg_note": JPEG_NOTE if has_cifar else "",
            "n_ok": sum(r.get("status") == "ok" for r in data.results), "n": len(data.results),

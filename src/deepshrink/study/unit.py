@@ -22,7 +22,7 @@ from deepshrink.results import read_rows
 from deepshrink.study.cache import Prefixes, cached_or_compute, failure_reason, realize, substitute
 from deepshrink.study.plan import StudyOptions, Unit, Work, baseline_key, pin_code_version
 from deepshrink.study.recipe import CANONICAL_STEPS, Recipe
-from deepshrink.study.variant import Measured, measure_variant, record, record_failure, train_baseline
+from deepshrink.study.variant import Measured, measure_mcu, measure_variant, record, record_failure, train_baseline
 from deepshrink.train import TrainConfig
 from deepshrink.variant import StepContext, Variant, variant_id
 
@@ -145,8 +145,10 @@ class _Group:
                                      lambda t: substitute(t, base_ckpt, key)[1], data.fingerprint, w.seed,
                                      fresh=False)
                 v.id = w.vid
-                measured.append((w, measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram),
-                                 seconds))
+                m = measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram)
+                if self.recipe.measure.mcu:
+                    measure_mcu(m, data, out, self.recipe.measure.mcu)
+                measured.append((w, m, seconds))
             except Exception as e:  # a failed variant is a result too; the study goes on
                 self.fail(w, e)
         return measured

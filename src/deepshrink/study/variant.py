@@ -10,7 +10,10 @@ from torch import nn
 from deepshrink import quiet
 from deepshrink.checkpoint import Manifest, save_checkpoint
 from deepshrink.data import DataSplits
+from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
+from deepshrink.mcu import McuOptions, build_mcu
+from deepshrink.mcu.measure import eval_data
 from deepshrink.measure import energy, power
 from deepshrink.measure.accuracy import artifact_accuracy
 from deepshrink.measure.params import layer_stats
@@ -89,6 +92,28 @@ def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float
     }
     layers = [{"variant": v.id, **s.__dict__} for s in stats]
     return Measured(artifact, row, layers)
+
+
+# Compact files the microcontroller target runs in place; INT8 files it runs all-INT8.
+MCU_SUFFIXES = {".dsparse", ".dsq", ".dsz"}
+
+
+def measure_mcu(m: Measured, data: DataSplits, out: Path, target: str) -> None:
+    """Build an INT8 or compact variant for the microcontroller, emulate it, and add the figures to its row
+    (`mcu_*`; the C's accuracy as mcu_accuracy_pct). A model the target cannot run keeps its row: the reason
+    goes to notes."""
+    art = m.artifact
+    if not (art.path.suffix in MCU_SUFFIXES or str(art.precision).startswith("int8")):
+        return
+    try:
+        with quiet.busy():
+            row = build_mcu(art.path, out / "artifacts" / m.row["variant"] / "mcu", data=eval_data(data),
+                            options=McuOptions(target=target, latency=None))
+    except UserError as e:
+        m.row["notes"] = "; ".join(filter(None, [m.row.get("notes"), f"mcu: not built ({e})"]))
+        return
+    m.row.update({k: v for k, v in row.items() if k.startswith("mcu_")})
+    m.row["mcu_accuracy_pct"] = row["accuracy_pct"]
 
 
 def write_measured(out: Path, measured: list[Measured], latency_rows: list[dict[str, Any]]) -> None:
