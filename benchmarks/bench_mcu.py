@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--tf-venv", type=Path, default=Path.home() / ".cache" / "deepshrink" / "tflm-venv",
                     help="TensorFlow + tflite-micro virtual environment (created when missing)")
     ap.add_argument("--images", type=int, default=None, help="test images for TFLM (default: the whole test set)")
+    ap.add_argument("--run", type=Path, default=None, help="a study's run directory: write tflm.csv there too, so "
+                    "its report shows TensorFlow Lite Micro beside its own microcontroller builds")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     py = tf_python(args.tf_venv)
@@ -128,6 +130,8 @@ def main() -> None:
               "(input buffer included); TFLM's is its recording allocator's arena total (input and output tensors "
               "included, its stack not)."]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    if args.run is not None:
+        (args.run / "tflm.csv").write_text((args.out / "summary.csv").read_text())
     print("\n".join(lines))
     sys.exit(0 if all(r["pass"] for r in rows) else 1)
 

@@ -155,9 +155,24 @@ class Bench:
                  len(rows) == 2)]
 
 
+    def mcu(self) -> list[Row]:
+        """The microcontroller target beside TensorFlow Lite Micro on the LeNet-5 baseline (the TensorFlow
+        environment is created on first use, a few minutes)."""
+        out = self.out / "mcu"
+        _run([str(HERE / "bench_mcu.py"), str(self.ckpt["lenet-5"]), "--out", str(out), "--images", "2000"], 1800)
+        r = _csv(out / "summary.csv")[0]
+        return [("LeNet-5 on a Cortex-M4: RAM <= 0.7x TFLM's arena", f"{r['ram_ratio']}x",
+                 float(r["ram_ratio"]) <= 0.7),
+                ("LeNet-5 on a Cortex-M4: flash <= 0.7x TFLM's (flatbuffer + 48 kB)", f"{r['flash_ratio']}x",
+                 float(r["flash_ratio"]) <= 0.7),
+                ("LeNet-5: accuracy within 0.2 pt of TFLM's", f"{float(r['accuracy_delta_pt']):+.2f} pt",
+                 abs(float(r["accuracy_delta_pt"])) <= 0.2)]
+
+
 BENCHES: dict[str, Callable[[Bench], list[Row]]] = {
     "baselines": Bench.baselines, "quantize": Bench.quantize, "prune": Bench.prune, "distill": Bench.distill,
     "study": Bench.study, "ray": Bench.ray, "compare_runs": Bench.compare, "any_model": Bench.any_model,
+    "mcu": Bench.mcu,
 }
 
 
@@ -171,7 +186,7 @@ def main() -> None:
     bench.recipe.write_text(TINY_RECIPE)
     chosen = [n for n in (args.only or BENCHES) if n != "baselines"]
     # Only these start from the baseline checkpoints; the others train what they need themselves.
-    names = ["baselines", *chosen] if {"quantize", "prune", "distill"} & set(chosen) else chosen
+    names = ["baselines", *chosen] if {"quantize", "prune", "distill", "mcu"} & set(chosen) else chosen
     summary: list[dict[str, object]] = []
     broken = []
     t_all = time.perf_counter()
