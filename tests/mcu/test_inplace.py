@@ -99,10 +99,27 @@ def _compressed(keep: float, values: int, seed: int = 0) -> tuple[nn.Module, dic
     return net, {n: channel_scales(weight_of(net, n)) for n, _ in weighted_layers(net)}
 
 
-@pytest.mark.parametrize(("keep", "values", "kinds"), [(0.3, 16, {"sparse12"}), (0.3, 255, {"sparse16"}),
-                                                       (1.0, 8, set())])
-def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, keep: float, values: int, kinds: set[str]) -> None:
-    net, scales = _compressed(keep, values)
+@torch.no_grad()
+def _coded(bits: int, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A net whose weights are `bits`-bit codes times a step per output channel (as quantize:bits stores)."""
+    torch.manual_seed(seed)
+    net = _Net().eval()
+    qmax = 2 ** (bits - 1) - 1
+    for name, _ in weighted_layers(net):
+        w = weight_of(net, name)
+        step = torch.rand(w.shape[0]) * 0.05 + 0.01
+        w.copy_(torch.randint(-qmax, qmax + 1, w.shape).float() * step.reshape(-1, *[1] * (w.dim() - 1)))
+    return net, {n: channel_scales(weight_of(net, n)) for n, _ in weighted_layers(net)}
+
+
+CASES = {"clustered": lambda: _compressed(0.3, 16), "pruned": lambda: _compressed(0.3, 255),
+         "dense": lambda: _compressed(1.0, 200), "4-bit": lambda: _coded(4), "2-bit": lambda: _coded(2)}
+
+
+@pytest.mark.parametrize(("case", "kinds"), [("clustered", {"sparse12"}), ("pruned", {"sparse16"}),
+                                            ("dense", set()), ("4-bit", {"packed4"}), ("2-bit", {"packed2"})])
+def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, case: str, kinds: set[str]) -> None:
+    net, scales = CASES[case]()
     x = torch.randn(48, 1, 12, 12)
     model = build_qdq(net, observe_ranges(net, x), (1, 12, 12), set(scales), quantize_logits=True, scales=scales)
     gen = generate(model)
@@ -112,15 +129,16 @@ def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, keep: float, values:
     assert np.array_equal(c, ort), f"{(c != ort).sum()} of {c.size} logits differ"
 
 
-@pytest.mark.parametrize("values", [16, 255])
-def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, values: int) -> None:
+@pytest.mark.parametrize("case", ["clustered", "pruned", "4-bit", "2-bit"])
+def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, case: str) -> None:
     from elftools.elf.elffile import ELFFile
 
     from deepshrink.mcu import toolchain
     from deepshrink.mcu.emulate import Firmware
     from deepshrink.mcu.measure import HostLibrary, ort_quantize
 
-    net, scales = _compressed(0.12, values, seed=1)
+    net, scales = {"clustered": lambda: _compressed(0.12, 16, seed=1), "pruned": lambda: _compressed(0.12, 255, seed=1),
+                   "4-bit": lambda: _coded(4, seed=1), "2-bit": lambda: _coded(2, seed=1)}[case]()
     x = torch.randn(48, 1, 12, 12)
     model = build_qdq(net, observe_ranges(net, x), (1, 12, 12), set(scales), quantize_logits=True, scales=scales)
     gen = generate(model)

@@ -25,7 +25,8 @@ RAM = (0x20000000, 1 << 20)
 SCB = (0xE000E000, 0x1000)  # system control block: start-up writes CPACR there to enable the FPU
 STACK_FILL = 0xA5
 REFILL = 2  # P of the manual: pipeline refill after a taken branch, 1 to 3 cycles
-MAX_INSTRUCTIONS = 2_000_000_000
+MAX_SECONDS = 120  # one inference: far beyond any model here; a runaway image stops there
+
 
 _REGLIST = re.compile(r"\{([^}]*)\}")
 _SUFFIX = re.compile(r"\.(w|n|f32|f64|s32|u32|f32\.s32|s32\.f32|32|8|16)$")
@@ -159,12 +160,13 @@ class Firmware:
         for reg, value in (("R0", inp), ("R1", out), ("SP", self.estack), ("LR", stop | 1)):
             uc.reg_write(self._reg(reg), value)  # type: ignore[attr-defined]
         try:
-            uc.emu_start(self.symbols["ds_infer"] | 1, stop, count=MAX_INSTRUCTIONS)  # type: ignore[attr-defined]
+            # A timeout, not an instruction count: counting makes Unicorn check every instruction.
+            uc.emu_start(self.symbols["ds_infer"] | 1, stop, timeout=MAX_SECONDS * 1_000_000)  # type: ignore[attr-defined]
         except Exception as e:  # a fault in the image: our bug, not the user's input
             pc = uc.reg_read(self._reg("PC"))  # type: ignore[attr-defined]
             raise RuntimeError(f"{self.elf}: the emulated firmware faulted at {pc:#x} ({e})") from None
         if uc.reg_read(self._reg("PC")) != stop:  # type: ignore[attr-defined]
-            raise RuntimeError(f"{self.elf}: ds_infer did not return within {MAX_INSTRUCTIONS} instructions")
+            raise RuntimeError(f"{self.elf}: ds_infer did not return within {MAX_SECONDS} s")
         res = np.frombuffer(bytes(uc.mem_read(out, logits)), np.int8).copy()  # type: ignore[attr-defined]
         return res, int(np.int32(np.uint32(uc.reg_read(self._reg("R0")))))  # type: ignore[attr-defined]
 

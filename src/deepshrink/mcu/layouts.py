@@ -5,7 +5,9 @@
 - sparse16: per non-zero a gap byte and the int8 weight; gaps over 255 bridged by zero-valued fillers;
 - sparse12: per non-zero 12 bits, a gap of G bits and a code of 12 - G bits into the layer's codebook of
   int8 values (clustered weights have a few dozen distinct values); fillers use code 0, and the
-  compensation list takes their products back.
+  compensation list takes their products back;
+- packed4, packed2: every weight as a 4- or 2-bit two's-complement code (`quantize:bits=4` or 2 stores
+  weights as codes whose int8 values are the codes themselves), in order, little-endian within a byte.
 
 The choice: the fewest bytes among the layouts whose estimated instructions stay within `SLOWDOWN` times
 the dense kernel's (a sparse layout of a dense layer is bigger and slower; a packed one of a layer with
@@ -16,17 +18,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SLOWDOWN = 2.0
+SLOWDOWN = 4.0
 # Instructions per weight (dense, measured on the Cortex-M4 image: ~1.4 per MAC), per stored entry and per
-# row (the sparse loops: 7 and 7.5 per entry; a row's set-up, compensation and requantization ~30).
+# row (the sparse loops: 7 and 7.5 per entry; a row's set-up, compensation and requantization ~30), per
+# packed weight (the portable shift-and-mask loop: ~5).
 DENSE_PER_MAC = 1.4
 PER_ENTRY = {"sparse16": 7.0, "sparse12": 7.5}
 PER_ROW = 30.0
+PER_PACKED = 5.0
 
 
 @dataclass
 class Layout:
-    kind: str  # dense | sparse16 | sparse12
+    kind: str  # dense | sparse16 | sparse12 | packed4 | packed2
     nbytes: int
     instructions: float
     entries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
@@ -37,8 +41,8 @@ class Layout:
 
     @property
     def note(self) -> str:
-        if self.kind == "dense":
-            return "dense"
+        if self.kind in ("dense", "packed2", "packed4"):
+            return self.kind
         fields = f"{self.gbits}-bit gaps, {12 - self.gbits}-bit codes" if self.kind == "sparse12" else "8-bit gaps"
         return f"{self.kind} ({fields})"
 
@@ -108,6 +112,20 @@ def sparse12(rows: np.ndarray) -> Layout | None:
                   gbits)
 
 
+def packed(rows: np.ndarray, bits: int) -> Layout | None:
+    """Every weight as a `bits`-bit code, or None when some weight does not fit that many bits."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if rows.size == 0 or rows.min() < lo or rows.max() > hi:
+        return None
+    per = 8 // bits
+    n, k = rows.shape
+    codes = np.zeros((n, -(-k // per) * per), np.uint8)
+    codes[:, :k] = rows.astype(np.int16) & ((1 << bits) - 1)
+    shifts = (np.arange(per) * bits).astype(np.uint8)
+    body = (codes.reshape(n, -1, per) << shifts).sum(axis=2).astype(np.uint8).reshape(-1)
+    return Layout(f"packed{bits}", body.size, PER_PACKED * rows.size + PER_ROW * n, body, gbits=bits)
+
+
 def _count_bytes(counts: np.ndarray) -> int:
     return counts.size * (1 if counts.max(initial=0) < 256 else 2)
 
@@ -115,10 +133,10 @@ def _count_bytes(counts: np.ndarray) -> int:
 def choose(rows: np.ndarray, dense_bytes: int, allow_sparse: bool = True) -> Layout:
     """The smallest layout of these int8 rows within SLOWDOWN x the dense kernel's instructions."""
     dense = Layout("dense", dense_bytes, DENSE_PER_MAC * rows.size)
-    if not allow_sparse or np.count_nonzero(rows) > rows.size // 2:  # no sparse form can win
+    if not allow_sparse:
         return dense
-    options = [dense, sparse16(rows)]
-    if (packed := sparse12(rows)) is not None:
-        options.append(packed)
+    options = [dense, *filter(None, (packed(rows, 2), packed(rows, 4)))]
+    if np.count_nonzero(rows) <= rows.size // 2:  # else no sparse form can win
+        options += [sparse16(rows), *filter(None, [sparse12(rows)])]
     allowed = [o for o in options if o.instructions <= SLOWDOWN * dense.instructions]
     return min(allowed, key=lambda o: (o.nbytes, o.instructions))

@@ -257,19 +257,29 @@ def _lower_fc(s: _State, i: int, node: Node) -> None:
                                  args))
         s.prog.kernels.add("fc")
         return
-    name, fields = _sparse(s, layout, bias, mult, y, w.shape[0], "int8_t")
-    s.prog.calls.append(Call(name, "ds_sparse_t", fields, [*args, ("", "int32_t *")], note=layout.note))
+    name, struct, fields = _sparse(s, layout, bias, mult, y, w.shape, "int8_t")
+    s.prog.calls.append(Call(name, struct, fields, [*args, ("", "int32_t *")], note=layout.note))
 
 
-def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, rows: int,
-            xt: str) -> tuple[str, list[str]]:
-    """(the kernel instantiated for this layout, count width and activation type; ds_sparse_t's fields)."""
+def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, shape: tuple[int, int],
+            xt: str) -> tuple[str, str, list[str]]:
+    """(the kernel instantiated for this in-place layout and activation type, its struct type, fields)."""
+    rows = shape[0]
+    if layout.kind.startswith("packed"):
+        one = bool(np.all(mult == mult[0]))
+        fields = [s.array("e", "uint8_t", layout.entries), _q_fields(s, bias, mult[:1] if one else mult, y),
+                  str(rows), str(shape[1]), str(int(not one))]
+        s.prog.kernels.add("packed")
+        s.prog.instantiations.add(f"DS_PACKED({layout.gbits}, {xt})")
+        s.prog.layouts.append(layout.note)
+        return f"packed{layout.gbits}_{xt}", "ds_packed_t", fields
     count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
     params = f"{layout.gbits}, {count}, {xt}" if layout.kind == "sparse12" else f"{count}, {xt}"
     s.prog.kernels.add(layout.kind)
     s.prog.instantiations.add(f"DS_{layout.kind.upper()}({params})")
     s.prog.layouts.append(layout.note)
-    return f"{layout.kind}_{params.replace(', ', '_')}", _sparse_fields(s, layout, bias, mult, y, rows, count)
+    return (f"{layout.kind}_{params.replace(', ', '_')}", "ds_sparse_t",
+            _sparse_fields(s, layout, bias, mult, y, rows, count))
 
 
 def _sparse_fields(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, rows: int,
@@ -321,9 +331,9 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
         wname = s.array("w", "int8_t", np.concatenate(packed))
     else:  # the sparse rows read the column in its natural order: no padding, no block reordering
         wname = "0"
-        kernel, sp_fields = _sparse(s, layout, bias, mult, y, o, "int16_t")
+        kernel, struct, sp_fields = _sparse(s, layout, bias, mult, y, rows.shape, "int16_t")
         name = f"ds_sp{len(s.prog.definitions)}"
-        s.prog.definitions.append(f"static const ds_sparse_t {name} = {{{', '.join(sp_fields)}}};")
+        s.prog.definitions.append(f"static const {struct} {name} = {{{', '.join(sp_fields)}}};")
         sparse = f"&{name}"
         rows_fn = f"ds_{kernel}"
     fields = [wname, _q_fields(s, bias, mult, y),

@@ -55,7 +55,9 @@ def build_host(src: Path, out: Path) -> tuple[Path, str]:
     """model.c + the host harness as a shared library: (library, compiler warnings)."""
     (out / "host.c").write_text(support_file("host.c"))
     lib = out / "libmodel.so"
-    cmd = [host_compiler(), *WARNINGS, "-O2", "-shared", "-fPIC", "-I", str(src), "-o", str(lib),
+    # -O3 for this machine: the test set runs through it; integers are exact however they are vectorized,
+    # and -std=c99 keeps float expressions uncontracted (no FMA but the written ones).
+    cmd = [host_compiler(), *WARNINGS, "-O3", "-march=native", "-shared", "-fPIC", "-I", str(src), "-o", str(lib),
            str(src / "model.c"), str(out / "host.c"), "-lm"]
     return lib, _run(cmd, "host build")
 

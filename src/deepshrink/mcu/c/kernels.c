@@ -288,6 +288,15 @@ typedef struct {
     uint8_t per_channel;    /* a multiplier per row, else one for the layer */
 } ds_sparse_t;
 
+/* Bit-packed weights read in place (2- or 4-bit weights, as `quantize:bits=` stores them): each row's
+ * codes in order, BITS each, little-endian within a byte, sign-extended as they are read. */
+typedef struct {
+    const uint8_t *w;       /* rows of ceil(k * BITS / 8) bytes */
+    ds_q_t q;
+    int16_t n_out, k;
+    uint8_t per_channel;
+} ds_packed_t;
+
 /* The activation loads of each element type: pointer step and the sign-extending load (DSP inline asm). */
 #define DS_LD_int8_t "ldrsb"
 #define DS_SH_int8_t ""
@@ -321,7 +330,8 @@ typedef struct {
     int32_t rowlen;                   /* C x H x W: int16 values of one output row's slices */
     const ds_add_t *add;              /* an addition fused behind: y holds its other operand, overwritten */
     uint8_t add_first;                /* the convolution is the addition's first operand */
-    const ds_sparse_t *sparse;        /* weights in place (then w is 0), rows run by ds_conv's `rows` */
+    const void *sparse;               /* weights in place (ds_sparse_t or ds_packed_t; then w is 0), rows run
+                                       * by ds_conv's `rows` */
 } ds_conv_t;
 
 /* n int8 values widened to int16: eight per iteration on the DSP (SXTB16 splits even and odd lanes, two
@@ -436,7 +446,7 @@ static void ds_slices(const ds_conv_t *p, const int8_t *x, int g, int oy, int16_
  * requantized values, exactly, at a fraction of the requantizations. col: kp int16 for an H x W x C input,
  * pool_k rows of rowlen for a C x H x W one; acc: pool_k^2 accumulators per output channel of a group,
  * rounded up to 4. */
-typedef void (*ds_rows_fn)(const ds_sparse_t *, const int16_t *, int8_t *, int32_t *);
+typedef void (*ds_rows_fn)(const void *, const int16_t *, int8_t *, int32_t *);
 
 static void ds_conv(const ds_conv_t *p, ds_rows_fn rows, const int8_t *x, int8_t *y, int16_t *col, int32_t *acc)
 {
@@ -547,8 +557,9 @@ static uint32_t ds_word(const uint8_t *b)
  * four entries at a time, then the last one to three; a row ending on the first half of a pair leaves the
  * second to the next row. */
 #define DS_SPARSE12(G, CT, XT)                                                                              \
-    static void ds_sparse12_##G##_##CT##_##XT(const ds_sparse_t *p, const XT *x0, int8_t *y, int32_t *out)    \
+    static void ds_sparse12_##G##_##CT##_##XT(const void *layer, const XT *x0, int8_t *y, int32_t *out)       \
     {                                                                                                       \
+        const ds_sparse_t *p = (const ds_sparse_t *)layer;                                                  \
         const CT *count = (const CT *)p->count;                                                             \
         const int16_t *comp = p->comp;                                                                      \
         const int8_t *const cb = p->cb;                                                                     \
@@ -616,8 +627,9 @@ static uint32_t ds_word(const uint8_t *b)
     }
 #endif
 #define DS_SPARSE16(CT, XT)                                                                                 \
-    static void ds_sparse16_##CT##_##XT(const ds_sparse_t *p, const XT *x0, int8_t *y, int32_t *out)          \
+    static void ds_sparse16_##CT##_##XT(const void *layer, const XT *x0, int8_t *y, int32_t *out)             \
     {                                                                                                       \
+        const ds_sparse_t *p = (const ds_sparse_t *)layer;                                                  \
         const CT *count = (const CT *)p->count;                                                             \
         const uint8_t *e = p->e;                                                                            \
         const float *mult = p->q.mult;                                                                      \
@@ -627,6 +639,30 @@ static uint32_t ds_word(const uint8_t *b)
             int32_t n = count[r], acc = y ? p->q.bias[r] : 0;                                               \
             const XT *x = x0;                                                                               \
             DS_ENTRIES16(XT)                                                                                \
+            DS_ROW_OUT()                                                                                    \
+        }                                                                                                   \
+    }
+
+/* @kernel packed needs=sparse */
+/* The rows of a layer of BITS-bit codes against XT activations: each byte's codes shifted out in turn. */
+#define DS_PACKED(BITS, XT)                                                                                 \
+    static void ds_packed##BITS##_##XT(const void *layer, const XT *x, int8_t *y, int32_t *out)              \
+    {                                                                                                       \
+        const ds_packed_t *p = (const ds_packed_t *)layer;                                                  \
+        const int32_t per = 8 / (BITS), half = 1 << ((BITS) - 1), k = p->k;                                 \
+        const uint8_t *w = p->w;                                                                            \
+        const float *mult = p->q.mult;                                                                      \
+        const int32_t zp = p->q.zp;                                                                         \
+        int32_t r, j;                                                                                       \
+        for (r = 0; r < p->n_out; r++, mult += p->per_channel) {                                            \
+            int32_t acc = y ? p->q.bias[r] : 0;                                                             \
+            uint32_t b = 0;                                                                                 \
+            for (j = 0; j < k; j++, b >>= (BITS)) {                                                         \
+                if (j % per == 0) {                                                                         \
+                    b = *w++;                                                                               \
+                }                                                                                           \
+                acc += (int32_t)x[j] * ((int32_t)((b & ((1u << (BITS)) - 1u)) ^ (uint32_t)half) - half);     \
+            }                                                                                               \
             DS_ROW_OUT()                                                                                    \
         }                                                                                                   \
     }
