@@ -38,6 +38,7 @@ class Layout:
     codebook: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     comp: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # (row, position, code) triples
     gbits: int = 8
+    dense_bytes: int = 0  # what the layer would take stored dense (set by choose)
 
     @property
     def note(self) -> str:
@@ -139,4 +140,6 @@ def choose(rows: np.ndarray, dense_bytes: int, allow_sparse: bool = True) -> Lay
     if np.count_nonzero(rows) <= rows.size // 2:  # else no sparse form can win
         options += [sparse16(rows), *filter(None, [sparse12(rows)])]
     allowed = [o for o in options if o.instructions <= SLOWDOWN * dense.instructions]
-    return min(allowed, key=lambda o: (o.nbytes, o.instructions))
+    best = min(allowed, key=lambda o: (o.nbytes, o.instructions))
+    best.dense_bytes = dense_bytes
+    return best

@@ -66,6 +66,7 @@ class Program:
     definitions: list[str] = field(default_factory=list)  # const structs a call's fields point to
     instantiations: set[str] = field(default_factory=set)  # kernel macros expanded for this model
     layouts: list[str] = field(default_factory=list)  # each in-place layer's weight layout, for notes
+    in_place: list[int] = field(default_factory=list)  # and the bytes it would take stored dense
     macs: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -272,12 +273,14 @@ def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QT
         s.prog.kernels.add("packed")
         s.prog.instantiations.add(f"DS_PACKED({layout.gbits}, {xt})")
         s.prog.layouts.append(layout.note)
+        s.prog.in_place.append(layout.dense_bytes)
         return f"packed{layout.gbits}_{xt}", "ds_packed_t", fields
     count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
     params = f"{layout.gbits}, {count}, {xt}" if layout.kind == "sparse12" else f"{count}, {xt}"
     s.prog.kernels.add(layout.kind)
     s.prog.instantiations.add(f"DS_{layout.kind.upper()}({params})")
     s.prog.layouts.append(layout.note)
+    s.prog.in_place.append(layout.dense_bytes)
     return (f"{layout.kind}_{params.replace(', ', '_')}", "ds_sparse_t",
             _sparse_fields(s, layout, bias, mult, y, rows, count))
 
@@ -326,7 +329,7 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
     rowlen = max(ncols * slice_, (conv_w - 1) * a["strides"][1] * slice_ + kp) if chw else 0
     rowlen = -(-rowlen // 2) * 2
     layout = choose(rows, sum(p.size for p in packed), allow_sparse=s.in_place and g == 1)
-    rows_fn, sparse = "0", "0"
+    rows_fn, cols_fn, sparse = "0", "0", "0"
     if layout.kind == "dense":
         wname = s.array("w", "int8_t", np.concatenate(packed))
     else:  # the sparse rows read the column in its natural order: no padding, no block reordering
@@ -336,17 +339,24 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
         s.prog.definitions.append(f"static const {struct} {name} = {{{', '.join(sp_fields)}}};")
         sparse = f"&{name}"
         rows_fn = f"ds_{kernel}"
+        if layout.kind == "sparse12" and pk == ps == 2 and not chw and 3 * 2 * kp <= 4095:
+            # A 2x2 pooling window's four columns in one pass (immediate offsets: 3 x S bytes <= 4095).
+            count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
+            cols_fn = f"ds_sparse12c_{layout.gbits}_{count}_{2 * kp}"
+            s.prog.instantiations.add(f"DS_SPARSE12C({layout.gbits}, {count}, {2 * kp})")
+            s.prog.kernels.add("sparse12c")
     fields = [wname, _q_fields(s, bias, mult, y),
               *map(str, (x.shape[1], x.shape[2], x.shape[0], o, kh, kw, *a["strides"], a["pads"][0], a["pads"][1],
                          g, kp, pk, ps, oh, ow, x.zp, int(chw), slice_, ncols, rowlen)), *_fused_add(s, node), sparse]
-    col = s.scratch(i, 2 * (pk * rowlen if chw else kp))
+    col = s.scratch(i, 2 * (pk * rowlen if chw else kp * (4 if cols_fn != "0" else 1)))
     acc = s.scratch(i, 4 * pk * pk * (-(-(o // g) // 4) * 4))
     note = "; ".join(filter(None, [f"max pool {pk}x{pk} fused" if pool else "",
                                    "addition fused, in place" if "add" in a else "",
                                    layout.note if layout.kind != "dense" else ""]))
     s.prog.calls.append(Call("conv", "ds_conv_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
                                                           (s.buf(node.output), "int8_t *"), (col, "int16_t *"),
-                                                          (acc, "int32_t *")], note=note, fn=rows_fn))
+                                                          (acc, "int32_t *")], note=note,
+                             fn=f"{rows_fn}, {cols_fn}"))
     s.prog.kernels.add("conv")
     conv_h = (x.shape[1] + a["pads"][0] + a["pads"][2] - kh) // a["strides"][0] + 1
     s.prog.macs += o * cg * kh * kw * (oh * ow * pk * pk if pool else conv_h * conv_w)

@@ -447,8 +447,11 @@ static void ds_slices(const ds_conv_t *p, const int8_t *x, int g, int oy, int16_
  * pool_k rows of rowlen for a C x H x W one; acc: pool_k^2 accumulators per output channel of a group,
  * rounded up to 4. */
 typedef void (*ds_rows_fn)(const void *, const int16_t *, int8_t *, int32_t *);
+typedef void (*ds_cols_fn)(const void *, const int16_t *, int32_t, int32_t *);
 
-static void ds_conv(const ds_conv_t *p, ds_rows_fn rows, const int8_t *x, int8_t *y, int16_t *col, int32_t *acc)
+/* cols4: an in-place kernel taking a 2 x 2 pooling window's four columns at once (kp apart), or 0. */
+static void ds_conv(const ds_conv_t *p, ds_rows_fn rows, ds_cols_fn cols4, const int8_t *x, int8_t *y, int16_t *col,
+                    int32_t *acc)
 {
     const int groups = p->groups, out_c = p->out_c, cg = out_c / groups, pk = p->pool_k, ps = p->pool_s;
     const int out_h = p->out_h, out_w = p->out_w, nblk = p->kp >> 2, npos = pk * pk, chw = p->chw;
@@ -467,7 +470,13 @@ static void ds_conv(const ds_conv_t *p, ds_rows_fn rows, const int8_t *x, int8_t
             }
             for (px = 0; px < out_w; px++) {
                 int8_t *out = y + (py * out_w + px) * out_c + g * cg;
-                for (d = 0; d < npos; d++) {
+                if (cols4) {  /* the window's columns side by side, one pass over the entries */
+                    for (d = 0; d < 4; d++) {
+                        ds_im2col(p, x, g, py * ps + d / 2, px * ps + d % 2, col + d * p->kp);
+                    }
+                    cols4(p->sparse, col, stride, acc);
+                }
+                for (d = 0; !cols4 && d < npos; d++) {
                     const int dy = d / pk, ox = px * ps + d % pk;
                     const int16_t *c = col + dy * rowlen + ox * step;
                     if (!chw) {
@@ -595,6 +604,109 @@ static uint32_t ds_word(const uint8_t *b)
                 half = 1;                                                                                   \
             }                                                                                               \
             DS_ROW_OUT()                                                                                    \
+        }                                                                                                   \
+    }
+
+/* @kernel sparse12c needs=sparse12 */
+/* Four convolution columns at once (a pooling window's positions, S bytes apart): each entry is decoded once
+ * for four multiply-accumulates, 12 instructions per entry on the DSP core instead of 4 x 7. out holds four
+ * blocks of accumulators, `os` apart. */
+#define DS_ENTRY12C(G, AT, S)                                                                               \
+    do {                                                                                                    \
+        int32_t c_, d_;                                                                                     \
+        x += (w >> (AT)) & ((1u << (G)) - 1u);                                                              \
+        c_ = cb[(w >> ((AT) + (G))) & ((1u << (12 - (G))) - 1u)];                                           \
+        for (d_ = 0; d_ < 4; d_++) {                                                                        \
+            a[d_] += (int32_t)x[d_ * ((S) / 2)] * c_;                                                       \
+        }                                                                                                   \
+        x++;                                                                                                \
+    } while (0)
+#if DS_DSP
+#define DS_HALF12C(G, AT, S)                                                                                \
+    "ubfx %[f], %[w], #" DS_STR(AT) ", #" DS_STR(G) "\n\t"                                                  \
+    "add %[x], %[x], %[f], lsl #1\n\t"                                                                      \
+    "ubfx %[f], %[w], #(" DS_STR(AT) " + " DS_STR(G) "), #(12 - " DS_STR(G) ")\n\t"                          \
+    "ldrsb %[c], [%[cb], %[f]]\n\t"                                                                         \
+    "ldrsh %[v], [%[x], #" DS_STR(S) "]\n\t"                                                                \
+    "mla %[a1], %[v], %[c], %[a1]\n\t"                                                                      \
+    "ldrsh %[v], [%[x], #(2 * " DS_STR(S) ")]\n\t"                                                          \
+    "mla %[a2], %[v], %[c], %[a2]\n\t"                                                                      \
+    "ldrsh %[v], [%[x], #(3 * " DS_STR(S) ")]\n\t"                                                          \
+    "mla %[a3], %[v], %[c], %[a3]\n\t"                                                                      \
+    "ldrsh %[v], [%[x]], #2\n\t"                                                                            \
+    "mla %[a0], %[v], %[c], %[a0]\n\t"
+#define DS_QUADS12C(G, S)                                                                                   \
+    if (quads > 0) {                                                                                        \
+        uint32_t f;                                                                                         \
+        int32_t v, c, a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];                                           \
+        __asm__ volatile("1:\n\t"                                                                           \
+                         "ldr %[w], [%[b]], #3\n\t" DS_HALF12C(G, 0, S) DS_HALF12C(G, 12, S)                \
+                         "ldr %[w], [%[b]], #3\n\t" DS_HALF12C(G, 0, S) DS_HALF12C(G, 12, S)                \
+                         "subs %[n], %[n], #1\n\t"                                                          \
+                         "bne 1b\n\t"                                                                       \
+                         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [b] "+r"(b),           \
+                           [x] "+r"(x), [n] "+r"(quads), [w] "=&r"(w), [f] "=&r"(f), [v] "=&r"(v),            \
+                           [c] "=&r"(c)                                                                     \
+                         : [cb] "r"(cb)                                                                     \
+                         : "cc", "memory");                                                                 \
+        a[0] = a0;                                                                                          \
+        a[1] = a1;                                                                                          \
+        a[2] = a2;                                                                                          \
+        a[3] = a3;                                                                                          \
+    }
+#else
+#define DS_QUADS12C(G, S)                                                                                   \
+    for (; quads > 0; quads--, b += 6) {                                                                    \
+        w = DS_WORD(b);                                                                                     \
+        DS_ENTRY12C(G, 0, S);                                                                               \
+        DS_ENTRY12C(G, 12, S);                                                                              \
+        w = DS_WORD(b + 3);                                                                                 \
+        DS_ENTRY12C(G, 0, S);                                                                               \
+        DS_ENTRY12C(G, 12, S);                                                                              \
+    }
+#endif
+#define DS_SPARSE12C(G, CT, S)                                                                              \
+    static void ds_sparse12c_##G##_##CT##_##S(const void *layer, const int16_t *x0, int32_t os, int32_t *out) \
+    {                                                                                                       \
+        const ds_sparse_t *p = (const ds_sparse_t *)layer;                                                  \
+        const CT *count = (const CT *)p->count;                                                             \
+        const int16_t *comp = p->comp;                                                                      \
+        const int8_t *const cb = p->cb;                                                                     \
+        const uint8_t *b = p->e;                                                                            \
+        int32_t r, d, half = 0;                                                                             \
+        for (r = 0; r < p->n_out; r++) {                                                                    \
+            int32_t n = count[r], quads, a[4];                                                              \
+            const int16_t *x = x0;                                                                          \
+            uint32_t w;                                                                                     \
+            a[0] = a[1] = a[2] = a[3] = 0;                                                                  \
+            for (; comp && comp[0] == r; comp += 3) {                                                       \
+                for (d = 0; d < 4; d++) {                                                                   \
+                    a[d] -= (int32_t)x0[d * ((S) / 2) + comp[1]] * cb[comp[2]];                             \
+                }                                                                                           \
+            }                                                                                               \
+            if (half && n > 0) {                                                                            \
+                w = DS_WORD(b);                                                                             \
+                b += 3;                                                                                     \
+                DS_ENTRY12C(G, 12, S);                                                                      \
+                n--;                                                                                        \
+                half = 0;                                                                                   \
+            }                                                                                               \
+            quads = n >> 2;                                                                                 \
+            DS_QUADS12C(G, S)                                                                               \
+            if (n & 2) {                                                                                    \
+                w = DS_WORD(b);                                                                             \
+                b += 3;                                                                                     \
+                DS_ENTRY12C(G, 0, S);                                                                       \
+                DS_ENTRY12C(G, 12, S);                                                                      \
+            }                                                                                               \
+            if (n & 1) {                                                                                    \
+                w = DS_WORD(b);                                                                             \
+                DS_ENTRY12C(G, 0, S);                                                                       \
+                half = 1;                                                                                   \
+            }                                                                                               \
+            for (d = 0; d < 4; d++) {                                                                       \
+                out[d * os + r] = a[d];                                                                     \
+            }                                                                                               \
         }                                                                                                   \
     }
 
