@@ -14,7 +14,8 @@ from torch import nn
 
 from deepshrink.export.qdq import build_qdq
 from deepshrink.export.qgraph import observe_ranges
-from deepshrink.mcu.layouts import Layout, choose, sparse12, sparse16
+from deepshrink.mcu import layouts
+from deepshrink.mcu.layouts import Layout, choose, coded, sparse16
 from deepshrink.mcu.source import channel_scales
 from deepshrink.models import weight_of, weighted_layers
 
@@ -28,9 +29,15 @@ def _decode(layout: Layout, shape: tuple[int, int]) -> np.ndarray:
         e = layout.entries[: 2 * int(layout.counts.sum())].reshape(-1, 2)
         values = [(int(g), int(np.int8(np.uint8(v)))) for g, v in e]
     else:
-        packed = layout.entries[:-3].reshape(-1, 3).astype(np.uint32)
-        pairs = packed[:, 0] | (packed[:, 1] << 8) | (packed[:, 2] << 16)
-        words = np.stack([pairs & 0xFFF, pairs >> 12], 1).reshape(-1)
+        width = int(layout.kind[6:])
+        body = layout.entries[:-4]
+        if width == 12:
+            packed = body.reshape(-1, 3).astype(np.uint32)
+            pairs = packed[:, 0] | (packed[:, 1] << 8) | (packed[:, 2] << 16)
+            words = np.stack([pairs & 0xFFF, pairs >> 12], 1).reshape(-1)
+        else:
+            w32 = body.view("<u4").astype(np.uint32)
+            words = np.stack([w32 & 0x3FF, (w32 >> 10) & 0x3FF, w32 >> 20], 1).reshape(-1)
         g = layout.gbits
         values = [(int(w) & ((1 << g) - 1), int(layout.codebook[int(w) >> g])) for w in words]
     k = 0
@@ -49,7 +56,7 @@ def _decode(layout: Layout, shape: tuple[int, int]) -> np.ndarray:
 @given(arrays(np.int8, st.tuples(st.integers(1, 9), st.integers(1, 700)),
               elements=st.sampled_from([0, 0, 0, 0, 0, 0, 0, -3, 5, 17, -128, 127])))
 def test_sparse_layouts_store_exactly_the_rows(rows: np.ndarray) -> None:
-    for layout in (sparse16(rows), sparse12(rows)):
+    for layout in (sparse16(rows), coded(rows, 12), coded(rows, 10)):
         assert layout is not None
         assert np.array_equal(_decode(layout, rows.shape), rows)
 
@@ -60,7 +67,7 @@ def test_choice_is_the_smallest_layout_within_the_instruction_bound() -> None:
     assert choose(dense, dense.size).kind == "dense"  # no zeros: nothing to skip
     pruned = np.where(rng.random((8, 400)) < 0.1, rng.choice([-40, -7, 9, 66], (8, 400)), 0).astype(np.int8)
     chosen = choose(pruned, pruned.size)
-    assert chosen.kind == "sparse12" and chosen.gbits == 10  # 4 shared values: 2-bit codes, 10-bit gaps
+    assert chosen.kind == "sparse10" and chosen.gbits == 8  # 4 shared values: 2-bit codes, 8-bit gaps
     assert chosen.nbytes < sparse16(pruned).nbytes < pruned.size
     varied = np.where(rng.random((8, 400)) < 0.1, rng.integers(-127, 128, (8, 400)), 0).astype(np.int8)
     assert choose(varied, varied.size).kind == "sparse16"  # ~200 distinct values: no 12-bit codebook
@@ -113,13 +120,17 @@ def _coded(bits: int, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]
     return net, {n: channel_scales(weight_of(net, n)) for n, _ in weighted_layers(net)}
 
 
-CASES = {"clustered": lambda: _compressed(0.3, 16), "pruned": lambda: _compressed(0.3, 255),
+CASES = {"clustered": lambda: _compressed(0.3, 16), "clustered-12bit": lambda: _compressed(0.3, 16),
+         "pruned": lambda: _compressed(0.3, 255),
          "dense": lambda: _compressed(1.0, 200), "4-bit": lambda: _coded(4), "2-bit": lambda: _coded(2)}
 
 
-@pytest.mark.parametrize(("case", "kinds"), [("clustered", {"sparse12"}), ("pruned", {"sparse16"}),
+@pytest.mark.parametrize(("case", "kinds"), [("clustered", {"sparse10"}), ("clustered-12bit", {"sparse12"}),
+                                            ("pruned", {"sparse16"}),
                                             ("dense", set()), ("4-bit", {"packed4"}), ("2-bit", {"packed2"})])
-def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, case: str, kinds: set[str]) -> None:
+def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, case: str, kinds: set[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _only_12bit(case, monkeypatch)
     net, scales = CASES[case]()
     x = torch.randn(48, 1, 14, 14)
     model = build_qdq(net, observe_ranges(net, x), (1, 14, 14), set(scales), quantize_logits=True, scales=scales)
@@ -130,15 +141,27 @@ def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, case: str, kinds: se
     assert np.array_equal(c, ort), f"{(c != ort).sum()} of {c.size} logits differ"
 
 
-@pytest.mark.parametrize("case", ["clustered", "pruned", "4-bit", "2-bit"])
-def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, case: str) -> None:
+def _only_12bit(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 12-bit entries win over 10-bit ones on big layers of many shared values; small test layers never
+    have those, so the 12-bit kernels are exercised with the 10-bit layout switched off."""
+    if case == "clustered-12bit":
+        real = layouts.coded
+        monkeypatch.setattr(layouts, "coded", lambda rows, width: real(rows, width) if width == 12 else None)
+
+
+@pytest.mark.parametrize("case", ["clustered", "clustered-12bit", "pruned", "4-bit", "2-bit"])
+def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, case: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    _only_12bit(case, monkeypatch)
     from elftools.elf.elffile import ELFFile
 
     from deepshrink.mcu import toolchain
     from deepshrink.mcu.emulate import Firmware
     from deepshrink.mcu.measure import HostLibrary, ort_quantize
 
-    net, scales = {"clustered": lambda: _compressed(0.12, 16, seed=1), "pruned": lambda: _compressed(0.12, 255, seed=1),
+    net, scales = {"clustered": lambda: _compressed(0.12, 16, seed=1),
+                   "clustered-12bit": lambda: _compressed(0.12, 16, seed=1),
+                   "pruned": lambda: _compressed(0.12, 255, seed=1),
                    "4-bit": lambda: _coded(4, seed=1), "2-bit": lambda: _coded(2, seed=1)}[case]()
     x = torch.randn(48, 1, 14, 14)
     model = build_qdq(net, observe_ranges(net, x), (1, 14, 14), set(scales), quantize_logits=True, scales=scales)

@@ -3,8 +3,9 @@
 
 - dense: every weight, rows zero-padded and interleaved for the SIMD dot product (lower.pack_rows);
 - sparse16: per non-zero a gap byte and the int8 weight; gaps over 255 bridged by zero-valued fillers;
-- sparse12: per non-zero 12 bits, a gap of G bits and a code of 12 - G bits into the layer's codebook of
-  int8 values (clustered weights have a few dozen distinct values); fillers use code 0, and the
+- sparse12, sparse10: per non-zero 12 bits (two per 3 bytes) or 10 (three per 32-bit word), a gap of G
+  bits and a code of the rest into the layer's codebook of int8 values (clustered weights have a few dozen
+  distinct values); fillers use a code whose value is 0 when one is free, else code 0, and the
   compensation list takes their products back;
 - packed4, packed2: every weight as a 4- or 2-bit two's-complement code (`quantize:bits=4` or 2 stores
   weights as codes whose int8 values are the codes themselves), in order, little-endian within a byte.
@@ -23,14 +24,14 @@ SLOWDOWN = 4.0
 # row (the sparse loops: 7 and 7.5 per entry; a row's set-up, compensation and requantization ~30), per
 # packed weight (the portable shift-and-mask loop: ~5).
 DENSE_PER_MAC = 1.4
-PER_ENTRY = {"sparse16": 7.0, "sparse12": 7.5}
+PER_ENTRY = {"sparse16": 7.0, "sparse12": 7.0, "sparse10": 6.4}
 PER_ROW = 30.0
 PER_PACKED = 5.0
 
 
 @dataclass
 class Layout:
-    kind: str  # dense | sparse16 | sparse12 | packed4 | packed2
+    kind: str  # dense | sparse16 | sparse12 | sparse10 | packed4 | packed2
     nbytes: int
     instructions: float
     entries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
@@ -44,7 +45,8 @@ class Layout:
     def note(self) -> str:
         if self.kind in ("dense", "packed2", "packed4"):
             return self.kind
-        fields = f"{self.gbits}-bit gaps, {12 - self.gbits}-bit codes" if self.kind == "sparse12" else "8-bit gaps"
+        width = int(self.kind[6:])
+        fields = f"{self.gbits}-bit gaps, {width - self.gbits}-bit codes" if width < 16 else "8-bit gaps"
         return f"{self.kind} ({fields})"
 
 
@@ -82,35 +84,50 @@ def sparse16(rows: np.ndarray) -> Layout:
                   arr, c)
 
 
-def sparse12(rows: np.ndarray) -> Layout | None:
-    """The codebook form, or None when the layer has more distinct non-zero values than 11 code bits hold."""
+def coded(rows: np.ndarray, width: int) -> Layout | None:
+    """The codebook form with `width`-bit entries (12: two per 3 bytes; 10: three per 32-bit word), or None
+    when the layer has more distinct non-zero values than the code bits hold. A filler takes a code whose
+    codebook value is 0 where one is free; else code 0, with its product in the compensation list."""
     values = np.unique(rows[rows != 0])
-    vbits = max(1, int(np.ceil(np.log2(max(len(values), 2)))))
-    if vbits > 11:
+    vbits = max(1, int(np.ceil(np.log2(len(values) + 1))))  # one code more, for a zero when it fits
+    if len(values) == 1 << (vbits - 1) and vbits > 1:
+        vbits -= 1  # all codes used: fillers compensated instead
+    gbits = width - vbits
+    if gbits < 2:
         return None
-    gbits = 12 - vbits
+    cb = np.zeros(1 << vbits, np.int8)
+    cb[: len(values)] = values
+    zero = len(values) if len(values) < (1 << vbits) else None  # a code whose value is 0
     code = {int(v): i for i, v in enumerate(values)}
-    words, counts, comp = [], [], []
+    entries, counts, comp = [], [], []
     for r, row in enumerate(rows):
         gaps, positions, filler = _gaps(row, (1 << gbits) - 1)
         for g, pos, f in zip(gaps, positions, filler, strict=True):
-            words.append(g | ((0 if f else code[int(row[pos])]) << gbits))
-            if f:
+            value = ((zero if zero is not None else 0) if f else code[int(row[pos])])
+            entries.append(g | (value << gbits))
+            if f and zero is None:
                 comp += [r, pos, 0]
         counts.append(len(gaps))
-    if len(words) % 2:
-        words.append(0)
-    w = np.array(words, np.uint32).reshape(-1, 2)
-    packed = (w[:, 0] | (w[:, 1] << 12)).astype(np.uint32)  # 24 bits per pair, little-endian
-    body = np.stack([packed & 0xFF, (packed >> 8) & 0xFF, packed >> 16], 1).astype(np.uint8).reshape(-1)
-    arr = np.concatenate([body, np.zeros(3, np.uint8)])
+    body = _pack_entries(np.array(entries, np.uint32), width)
     c = np.array(counts, np.int64)
     comp_arr = np.array([*comp, -1, 0, 0], np.int16)
-    cb = values.astype(np.int8)
     n = int(c.sum())
-    nbytes = arr.size + _count_bytes(c) + cb.size + (2 * comp_arr.size if comp else 0)
-    return Layout("sparse12", nbytes, PER_ENTRY["sparse12"] * n + PER_ROW * len(rows), arr, c, cb, comp_arr,
-                  gbits)
+    kind = f"sparse{width}"
+    nbytes = body.size + _count_bytes(c) + cb.size + (2 * comp_arr.size if comp else 0)
+    return Layout(kind, nbytes, PER_ENTRY[kind] * n + PER_ROW * len(rows), body, c, cb, comp_arr, gbits)
+
+
+def _pack_entries(entries: np.ndarray, width: int) -> np.ndarray:
+    """Little-endian bytes of the entry stream, then padding the word loads may read."""
+    if width == 12:  # two per 3 bytes
+        e = np.concatenate([entries, np.zeros(len(entries) % 2, np.uint32)]).reshape(-1, 2)
+        pairs = e[:, 0] | (e[:, 1] << 12)
+        body = np.stack([pairs & 0xFF, (pairs >> 8) & 0xFF, pairs >> 16], 1).astype(np.uint8).reshape(-1)
+    else:  # three per 32-bit word
+        e = np.concatenate([entries, np.zeros(-len(entries) % 3, np.uint32)]).reshape(-1, 3)
+        words = e[:, 0] | (e[:, 1] << 10) | (e[:, 2] << 20)
+        body = words.astype("<u4").view(np.uint8)
+    return np.concatenate([body, np.zeros(4, np.uint8)])
 
 
 def packed(rows: np.ndarray, bits: int) -> Layout | None:
@@ -138,7 +155,7 @@ def choose(rows: np.ndarray, dense_bytes: int, allow_sparse: bool = True) -> Lay
         return dense
     options = [dense, *filter(None, (packed(rows, 2), packed(rows, 4)))]
     if np.count_nonzero(rows) <= rows.size // 2:  # else no sparse form can win
-        options += [sparse16(rows), *filter(None, [sparse12(rows)])]
+        options += [sparse16(rows), *filter(None, [coded(rows, 12), coded(rows, 10)])]
     allowed = [o for o in options if o.instructions <= SLOWDOWN * dense.instructions]
     best = min(allowed, key=lambda o: (o.nbytes, o.instructions))
     best.dense_bytes = dense_bytes

@@ -276,7 +276,7 @@ def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QT
         s.prog.in_place.append(layout.dense_bytes)
         return f"packed{layout.gbits}_{xt}", "ds_packed_t", fields
     count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
-    params = f"{layout.gbits}, {count}, {xt}" if layout.kind == "sparse12" else f"{count}, {xt}"
+    params = f"{layout.gbits}, {count}, {xt}" if layout.kind in ("sparse12", "sparse10") else f"{count}, {xt}"
     s.prog.kernels.add(layout.kind)
     s.prog.instantiations.add(f"DS_{layout.kind.upper()}({params})")
     s.prog.layouts.append(layout.note)
@@ -288,14 +288,24 @@ def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QT
 def _sparse_fields(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, rows: int,
                    count: str) -> list[str]:
     """ds_sparse_t's initializer; a layer whose rows share one multiplier stores it once, one without fillers
-    no compensation list."""
+    no compensation list, and the biases take the fewest bytes they fit (2, 3 or 4)."""
     one = bool(np.all(mult == mult[0]))
     entries = s.array("e", "uint8_t", layout.entries)
     counts = s.array("n", count, layout.counts)
     cb = s.array("cb", "int8_t", layout.codebook) if layout.codebook.size else "0"
     comp = s.array("comp", "int16_t", layout.comp) if layout.comp.size > 3 else "0"
-    q = _q_fields(s, bias, mult[:1] if one else mult, y)
-    return [entries, counts, cb, comp, q, str(rows), str(int(not one))]
+    top = int(np.abs(bias.astype(np.int64)).max(initial=0))
+    nbytes = 2 if top < 1 << 15 else 3 if top < 1 << 23 else 4
+    if nbytes == 4:
+        stored = s.array("b", "int32_t", bias)
+    elif nbytes == 2:
+        stored = s.array("b", "int16_t", bias.astype(np.int16))
+    else:
+        le = bias.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3]
+        stored = s.array("b", "uint8_t", le.reshape(-1))
+    m = s.array("m", "float", mult[:1] if one else mult)
+    q = f"{{(const int32_t *)(const void *){stored}, {m}, {y.zp}}}"
+    return [entries, counts, cb, comp, q, str(rows), str(int(not one)), str(nbytes)]
 
 
 @LOWERERS.register("conv")

@@ -283,9 +283,10 @@ typedef struct {
     const void *count;      /* entries per row (fillers included): uint8_t, or uint16_t where one exceeds 255 */
     const int8_t *cb;       /* the codebook (12-bit entries) */
     const int16_t *comp;    /* fillers' compensation (12-bit entries) */
-    ds_q_t q;
+    ds_q_t q;               /* its bias: see bias_bytes */
     int16_t n_out;
     uint8_t per_channel;    /* a multiplier per row, else one for the layer */
+    uint8_t bias_bytes;     /* q.bias holds 2-, 3- or 4-byte integers: the fewest the layer's biases fit */
 } ds_sparse_t;
 
 /* Bit-packed weights read in place (2- or 4-bit weights, as `quantize:bits=` stores them): each row's
@@ -296,6 +297,14 @@ typedef struct {
     int16_t n_out, k;
     uint8_t per_channel;
 } ds_packed_t;
+
+/* Bias r of a layer whose biases take bb_ bytes each (2, 3 or 4; locals bias_ and bb_ hoisted per call). */
+#define DS_BIAS(r)                                                                                          \
+    (bb_ == 4 ? bias_[r] : bb_ == 2 ? ((const int16_t *)(const void *)bias_)[r]                             \
+              : ds_int24((const uint8_t *)(const void *)bias_ + 3 * (r)))
+#define DS_BIAS_LOCALS                                                                                      \
+    const int32_t *const bias_ = p->q.bias;                                                                 \
+    const int32_t bb_ = p->bias_bytes;
 
 /* The activation loads of each element type: pointer step and the sign-extending load (DSP inline asm). */
 #define DS_LD_int8_t "ldrsb"
@@ -506,9 +515,7 @@ static void ds_conv(const ds_conv_t *p, ds_rows_fn rows, ds_cols_fn cols4, const
     }
 }
 
-/* @kernel sparse12 needs=sparse */
-/* The 24 bits of a pair of 12-bit entries (above them, on the DSP core, the next byte: fields never reach
- * it). An unaligned word load there, three byte loads elsewhere. */
+/* @kernel bias needs=sparse */
 #if DS_DSP
 static uint32_t ds_word(const uint8_t *b)
 {
@@ -516,10 +523,20 @@ static uint32_t ds_word(const uint8_t *b)
     __asm__("ldr %0, [%1]" : "=r"(w) : "r"(b) : "memory");
     return w;
 }
-#define DS_WORD(b) ds_word(b)
+#define DS_WORD24(b) ds_word(b)
 #else
-#define DS_WORD(b) ((uint32_t)(b)[0] | ((uint32_t)(b)[1] << 8) | ((uint32_t)(b)[2] << 16))
+#define DS_WORD24(b) ((uint32_t)(b)[0] | ((uint32_t)(b)[1] << 8) | ((uint32_t)(b)[2] << 16))
 #endif
+/* A 3-byte little-endian integer, sign-extended (an unaligned word load on the DSP core). */
+static int32_t ds_int24(const uint8_t *b)
+{
+    return (int32_t)((DS_WORD24(b) & 0xFFFFFFu) ^ 0x800000u) - 0x800000;
+}
+
+/* @kernel sparse12 needs=bias */
+/* The 24 bits of a pair of 12-bit entries (above them, on the DSP core, the next byte: fields never reach
+ * it). An unaligned word load there, three byte loads elsewhere. */
+#define DS_WORD(b) DS_WORD24(b)
 
 /* One entry of 12 bits at bit `at` of w: skip its gap, multiply-accumulate its codebook value. */
 #define DS_ENTRY12(G, AT)                                                                                   \
@@ -575,9 +592,10 @@ static uint32_t ds_word(const uint8_t *b)
         const float *mult = p->q.mult;                                                                      \
         const int32_t step = p->per_channel, zp = p->q.zp;                                                  \
         const uint8_t *b = p->e;                                                                            \
+        DS_BIAS_LOCALS                                                                                      \
         int32_t r, half = 0;                                                                                \
         for (r = 0; r < p->n_out; r++, mult += step) {                                                      \
-            int32_t n = count[r], acc = y ? p->q.bias[r] : 0, quads;                                        \
+            int32_t n = count[r], acc = y ? DS_BIAS(r) : 0, quads;                                             \
             const XT *x = x0;                                                                               \
             uint32_t w;                                                                                     \
             for (; comp && comp[0] == r; comp += 3) {                                                       \
@@ -710,7 +728,81 @@ static uint32_t ds_word(const uint8_t *b)
         }                                                                                                   \
     }
 
-/* @kernel sparse16 needs=sparse */
+/* @kernel sparse10 needs=bias */
+/* 10-bit entries, three per aligned 32-bit word (bits 0, 10, 20): a gap of G bits and a code of 10 - G. A row
+ * may start and end anywhere in a word; whole words go two per iteration (19 instructions per three
+ * non-zeros on the DSP core). */
+#define DS_ENTRY10(G, AT)                                                                                   \
+    do {                                                                                                    \
+        x += (w >> (AT)) & ((1u << (G)) - 1u);                                                              \
+        acc += (int32_t)*x++ * cb[(w >> ((AT) + (G))) & ((1u << (10 - (G))) - 1u)];                          \
+    } while (0)
+#if DS_DSP
+#define DS_THIRD10(G, AT, XT)                                                                               \
+    "ubfx %[f], %[w], #" DS_STR(AT) ", #" DS_STR(G) "\n\t"                                                  \
+    "add %[x], %[x], %[f]" DS_SH_##XT "\n\t"                                                                \
+    DS_LD_##XT " %[v], [%[x]], #" DS_SZ_##XT "\n\t"                                                         \
+    "ubfx %[f], %[w], #(" DS_STR(AT) " + " DS_STR(G) "), #(10 - " DS_STR(G) ")\n\t"                          \
+    "ldrsb %[f], [%[cb], %[f]]\n\t"                                                                         \
+    "mla %[acc], %[v], %[f], %[acc]\n\t"
+#define DS_WORDS10(G, XT)                                                                                   \
+    if (words > 0) {                                                                                        \
+        uint32_t f;                                                                                         \
+        int32_t v;                                                                                          \
+        __asm__ volatile("1:\n\t"                                                                           \
+                         "ldr %[w], [%[b]], #4\n\t" DS_THIRD10(G, 0, XT) DS_THIRD10(G, 10, XT)              \
+                         DS_THIRD10(G, 20, XT)                                                              \
+                         "subs %[n], %[n], #1\n\t"                                                          \
+                         "bne 1b\n\t"                                                                       \
+                         : [acc] "+r"(acc), [b] "+r"(b), [x] "+r"(x), [n] "+r"(words), [w] "=&r"(w),          \
+                           [f] "=&r"(f), [v] "=&r"(v)                                                       \
+                         : [cb] "r"(cb)                                                                     \
+                         : "cc", "memory");                                                                 \
+    }
+#else
+#define DS_WORDS10(G, XT)                                                                                   \
+    for (; words > 0; words--) {                                                                            \
+        w = *b++;                                                                                           \
+        DS_ENTRY10(G, 0);                                                                                   \
+        DS_ENTRY10(G, 10);                                                                                  \
+        DS_ENTRY10(G, 20);                                                                                  \
+    }
+#endif
+#define DS_SPARSE10(G, CT, XT)                                                                              \
+    static void ds_sparse10_##G##_##CT##_##XT(const void *layer, const XT *x0, int8_t *y, int32_t *out)       \
+    {                                                                                                       \
+        const ds_sparse_t *p = (const ds_sparse_t *)layer;                                                  \
+        const CT *count = (const CT *)p->count;                                                             \
+        const int16_t *comp = p->comp;                                                                      \
+        const int8_t *const cb = p->cb;                                                                     \
+        const float *mult = p->q.mult;                                                                      \
+        const int32_t step = p->per_channel, zp = p->q.zp;                                                  \
+        const uint32_t *b = (const uint32_t *)(const void *)p->e;                                           \
+        DS_BIAS_LOCALS                                                                                      \
+        uint32_t w = 0;                                                                                     \
+        int32_t r, phase = 0; /* entries of w already read: 0 (none loaded), 1 or 2 */                      \
+        for (r = 0; r < p->n_out; r++, mult += step) {                                                      \
+            int32_t n = count[r], acc = y ? DS_BIAS(r) : 0, words;                                             \
+            const XT *x = x0;                                                                               \
+            for (; comp && comp[0] == r; comp += 3) {                                                       \
+                acc -= (int32_t)x0[comp[1]] * cb[comp[2]];                                                  \
+            }                                                                                               \
+            for (; phase && n > 0; n--, phase = phase == 2 ? 0 : phase + 1) {                               \
+                DS_ENTRY10(G, 10 * phase);                                                                  \
+            }                                                                                               \
+            words = n / 3;                                                                                  \
+            DS_WORDS10(G, XT)                                                                               \
+            for (n -= 3 * (n / 3); n > 0; n--, phase++) {                                                   \
+                if (phase == 0) {                                                                           \
+                    w = *b++;                                                                               \
+                }                                                                                           \
+                DS_ENTRY10(G, 10 * phase);                                                                  \
+            }                                                                                               \
+            DS_ROW_OUT()                                                                                    \
+        }                                                                                                   \
+    }
+
+/* @kernel sparse16 needs=bias */
 /* The rows of a layer of 16-bit entries (int8 weights) and CT row counts against XT activations: 7
  * instructions per non-zero on the DSP core. */
 #if DS_DSP
@@ -746,9 +838,10 @@ static uint32_t ds_word(const uint8_t *b)
         const uint8_t *e = p->e;                                                                            \
         const float *mult = p->q.mult;                                                                      \
         const int32_t zp = p->q.zp;                                                                         \
+        DS_BIAS_LOCALS                                                                                      \
         int32_t r;                                                                                          \
         for (r = 0; r < p->n_out; r++, mult += p->per_channel) {                                            \
-            int32_t n = count[r], acc = y ? p->q.bias[r] : 0;                                               \
+            int32_t n = count[r], acc = y ? DS_BIAS(r) : 0;                                                    \
             const XT *x = x0;                                                                               \
             DS_ENTRIES16(XT)                                                                                \
             DS_ROW_OUT()                                                                                    \
