@@ -263,8 +263,9 @@ def _lower_fc(s: _State, i: int, node: Node) -> None:
 
 
 def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, shape: tuple[int, int],
-            xt: str) -> tuple[str, str, list[str]]:
-    """(the kernel instantiated for this in-place layout and activation type, its struct type, fields)."""
+            xt: str, instantiate: bool = True) -> tuple[str, str, list[str]]:
+    """(the kernel for this in-place layout and activation type, its struct type, fields); `instantiate`
+    False when another kernel (a convolution's four-column one) runs the layer instead."""
     rows = shape[0]
     if layout.kind.startswith("packed"):
         one = bool(np.all(mult == mult[0]))
@@ -278,7 +279,8 @@ def _sparse(s: _State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QT
     count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
     params = f"{layout.gbits}, {count}, {xt}" if layout.kind in ("sparse12", "sparse10") else f"{count}, {xt}"
     s.prog.kernels.add(layout.kind)
-    s.prog.instantiations.add(f"DS_{layout.kind.upper()}({params})")
+    if instantiate:
+        s.prog.instantiations.add(f"DS_{layout.kind.upper()}({params})")
     s.prog.layouts.append(layout.note)
     s.prog.in_place.append(layout.dense_bytes)
     return (f"{layout.kind}_{params.replace(', ', '_')}", "ds_sparse_t",
@@ -344,17 +346,18 @@ def _lower_conv(s: _State, i: int, node: Node) -> None:
         wname = s.array("w", "int8_t", np.concatenate(packed))
     else:  # the sparse rows read the column in its natural order: no padding, no block reordering
         wname = "0"
-        kernel, struct, sp_fields = _sparse(s, layout, bias, mult, y, rows.shape, "int16_t")
+        # A 2x2 pooling window's four columns in one pass (immediate offsets: 3 x S bytes <= 4095).
+        four = layout.kind in ("sparse12", "sparse10") and pk == ps == 2 and not chw and 3 * 2 * kp <= 4095
+        kernel, struct, sp_fields = _sparse(s, layout, bias, mult, y, rows.shape, "int16_t", instantiate=not four)
         name = f"ds_sp{len(s.prog.definitions)}"
         s.prog.definitions.append(f"static const {struct} {name} = {{{', '.join(sp_fields)}}};")
         sparse = f"&{name}"
-        rows_fn = f"ds_{kernel}"
-        if layout.kind == "sparse12" and pk == ps == 2 and not chw and 3 * 2 * kp <= 4095:
-            # A 2x2 pooling window's four columns in one pass (immediate offsets: 3 x S bytes <= 4095).
+        rows_fn = "0" if four else f"ds_{kernel}"
+        if four:
             count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
-            cols_fn = f"ds_sparse12c_{layout.gbits}_{count}_{2 * kp}"
-            s.prog.instantiations.add(f"DS_SPARSE12C({layout.gbits}, {count}, {2 * kp})")
-            s.prog.kernels.add("sparse12c")
+            cols_fn = f"ds_{layout.kind}c_{layout.gbits}_{count}_{2 * kp}"
+            s.prog.instantiations.add(f"DS_{layout.kind.upper()}C({layout.gbits}, {count}, {2 * kp})")
+            s.prog.kernels.add(f"{layout.kind}c")
     fields = [wname, _q_fields(s, bias, mult, y),
               *map(str, (x.shape[1], x.shape[2], x.shape[0], o, kh, kw, *a["strides"], a["pads"][0], a["pads"][1],
                          g, kp, pk, ps, oh, ow, x.zp, int(chw), slice_, ncols, rowlen)), *_fused_add(s, node), sparse]

@@ -802,6 +802,97 @@ static int32_t ds_int24(const uint8_t *b)
         }                                                                                                   \
     }
 
+/* @kernel sparse10c needs=sparse10 */
+/* Four convolution columns at once with 10-bit entries (see sparse12c): 3 x 12 + 3 instructions per word of
+ * three entries on the DSP core. */
+#define DS_ENTRY10C(G, AT, S)                                                                               \
+    do {                                                                                                    \
+        int32_t c_, d_;                                                                                     \
+        x += (w >> (AT)) & ((1u << (G)) - 1u);                                                              \
+        c_ = cb[(w >> ((AT) + (G))) & ((1u << (10 - (G))) - 1u)];                                           \
+        for (d_ = 0; d_ < 4; d_++) {                                                                        \
+            a[d_] += (int32_t)x[d_ * ((S) / 2)] * c_;                                                       \
+        }                                                                                                   \
+        x++;                                                                                                \
+    } while (0)
+#if DS_DSP
+#define DS_THIRD10C(G, AT, S)                                                                               \
+    "ubfx %[f], %[w], #" DS_STR(AT) ", #" DS_STR(G) "\n\t"                                                  \
+    "add %[x], %[x], %[f], lsl #1\n\t"                                                                      \
+    "ubfx %[f], %[w], #(" DS_STR(AT) " + " DS_STR(G) "), #(10 - " DS_STR(G) ")\n\t"                          \
+    "ldrsb %[c], [%[cb], %[f]]\n\t"                                                                         \
+    "ldrsh %[v], [%[x], #" DS_STR(S) "]\n\t"                                                                \
+    "mla %[a1], %[v], %[c], %[a1]\n\t"                                                                      \
+    "ldrsh %[v], [%[x], #(2 * " DS_STR(S) ")]\n\t"                                                          \
+    "mla %[a2], %[v], %[c], %[a2]\n\t"                                                                      \
+    "ldrsh %[v], [%[x], #(3 * " DS_STR(S) ")]\n\t"                                                          \
+    "mla %[a3], %[v], %[c], %[a3]\n\t"                                                                      \
+    "ldrsh %[v], [%[x]], #2\n\t"                                                                            \
+    "mla %[a0], %[v], %[c], %[a0]\n\t"
+#define DS_WORDS10C(G, S)                                                                                   \
+    if (words > 0) {                                                                                        \
+        uint32_t f;                                                                                         \
+        int32_t v, c, a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];                                           \
+        __asm__ volatile("1:\n\t"                                                                           \
+                         "ldr %[w], [%[b]], #4\n\t" DS_THIRD10C(G, 0, S) DS_THIRD10C(G, 10, S)              \
+                         DS_THIRD10C(G, 20, S)                                                              \
+                         "subs %[n], %[n], #1\n\t"                                                          \
+                         "bne 1b\n\t"                                                                       \
+                         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [b] "+r"(b),           \
+                           [x] "+r"(x), [n] "+r"(words), [w] "=&r"(w), [f] "=&r"(f), [v] "=&r"(v),            \
+                           [c] "=&r"(c)                                                                     \
+                         : [cb] "r"(cb)                                                                     \
+                         : "cc", "memory");                                                                 \
+        a[0] = a0;                                                                                          \
+        a[1] = a1;                                                                                          \
+        a[2] = a2;                                                                                          \
+        a[3] = a3;                                                                                          \
+    }
+#else
+#define DS_WORDS10C(G, S)                                                                                   \
+    for (; words > 0; words--) {                                                                            \
+        w = *b++;                                                                                           \
+        DS_ENTRY10C(G, 0, S);                                                                               \
+        DS_ENTRY10C(G, 10, S);                                                                              \
+        DS_ENTRY10C(G, 20, S);                                                                              \
+    }
+#endif
+#define DS_SPARSE10C(G, CT, S)                                                                              \
+    static void ds_sparse10c_##G##_##CT##_##S(const void *layer, const int16_t *x0, int32_t os, int32_t *out) \
+    {                                                                                                       \
+        const ds_sparse_t *p = (const ds_sparse_t *)layer;                                                  \
+        const CT *count = (const CT *)p->count;                                                             \
+        const int16_t *comp = p->comp;                                                                      \
+        const int8_t *const cb = p->cb;                                                                     \
+        const uint32_t *b = (const uint32_t *)(const void *)p->e;                                           \
+        uint32_t w = 0;                                                                                     \
+        int32_t r, d, phase = 0;                                                                            \
+        for (r = 0; r < p->n_out; r++) {                                                                    \
+            int32_t n = count[r], words, a[4];                                                              \
+            const int16_t *x = x0;                                                                          \
+            a[0] = a[1] = a[2] = a[3] = 0;                                                                  \
+            for (; comp && comp[0] == r; comp += 3) {                                                       \
+                for (d = 0; d < 4; d++) {                                                                   \
+                    a[d] -= (int32_t)x0[d * ((S) / 2) + comp[1]] * cb[comp[2]];                             \
+                }                                                                                           \
+            }                                                                                               \
+            for (; phase && n > 0; n--, phase = phase == 2 ? 0 : phase + 1) {                               \
+                DS_ENTRY10C(G, 10 * phase, S);                                                              \
+            }                                                                                               \
+            words = n / 3;                                                                                  \
+            DS_WORDS10C(G, S)                                                                               \
+            for (n -= 3 * (n / 3); n > 0; n--, phase++) {                                                   \
+                if (phase == 0) {                                                                           \
+                    w = *b++;                                                                               \
+                }                                                                                           \
+                DS_ENTRY10C(G, 10 * phase, S);                                                              \
+            }                                                                                               \
+            for (d = 0; d < 4; d++) {                                                                       \
+                out[d * os + r] = a[d];                                                                     \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
 /* @kernel sparse16 needs=bias */
 /* The rows of a layer of 16-bit entries (int8 weights) and CT row counts against XT activations: 7
  * instructions per non-zero on the DSP core. */
