@@ -1,12 +1,17 @@
 """A study with `[measure] mcu`: every INT8 and compact variant is built for the Cortex-M4 and emulated, its
 figures land in its results.csv row, and the report gains "On a microcontroller"."""
 
+import importlib.util
 from pathlib import Path
+
+import pytest
 
 from deepshrink.errors import UserError
 from deepshrink.results import read_rows
 from deepshrink.study.recipe import validate
 from deepshrink.study.run import run_study
+
+from conftest import write_mnist_folder
 
 RECIPE = """
 name = "mcu-smoke"
@@ -35,11 +40,19 @@ steps = ["prune.unstructured:sparsity=0.9,epochs=1", "cluster:bits=4,epochs=1", 
 """
 
 
-def test_study_measures_int8_and_compact_variants_on_the_microcontroller(tmp_path: Path, mnist_dir: Path) -> None:
-    recipe = tmp_path / "mcu.toml"
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(recipe, data dir, run directory) of the study on the local executor."""
+    root = tmp_path_factory.mktemp("mcu-study")
+    write_mnist_folder(root / "data" / "mnist")
+    recipe = root / "mcu.toml"
     recipe.write_text(RECIPE)
-    out = tmp_path / "run"
-    run_study(str(recipe), out, mnist_dir, "cpu", quiet=True)
+    run_study(str(recipe), root / "run", root / "data", "cpu", quiet=True)
+    return recipe, root / "data", root / "run"
+
+
+def test_study_measures_int8_and_compact_variants_on_the_microcontroller(local_run: tuple[Path, Path, Path]) -> None:
+    out = local_run[2]
     rows = {r["label"]: r for r in read_rows(out / "results.csv")}
     assert all(r["status"] == "ok" for r in rows.values()), {k: r["status"] for k, r in rows.items()}
     assert not rows["baseline"].get("mcu_flash_bytes")  # FP32: nothing to build
@@ -54,6 +67,27 @@ def test_study_measures_int8_and_compact_variants_on_the_microcontroller(tmp_pat
     assert (out / "artifacts" / dc["variant"] / "mcu" / "model.c").is_file()
     report = (out / "report.md").read_text()
     assert "On a microcontroller" in report and "mcu_flash_accuracy.png" in report
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install -e .[ray])")
+def test_the_ray_executor_carries_the_microcontroller_columns(local_run: tuple[Path, Path, Path],
+                                                              tmp_path: Path) -> None:
+    import ray
+
+    recipe, data, local = local_run
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_study(str(recipe), tmp_path / "ray", data, "cpu", quiet=True, executor="ray")
+    finally:
+        ray.shutdown()
+
+    def mcu(run: Path) -> dict[str, dict[str, str]]:
+        return {r["variant"]: {k: v for k, v in r.items() if k.startswith("mcu_") and "compiler" not in k}
+                for r in read_rows(run / "results.csv")}
+
+    assert mcu(tmp_path / "ray") == mcu(local) and any(any(v.values()) for v in mcu(local).values())
+    dc = next(r for r in read_rows(tmp_path / "ray" / "results.csv") if r["label"] == "deep-compression")
+    assert (tmp_path / "ray" / "artifacts" / dc["variant"] / "mcu" / "firmware.elf").is_file()
 
 
 def test_unknown_target_is_refused() -> None:
