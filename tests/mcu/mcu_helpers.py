@@ -15,8 +15,9 @@ from deepshrink.mcu import toolchain
 from deepshrink.mcu.arena import plan
 from deepshrink.mcu.emit import Sources, emit
 from deepshrink.mcu.graph import Graph, read_graph
-from deepshrink.mcu.lower import Program, lower
+from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import HostLibrary, integer_logits, ort_quantize
+from deepshrink.mcu.program import Program
 
 
 @dataclass

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from deepshrink.mcu.arena import plan
-from deepshrink.mcu.lower import Buffer, pack_rows
+from deepshrink.mcu.program import Buffer, pack_rows
 
 from mcu_helpers import Head, features, generate, host_logits, qdq_model
 

@@ -1,8 +1,9 @@
 """The microcontroller target (SPEC §12): an INT8 artifact as C99 (model.h + model.c: integer kernels, one
 static arena, weights in flash), built for the host and for a Cortex-M core, run in an emulator, measured.
 
-Layers, each usable alone: graph.py (the integer graph ONNX Runtime runs) -> lower.py (layouts, fusions,
-packed weights) -> arena.py (liveness plan) -> emit.py (the C, with kernels from c/kernels.c); then
+Layers, each usable alone: graph.py (the integer graph ONNX Runtime runs) -> lower.py (fusions, the walk;
+lower_weighted.py and lower_simple.py lower each operator into program.py's calls; layouts.py picks each
+layer's weight layout) -> arena.py (liveness plan) -> emit.py (the C, with kernels from c/kernels.c); then
 toolchain.py (host and target builds), emulate.py (Unicorn: outputs, instructions, cycles, stack), and
 run.py (`deepshrink mcu`: all of it, measured against ONNX Runtime).
 """

@@ -5,7 +5,7 @@ Greedy by size, as TensorFlow Lite Micro's GreedyMemoryPlanner: the largest buff
 input and the logits) take no arena space.
 """
 
-from deepshrink.mcu.lower import Buffer
+from deepshrink.mcu.program import Buffer
 
 ALIGN = 4
 

@@ -8,7 +8,7 @@ from importlib import resources
 import numpy as np
 
 from deepshrink._version import __version__
-from deepshrink.mcu.lower import CArray, Program, c_float
+from deepshrink.mcu.program import CArray, Program, c_float
 
 _SECTION = re.compile(r"^/\* @kernel (\w+)(?: needs=([\w,]+))? \*/$", re.M)
 

@@ -1,7 +1,7 @@
 """How a layer's int8 weight rows are stored in flash: dense, or only their non-zeros in place (kernels.c,
 `sparse` section), and the per-layer choice between them.
 
-- dense: every weight, rows zero-padded and interleaved for the SIMD dot product (lower.pack_rows);
+- dense: every weight, rows zero-padded and interleaved for the SIMD dot product (program.pack_rows);
 - sparse16: per non-zero a gap byte and the int8 weight; gaps over 255 bridged by zero-valued fillers;
 - sparse12, sparse10: per non-zero 12 bits (two per 3 bytes) or 10 (three per 32-bit word), a gap of G
   bits and a code of the rest into the layer's codebook of int8 values (clustered weights have a few dozen
@@ -10,16 +10,19 @@
 - packed4, packed2: every weight as a 4- or 2-bit two's-complement code (`quantize:bits=4` or 2 stores
   weights as codes whose int8 values are the codes themselves), in order, little-endian within a byte.
 
-The choice: the fewest bytes among the layouts whose estimated instructions stay within `SLOWDOWN` times
-the dense kernel's (a sparse layout of a dense layer is bigger and slower; a packed one of a layer with
-many distinct values impossible).
+The choice: the fewest bytes among the layouts whose estimated instructions stay within a bound of the
+dense kernel's, 1.5x for a sparse layout (it exists to skip work; on a layer not sparse enough it only
+trades speed for bytes) and 4x for a packed one (it skips nothing, but only it halves or quarters a
+low-bit layer's bytes), or whose extra instructions per inference are at most PER_BYTE per byte of flash
+saved (a small layer's few hundred instructions are worth its bytes).
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
-SLOWDOWN = 4.0
+SLOWDOWN = {"sparse16": 1.5, "sparse12": 1.5, "sparse10": 1.5, "packed4": 4.0, "packed2": 4.0, "dense": 1.0}
+PER_BYTE = 8.0
 # Instructions per weight (dense, measured on the Cortex-M4 image: ~1.4 per MAC), per stored entry and per
 # row (the sparse loops: 7 and 7.5 per entry; a row's set-up, compensation and requantization ~30), per
 # packed weight (the portable shift-and-mask loop: ~5).
@@ -148,15 +151,17 @@ def _count_bytes(counts: np.ndarray) -> int:
     return counts.size * (1 if counts.max(initial=0) < 256 else 2)
 
 
-def choose(rows: np.ndarray, dense_bytes: int, allow_sparse: bool = True) -> Layout:
-    """The smallest layout of these int8 rows within SLOWDOWN x the dense kernel's instructions."""
+def choose(rows: np.ndarray, dense_bytes: int, allow_sparse: bool = True, repeats: int = 1) -> Layout:
+    """The smallest layout of these int8 rows within its bound of the dense kernel's instructions; `repeats`:
+    how often the rows run per inference (a convolution's output positions)."""
     dense = Layout("dense", dense_bytes, DENSE_PER_MAC * rows.size)
     if not allow_sparse:
         return dense
     options = [dense, *filter(None, (packed(rows, 2), packed(rows, 4)))]
     if np.count_nonzero(rows) <= rows.size // 2:  # else no sparse form can win
         options += [sparse16(rows), *filter(None, [coded(rows, 12), coded(rows, 10)])]
-    allowed = [o for o in options if o.instructions <= SLOWDOWN * dense.instructions]
+    allowed = [o for o in options if o.instructions <= SLOWDOWN[o.kind] * dense.instructions
+               or (o.instructions - dense.instructions) * repeats <= PER_BYTE * (dense_bytes - o.nbytes)]
     best = min(allowed, key=lambda o: (o.nbytes, o.instructions))
     best.dense_bytes = dense_bytes
     return best

@@ -25,8 +25,9 @@ from deepshrink.mcu.arena import plan
 from deepshrink.mcu.emit import emit
 from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.graph import Graph, read_graph
-from deepshrink.mcu.lower import Program, lower
+from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import EvalData, HostLibrary, integer_logits, load_eval_data, ort_quantize, pixel_lut
+from deepshrink.mcu.program import Program
 from deepshrink.mcu.source import Source, compact, load_source
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress, null_progress
