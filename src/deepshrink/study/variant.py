@@ -1,5 +1,6 @@
 """One variant's path: (train | steps) -> export -> measure -> rows in the run directory."""
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def measure_mcu(m: Measured, data: DataSplits, out: Path, target: str) -> None:
     art = m.artifact
     if not (art.path.suffix in MCU_SUFFIXES or str(art.precision).startswith("int8")):
         return
+    start = time.perf_counter()
     try:
         with quiet.busy():
             row = build_mcu(art.path, out / "artifacts" / m.row["variant"] / "mcu", data=eval_data(data),
@@ -114,6 +116,7 @@ def measure_mcu(m: Measured, data: DataSplits, out: Path, target: str) -> None:
         return
     m.row.update({k: v for k, v in row.items() if k.startswith("mcu_")})
     m.row["mcu_accuracy_pct"] = row["accuracy_pct"]
+    m.row["mcu_seconds"] = round(time.perf_counter() - start, 2)  # what the target adds to a study's wall time
 
 
 def write_measured(out: Path, measured: list[Measured], latency_rows: list[dict[str, Any]]) -> None:
