@@ -15,7 +15,7 @@ from torch import nn
 from deepshrink.export.qdq import build_qdq
 from deepshrink.export.qgraph import observe_ranges
 from deepshrink.mcu import layouts
-from deepshrink.mcu.layouts import Layout, choose, coded, sparse16
+from deepshrink.mcu.layouts import WIDE, Layout, choose, coded, packed, sparse16
 from deepshrink.mcu.source import channel_scales
 from deepshrink.models import weight_of, weighted_layers
 
@@ -59,6 +59,22 @@ def test_sparse_layouts_store_exactly_the_rows(rows: np.ndarray) -> None:
     for layout in (sparse16(rows), coded(rows, 12), coded(rows, 10)):
         assert layout is not None
         assert np.array_equal(_decode(layout, rows.shape), rows)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([2, 4]), st.booleans(), st.integers(1, 5), st.integers(1, 70), st.integers(0, 2**32 - 1))
+def test_packed_layouts_store_exactly_the_rows(bits: int, wide: bool, n: int, k: int, seed: int) -> None:
+    """Weight j = 4s + i of a word: byte i (WIDE[i] for int16 activations), bits BITS*s, stored + 2^(BITS-1)."""
+    rows = np.random.default_rng(seed).integers(-(1 << (bits - 1)), 1 << (bits - 1), (n, k)).astype(np.int8)
+    layout = packed(rows, bits, wide)
+    assert layout is not None and packed(np.array([[1 << (bits - 1)]], np.int8), bits, wide) is None
+    words = layout.entries.reshape(n, -1, 4)
+    out = np.zeros((n, words.shape[1] * 32 // bits), np.int64)
+    for j in range(out.shape[1]):
+        s, i = (j % (32 // bits)) // 4, j % 4
+        byte = words[:, j // (32 // bits), WIDE[i] if wide else i]
+        out[:, j] = ((byte >> (bits * s)) & ((1 << bits) - 1)).astype(np.int64) - (1 << (bits - 1))
+    assert np.array_equal(out[:, :k], rows)
 
 
 def test_choice_is_the_smallest_layout_within_the_instruction_bound() -> None:
@@ -120,13 +136,30 @@ def _coded(bits: int, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]
     return net, {n: channel_scales(weight_of(net, n)) for n, _ in weighted_layers(net)}
 
 
+@torch.no_grad()
+def _bordered(seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A pruned, clustered fully connected layer that never reads the image's border (as a pruned MNIST
+    LeNet-300-100's fc1): its live inputs are gathered first."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(196, 30), nn.ReLU(), nn.Linear(30, 5)).eval()
+    live = torch.zeros(14, 14, dtype=torch.bool)
+    live[5:9, 4:10] = True
+    for name, _ in weighted_layers(net):
+        w = weight_of(net, name)
+        mask = (torch.rand_like(w) < 0.3) & (live.reshape(1, -1) if w.shape[1] == 196 else True)
+        centroids = torch.randn(16) * w.abs().max()
+        w.copy_(centroids[(w[..., None] - centroids).abs().argmin(-1)] * mask)
+    return net, {n: channel_scales(weight_of(net, n)) for n, _ in weighted_layers(net)}
+
+
 CASES = {"clustered": lambda: _compressed(0.3, 16), "clustered-12bit": lambda: _compressed(0.3, 16),
+         "bordered": lambda: _bordered(),
          "pruned": lambda: _compressed(0.3, 255),
          "dense": lambda: _compressed(1.0, 200), "4-bit": lambda: _coded(4), "2-bit": lambda: _coded(2)}
 
 
 @pytest.mark.parametrize(("case", "kinds"), [("clustered", {"sparse10"}), ("clustered-12bit", {"sparse12"}),
-                                            ("pruned", {"sparse16"}),
+                                            ("pruned", {"sparse16"}), ("bordered", {"gather"}),
                                             ("dense", set()), ("4-bit", {"packed4"}), ("2-bit", {"packed2"})])
 def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, case: str, kinds: set[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +168,7 @@ def test_in_place_layers_equal_onnx_runtime(tmp_path: Path, case: str, kinds: se
     x = torch.randn(48, 1, 14, 14)
     model = build_qdq(net, observe_ranges(net, x), (1, 14, 14), set(scales), quantize_logits=True, scales=scales)
     gen = generate(model)
-    used = {note.split()[0] for note in gen.prog.layouts}
+    used = {note.split()[0] for note in gen.prog.layouts} | (gen.prog.kernels & {"gather"})
     assert kinds <= used and (kinds or not used), gen.prog.layouts
     c, ort = host_logits(gen, tmp_path, x.numpy())
     assert np.array_equal(c, ort), f"{(c != ort).sum()} of {c.size} logits differ"
@@ -149,7 +182,7 @@ def _only_12bit(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(layouts, "coded", lambda rows, width: real(rows, width) if width == 12 else None)
 
 
-@pytest.mark.parametrize("case", ["clustered", "clustered-12bit", "pruned", "4-bit", "2-bit"])
+@pytest.mark.parametrize("case", ["clustered", "clustered-12bit", "pruned", "bordered", "4-bit", "2-bit"])
 def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, case: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _only_12bit(case, monkeypatch)
@@ -161,7 +194,7 @@ def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, case
 
     net, scales = {"clustered": lambda: _compressed(0.12, 16, seed=1),
                    "clustered-12bit": lambda: _compressed(0.12, 16, seed=1),
-                   "pruned": lambda: _compressed(0.12, 255, seed=1),
+                   "pruned": lambda: _compressed(0.12, 255, seed=1), "bordered": lambda: _bordered(seed=1),
                    "4-bit": lambda: _coded(4, seed=1), "2-bit": lambda: _coded(2, seed=1)}[case]()
     x = torch.randn(48, 1, 14, 14)
     model = build_qdq(net, observe_ranges(net, x), (1, 14, 14), set(scales), quantize_logits=True, scales=scales)

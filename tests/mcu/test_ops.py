@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -29,6 +29,7 @@ def _exact(body: nn.Module, shape: tuple[int, ...], folder: Path, seed: int = 0)
 @SETTINGS
 @given(cin=st.integers(1, 6), cout=st.integers(1, 9), k=st.integers(1, 5), stride=st.integers(1, 3),
        pad=st.integers(0, 2), size=st.integers(5, 12), groups=st.sampled_from([1, "depthwise", 2]))
+@example(cin=1, cout=7, k=1, stride=1, pad=0, size=5, groups=1)  # rows of 4 + 2 + 1
 def test_conv_any_shape_stride_padding_and_groups(tmp_path: Path, cin: int, cout: int, k: int, stride: int,
                                                   pad: int, size: int, groups: int | str) -> None:
     g = cin if groups == "depthwise" else groups

@@ -152,8 +152,8 @@ static int8_t ds_requant(int32_t acc, float m, int32_t zp)
 #define DS_X16 x[0] * w[0] + x[1] * w[2] + x[2] * w[1] + x[3] * w[3]
 #endif
 
-/* The accumulators of `rows` weight rows against x0 into out, which has room for rows rounded up to 4 (a
- * group's four lanes are stored whole). Returns the weights' end. */
+/* The accumulators of `rows` weight rows against x0 into out (a group's own lanes only: rows of 4 + 2 + 1
+ * must not write past the seventh). Returns the weights' end. */
 #define DS_DOTS(NAME, XLOAD)                                                                                \
     static const int8_t *NAME(const XT *x0, const int8_t *w, int nblk, int rows, int32_t *out)             \
     {                                                                                                       \
@@ -162,9 +162,13 @@ static int8_t ds_requant(int32_t acc, float m, int32_t zp)
         for (r = 0; r < rows; r += g, out += g) {                                                           \
             DS_GROUP(XLOAD);                                                                                \
             out[0] = a0;                                                                                    \
-            out[1] = a1;                                                                                    \
-            out[2] = a2;                                                                                    \
-            out[3] = a3;                                                                                    \
+            if (g > 1) {                                                                                    \
+                out[1] = a1;                                                                                \
+            }                                                                                               \
+            if (g > 2) {                                                                                    \
+                out[2] = a2;                                                                                \
+                out[3] = a3;                                                                                \
+            }                                                                                               \
         }                                                                                                   \
         return w;                                                                                           \
     }
@@ -940,28 +944,131 @@ static int32_t ds_int24(const uint8_t *b)
     }
 
 /* @kernel packed needs=sparse */
-/* The rows of a layer of BITS-bit codes against XT activations: each byte's codes shifted out in turn. */
+/* Weights j = 4s + i of a row's 32-bit word: byte i (int16 activations: byte 0, 2, 1, 3 for i = 0..3), bits
+ * BITS*s and up, stored as w + 2^(BITS-1) (unsigned: a mask reads it; half x sum(x) is taken back once). */
+#define DS_PBYTE_int8_t(i) (i)
+#define DS_PBYTE_int16_t(i) ((i) == 1 ? 2 : (i) == 2 ? 1 : (i))
+
+#if DS_DSP
+static inline __attribute__((always_inline)) uint32_t ds_ld32(const void *p)
+{
+    uint32_t v;
+    __asm__("ldr %0, [%1]" : "=r"(v) : "r"(p), "m"(*(const uint8_t(*)[4])p));
+    return v;
+}
+static inline __attribute__((always_inline)) uint32_t ds_sxtb16(uint32_t v)
+{
+    uint32_t r;
+    __asm__("sxtb16 %0, %1" : "=r"(r) : "r"(v));
+    return r;
+}
+static inline __attribute__((always_inline)) uint32_t ds_sxtb16_r8(uint32_t v)
+{
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+static inline __attribute__((always_inline)) int32_t ds_smlad(uint32_t a, uint32_t b, int32_t acc)
+{
+    int32_t r;
+    __asm__("smlad %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+/* Activations 4s..4s+3 as the two halfword pairs SMLAD meets the weights' SXTB16 lanes with. */
+#define DS_PX_int8_t(x, lo, hi)                                                                             \
+    do {                                                                                                    \
+        const uint32_t v_ = ds_ld32(x);                                                                     \
+        lo = ds_sxtb16(v_);                                                                                 \
+        hi = ds_sxtb16_r8(v_);                                                                              \
+    } while (0)
+#define DS_PX_int16_t(x, lo, hi)                                                                            \
+    do {                                                                                                    \
+        lo = ds_ld32(x);                                                                                    \
+        hi = ds_ld32((x) + 2);                                                                              \
+    } while (0)
+#define DS_PSTEP(BITS, XT, s)                                                                               \
+    do {                                                                                                    \
+        const uint32_t part_ = (wv >> ((BITS) * (s))) & mask;                                               \
+        uint32_t lo_, hi_;                                                                                  \
+        DS_PX_##XT(xp + 4 * (s), lo_, hi_);                                                                 \
+        acc = ds_smlad(ds_sxtb16(part_), lo_, acc);                                                         \
+        acc = ds_smlad(ds_sxtb16_r8(part_), hi_, acc);                                                      \
+    } while (0)
+/* The whole words of a row: one mask and two SMLADs per four weights; pointers walk, no index arithmetic. */
+#define DS_PWORDS(BITS, XT)                                                                                 \
+    {                                                                                                       \
+        const uint8_t *wp = w, *const wend = w + full * (BITS) / 8;                                         \
+        const XT *xp = x;                                                                                   \
+        for (; wp < wend; wp += 4, xp += 32 / (BITS)) {                                                     \
+            const uint32_t wv = ds_ld32(wp);                                                                \
+            DS_PSTEP(BITS, XT, 0);                                                                          \
+            DS_PSTEP(BITS, XT, 1);                                                                          \
+            if ((BITS) == 2) {                                                                              \
+                DS_PSTEP(BITS, XT, 2);                                                                      \
+                DS_PSTEP(BITS, XT, 3);                                                                      \
+            }                                                                                               \
+        }                                                                                                   \
+        j = full;                                                                                           \
+    }
+#else
+#define DS_PWORDS(BITS, XT)
+#endif
+
 #define DS_PACKED(BITS, XT)                                                                                 \
     static void ds_packed##BITS##_##XT(const void *layer, const XT *x, int8_t *y, int32_t *out)              \
     {                                                                                                       \
         const ds_packed_t *p = (const ds_packed_t *)layer;                                                  \
-        const int32_t per = 8 / (BITS), half = 1 << ((BITS) - 1), k = p->k;                                 \
+        const int32_t k = p->k, per = 32 / (BITS), row = (k + per - 1) / per * 4, full = k / per * per;     \
+        const uint32_t mask = 0x01010101u * ((1u << (BITS)) - 1u);                                          \
         const uint8_t *w = p->w;                                                                            \
         const float *mult = p->q.mult;                                                                      \
         const int32_t zp = p->q.zp;                                                                         \
-        int32_t r, j;                                                                                       \
-        for (r = 0; r < p->n_out; r++, mult += p->per_channel) {                                            \
-            int32_t acc = y ? p->q.bias[r] : 0;                                                             \
-            uint32_t b = 0;                                                                                 \
-            for (j = 0; j < k; j++, b >>= (BITS)) {                                                         \
-                if (j % per == 0) {                                                                         \
-                    b = *w++;                                                                               \
-                }                                                                                           \
-                acc += (int32_t)x[j] * ((int32_t)((b & ((1u << (BITS)) - 1u)) ^ (uint32_t)half) - half);     \
+        int32_t r, j, half = 0;                                                                             \
+        (void)mask;                                                                                         \
+        (void)full;                                                                                         \
+        for (j = 0; j < k; j++) {                                                                           \
+            half += x[j];                                                                                   \
+        }                                                                                                   \
+        half *= 1 << ((BITS) - 1);                                                                          \
+        for (r = 0; r < p->n_out; r++, mult += p->per_channel, w += row) {                                  \
+            int32_t acc = (y ? p->q.bias[r] : 0) - half;                                                    \
+            j = 0;                                                                                          \
+            DS_PWORDS(BITS, XT)                                                                             \
+            for (; j < k; j++) {                                                                            \
+                const int32_t q = j % per; /* the scalar tail, and every weight off the DSP */              \
+                const uint8_t b = w[(j - q) * (BITS) / 8 + DS_PBYTE_##XT(q % 4)];                           \
+                acc += (int32_t)x[j] * (int32_t)((b >> ((BITS) * (q / 4))) & ((1u << (BITS)) - 1u));          \
             }                                                                                               \
             DS_ROW_OUT()                                                                                    \
         }                                                                                                   \
     }
+
+/* @kernel gather needs=base */
+/* The inputs a sparse layer reads, side by side: runs of (inputs skipped, inputs copied), a byte each. */
+typedef struct {
+    const uint8_t *runs;
+    int16_t n;
+} ds_gather_t;
+
+static void ds_gather(const ds_gather_t *p, const int8_t *x, int8_t *y)
+{
+    const uint8_t *r = p->runs;
+    int i, j;
+    for (i = 0; i < p->n; i++, r += 2) {
+        x += r[0];
+        j = r[1];
+#if DS_DSP /* four at a time: the M4's LDR and STR take any address */
+        for (; j >= 4; j -= 4, x += 4, y += 4) {
+            uint32_t v;
+            __asm__("ldr %0, [%1]" : "=r"(v) : "r"(x), "m"(*(const int8_t(*)[4])x));
+            __asm__("str %1, [%2]" : "=m"(*(int8_t(*)[4])y) : "r"(v), "r"(y));
+        }
+#endif
+        for (; j > 0; j--) {
+            *y++ = *x++;
+        }
+    }
+}
 
 /* @kernel maxpool needs=base */
 typedef struct {
