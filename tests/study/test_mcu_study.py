@@ -82,10 +82,12 @@ def test_the_ray_executor_carries_the_microcontroller_columns(local_run: tuple[P
         ray.shutdown()
 
     def mcu(run: Path) -> dict[str, dict[str, str]]:
-        return {r["variant"]: {k: v for k, v in r.items() if k.startswith("mcu_") and "compiler" not in k}
+        return {r["variant"]: {k: v for k, v in r.items()  # all but the machine's: compilers, wall time
+                               if k.startswith("mcu_") and "compiler" not in k and k != "mcu_seconds"}
                 for r in read_rows(run / "results.csv")}
 
     assert mcu(tmp_path / "ray") == mcu(local) and any(any(v.values()) for v in mcu(local).values())
+    assert all(float(r["mcu_seconds"]) > 0 for r in read_rows(local / "results.csv") if r.get("mcu_flash_bytes"))
     dc = next(r for r in read_rows(tmp_path / "ray" / "results.csv") if r["label"] == "deep-compression")
     assert (tmp_path / "ray" / "artifacts" / dc["variant"] / "mcu" / "firmware.elf").is_file()
 
