@@ -82,7 +82,8 @@ def bench_one(checkpoint: Path, out: Path, py: Path, images: int | None) -> dict
     ours = build_mcu(artifact, work / "mcu", options=McuOptions(latency=None))
     data = load_dataset(manifest.dataset)
     theirs = tflm(py, checkpoint.with_name("model.onnx"), data, work, images or len(data.test_x))
-    return {"model": name, "int8_artifact_accuracy_pct": float(row["accuracy_pct"]), **ours, **theirs}
+    short = manifest.model.rsplit(":", 1)[-1]  # a file reference's callable, not the path it was trained from
+    return {"int8_artifact_accuracy_pct": float(row["accuracy_pct"]), **ours, **theirs, "model": short}
 
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
