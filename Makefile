@@ -20,11 +20,13 @@ FUZZ_JOBS ?= 2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@# The microcontroller target's cross-compiler is a system package: installed when root, else the command.
-	@command -v arm-none-eabi-gcc >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-arm-none-eabi \
-		libnewlib-arm-none-eabi >/dev/null; else echo "deepshrink mcu needs: sudo apt-get install gcc-arm-none-eabi \
-		libnewlib-arm-none-eabi"; fi; }
+	@# The microcontroller target's cross-compiler is a system package, and clang checks the generated C
+	@# beside gcc: installed when root, else the command to run.
+	@missing=""; command -v arm-none-eabi-gcc >/dev/null || missing="gcc-arm-none-eabi libnewlib-arm-none-eabi"; \
+	command -v clang >/dev/null || missing="$$missing clang"; \
+	if [ -n "$$missing" ]; then if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "deepshrink mcu needs: sudo apt-get install $$missing"; fi; fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel of torch 2.13.0 lies on disk; an unpinned torch would pull a CUDA build.

@@ -46,9 +46,13 @@ class Result:
         return self.variant.model
 
 
-def load_data(name: str, data_dir: Path | None = None, val_size: int = 5000) -> DataSplits:
-    """Any dataset form of SPEC §3: `mnist`, `cifar10`, `idx:PATH`, `folder:PATH`, `npz:PATH`."""
-    return load_dataset(name, Path(data_dir) if data_dir else None, val_size=val_size)
+def load_data(name: str, data_dir: Path | None = None, val_size: int = 5000,
+              allow_empty_classes: bool = False) -> DataSplits:
+    """Any dataset form of SPEC §3: `mnist`, `cifar10`, `idx:PATH`, `folder:PATH`, `npz:PATH`.
+    Generic data whose labels leave a class without a training example is refused unless
+    `allow_empty_classes`."""
+    return load_dataset(name, Path(data_dir) if data_dir else None, val_size=val_size,
+                        allow_empty_classes=allow_empty_classes)
 
 
 def train(model: str | nn.Module, data: DataSplits, epochs: int | None = None, out: str | Path | None = None,
@@ -95,8 +99,8 @@ def measure(target: Result | str | Path, data: DataSplits | None = None, runtime
 def study(recipe: str | Path, out: str | Path | None = None, jobs: int | None = None,
           overrides: tuple[str, ...] = (), fresh: bool = False, data_dir: str | Path | None = None,
           device: str = "auto", quiet: bool = True, executor: str = "local",
-          address: str | None = None) -> tuple[Path, dict[str, str]]:
+          address: str | None = None, allow_empty_classes: bool = False) -> tuple[Path, dict[str, str]]:
     """Run a whole study from a recipe (resumes by default); (run directory, variant -> status).
     `executor="ray"` runs its units on the Ray cluster at `address` (else $RAY_ADDRESS, else a local Ray)."""
     return run_study(str(recipe), Path(out) if out else None, Path(data_dir) if data_dir else None, device, jobs,
-                     overrides, fresh, quiet, executor, address)
+                     overrides, fresh, quiet, executor, address, allow_empty_classes)

@@ -22,6 +22,8 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling and augmentation.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+AllowEmpty = Annotated[bool, typer.Option("--allow-empty-classes", help="Accept generic data (idx:, folder:, npz:) "
+                                        "whose labels leave a class without a training example.")]
 
 
 def _console() -> Console:
@@ -45,6 +47,7 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the tuned default.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/train-DATASET-MODEL).")] = None,
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
+    allow_empty_classes: AllowEmpty = False,
 ) -> None:
     """Train one baseline, export it, measure it, and write results.csv / latency.csv / layers.csv."""
     from deepshrink.config import default_train, parse_kwargs
@@ -54,7 +57,7 @@ def train(
     cfg = default_train(dataset, model, epochs=epochs, seed=seed)
     out = out or Path("runs") / slug(f"train-{dataset}-{model}")
     row = run_train(dataset, model, cfg, out, data_dir, _check_device(device), quiet=quiet,
-                    model_args=parse_kwargs(model_arg or [], "--model-arg"))
+                    model_args=parse_kwargs(model_arg or [], "--model-arg"), allow_empty_classes=allow_empty_classes)
     _console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
                     f"{row['size_bytes']} bytes -> {out}")
 
@@ -224,13 +227,14 @@ def study(
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (else $RAY_ADDRESS, "
                                                 "else a local Ray).")] = None,
     data_dir: DataDir = None, device: Device = "auto", quiet: Quiet = False,
+    allow_empty_classes: AllowEmpty = False,
 ) -> None:
     """Run a whole study from a recipe (resumes by default), then write report.md / report.html."""
     from deepshrink import api
 
     overrides = (*(set_ or ()), *([f"study.seeds={seed}"] if seed is not None else []))
     run_dir, statuses = api.study(recipe, out, jobs, overrides, fresh, data_dir, _check_device(device), quiet,
-                                  executor, address)
+                                  executor, address, allow_empty_classes)
     failed = {v: s for v, s in statuses.items() if s != "ok"}
     for vid, status in failed.items():
         _console().print(f"{vid}: {status}")

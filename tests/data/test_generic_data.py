@@ -19,7 +19,7 @@ from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import LatencyConfig
 
-from conftest import cli_error
+from conftest import cli_error, write_idx, write_mnist_folder
 
 
 @pytest.fixture
@@ -286,3 +286,41 @@ def test_cli_bad_folder_and_npz_exit_2(tmp_path: Path, monkeypatch: pytest.Monke
     line = cli_error(monkeypatch, capsys, "train", "--dataset", f"npz:{path}", "--model", "lenet-300-100",
                      "--out", str(tmp_path / "r3"))
     assert str(path) in line and "x_train" in line
+
+
+# --- label checks ------------------------------------------------------------------------------------------
+
+def test_named_dataset_refuses_labels_out_of_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An MNIST labels file whose values all read 12 used to train a 13-class model."""
+    folder = write_mnist_folder(tmp_path / "data" / "mnist")
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    write_idx(labels, np.full(300, 12, dtype=np.uint8))
+    line = cli_error(monkeypatch, capsys, "train", "--dataset", "mnist", "--model", "lenet-300-100",
+                     "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"))
+    assert line.startswith(f"error: {labels}:") and "0..9" in line and "12" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_named_dataset_with_few_classes_present_loads(tmp_path: Path) -> None:
+    """A named dataset knows its classes: a small copy holding only some of them is still 10-way."""
+    folder = write_mnist_folder(tmp_path / "data" / "mnist")
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(300) % 3)
+    assert ds.load_data("mnist", tmp_path / "data").num_classes == 10
+
+
+def test_generic_labels_leaving_a_class_empty_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_mnist_folder(tmp_path / "digits")
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    write_idx(labels, np.where(np.arange(300) % 2 == 0, 12, 1))
+    line = cli_error(monkeypatch, capsys, "train", "--dataset", f"idx:{folder}", "--model", "lenet-300-100",
+                     "--out", str(tmp_path / "r"))
+    assert line.startswith(f"error: {labels}:") and "--allow-empty-classes" in line and "0, 2, 3" in line
+    data = ds.load_data(f"idx:{folder}", allow_empty_classes=True)
+    assert data.num_classes == 13
+    a = _good_npz_arrays(classes=4)
+    a["y_train"] = np.where(a["y_train"] == 2, 3, a["y_train"])  # class 2 has test images but no training one
+    path = _npz(tmp_path / "gap.npz", **a)
+    with pytest.raises(UserError, match=r"gap\.npz: labels run to 3 but class\(es\) 2 have no training"):
+        ds.load_data(f"npz:{path}")

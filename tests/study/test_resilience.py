@@ -1,5 +1,5 @@
 """Nothing lost: a full disk leaves results.csv readable and the study resumable; a study SIGKILLed at a
-random moment (with --jobs 2: workers orphaned) resumes without recomputing a finished variant, and its
+random row (with --jobs 2: workers orphaned) resumes without recomputing a finished variant, and its
 finished rows come back identical."""
 
 import csv
@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _step_outputs(out: Path) -> int:
+    return sum(1 for _ in (out / "cache").rglob("variant.json"))
+
+
+def _wait_for(event: Callable[[], bool], proc: subprocess.Popen[bytes], limit: float = 900.0) -> None:
+    """Until `event` holds while the study still runs. The limit only stops a hung study: nothing here
+    depends on how fast the machine is (a loaded one made a 15 s watchdog and a random sleep flaky)."""
+    deadline = time.monotonic() + limit
+    while not event():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the study wrote no new row"
+        time.sleep(0.05)
+
+
 def test_sigkill_at_a_random_moment_then_resume(tmp_path: Path, mnist_dir: Path) -> None:
     recipe = tmp_path / "pool.toml"
     recipe.write_text(REAL_RECIPE)
@@ -80,22 +95,21 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path: Path, mnist_dir: Path)
            str(mnist_dir), "--device", "cpu", "--jobs", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not _ok_rows(out) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)  # the first finished variant: the baseline, written by the driver
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    time.sleep(random.Random().uniform(0.0, 3.0))  # somewhere among the pipelines in flight
+    # Killed on an event, never on a timer: the baseline's row written, then the n-th pipeline step
+    # output (n random) cached by the workers, the rest of the unit in flight.
+    _wait_for(lambda: bool(_ok_rows(out)), proc)
+    start, n = _step_outputs(out), random.Random().randint(0, 3)
+    _wait_for(lambda: _step_outputs(out) >= start + n, proc)
     workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)  # the driver only: its worker processes are orphaned
     proc.wait()
     finished = _ok_rows(out)
     stamps = _stamps(out, finished)
-    # The watchdog: orphaned workers exit on their own within seconds.
-    deadline = time.monotonic() + 15
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(p) for p in workers)
+    assert finished and workers
+    # The rerun waits for the orphans (they hold .workers.lock until their watchdog ends them), so it
+    # never races them for a cache folder; once it is done none of them is left.
     _, statuses = run_study(str(recipe), out, mnist_dir, "cpu", jobs=2, quiet=True)
+    assert not any(_alive(p) for p in workers)
     assert set(statuses.values()) == {"ok"} and len(statuses) == 5
     after = _ok_rows(out)
     diff = {(v, k, finished[v][k], after[v].get(k)) for v in finished for k in finished[v]

@@ -51,9 +51,11 @@ class DataSplits:
 
     @staticmethod
     def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, x_val: Any = None, y_val: Any = None,
-                    name: str = "arrays", val_size: int = 5000, split_seed: int = 0) -> "DataSplits":
+                    name: str = "arrays", val_size: int = 5000, split_seed: int = 0,
+                    allow_empty_classes: bool = False) -> "DataSplits":
         """Data from in-memory images and labels (numpy arrays or tensors), checked as an npz: file is."""
-        return from_arrays(x_train, y_train, x_test, y_test, x_val, y_val, name, val_size, split_seed)
+        return from_arrays(x_train, y_train, x_test, y_test, x_val, y_val, name, val_size, split_seed,
+                           allow_empty_classes)
 
 
 def dataset_names() -> list[str]:
@@ -126,18 +128,46 @@ def split_arrays(arrays: dict[str, np.ndarray], val_size: int, split_seed: int) 
     }
 
 
-def num_classes_of(arrays: dict[str, np.ndarray], name: str) -> int:
-    """K from the labels (0..K-1 over every split); two classes at least."""
-    k = 1 + max(int(arrays[key].max()) for key in arrays if key.endswith("_y") and arrays[key].size)
+def _labels_file(origin: str, key: str) -> str:
+    """The labels file behind `key` where the data is an IDX folder, else the data's own path."""
+    folder = Path(origin)
+    stem = {"train_y": "train-labels-idx1-ubyte", "test_y": "t10k-labels-idx1-ubyte"}.get(key)
+    found = idx.find_idx_file(folder, stem) if stem and folder.is_dir() else None
+    return str(found or origin)
+
+
+def num_classes_of(arrays: dict[str, np.ndarray], name: str, origin: str = "",
+                   allow_empty_classes: bool = False) -> int:
+    """K: a named dataset's own class count, its labels checked against it; else from the labels
+    (0..K-1 over every split), refusing labels that leave a class without a training example, the
+    mark of a corrupt labels file (e.g. every label read as 12) unless `allow_empty_classes`."""
+    labels = {key: arrays[key] for key in arrays if key.endswith("_y") and arrays[key].size}
+    lo = min(int(y.min()) for y in labels.values())
+    hi = max(int(y.max()) for y in labels.values())
+    if name in SOURCES:
+        k = SOURCES[name].classes
+        if lo < 0 or hi >= k:
+            bad = next(key for key, y in labels.items() if int(y.min()) < 0 or int(y.max()) >= k)
+            raise UserError(f"{_labels_file(origin or name, bad)}: {name} labels are 0..{k - 1}, "
+                            f"but this file holds {lo if lo < 0 else hi}")
+        return k
+    k = 1 + hi
     if k < 2:
         raise UserError(f"dataset {name!r}: labels hold a single class; a classifier needs at least 2")
+    counts = np.bincount(labels["train_y"].astype(np.int64), minlength=k) if "train_y" in labels else np.zeros(k)
+    empty = [int(c) for c in np.flatnonzero(counts == 0)]
+    if empty and not allow_empty_classes:
+        shown = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
+        raise UserError(f"{_labels_file(origin or name, 'train_y')}: labels run to {hi} but class(es) {shown} "
+                        "have no training example (a corrupt labels file?); pass --allow-empty-classes if that "
+                        "is intended")
     return k
 
 
 def load_dataset(name: str, data_dir: Path | None = None, val_size: int = 5000, split_seed: int = 0,
-                 allow_download: bool = True) -> DataSplits:
+                 allow_download: bool = True, allow_empty_classes: bool = False) -> DataSplits:
     arrays, origin = load_arrays(name, data_dir, allow_download)
-    return splits_from_arrays(arrays, canonical_name(name), origin, val_size, split_seed)
+    return splits_from_arrays(arrays, canonical_name(name), origin, val_size, split_seed, allow_empty_classes)
 
 
 def _as_numpy(a: Any, key: str, name: str) -> np.ndarray:
@@ -150,19 +180,20 @@ def _as_numpy(a: Any, key: str, name: str) -> np.ndarray:
 
 
 def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, x_val: Any = None, y_val: Any = None,
-                name: str = "arrays", val_size: int = 5000, split_seed: int = 0) -> DataSplits:
+                name: str = "arrays", val_size: int = 5000, split_seed: int = 0,
+                allow_empty_classes: bool = False) -> DataSplits:
     """Data from in-memory images and labels (numpy arrays or tensors), read as an `npz:` file is."""
     raw = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     if x_val is not None:
         raw.update(x_val=x_val, y_val=y_val)
     arrays = npz.from_raw({k: _as_numpy(v, k, name) for k, v in raw.items()}, name)
-    return splits_from_arrays(arrays, name, "in-memory arrays", val_size, split_seed)
+    return splits_from_arrays(arrays, name, "in-memory arrays", val_size, split_seed, allow_empty_classes)
 
 
 def splits_from_arrays(arrays: dict[str, np.ndarray], name: str, origin: str, val_size: int = 5000,
-                       split_seed: int = 0) -> DataSplits:
+                       split_seed: int = 0, allow_empty_classes: bool = False) -> DataSplits:
     fp = _fingerprint(arrays)
-    classes = num_classes_of(arrays, name)
+    classes = num_classes_of(arrays, name, origin, allow_empty_classes)
     parts = split_arrays(arrays, val_size, split_seed)
     train = parts["train_x"].astype(np.float32) / 255.0
     # Per-channel statistics of the training part only, so validation and test stay unseen.

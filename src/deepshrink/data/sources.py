@@ -38,6 +38,7 @@ class Source:
     layouts: tuple[tuple[str, Callable[[Path], ArrayDict]], ...]
     remotes: tuple[Remote, ...]
     canonical: dict[str, str] = field(default_factory=dict)  # decompressed member -> "algo:hex"
+    classes: int = 10  # a named dataset knows its labels: 0..classes-1, whatever its files say
 
 
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")

@@ -28,6 +28,7 @@ class StudyOptions:
     quiet: bool = False
     threads: int = 0  # torch threads per job; 0 = leave torch's default
     code: str = ""  # the code version in cache keys, pinned by the parent for the whole study
+    allow_empty_classes: bool = False  # generic data whose labels skip a class (data/__init__.num_classes_of)
 
 
 @dataclass(frozen=True)

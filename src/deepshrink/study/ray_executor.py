@@ -179,7 +179,8 @@ class _Driver:
 
     def _dataset(self, name: str) -> tuple[DataSplits, Any]:
         if name not in self.data:
-            splits = load_dataset(name, self.opts.data_dir, val_size=self.recipe.val_size)
+            splits = load_dataset(name, self.opts.data_dir, val_size=self.recipe.val_size,
+                                  allow_empty_classes=self.opts.allow_empty_classes)
             self.data[name] = splits, self.ray.put(splits)
         return self.data[name]
 

@@ -49,11 +49,11 @@ def _latency(device: str, latency: LatencyConfig | None) -> LatencyConfig:
 
 def run_train(dataset: str, model_name: str, cfg: TrainConfig, out: Path, data_dir: Path | None = None,
               device: str = "auto", latency: LatencyConfig | None = None, quiet: bool = False,
-              model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+              model_args: dict[str, Any] | None = None, allow_empty_classes: bool = False) -> dict[str, Any]:
     """`deepshrink train`: one baseline, exported and measured, written as a run directory."""
     check_name(dataset)  # fail fast on a bad name or model before loading data
     check_model_name(model_name)
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, allow_empty_classes=allow_empty_classes)
     return train_measured(model_name, data, cfg, out, device, latency, quiet, model_args)[0].row
 
 
@@ -81,7 +81,7 @@ def run_compress(checkpoint: Path, steps: list[str], out: Path, data_dir: Path |
     read_manifest(checkpoint)
     configs = [parse_step(s) for s in steps]  # every step validated before any work starts
     model, manifest = load_checkpoint(checkpoint)
-    data = load_dataset(manifest.dataset, data_dir)
+    data = load_dataset(manifest.dataset, data_dir, allow_empty_classes=True)  # its classes are the checkpoint's
     base = Variant(variant_id(manifest.dataset, manifest.model, manifest.pipeline), model, manifest, seed=seed)
     measured = compress_measured(base, configs, data, out, device, latency, quiet, seed)
     main = dict(measured[1][0].row)
@@ -188,14 +188,16 @@ def create_executor(name: str, jobs: int, address: str | None = None) -> Executo
 
 def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None = None, device: str = "auto",
               jobs: int | None = None, overrides: tuple[str, ...] = (), fresh: bool = False,
-              quiet: bool = False, executor: str = "local", address: str | None = None) -> tuple[Path, dict[str, str]]:
+              quiet: bool = False, executor: str = "local", address: str | None = None,
+              allow_empty_classes: bool = False) -> tuple[Path, dict[str, str]]:
     """`deepshrink study`: validate the recipe and every input it names, run what is not yet done, render the
     report."""
     recipe = load_recipe(recipe_name, list(overrides))  # every problem surfaces before any work
     jobs = recipe.jobs if jobs is None else jobs
     runner = create_executor(executor, jobs, address)
     out = out or Path("runs") / slug(recipe.name)
-    opts = StudyOptions(out=out, data_dir=data_dir, device=resolve_device(device), quiet=quiet)
+    opts = StudyOptions(out=out, data_dir=data_dir, device=resolve_device(device), quiet=quiet,
+                        allow_empty_classes=allow_empty_classes)
     check_study(recipe, opts)  # data, model references, checkpoints: exit 2 before anything is trained
     statuses = execute(recipe, opts, runner, jobs=jobs, fresh=fresh)
     render_report(out)

@@ -35,7 +35,8 @@ def study_data(name: str, opts: StudyOptions, val_size: int) -> DataSplits:
     """The dataset as this process decoded it once (the driver checks it before any work; a serial study
     then reuses it)."""
     if (name, val_size) not in _DATA:
-        _DATA[name, val_size] = load_dataset(name, opts.data_dir, val_size=val_size)
+        _DATA[name, val_size] = load_dataset(name, opts.data_dir, val_size=val_size,
+                                             allow_empty_classes=opts.allow_empty_classes)
     return _DATA[name, val_size]
 
 
