@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deepshrink import cli_search
+from deepshrink.cli_options import AllowEmpty, DataDir, Device, Quiet, Seed, check_device, console
 from deepshrink.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -17,24 +19,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Find, verify and download datasets.")
 app.add_typer(data_app, name="data")
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding mnist/ and cifar10/ "
-                                              "(else $DEEPSHRINK_DATA, the user cache, then download).")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling and augmentation.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-AllowEmpty = Annotated[bool, typer.Option("--allow-empty-classes", help="Accept generic data (idx:, folder:, npz:) "
-                                        "whose labels leave a class without a training example.")]
-
-
-def _console() -> Console:
-    """Piped output (files, CI logs) gets wide lines instead of rich's 80-column folding."""
-    return Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
-
-
-def _check_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {device!r}: expected auto, cpu or cuda")
-    return device
+_console = console
+_check_device = check_device
+app.command("search")(cli_search.search)
+app.command("sensitivity")(cli_search.sensitivity)
 
 
 @app.command()

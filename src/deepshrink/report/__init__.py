@@ -17,6 +17,7 @@ from deepshrink.report.mcu import mcu_figure, mcu_table
 from deepshrink.report.plots import Figure, bits_figure, figure1, pareto_figures
 from deepshrink.report.reference_gaps import gaps_table
 from deepshrink.report.rundata import RunData
+from deepshrink.report.search import search_figure, search_table
 from deepshrink.report.tables import READING, Table, build_tables
 from deepshrink.results import read_rows
 
@@ -81,7 +82,7 @@ def render_report(run_dir: Path) -> tuple[Path, Path]:
     data = load_run(run_dir)
     figdir = run_dir / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    extra = [figure1(data, figdir), bits_figure(data, figdir), mcu_figure(data, figdir)]
+    extra = [figure1(data, figdir), bits_figure(data, figdir), mcu_figure(data, figdir), search_figure(data, figdir)]
     figs = [f for f in extra if f] + pareto_figures(data, figdir)
     tables: list[Table] = build_tables(data, sram_budget(data.provenance))
     # The gaps section follows the reference's tables it draws on, before the seed and variant lists.
@@ -89,6 +90,8 @@ def render_report(run_dir: Path) -> tuple[Path, Path]:
     tables.insert(at, gaps_table(tables[:at], data))
     if (mcu := mcu_table(data)).rows:
         tables.insert(at + 1, mcu)
+    if (search := search_table(data)) is not None:  # a `deepshrink search` run: its section leads
+        tables.insert(0, search)
     has_cifar = any(r.get("dataset") == "cifar10" for r in data.results)
     ctx = {"tables": tables, "prov": data.provenance, "jpeg_note": JPEG_NOTE if has_cifar else "",
            "n_ok": sum(r.get("status") == "ok" for r in data.results), "n": len(data.results),

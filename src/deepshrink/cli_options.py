@@ -1,0 +1,29 @@
+"""Options and helpers every command module shares (cli.py, cli_search.py)."""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from deepshrink.errors import UserError
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding mnist/ and cifar10/ "
+                                              "(else $DEEPSHRINK_DATA, the user cache, then download).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling and augmentation.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+AllowEmpty = Annotated[bool, typer.Option("--allow-empty-classes", help="Accept generic data (idx:, folder:, npz:) "
+                                        "whose labels leave a class without a training example.")]
+
+
+def console() -> Console:
+    """Piped output (files, CI logs) gets wide lines instead of rich's 80-column folding."""
+    return Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
+
+
+def check_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device!r}: expected auto, cpu or cuda")
+    return device

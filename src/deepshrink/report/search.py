@@ -1,0 +1,94 @@
+"""The report's "Search under a budget" section (a run directory `deepshrink search` wrote): the
+trials on the validation split, the objective against the accuracy drop with the Pareto front, the
+hand-tuned recipes' pipelines (the seeded trials) marked, and what each chosen pipeline is, re-measured
+on the test set (results.csv). A pure function of trials.csv, results.csv and provenance.json."""
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from deepshrink.report.plots import Figure
+from deepshrink.report.rundata import RunData
+from deepshrink.report.tables import Table
+from deepshrink.results import read_rows
+
+Row = dict[str, str]
+COLUMNS = ["trial", "pipeline", "seeded from", "bytes", "val accuracy (%)", "drop (pt)", "test accuracy (%)",
+           "artifact bytes (test run)", "fits"]
+
+
+def _trials(data: RunData) -> list[Row]:
+    return read_rows(data.run_dir / "trials.csv") if data.run_dir is not None else []
+
+
+def _f(row: Row, key: str) -> float:
+    try:
+        return float(row.get(key, "nan"))
+    except ValueError:
+        return math.nan
+
+
+def _num(row: Row, key: str, fmt: str) -> str:
+    x = _f(row, key)
+    return format(x, fmt) if math.isfinite(x) else "-"
+
+
+def search_table(data: RunData) -> Table | None:
+    trials = _trials(data)
+    if not trials:
+        return None
+    info = data.provenance.get("search") or {}
+    chosen = {int(n) for n in info.get("chosen_trials", [])}
+    variants = info.get("chosen_variants", {})
+    by_variant = {r.get("variant", ""): r for r in data.results}
+    rows = []
+    for t in trials:
+        if int(t["number"]) not in chosen and t.get("seeded_from", "") == "":
+            continue
+        test = by_variant.get(variants.get(t["number"], ""), {})
+        rows.append([f"{t['number']}{' (chosen)' if int(t['number']) in chosen else ''}", t["pipeline"],
+                     t.get("seeded_from") or "-", _num(t, "bytes", ",.0f"), _num(t, "val_accuracy_pct", ".2f"),
+                     _num(t, "drop", ".2f"), f"{_f(test, 'accuracy_pct'):.2f}" if test else "-",
+                     f"{int(_f(test, 'size_bytes')):,}" if test else "-",
+                     "yes" if t.get("feasible") == "True" else (t.get("misses") or t.get("state", "").lower())])
+    done = sum(t["state"] == "COMPLETE" for t in trials)
+    stopped = sum(t["state"] == "PRUNED" for t in trials)
+    note = (f"Budget: {info.get('budget', '?')}. {len(trials)} trials: {done} measured as shipped on the validation "
+            f"split, {stopped} stopped early (hopeless after a training step), the rest failed (trials.csv says "
+            "why). Rows: the chosen trial(s), re-measured on the test set beside the baseline, and the hand-tuned "
+            "recipes' pipelines, which run first.")
+    if not info.get("feasible", True):
+        note += " No trial fit the budget: the chosen rows are the closest, and the last column says by how much."
+    return Table("search", "Search under a budget", COLUMNS, rows, note)
+
+
+def search_figure(data: RunData, out: Path) -> Figure | None:
+    trials = [t for t in _trials(data) if t["state"] == "COMPLETE"]
+    if not trials:
+        return None
+    info = data.provenance.get("search") or {}
+    metric = "bytes"
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    for label, pick, style in (("trial", lambda t: not t.get("seeded_from"), dict(marker="o", color="0.6")),
+                               ("hand-tuned recipe", lambda t: bool(t.get("seeded_from")),
+                                dict(marker="s", color="tab:orange")),
+                               ("Pareto front", lambda t: t.get("pareto") == "True",
+                                dict(marker="o", facecolors="none", edgecolors="tab:blue", s=90))):
+        pts = [(_f(t, metric) / 1000, _f(t, "drop")) for t in trials if pick(t)]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), label=label, **style)
+    for t in trials:
+        if int(t["number"]) in {int(n) for n in info.get("chosen_trials", [])}:
+            ax.annotate(f"chosen #{t['number']}", (_f(t, metric) / 1000, _f(t, "drop")), fontsize=8,
+                        xytext=(5, 5), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("file that ships (kB, log scale)")
+    ax.set_ylabel("accuracy drop on the validation split (points)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "search_pareto.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Figure(path, "Search under a budget: every measured trial's file size against its accuracy drop "
+                        "(validation split), the hand-tuned recipes' pipelines and the Pareto front marked.")

@@ -1,0 +1,12 @@
+"""Search under a budget (SPEC §13): the best pipeline for a user's constraint, every trial a real
+pipeline measured as shipped. budget.py (the constraint and objective), space.py (templates and
+ranges), sensitivity.py (per-layer curves that shape the ranges), trial.py (one pipeline through the
+step cache, measured on validation), study.py (Optuna: storage, sampler, seeded trials), tables.py
+(trials.csv, pareto.csv), run.py (`deepshrink search`)."""
+
+from deepshrink.search.budget import METRICS, Budget, parse_budget
+from deepshrink.search.run import SearchOptions, SearchResult, run_search
+from deepshrink.search.space import TEMPLATES, SearchSpace
+
+__all__ = ["METRICS", "TEMPLATES", "Budget", "SearchOptions", "SearchResult", "SearchSpace", "parse_budget",
+           "run_search"]

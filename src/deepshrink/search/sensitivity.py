@@ -1,0 +1,59 @@
+"""`deepshrink sensitivity`: per-layer accuracy against sparsity on the validation split, without
+retraining (Han et al. 2015, Fig. 5), written as sensitivity.csv + sensitivity.png, with the per-layer
+fractions it suggests in the syntax `prune.unstructured:layers=...` takes. The search shapes its
+per-layer ranges with the same curves."""
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deepshrink.compress.prune.sensitivity import DEFAULT_SPARSITIES, pick_layer_sparsities, plot_sensitivity
+from deepshrink.compress.prune.sensitivity import sensitivity as curves
+from deepshrink.data import DataSplits
+from deepshrink.results import read_rows, write_rows
+from deepshrink.search.space import ModelInfo, model_info
+
+COLUMNS = ["layer", "sparsity", "accuracy_pct", "saliency", "split"]
+# Retraining recovers much of what a cut without it loses: the search lets a layer go this far past
+# the sparsity at which its no-retraining curve lost `SHAPE_DROP` points.
+SHAPE_DROP = 5.0
+SHAPE_MARGIN = 0.15
+DEPTHWISE_MAX = 0.5  # 9 weights per channel: 80 % cost 2.5-3 points on examples/models.py dwnet
+
+
+def layer_curves(model: nn.Module, data: DataSplits, out: Path) -> list[dict[str, Any]]:
+    """The curves, read back from `out/sensitivity.csv` when a search resumes."""
+    path = out / "sensitivity.csv"
+    if path.exists():
+        return [{**r, "sparsity": float(r["sparsity"]), "accuracy_pct": float(r["accuracy_pct"])}
+                for r in read_rows(path)]
+    rows = curves(model, data, sparsities=DEFAULT_SPARSITIES)
+    write_rows(path, rows, COLUMNS)
+    return rows
+
+
+def suggest(rows: list[dict[str, Any]], info: ModelInfo, drop: float) -> dict[str, float]:
+    """Per layer, the highest tested sparsity within `drop` points (depthwise kernels spared)."""
+    picked = pick_layer_sparsities(rows, drop)
+    return {k: min(v, DEPTHWISE_MAX) if k in info.depthwise else v for k, v in picked.items()}
+
+
+def step_text(fractions: dict[str, float]) -> str:
+    return "prune.unstructured:scope=layer,layers=" + "+".join(f"{k}={v:g}" for k, v in fractions.items())
+
+
+def layer_caps(rows: list[dict[str, Any]], info: ModelInfo) -> dict[str, float]:
+    """Per-layer ceilings of the search's sparsity ranges."""
+    return {k: round(min(0.99, v + SHAPE_MARGIN), 2) for k, v in suggest(rows, info, SHAPE_DROP).items()}
+
+
+def run_sensitivity(model: nn.Module, data: DataSplits, out: Path, drop: float, title: str = "") -> dict[str, Any]:
+    """Curves, plot and the suggested step for `model`; {rows, suggested, step, csv, plot}."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sensitivity.csv").unlink(missing_ok=True)  # the command always measures anew
+    rows = layer_curves(model, data, out)
+    plot = plot_sensitivity(rows, out / "sensitivity.png", title)
+    fractions = suggest(rows, model_info(model), drop)
+    return {"rows": rows, "suggested": fractions, "step": step_text(fractions), "csv": out / "sensitivity.csv",
+            "plot": plot}

@@ -1,0 +1,196 @@
+"""The search space (SPEC §13): pipeline templates, each a function drawing its steps' keys from a
+trial, registered by name; a default space per model family; ranges a recipe's `[search]` section (or
+the API) narrows or widens, and per-layer sparsity ranges shaped by the sensitivity curves.
+
+A template returns step strings, the syntax `deepshrink compress --step` takes, so a trial's pipeline
+is exactly what a user can rerun by hand, and shares the study's step cache with recipes.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torch import nn
+
+from deepshrink.errors import UserError
+from deepshrink.models import weighted_layers
+
+
+class Draw(Protocol):
+    """What a template draws its keys from: an Optuna trial's suggest_* (namespaced per template)."""
+
+    def real(self, name: str, lo: float, hi: float, step: float) -> float: ...
+    def integer(self, name: str, lo: int, hi: int) -> int: ...
+    def choice(self, name: str, options: tuple[Any, ...]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the templates need to know of the model: its layers by kind, and its family."""
+
+    fc: tuple[str, ...]
+    conv: tuple[str, ...]
+    depthwise: tuple[str, ...]  # convolutions with one input channel per group (9 weights per channel)
+    order: tuple[str, ...] = ()  # every weighted layer, in model order
+
+    @property
+    def family(self) -> str:
+        return "depthwise" if self.depthwise else "cnn" if self.conv else "mlp"
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.order or (*self.conv, *self.depthwise, *self.fc)
+
+
+def model_info(model: nn.Module) -> ModelInfo:
+    fc: list[str] = []
+    conv: list[str] = []
+    dw: list[str] = []
+    layers = weighted_layers(model)
+    for name, m in layers:
+        if isinstance(m, nn.Conv2d):
+            (dw if m.groups > 1 and m.in_channels == m.groups else conv).append(name)
+        else:
+            fc.append(name)
+    return ModelInfo(tuple(fc), tuple(conv), tuple(dw), tuple(n for n, _ in layers))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges every template draws from. `layer_caps`: per-layer sparsity ceilings (the sensitivity
+    curves' suggestion, see search.sensitivity); depthwise kernels are capped at `depthwise_max`."""
+
+    templates: tuple[str, ...] = ()  # empty: the model family's default
+    sparsity: tuple[float, float] = (0.5, 0.98)
+    sparsity_step: float = 0.01
+    bits: tuple[int, int] = (3, 6)  # cluster / sub-8-bit weight bits
+    prune_epochs: tuple[int, ...] = (3, 6, 9)
+    cluster_epochs: tuple[int, ...] = (2, 4)
+    structured: tuple[float, float] = (0.2, 0.8)
+    students: tuple[str, ...] = ()  # distill -> quantize needs a student model (registry name or reference)
+    depthwise_max: float = 0.5
+    layer_caps: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.sparsity
+        if not 0.0 <= lo <= hi < 1.0:
+            raise UserError(f"search.sparsity={list(self.sparsity)}: need 0 <= low <= high < 1")
+        if not 1 <= self.bits[0] <= self.bits[1] <= 8:
+            raise UserError(f"search.bits={list(self.bits)}: need 1 <= low <= high <= 8")
+        if not 0.0 < self.structured[0] <= self.structured[1] < 1.0:
+            raise UserError(f"search.structured={list(self.structured)}: need 0 < low <= high < 1")
+        if not self.prune_epochs or not self.cluster_epochs or min(self.prune_epochs + self.cluster_epochs) < 0:
+            raise UserError("search.prune_epochs / cluster_epochs: lists of epoch counts >= 0")
+        unknown = [t for t in self.templates if t not in TEMPLATES]
+        if unknown:
+            raise UserError(f"search.templates: unknown template {unknown[0]!r} (known: {', '.join(TEMPLATES)})")
+
+    def layer_range(self, layer: str, info: ModelInfo) -> tuple[float, float]:
+        lo, hi = self.sparsity
+        if layer in info.depthwise:
+            hi = min(hi, self.depthwise_max)
+        hi = min(hi, self.layer_caps.get(layer, hi))
+        return min(lo, hi), hi
+
+    def default_templates(self, info: ModelInfo) -> tuple[str, ...]:
+        if self.templates:
+            return self.templates
+        base = ("dc", "pq", "sq", "sub8")
+        return (*base, "dq") if self.students else base
+
+
+Template = Callable[[Draw, ModelInfo, SearchSpace], tuple[str, ...]]
+TEMPLATES: dict[str, Template] = {}
+
+
+def template(name: str) -> Callable[[Template], Template]:
+    def deco(fn: Template) -> Template:
+        TEMPLATES[name] = fn
+        return fn
+
+    return deco
+
+
+def _round(x: float) -> float:
+    return round(x, 4)  # a drawn float prints as 0.93, not 0.9299999999999999, in the step text
+
+
+def _prune(draw: Draw, info: ModelInfo, space: SearchSpace) -> str:
+    """Per-layer unstructured sparsities (Han et al.: each layer its own threshold)."""
+    parts = []
+    for layer in info.layers:
+        lo, hi = space.layer_range(layer, info)
+        parts.append(f"{layer}={_round(draw.real(f'sparsity.{layer}', lo, hi, space.sparsity_step))}")
+    epochs = draw.choice("prune_epochs", space.prune_epochs)
+    return f"prune.unstructured:scope=layer,layers={'+'.join(parts)},epochs={epochs}"
+
+
+def _bits(draw: Draw, info: ModelInfo, space: SearchSpace) -> str:
+    fc = draw.integer("fc_bits", *space.bits)
+    if not info.conv and not info.depthwise:
+        return f"bits={fc}"
+    return f"fc_bits={fc},conv_bits={draw.integer('conv_bits', max(space.bits[0], 4), 8)}"
+
+
+@template("dc")
+def deep_compression(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
+    """prune -> cluster -> encode: a .dsz (Han et al. 2016); biases in float16 or float32."""
+    epochs = draw.choice("cluster_epochs", space.cluster_epochs)
+    bias = draw.choice("bias_bits", (16, 32))
+    return (_prune(draw, info, space), f"cluster:{_bits(draw, info, space)},bias_bits={bias},epochs={epochs}",
+            "encode")
+
+
+@template("pq")
+def prune_quantize(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
+    """prune -> INT8: a packed integer file, or the sparse runtime where it is faster."""
+    method = draw.choice("method", ("ptq", "qat"))
+    return _prune(draw, info, space), f"quantize:precision=int8,method={method}"
+
+
+@template("sq")
+def structured_quantize(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
+    """structured -> INT8: whole neurons and channels removed, then integer compute (the speed route)."""
+    ratio = _round(draw.real("ratio", *space.structured, 0.05))
+    return f"prune.structured:ratio={ratio}", "quantize:precision=int8,method=ptq"
+
+
+@template("sub8")
+def sub_eight_bit(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
+    """2-7-bit weights (a .dsq), fine-tuned with QAT."""
+    return (f"quantize:precision=int8,method=qat,bits={draw.integer('bits', max(2, space.bits[0]), 7)}",)
+
+
+@template("dq")
+def distill_quantize(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
+    """distill into a smaller student -> INT8."""
+    if not space.students:
+        raise UserError("search template dq: name a student (search.students = [\"mlp-50\"])")
+    return f"distill:student={draw.choice('student', space.students)}", "quantize:precision=int8,method=ptq"
+
+
+def _near(value: float, options: tuple[Any, ...]) -> Any:
+    return min(options, key=lambda o: abs(o - value))
+
+
+def seed_params(steps: tuple[str, ...], info: ModelInfo, space: SearchSpace) -> tuple[str, dict[str, Any]] | None:
+    """(template, params) nearest a hand-tuned pipeline, for the seeded trials that run that pipeline
+    itself (so the search never returns worse than the recipes) and tell the sampler where it lies;
+    None for a pipeline no template expresses."""
+    keys = [dict(kv.split("=", 1) for kv in s.partition(":")[2].split(",") if "=" in kv) for s in steps]
+    names = [s.partition(":")[0] for s in steps]
+    if names == ["prune.unstructured", "cluster", "encode"] and "layers" in keys[0]:
+        fractions = dict(p.split("=") for p in keys[0]["layers"].split("+"))
+        if set(fractions) != set(info.layers):
+            return None
+        params: dict[str, Any] = {f"dc.sparsity.{k}": float(v) for k, v in fractions.items()}
+        params["dc.prune_epochs"] = _near(int(keys[0].get("epochs", 9)), space.prune_epochs)
+        params["dc.cluster_epochs"] = _near(int(keys[1].get("epochs", 3)), space.cluster_epochs)
+        params["dc.bias_bits"] = _near(int(keys[1].get("bias_bits", 32)), (16, 32))
+        params["dc.fc_bits"] = int(keys[1].get("fc_bits", keys[1].get("bits", 5)))
+        if info.conv or info.depthwise:
+            params["dc.conv_bits"] = int(keys[1].get("conv_bits", keys[1].get("bits", 5)))
+        return "dc", params
+    if names == ["prune.structured", "quantize"]:
+        return "sq", {"sq.ratio": float(keys[0].get("ratio", 0.5))}
+    return None

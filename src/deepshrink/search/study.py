@@ -1,0 +1,131 @@
+"""The Optuna side of a search: a seeded multivariate TPE study whose storage is a journal file in the
+run directory (a killed search resumes: finished trials are kept, an interrupted one runs again from
+its cached prefix), the budget as constraints, and the hand-tuned recipes' pipelines as first trials.
+"""
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from deepshrink.errors import UserError
+from deepshrink.search.budget import Budget
+from deepshrink.search.space import ModelInfo, SearchSpace, seed_params
+from deepshrink.study.recipe import BASELINE_PLACEHOLDER, load_recipe
+
+STUDY_NAME = "search"
+JOURNAL = "search.journal"
+SEED_RECIPES = ("paper", "beyond")  # built-in recipes whose pipelines for this model start the search
+STARTUP = 6  # random trials before TPE models the space (after the seeded ones)
+
+
+class Draw:
+    """A trial's suggest_* namespaced per template, so templates sharing a key name do not share its
+    distribution (TPE's group mode then models each template's keys on their own)."""
+
+    def __init__(self, trial: optuna.Trial, prefix: str) -> None:
+        self.trial, self.prefix = trial, prefix
+
+    def real(self, name: str, lo: float, hi: float, step: float) -> float:
+        return self.trial.suggest_float(f"{self.prefix}.{name}", lo, hi, step=step)
+
+    def integer(self, name: str, lo: int, hi: int) -> int:
+        return self.trial.suggest_int(f"{self.prefix}.{name}", lo, hi)
+
+    def choice(self, name: str, options: tuple[Any, ...]) -> Any:
+        return self.trial.suggest_categorical(f"{self.prefix}.{name}", list(options))
+
+
+def constraints(budget: Budget) -> Any:
+    """Optuna's constraints_func: one value per budget term, <= 0 when it fits; a trial that measured
+    nothing (stopped early, failed) counts as missing every term."""
+    def fn(t: optuna.trial.FrozenTrial) -> list[float]:
+        values = t.user_attrs.get("metrics") or {}
+        return [v if math.isfinite(v) else 1e18 for v in budget.violations(values).values()] or [0.0]
+
+    return fn
+
+
+def open_study(out: Path, budget: Budget, seed: int) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # multivariate, group and constraints_func are marked experimental (stable since Optuna 3): say it once
+    # in docs, not on every search.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP,
+                                         constraints_func=constraints(budget) if budget.limits else None)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True, sampler=sampler,
+                                directions=["minimize"] * len(budget.objectives))
+    _rerun_interrupted(study)
+    return study
+
+
+def _rerun_interrupted(study: optuna.Study) -> None:
+    """A trial left running by a killed search fails, and its pipeline is queued again: its finished
+    steps are in the cache, so only what was in flight is recomputed."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # not counted as a trial done
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k in ("seeded_from",
+                                                                                                 "steps")})
+
+
+def hand_tuned(dataset: str, model: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(recipe/pipeline name, steps) of every built-in recipe pipeline made for this model."""
+    found: dict[tuple[str, ...], str] = {}
+    for name in SEED_RECIPES:
+        recipe = load_recipe(name)
+        if model not in recipe.models_for(dataset) and not any(model in p.models for p in recipe.pipelines):
+            continue
+        for p in recipe.pipelines:
+            if p.applies(dataset, model) and not any(BASELINE_PLACEHOLDER in s for s in p.steps):
+                found.setdefault(p.steps, f"{name}/{p.name}")
+    return [(label, steps) for steps, label in found.items()]
+
+
+def trials_done(study: optuna.Study) -> int:
+    return sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in study.trials)
+
+
+def seeds(dataset: str, model: str, info: ModelInfo, space: SearchSpace,
+          templates: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], dict[str, Any]]]:
+    """(label, steps, params) of the hand-tuned pipelines a template of the search expresses."""
+    out = []
+    for label, steps in hand_tuned(dataset, model):
+        seeded = seed_params(steps, info, space)
+        if seeded is not None and seeded[0] in templates:
+            out.append((label, steps, {"template": seeded[0], **seeded[1]}))
+    return out
+
+
+def enqueue_seeds(study: optuna.Study, found: list[tuple[str, tuple[str, ...], dict[str, Any]]]) -> int:
+    """Queue the hand-tuned pipelines, once, as the first trials."""
+    if study.trials:
+        return 0
+    for label, steps, params in found:
+        study.enqueue_trial(params, user_attrs={"seeded_from": label, "steps": list(steps)})
+    return len(found)
+
+
+def check_resumable(out: Path, settings: dict[str, Any], fresh: bool) -> None:
+    """A run directory holds one search: other settings need --fresh (which starts the trials over)."""
+    import json
+
+    path = out / "search.json"
+    if fresh:
+        (out / JOURNAL).unlink(missing_ok=True)
+    elif path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: unreadable ({e}); rerun with --fresh") from None
+        if old != json.loads(json.dumps(settings)):
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(json.dumps(settings)).get(k))
+            raise UserError(f"{out}: holds a search with other settings ({', '.join(diff)}); "
+                            "use another --out or --fresh")
+    path.write_text(json.dumps(settings, indent=2))

@@ -1,0 +1,196 @@
+"""Search under a budget (SPEC §13): the budget and space on their own, then a small real search on
+synthetic MNIST: trials measured as shipped, tables written, hand-tuned pipelines first, resumable."""
+
+import csv
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from deepshrink.compress import parse_step
+from deepshrink.config import default_train
+from deepshrink.errors import UserError
+from deepshrink.measure.latency import LatencyConfig
+from deepshrink.search import TEMPLATES, SearchOptions, SearchSpace, parse_budget, run_search
+from deepshrink.search.space import model_info, seed_params
+from deepshrink.search.study import hand_tuned
+from deepshrink.search.tables import pareto_numbers
+from deepshrink.study.run import run_train
+
+from conftest import cli_error
+
+
+def test_budget_parses_terms_and_objectives() -> None:
+    b = parse_budget("drop<=0.5, bytes<=20000", minimize="bytes")
+    assert dict(b.limits) == {"drop": 0.5, "bytes": 20000.0} and b.objectives == ("bytes",)
+    assert b.feasible({"drop": 0.4, "bytes": 19000}) and not b.feasible({"drop": 0.6, "bytes": 100})
+    assert b.misses({"drop": 0.9, "bytes": 100}).startswith("drop 0.4 over")
+    assert not b.feasible({"drop": 0.1})  # a metric not measured misses its ceiling
+    assert parse_budget("", pareto="bytes,drop").objectives == ("bytes", "drop")
+
+
+@pytest.mark.parametrize(("budget", "minimize", "pareto", "needle"), [
+    ("speed<=3", "bytes", None, "unknown metric 'speed'"),
+    ("drop<0.5", "bytes", None, "is not METRIC<=NUMBER"),
+    ("bytes<=-1", "bytes", None, "must be a finite number"),
+    ("drop<=1,drop<=2", "bytes", None, "drop given twice"),
+    ("drop<=1", None, None, "--minimize METRIC or --pareto"),
+    ("drop<=1", "bytes", "bytes,drop", "--minimize METRIC or --pareto"),
+    ("drop<=1", None, "bytes", "two different metrics"),
+    ("drop<=1", "size", None, "--minimize: unknown metric"),
+])
+def test_bad_budgets_are_one_line(budget: str, minimize: str | None, pareto: str | None, needle: str) -> None:
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace("*", r"\*")):
+        parse_budget(budget, minimize, pareto)
+
+
+def test_cli_bad_budget_exits_2_before_reading_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    line = cli_error(monkeypatch, capsys, "search", str(tmp_path / "none.safetensors"), "--budget", "drop<=x",
+                     "--minimize", "bytes")
+    assert "--budget" in line and "drop<=x" in line
+
+
+def test_space_bad_ranges_and_templates() -> None:
+    for kwargs, needle in (({"sparsity": (0.9, 0.5)}, "search.sparsity"), ({"bits": (0, 4)}, "search.bits"),
+                           ({"templates": ("magic",)}, "unknown template 'magic'")):
+        with pytest.raises(UserError, match=needle):
+            SearchSpace(**kwargs)  # type: ignore[arg-type]
+
+
+class _Dw(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.dw = nn.Conv2d(8, 8, 3, groups=8)
+        self.fc = nn.Linear(8, 10)
+
+
+class _Draw:
+    """Every key at its range's top: the most aggressive pipeline a template can draw."""
+
+    def real(self, name: str, lo: float, hi: float, step: float) -> float:
+        return hi
+
+    def integer(self, name: str, lo: int, hi: int) -> int:
+        return lo
+
+    def choice(self, name: str, options: tuple[object, ...]) -> object:
+        return options[-1]
+
+
+def test_templates_draw_steps_compress_accepts_and_spare_depthwise_kernels() -> None:
+    info = model_info(_Dw())
+    assert info.family == "depthwise" and info.depthwise == ("dw",) and info.conv == ("conv",)
+    space = SearchSpace(students=("mlp-50",))
+    for name in space.default_templates(info):
+        steps = TEMPLATES[name](_Draw(), info, space)
+        assert steps and all(parse_step(s) is not None for s in steps)
+    dc = TEMPLATES["dc"](_Draw(), info, space)[0]
+    assert "dw=0.5" in dc and "conv=0.98" in dc and "fc=0.98" in dc
+
+
+def test_hand_tuned_pipelines_seed_the_search() -> None:
+    """The beyond recipe's Deep Compression LeNet-300-100 is expressed by the dc template, exactly."""
+    found = dict(hand_tuned("mnist", "lenet-300-100"))
+    info = model_info(nn.Sequential())
+    info = type(info)(fc=("fc1", "fc2", "fc3"), conv=(), depthwise=())
+    dc = next(steps for label, steps in found.items() if steps[-1] == "encode")
+    template, params = seed_params(dc, info, SearchSpace()) or ("", {})
+    assert template == "dc" and params["dc.sparsity.fc1"] == 0.95 and params["dc.fc_bits"] == 5
+
+
+def test_pareto_front() -> None:
+    pts = {0: (1.0, 5.0), 1: (2.0, 1.0), 2: (2.0, 6.0), 3: (1.0, 5.0), 4: (0.5, 9.0)}
+    assert pareto_numbers(pts) == {0, 1, 3, 4}
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path, mnist_dir: Path) -> Path:
+    torch.manual_seed(0)
+    fast = LatencyConfig(threads=(1,), repeats=2, single_calls=20)
+    run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=2), tmp_path / "base",
+              mnist_dir, "cpu", fast, quiet=True)
+    return tmp_path / "base/artifacts/mnist-lenet-300-100/model.safetensors"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+SMALL = SearchSpace(templates=("dc", "pq"), prune_epochs=(1,), cluster_epochs=(0,))
+
+
+def test_search_measures_trials_writes_tables_and_resumes(tmp_path: Path, mnist_dir: Path, checkpoint: Path) -> None:
+    out = tmp_path / "search"
+    budget = parse_budget("drop<=60", minimize="bytes")
+    res = run_search(checkpoint, budget, out, SearchOptions(trials=3, space=SMALL, device="cpu", quiet=True),
+                     data_dir=mnist_dir)
+    trials = _rows(out / "trials.csv")
+    assert [int(r["number"]) for r in trials] == [0, 1, 2]
+    assert trials[0]["seeded_from"] == "beyond/deep-compression" and "fc1=0.95" in trials[0]["pipeline"]
+    done = [r for r in trials if r["state"] == "COMPLETE"]
+    assert done and all(float(r["bytes"]) > 0 and math.isfinite(float(r["drop"])) for r in done)
+    assert res.feasible and len(res.chosen) == 1
+    best = min((r for r in done if r["feasible"] == "True"), key=lambda r: float(r["bytes"]))
+    assert res.picked[0]["number"] == int(best["number"])
+    results = {r["variant"]: r for r in _rows(out / "results.csv")}
+    chosen = results[res.chosen[0]["variant"]]
+    assert (out / chosen["artifact"]).stat().st_size == int(chosen["size_bytes"])  # the file that ships
+    assert chosen["pipeline"].replace(" | ", "") and "mnist-lenet-300-100" in results  # beside its baseline
+    assert {r["variant"] for r in _rows(out / "latency.csv")} >= {chosen["variant"], "mnist-lenet-300-100"}
+    assert any(r["pareto"] == "True" for r in _rows(out / "pareto.csv"))
+    assert (out / "sensitivity.csv").exists() and not (out / ".trials").exists()
+    report = (out / "report.md").read_text()
+    assert "## Search under a budget" in report and f"{res.picked[0]['number']} (chosen)" in report
+    assert "beyond/deep-compression" in report and (out / "figures" / "search_pareto.png").exists()
+    # Resumed: the three trials are kept, one more runs.
+    again = run_search(checkpoint, budget, out, SearchOptions(trials=4, space=SMALL, device="cpu", quiet=True),
+                       data_dir=mnist_dir)
+    assert len(again.trials) == 4 and _rows(out / "trials.csv")[:3] == trials
+    with pytest.raises(UserError, match="other settings"):
+        run_search(checkpoint, parse_budget("drop<=1", minimize="bytes"), out,
+                   SearchOptions(trials=4, space=SMALL, device="cpu", quiet=True), data_dir=mnist_dir)
+
+
+def test_interrupted_trial_runs_again_and_nothing_fitting_returns_the_closest(tmp_path: Path, mnist_dir: Path,
+                                                                               checkpoint: Path) -> None:
+    out = tmp_path / "search"
+    budget = parse_budget("bytes<=10", minimize="bytes")  # nothing is 10 bytes
+    opts = SearchOptions(trials=2, space=SearchSpace(templates=("pq",), prune_epochs=(1,)), device="cpu",
+                         quiet=True)
+    run_search(checkpoint, budget, out, opts, data_dir=mnist_dir)
+    from deepshrink.search.study import open_study
+
+    study = open_study(out, budget, 0)
+    left = study.ask()  # as a killed search leaves it: RUNNING
+    left.suggest_categorical("template", ["pq"])
+    res = run_search(checkpoint, budget, out, SearchOptions(**{**opts.__dict__, "trials": 3}), data_dir=mnist_dir)
+    states = [t.state for t in open_study(out, budget, 0).trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and states[-1] == optuna.trial.TrialState.COMPLETE
+    assert not res.feasible and res.chosen and all("bytes" in r["misses"] for r in res.picked)
+
+
+def test_cli_search_and_sensitivity(tmp_path: Path, mnist_dir: Path, checkpoint: Path,
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from deepshrink.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["deepshrink", "sensitivity", str(checkpoint), "--data-dir", str(mnist_dir),
+                                      "--drop", "2", "--out", str(tmp_path / "sens")])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    said = capsys.readouterr().out
+    assert "--step prune.unstructured:scope=layer,layers=fc1=" in said
+    rows = _rows(tmp_path / "sens" / "sensitivity.csv")
+    assert {r["layer"] for r in rows} == {"fc1", "fc2", "fc3"} and (tmp_path / "sens" / "sensitivity.png").exists()
+    step = said.split("--step ")[1].split()[0]
+    assert parse_step(step).layers  # the suggestion is a step compress takes
+    line = cli_error(monkeypatch, capsys, "sensitivity", str(checkpoint), "--drop", "-1")
+    assert "--drop" in line
