@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from deepshrink.api_search import recipe_search, run_recipe_search
 from deepshrink.bench import bench_artifact
 from deepshrink.compress import parse_step
 from deepshrink.config import default_train
@@ -24,6 +25,7 @@ from deepshrink.errors import UserError
 from deepshrink.export import Artifact
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.models import create_model
+from deepshrink.study.recipe import load_recipe
 from deepshrink.study.run import compress_measured, run_study, train_measured
 from deepshrink.variant import Variant, slug
 
@@ -102,5 +104,10 @@ def study(recipe: str | Path, out: str | Path | None = None, jobs: int | None = 
           address: str | None = None, allow_empty_classes: bool = False) -> tuple[Path, dict[str, str]]:
     """Run a whole study from a recipe (resumes by default); (run directory, variant -> status).
     `executor="ray"` runs its units on the Ray cluster at `address` (else $RAY_ADDRESS, else a local Ray)."""
-    return run_study(str(recipe), Path(out) if out else None, Path(data_dir) if data_dir else None, device, jobs,
-                     overrides, fresh, quiet, executor, address, allow_empty_classes)
+    plan = recipe_search(load_recipe(str(recipe), list(overrides)))  # its [search] checked before any work
+    run_dir, statuses = run_study(str(recipe), Path(out) if out else None, Path(data_dir) if data_dir else None,
+                                  device, jobs, overrides, fresh, quiet, executor, address, allow_empty_classes)
+    if plan is not None:
+        run_recipe_search(run_dir, plan, load_recipe(str(recipe), list(overrides)),
+                          Path(data_dir) if data_dir else None, device, quiet)
+    return run_dir, statuses

@@ -1,21 +1,27 @@
 """The Python side of SPEC §13: `ds.search(...)` and `ds.sensitivity(...)`, what the CLI calls."""
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from deepshrink.api import Result
 from deepshrink.checkpoint import load_checkpoint, read_manifest
 from deepshrink.data import load_dataset
-from deepshrink.search import SearchOptions, SearchResult, SearchSpace, parse_budget, run_search
+from deepshrink.errors import UserError
+from deepshrink.results import read_rows
+from deepshrink.search import Budget, SearchOptions, SearchResult, SearchSpace, parse_budget, run_search
 from deepshrink.search.sensitivity import run_sensitivity
+from deepshrink.study.recipe import Recipe
+
+Source = Any  # a checkpoint path, or a `ds.train` / `ds.compress` Result (api.py imports this module)
 
 
-def _checkpoint(source: Result | str | Path) -> Path:
+def _checkpoint(source: Source) -> Path:
     """A checkpoint path, or the one a `ds.train`/`ds.compress` result wrote."""
-    return source.out / str(source.row["checkpoint"]) if isinstance(source, Result) else Path(source)
+    row, out = getattr(source, "row", None), getattr(source, "out", None)
+    return Path(out) / str(row["checkpoint"]) if row is not None and out is not None else Path(source)
 
 
-def search(checkpoint: Result | str | Path, budget: str = "", minimize: str | None = None,
+def search(checkpoint: Source, budget: str = "", minimize: str | None = None,
            pareto: str | None = None, trials: int = 40, out: str | Path = "runs/search", seed: int = 0,
            space: SearchSpace | None = None, dataset: str | None = None, data_dir: str | Path | None = None,
            fresh: bool = False, device: str = "auto", quiet: bool = True) -> SearchResult:
@@ -27,7 +33,7 @@ def search(checkpoint: Result | str | Path, budget: str = "", minimize: str | No
                       Path(data_dir) if data_dir else None)
 
 
-def sensitivity(checkpoint: Result | str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+def sensitivity(checkpoint: Source, dataset: str | None = None, data_dir: str | Path | None = None,
                 drop: float = 0.5, out: str | Path = "runs/sensitivity") -> dict[str, Any]:
     """Per-layer accuracy against sparsity on the validation split; {rows, suggested, step, csv, plot}."""
     path = _checkpoint(checkpoint)
@@ -35,3 +41,38 @@ def sensitivity(checkpoint: Result | str | Path, dataset: str | None = None, dat
     data = load_dataset(dataset or manifest.dataset, Path(data_dir) if data_dir else None, allow_empty_classes=True)
     model, _ = load_checkpoint(path)
     return run_sensitivity(model, data, Path(out), drop, title=f"{manifest.model} on {manifest.dataset}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeSearch:
+    """A recipe's `[search]`: run after its baselines, one search per baseline (the study's first seed)."""
+
+    budget: Budget
+    opts: SearchOptions
+
+
+def recipe_search(recipe: Recipe) -> RecipeSearch | None:
+    """The `[search]` section checked before any work; None when the recipe has none."""
+    cfg = recipe.search
+    if not cfg:
+        return None
+    fields = {f.name for f in dataclasses.fields(SearchSpace)}
+    try:
+        budget = parse_budget(str(cfg.get("budget", "")), cfg.get("minimize") or None, cfg.get("pareto") or None)
+        keys: dict[str, Any] = {k: tuple(v) for k, v in cfg.items() if k in fields}
+        space = SearchSpace(**keys)
+    except UserError as e:
+        raise UserError(f"{recipe.source}: search: {e}") from None
+    return RecipeSearch(budget, SearchOptions(trials=int(cfg.get("trials", 40)), seed=int(cfg.get("seed", 0)),
+                                              space=space))
+
+
+def run_recipe_search(run_dir: Path, plan: RecipeSearch, recipe: Recipe, data_dir: Path | None, device: str,
+                      quiet: bool) -> dict[str, SearchResult]:
+    """variant -> its search, in run_dir/search/<variant> (resumable like any search)."""
+    first = str(recipe.seeds[0])
+    bases = [r for r in read_rows(run_dir / "results.csv")
+             if r.get("label") == "baseline" and r.get("status") == "ok" and r.get("seed") == first]
+    opts = dataclasses.replace(plan.opts, device=device, quiet=quiet)
+    return {r["variant"]: run_search(run_dir / r["checkpoint"], plan.budget, run_dir / "search" / r["variant"],
+                                     opts, r["dataset"], data_dir) for r in bases}

@@ -194,3 +194,54 @@ def test_cli_search_and_sensitivity(tmp_path: Path, mnist_dir: Path, checkpoint:
     assert parse_step(step).layers  # the suggestion is a step compress takes
     line = cli_error(monkeypatch, capsys, "sensitivity", str(checkpoint), "--drop", "-1")
     assert "--drop" in line
+
+
+RECIPE_SEARCH = """
+name = "s"
+[study]
+datasets = ["mnist"]
+models = ["lenet-300-100"]
+val_size = 30
+[train]
+epochs = 1
+batch_size = 64
+[measure]
+runtimes = ["onnxruntime"]
+threads = [1]
+repeats = 1
+single_calls = 5
+images = 50
+[search]
+budget = "drop<=90"
+minimize = "bytes"
+trials = 2
+templates = ["pq"]
+prune_epochs = [1]
+"""
+
+
+def test_recipe_search_section_runs_a_search_per_baseline(tmp_path: Path, mnist_dir: Path) -> None:
+    import deepshrink as ds
+
+    path = tmp_path / "s.toml"
+    path.write_text(RECIPE_SEARCH)
+    run_dir, statuses = ds.study(path, out=tmp_path / "run", data_dir=mnist_dir, device="cpu")
+    assert set(statuses.values()) == {"ok"}
+    trials = _rows(run_dir / "search" / "mnist-lenet-300-100" / "trials.csv")
+    assert len(trials) == 2 and all(r["template"] == "pq" for r in trials)
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ("colour = 1\n", "search.colour: unknown key"),
+    ("sparsity = [0.9]\n", "search.sparsity=[0.9]: two values"),
+    ('students = ["x"]\nbits = [9, 9]\n', "search.bits=[9, 9]"),
+])
+def test_recipe_search_section_errors_name_the_file(tmp_path: Path, mnist_dir: Path, extra: str, needle: str) -> None:
+    import deepshrink as ds
+
+    path = tmp_path / "s.toml"
+    path.write_text(RECIPE_SEARCH.replace('budget = "drop<=90"\n', f'budget = "drop<=90"\n{extra}'))
+    with pytest.raises(UserError) as e:
+        ds.study(path, out=tmp_path / "run", data_dir=mnist_dir, device="cpu")
+    assert str(e.value).startswith(str(path)) and needle in str(e.value), str(e.value)
+    assert not (tmp_path / "run" / "results.csv").exists()  # nothing ran

@@ -72,6 +72,9 @@ class SearchSpace:
     layer_caps: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key in ("sparsity", "bits", "structured"):
+            if len(getattr(self, key)) != 2:
+                raise UserError(f"search.{key}={list(getattr(self, key))}: two values, [low, high]")
         lo, hi = self.sparsity
         if not 0.0 <= lo <= hi < 1.0:
             raise UserError(f"search.sparsity={list(self.sparsity)}: need 0 <= low <= high < 1")

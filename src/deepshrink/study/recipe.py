@@ -28,9 +28,14 @@ CANONICAL_STEPS = ("quantize", "prune.unstructured", "prune.structured", "distil
 BASELINE_PLACEHOLDER = "{baseline}"
 
 _TOP_KEYS = {"name": str, "description": str, "expected_minutes": float,
-             "study": dict, "train": dict, "measure": dict, "pipeline": list, "model_args": dict}
+             "study": dict, "train": dict, "measure": dict, "pipeline": list, "model_args": dict, "search": dict}
 _STUDY_KEYS: dict[str, Any] = {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0], "val_size": 5000,
                                "jobs": 1, "cpus_per_task": 1.0, "gpus_per_task": 0.0}
+# `[search]` (SPEC §13): after the baselines, a search per baseline; values are checked by the search's
+# own types (api_search.recipe_searches) before any work, the types and keys here.
+SEARCH_KEYS: dict[str, Any] = {"budget": "", "minimize": "", "pareto": "", "trials": 40, "seed": 0,
+                               "templates": [""], "sparsity": [0.0], "bits": [0], "prune_epochs": [0],
+                               "cluster_epochs": [0], "structured": [0.0], "students": [""]}
 _PIPELINE_KEYS: dict[str, Any] = {"name": "", "steps": [""], "models": [""], "datasets": [""], "seeds": [0]}
 _TRAIN_DEFAULTS = TrainConfig()
 
@@ -86,6 +91,7 @@ class Recipe:
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     pipelines: tuple[PipelineSpec, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved TOML, for provenance
+    search: dict[str, Any] = field(default_factory=dict)  # `[search]`: key -> value as typed in SEARCH_KEYS
     model_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # model reference -> its arguments
     # `[study.models_per]` cifar10 = [...]: a dataset's own model list in place of `models`
     models_per: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -142,7 +148,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not eq or len(parts) != 2:
         raise UserError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. train.epochs=3)")
     section, name = parts
-    schema = {"study": _STUDY_KEYS, "measure": _MEASURE_KEYS,
+    schema = {"study": _STUDY_KEYS, "measure": _MEASURE_KEYS, "search": SEARCH_KEYS,
               "train": {f.name: getattr(_TRAIN_DEFAULTS, f.name) for f in dataclasses.fields(TrainConfig)}}
     if section not in schema or name not in schema[section]:
         known = ", ".join(f"{s}.{k}" for s in schema for k in schema[s])
@@ -218,7 +224,7 @@ def validate(raw: dict[str, Any], source: str, default_name: str = "recipe") -> 
                   train_per=per, measure=measure, pipelines=pipelines, raw=raw,
                   model_args=_model_args(raw.get("model_args", {}),
                                          (*study["models"], *(m for ms in models_per.values() for m in ms)), source),
-                  models_per=models_per)
+                  models_per=models_per, search=_table(raw.get("search", {}), SEARCH_KEYS, f"{source}: search"))
 
 
 def _models_per(raw: Any, source: str) -> dict[str, tuple[str, ...]]:
