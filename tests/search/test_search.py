@@ -204,12 +204,9 @@ models = ["lenet-300-100"]
 val_size = 30
 [train]
 epochs = 1
-batch_size = 64
 [measure]
 runtimes = ["onnxruntime"]
 threads = [1]
-repeats = 1
-single_calls = 5
 images = 50
 [search]
 budget = "drop<=90"
