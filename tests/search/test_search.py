@@ -86,6 +86,8 @@ def test_templates_draw_steps_compress_accepts_and_spare_depthwise_kernels() -> 
     info = model_info(_Dw())
     assert info.family == "depthwise" and info.depthwise == ("dw",) and info.conv == ("conv",)
     space = SearchSpace(students=("mlp-50",))
+    assert space.default_templates(info, ("bytes",)) == ("dc", "sub8")
+    assert set(space.default_templates(info, ("us_b1", "drop"))) == {"sq", "pq", "sub8", "dc", "dq"}
     for name in space.default_templates(info):
         steps = TEMPLATES[name](_Draw(), info, space)
         assert steps and all(parse_step(s) is not None for s in steps)

@@ -73,7 +73,7 @@ def run_search(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions 
 def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data: DataSplits) -> SearchResult:
     model, manifest = load_checkpoint(checkpoint)
     info = model_info(model)
-    templates = opts.space.default_templates(info)
+    templates = opts.space.default_templates(info, budget.objectives)
     weights = _weights_hash(checkpoint)
     check_resumable(out, {"checkpoint": weights, "dataset": data.fingerprint, "budget": budget.describe(),
                           "seed": opts.seed, "space": dataclasses.asdict(opts.space)}, opts.fresh)

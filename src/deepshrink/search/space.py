@@ -64,8 +64,8 @@ class SearchSpace:
     sparsity: tuple[float, float] = (0.5, 0.98)
     sparsity_step: float = 0.01
     bits: tuple[int, int] = (3, 6)  # cluster / sub-8-bit weight bits
-    prune_epochs: tuple[int, ...] = (3, 6, 9)
-    cluster_epochs: tuple[int, ...] = (2, 4)
+    prune_epochs: tuple[int, ...] = (6, 9, 15)  # the hand-tuned pipelines use 9; more buys back accuracy
+    cluster_epochs: tuple[int, ...] = (2, 4, 6)
     structured: tuple[float, float] = (0.2, 0.8)
     students: tuple[str, ...] = ()  # distill -> quantize needs a student model (registry name or reference)
     depthwise_max: float = 0.5
@@ -95,13 +95,24 @@ class SearchSpace:
         hi = min(hi, self.layer_caps.get(layer, hi))
         return min(lo, hi), hi
 
-    def default_templates(self, info: ModelInfo) -> tuple[str, ...]:
+    def default_templates(self, info: ModelInfo, objectives: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """The recipe's templates, else those that can win on the objectives (a .dsz is smallest but
+        decodes to dense weights on a desktop; INT8 compute is the fast route), a student's when named."""
         if self.templates:
             return self.templates
-        base = ("dc", "pq", "sq", "sub8")
-        return (*base, "dq") if self.students else base
+        wanted = [t for o in objectives or ("drop",) for t in BY_OBJECTIVE.get(o, ALL)]
+        if self.students and any(o in ("us_b1", "us_b256", "drop") for o in objectives or ("drop",)):
+            wanted.append("dq")
+        return tuple(dict.fromkeys(wanted))
 
 
+ALL = ("dc", "pq", "sq", "sub8")
+# Per objective, the templates that can win on it: bytes and flash favour compact files (a .dsz, or
+# packed/sparse INT8 in place on the microcontroller), time favours integer and structurally smaller compute.
+BY_OBJECTIVE: dict[str, tuple[str, ...]] = {
+    "bytes": ("dc", "sub8"), "flash": ("dc", "pq", "sub8"), "ram": ("sq", "pq"), "instructions": ("dc", "pq", "sq"),
+    "us_b1": ("sq", "pq", "sub8"), "us_b256": ("sq", "pq", "sub8"), "drop": ALL,
+}
 Template = Callable[[Draw, ModelInfo, SearchSpace], tuple[str, ...]]
 TEMPLATES: dict[str, Template] = {}
 
