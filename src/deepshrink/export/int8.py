@@ -20,7 +20,7 @@ from deepshrink.export.floating import export_onnx
 from deepshrink.export.qdq import Ranges, build_qdq
 from deepshrink.export.qdq_graph import float_ops, quantize_graph
 from deepshrink.export.qgraph import expressible, observe_ranges, quantize_weight, weight_scales
-from deepshrink.export.runners import qdq_runner
+from deepshrink.export.runners import ort_runner
 from deepshrink.export.torch_int8 import torch_int8_runner
 from deepshrink.measure.latency import RunnerFactory
 from deepshrink.models import WEIGHTED, weight_of, weighted_layers
@@ -56,7 +56,7 @@ def mode_runners(model: nn.Module, ranges: Ranges, mode: str, path: Path,
                  calib: np.ndarray | None) -> dict[str, RunnerFactory]:
     """Every runtime of one mode's integer file: ONNX Runtime; PyTorch's x86 engine for "full"; the
     sparse kernels (on the dequantized weights) for "weights" of a pruned Linear chain."""
-    runners = {"onnxruntime": qdq_runner(path, fold_weights=mode == "weights")}
+    runners = {"onnxruntime": ort_runner(path)}
     if mode == "full" and ranges:  # PyTorch's x86 quantized engine runs the same integer model (same scales)
         runners["torch"] = torch_int8_runner(copy.deepcopy(model), ranges)
     weights = [weight_of(model, name) for name, _ in weighted_layers(model)]
@@ -79,7 +79,7 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     work = stem.with_name(f".{stem.name}-timing")
     work.mkdir(parents=True, exist_ok=True)
-    runners = {"fp32": qdq_runner(export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example))}
+    runners = {"fp32": ort_runner(export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example))}
     seen: list[set[str]] = []
     for mode, layers in MODES.items():
         if layers(model) in seen:  # e.g. "mixed" is "full" for a model without convolutions
