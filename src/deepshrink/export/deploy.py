@@ -27,7 +27,11 @@ BATCH = 256
 # cost (~1.3x the former 5 passes of 512 images), the median sits on clean passes more reliably.
 IMAGES = 256
 REPEATS = 10
-SINGLES = 200
+# Single calls: cheap (a few µs each), so many, interleaved in short chunks: in chunks of 50 (four per
+# runner) a slow stretch of the machine landed on one runner, and an mlp-50's full INT8 timed 9.1 µs in
+# one study and 13.7 µs in the next, flipping its INT8 mode.
+SINGLES = 600
+SINGLE_CHUNK = 10
 DEFAULT_MARGIN = 0.03  # a challenger must be this much faster (fraction of the incumbent's time)
 
 
@@ -48,7 +52,7 @@ def time_runtimes(runners: Mapping[str, RunnerFactory], x: np.ndarray) -> dict[i
             made = {k: f(1, "cpu") for k, f in runners.items()}
             xs = dict.fromkeys(made, x)
             batched = time_passes(made, xs, BATCH, REPEATS)
-            single = time_singles(made, xs, SINGLES, chunk=50)
+            single = time_singles(made, xs, SINGLES, chunk=SINGLE_CHUNK)
     finally:
         torch.set_num_threads(prev)
     return {BATCH: {k: statistics.median(v) for k, v in batched.items()},
