@@ -7,9 +7,7 @@ import torch
 from torch import nn
 
 from deepshrink.export.floating import export_onnx
-from deepshrink.export.qdq import build_qdq
-from deepshrink.export.qgraph import observe_ranges
-from deepshrink.export.runners import ort_runner, qdq_runner, torch_runner
+from deepshrink.export.runners import ort_runner, torch_runner
 from deepshrink.models import create_model
 
 
@@ -63,18 +61,3 @@ def test_torch_runner_uses_the_model_itself_when_no_conversion_is_needed() -> No
     with torch.no_grad():
         model[6].bias.add_(1.0)  # same dtype and device: the runner holds the caller's model, not a copy
     np.testing.assert_allclose(run(x), first + 1.0, atol=1e-5)
-
-
-def test_qdq_runner_with_folded_weights_runs_a_weight_only_model(tmp_path: Path) -> None:
-    model = _tiny()
-    calib = torch.from_numpy(_x(32))
-    qdq = build_qdq(model, observe_ranges(model, calib), (1, 8, 8), int8_layers=set())  # weight-only
-    path = tmp_path / "w.onnx"
-    path.write_bytes(qdq.SerializeToString())
-    x = _x()
-    ref = torch_runner(model)(1, "cpu")(x)
-    folded = qdq_runner(path, fold_weights=True)(1, "cpu")(x)
-    plain = qdq_runner(path)(1, "cpu")(x)
-    assert folded.shape == ref.shape == (8, 5)
-    np.testing.assert_allclose(folded, plain, atol=1e-5)  # folding changes where, not what, is computed
-    assert np.abs(folded - ref).max() < 0.05 * np.abs(ref).max()  # int8 weights: close to float

@@ -61,6 +61,9 @@ def test_paper_covers_every_reference_experiment() -> None:
     (GOOD + "[[pipeline]]\nname = \"d\"\nsteps = [\"distill\"]\n", "pipeline[1].name: 'd' used twice"),
     (GOOD + "[[pipeline]]\nname = \"e\"\n", "pipeline[1].steps: missing"),
     (GOOD + "[measure]\nruntimes = [\"tflite\"]\n", "measure.runtimes: unknown runtime"),
+    (GOOD + "[measure]\nchoice_margin = 1.0\n", "measure.choice_margin: must be >= 0 and < 1"),
+    (GOOD + "[measure]\nchoice_margin = -0.01\n", "measure.choice_margin: must be >= 0 and < 1"),
+    (GOOD + "[measure]\nchoice_margin = \"3%\"\n", "measure.choice_margin: expected float"),
     (GOOD + "[[pipeline\n", "not valid TOML"),
 ])
 def test_validation_errors_are_one_line_naming_file_and_key(tmp_path: Path, text: str, expect: str) -> None:
@@ -119,6 +122,20 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "bogus" in res.stderr
     assert not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_choice_margin_defaults_to_3_percent_and_is_settable(tmp_path: Path) -> None:
+    assert load_recipe(str(_write(tmp_path, GOOD))).measure.choice_margin == 0.03
+    assert load_recipe(str(_write(tmp_path, GOOD)), ["measure.choice_margin=0"]).measure.choice_margin == 0.0
+    with pytest.raises(UserError, match="choice_margin"):
+        load_recipe(str(_write(tmp_path, GOOD)), ["measure.choice_margin=1.5"])
+
+
+def test_cli_bad_choice_margin_exits_2(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD)
+    res = subprocess.run([sys.executable, "-m", "deepshrink", "study", str(path), "--out", str(tmp_path / "o"),
+                          "--set", "measure.choice_margin=2"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "choice_margin" in res.stderr
 
 
 def test_cli_recipes_lists_builtins() -> None:

@@ -23,7 +23,7 @@ def export(model: nn.Module, deployment: Deployment, stem: Path, ctx: ExportCont
     """Write the deployment's files; the artifact's info says which runtime deploys it at batch 256 and 1."""
     art = EXPORTERS.get(deployment.name)(model, stem, ctx, deployment.opts())
     calib = ctx.calib if ctx.calib is not None else ctx.example
-    chosen = choose_runtime(art.runners, calib.numpy().astype(art.input_dtype))
+    chosen = choose_runtime(art.runners, calib.numpy().astype(art.input_dtype), margin=ctx.choice_margin)
     notes = "; ".join(str(n) for n in (art.info.get("notes"), chosen.pop("notes", None)) if n)
     art.info.update(chosen)
     if notes:

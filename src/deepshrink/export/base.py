@@ -48,6 +48,9 @@ class ExportContext:
 
     example: torch.Tensor  # (1, C, H, W) float32
     calib: torch.Tensor | None = None
+    # Timing-based choices (runtime, INT8 mode) keep their incumbent unless a challenger is this much
+    # faster ([measure] choice_margin; export/deploy.py `keep_unless`).
+    choice_margin: float = 0.03
 
 
 Exporter = Callable[[nn.Module, Path, ExportContext, dict[str, Any]], Artifact]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.runners import ort_runner, qdq_runner, torch_runner
+from deepshrink.export.runners import ort_runner, torch_runner
 from deepshrink.measure.latency import RunnerFactory
 
 
@@ -45,7 +45,7 @@ def export_fp32(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
 def _ort_runs(path: Path, x: np.ndarray) -> str | None:
     """None when ONNX Runtime's CPU kernels run the file, else why not (e.g. no float64 Conv)."""
     try:
-        qdq_runner(path)(1, "cpu")(x)
+        ort_runner(path)(1, "cpu")(x)
     except Exception as e:  # onnxruntime raises its own exception types for missing kernels
         return str(e).splitlines()[0][:160]
     return None
@@ -57,7 +57,7 @@ def _export_float(model: nn.Module, stem: Path, ctx: ExportContext, dtype: torch
     runners: dict[str, RunnerFactory] = {}
     why = _ort_runs(path, ctx.example.numpy().astype(np_dtype))
     if why is None:
-        runners["onnxruntime"] = qdq_runner(path)
+        runners["onnxruntime"] = ort_runner(path)
     runners["torch"] = torch_runner(copy.deepcopy(model), dtype)
     info = {"onnxruntime": "ok" if why is None else f"unsupported: {why}"}
     return Artifact(path=path, kind=f"onnx-{label}", precision=label, files={path.name: path.stat().st_size},

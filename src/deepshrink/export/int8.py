@@ -14,13 +14,13 @@ from torch import nn
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export import sparse_runtime
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.deploy import calib_images, time_runtimes
+from deepshrink.export.deploy import BATCH, calib_images, keep_unless, time_runtimes
 from deepshrink.export.dsonnx import pack_onnx, unpack_onnx, zero_fraction
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qdq import Ranges, build_qdq
 from deepshrink.export.qdq_graph import float_ops, quantize_graph
 from deepshrink.export.qgraph import expressible, observe_ranges, quantize_weight, weight_scales
-from deepshrink.export.runners import qdq_runner
+from deepshrink.export.runners import ort_runner
 from deepshrink.export.torch_int8 import torch_int8_runner
 from deepshrink.measure.latency import RunnerFactory
 from deepshrink.models import WEIGHTED, weight_of, weighted_layers
@@ -37,6 +37,7 @@ MODES: dict[str, Any] = {
     "weights": lambda m: set(),
 }
 DEPLOY_CHOICES = (*MODES, "auto")
+INCUMBENT = "weights"  # deploy=auto's default: FP32 compute on decoded weights, never slower than FP32
 PACK_MIN_ZEROS = 0.25  # weight zeros from which the INT8 model ships packed (.dsonnx); INT8 rounding alone gives ~2%
 
 
@@ -56,7 +57,7 @@ def mode_runners(model: nn.Module, ranges: Ranges, mode: str, path: Path,
                  calib: np.ndarray | None) -> dict[str, RunnerFactory]:
     """Every runtime of one mode's integer file: ONNX Runtime; PyTorch's x86 engine for "full"; the
     sparse kernels (on the dequantized weights) for "weights" of a pruned Linear chain."""
-    runners = {"onnxruntime": qdq_runner(path, fold_weights=mode == "weights")}
+    runners = {"onnxruntime": ort_runner(path)}
     if mode == "full" and ranges:  # PyTorch's x86 quantized engine runs the same integer model (same scales)
         runners["torch"] = torch_int8_runner(copy.deepcopy(model), ranges)
     weights = [weight_of(model, name) for name, _ in weighted_layers(model)]
@@ -66,22 +67,29 @@ def mode_runners(model: nn.Module, ranges: Ranges, mode: str, path: Path,
     return runners
 
 
-def _worst_speedup(us: dict[int, dict[str, float]], mode: str) -> float:
-    """The mode's speedup over FP32 at the batch where it gains least, each batch in its fastest runtime."""
-    return min(t["fp32"] / min(v for k, v in t.items() if k.startswith(f"{mode}/")) for t in us.values())
+def _mode_times(us: dict[int, dict[str, float]], modes: list[str]) -> dict[str, dict[int, float]]:
+    """mode -> batch -> µs per image in the mode's fastest runtime at that batch."""
+    return {m: {b: min(v for k, v in t.items() if k.startswith(f"{m}/")) for b, t in us.items()} for m in modes}
+
+
+def _times(t: dict[int, float]) -> str:
+    return ", ".join(f"{t[b]:.3g} µs at batch {b}" for b in sorted(t, reverse=True))
 
 
 def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext) -> tuple[str, dict[str, Any]]:
     """Time FP32 and every INT8 mode in each of its runtimes side by side (1 thread, calibration
-    images, batch 256 and batch 1); the mode whose worse batch is fastest wins. "weights" runs the
-    FP32 kernels, so the winner is never meaningfully slower than FP32."""
+    images, batch 256 and batch 1). The incumbent is "weights" (INT8-stored, decoded at load, FP32
+    compute: FP32's speed): another mode ships only when it is `ctx.choice_margin` faster at both
+    batches (export/deploy.py `keep_unless`), so the choice is never slower than FP32 and does not
+    flip on noise."""
     shape = tuple(ctx.example.shape[1:])
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     work = stem.with_name(f".{stem.name}-timing")
     work.mkdir(parents=True, exist_ok=True)
-    runners = {"fp32": qdq_runner(export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example))}
+    runners = {"fp32": ort_runner(export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example))}
     seen: list[set[str]] = []
-    for mode, layers in MODES.items():
+    for mode in (INCUMBENT, *(m for m in MODES if m != INCUMBENT)):  # the incumbent always timed
+        layers = MODES[mode]
         if layers(model) in seen:  # e.g. "mixed" is "full" for a model without convolutions
             continue
         seen.append(layers(model))
@@ -90,13 +98,20 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
         runners.update({f"{mode}/{rt}": f for rt, f in mode_runners(model, ranges, mode, path, calib).items()})
     us = time_runtimes(runners, calib_images(calib))
     shutil.rmtree(work)
-    timed = [m for m in MODES if f"{m}/onnxruntime" in runners]
-    mode = max(timed, key=lambda m: _worst_speedup(us, m))
+    times = _mode_times(us, [m for m in MODES if f"{m}/onnxruntime" in runners])
+    mode = keep_unless(times, INCUMBENT, ctx.choice_margin)
     info: dict[str, Any] = {f"int8_us_b{b}_{k.replace('/', '_')}": round(v, 3) for b, t in us.items()
                             for k, v in t.items()}
     for b, t in us.items():
-        info[f"int8_speedup_vs_fp32_b{b}"] = round(t["fp32"] / min(v for k, v in t.items()
-                                                                 if k.startswith(f"{mode}/")), 3)
+        info[f"int8_speedup_vs_fp32_b{b}"] = round(t["fp32"] / times[mode][b], 3)
+    rival = INCUMBENT if mode != INCUMBENT else min(
+        (m for m in times if m != INCUMBENT), key=lambda m: max(times[m][b] / times[INCUMBENT][b] for b in us),
+        default=None)
+    info["int8_mode_rival"] = rival or ""
+    why = f"; {mode} {_times(times[mode])}" + (f" vs {rival} {_times(times[rival])}" if rival else "")
+    keep = f" ({INCUMBENT} kept unless another mode is {ctx.choice_margin:.0%} faster at both batches)"
+    info["notes"] = (f"int8 mode {mode}: {info[f'int8_speedup_vs_fp32_b{BATCH}']:.2f}x FP32 at batch {BATCH}, "
+                     f"{info['int8_speedup_vs_fp32_b1']:.2f}x at batch 1{why}{keep}")
     return mode, info
 
 
@@ -117,9 +132,8 @@ def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
     info: dict[str, Any] = {"int8_mode": mode}
     if mode == "auto":
         mode, timing = choose_mode(model, ranges, stem, ctx)
-        info = {"int8_mode": mode, "int8_mode_chosen_by": "measured (each mode's runtimes, 1 thread, batch 256 and 1)",
-                **timing, "notes": f"int8 mode {mode}: {timing['int8_speedup_vs_fp32_b256']:.2f}x FP32 at batch 256, "
-                                   f"{timing['int8_speedup_vs_fp32_b1']:.2f}x at batch 1"}
+        info = {"int8_mode": mode, "int8_mode_chosen_by": "measured (each mode's runtimes, 1 thread, batch 256 and 1, "
+                                                          f"medians; margin {ctx.choice_margin:g})", **timing}
     raw = build_qdq(model, ranges, tuple(ctx.example.shape[1:]), MODES[mode](model)).SerializeToString()
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     return _ship(model, stem, (raw, info), mode, ranges, calib)

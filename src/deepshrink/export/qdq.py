@@ -13,8 +13,8 @@ QLinearConv/QGemm (checked by the tests: int8 initializers, agreement with FP32)
 - max-pooling and flatten run on the uint8 tensor directly (exact: both are order-preserving).
 
 A layer can also be written "weight-only": int8 weights dequantized by a DequantizeLinear on the
-initializer and float compute. With `session.disable_quant_qdq` ONNX Runtime folds those at load,
-so such a file is int8 bytes at FP32 speed.
+initializer and float compute. Every ONNX Runtime runner decodes those weights once when it loads
+the file (weight_decode.py), so such a file is int8 bytes at FP32 speed.
 """
 
 from dataclasses import dataclass, field

@@ -7,11 +7,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepshrink.export.weight_decode import loadable
 from deepshrink.measure.latency import Runner, RunnerFactory
 
 
 def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> RunnerFactory:
-    """ONNX Runtime runner; `config_entries` are session config keys (e.g. QDQ fusion switches)."""
+    """ONNX Runtime runner; `config_entries` are session config keys. INT8-stored weights computed in
+    float are decoded once when the model is loaded (weight_decode.py), so they run at FP32's speed."""
+    model: list[str | bytes] = []  # decoded on the first session, kept for the next ones
+
     def make(threads: int, device: str) -> Runner:
         import onnxruntime as ort
 
@@ -22,7 +26,9 @@ def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> Runn
         for key, value in (config_entries or {}).items():
             opts.add_session_config_entry(key, value)
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        sess = ort.InferenceSession(str(path), opts, providers=providers)
+        if not model:
+            model.append(loadable(path))
+        sess = ort.InferenceSession(model[0], opts, providers=providers)
         name = sess.get_inputs()[0].name
 
         def run(x: np.ndarray) -> np.ndarray:
@@ -31,12 +37,6 @@ def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> Runn
         return run
 
     return make
-
-
-def qdq_runner(path: Path, fold_weights: bool = False) -> RunnerFactory:
-    """ONNX Runtime runner; `fold_weights` lets it fold DequantizeLinear of int8 initializers into
-    float weights at load (QDQ fusion off), which is how a weight-only file gets FP32 speed."""
-    return ort_runner(path, {"session.disable_quant_qdq": "1"} if fold_weights else None)
 
 
 def torch_runner(model: nn.Module, dtype: torch.dtype = torch.float32) -> RunnerFactory:

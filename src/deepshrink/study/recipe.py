@@ -15,6 +15,7 @@ from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.config import coerce
 from deepshrink.data import check_name
 from deepshrink.errors import UserError, malformed
+from deepshrink.export.deploy import DEFAULT_MARGIN, check_margin
 from deepshrink.mcu.toolchain import TARGETS
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig
 from deepshrink.models import check_model_name
@@ -62,6 +63,9 @@ class MeasureSpec(LatencyConfig):
     images: int = 0  # test images used for timing; 0 = the whole test set (the study's method)
     sram_kb: int = 0  # on-chip budget for the energy estimate; 0 = the default
     mcu: str = ""  # a microcontroller target (SPEC §12): every INT8 and compact variant built and emulated
+    # Timing-based choices (deployed runtime, INT8 mode) keep their incumbent unless a challenger is
+    # this fraction faster (export/deploy.py `keep_unless`): what ships must not flip on noise.
+    choice_margin: float = DEFAULT_MARGIN
 
     def latency(self, device: str) -> LatencyConfig:
         keep = {f.name: getattr(self, f.name) for f in dataclasses.fields(LatencyConfig)}
@@ -284,6 +288,7 @@ def _check_measure(m: MeasureSpec, source: str) -> None:
             raise UserError(f"{source}: measure.{key}: must be >= 1")
     if m.images < 0 or m.sram_kb < 0 or any(t < 0 for t in m.threads):
         raise UserError(f"{source}: measure: images, sram_kb and threads must be >= 0")
+    check_margin(m.choice_margin, f"{source}: measure.choice_margin")
     if m.mcu and m.mcu not in TARGETS:
         raise UserError(f"{source}: measure.mcu: unknown target {m.mcu!r} (known: {', '.join(TARGETS)})")
 

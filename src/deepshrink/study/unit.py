@@ -82,6 +82,7 @@ class _Group:
         self.progress, self.overall = progress, overall
         self.statuses: UnitResult = []
         self.sram = recipe.measure.sram_kb * 1024 or energy.DEFAULT_SRAM_BUDGET_BYTES
+        self.margin = recipe.measure.choice_margin
         self.lat_cfg = recipe.measure.latency(opts.device)
 
     def say(self, info: str, advance: int = 0) -> None:
@@ -99,7 +100,7 @@ class _Group:
         self.tick(work.vid, f"failed: {reason}")
 
     def measure_baseline(self, base: Variant, data: DataSplits, x_time: np.ndarray) -> None:
-        m = measure_variant(base, data, self.opts.out, sram_budget=self.sram)
+        m = measure_variant(base, data, self.opts.out, sram_budget=self.sram, choice_margin=self.margin)
         lat = measure_latency([(base.id, m.artifact)], x_time, self.lat_cfg, self.progress)
         record(self.opts.out, [m], lat, {"label": "baseline", "base_model": self.base_work.model,
                                          "recipe_steps": "", "pipeline_seconds": 0.0})
@@ -112,7 +113,8 @@ class _Group:
         """Each pipeline from the shared prefixes, measured (and timed interleaved) beside the baseline."""
         out = self.opts.out
         base_acc = next(float(r["accuracy_pct"]) for r in read_rows(out / "results.csv") if r["variant"] == base.id)
-        ctx_export = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
+        ctx_export = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone(),
+                                   choice_margin=self.margin)
         # One folder per process (parallel trees of one baseline must not share export temp files), outside
         # the baseline's cache folder, which a recomputation replaces.
         base_art = export(base.model, Deployment(), out / "cache" / "exports" / f"{key}-{os.getpid()}" / "model",
@@ -146,7 +148,8 @@ class _Group:
                                      lambda t: substitute(t, base_ckpt, key)[1], data.fingerprint, w.seed,
                                      fresh=False)
                 v.id = w.vid
-                m = measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram)
+                m = measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram,
+                                    choice_margin=self.margin)
                 if self.recipe.measure.mcu:
                     measure_mcu(m, data, out, self.recipe.measure.mcu)
                 measured.append((w, m, seconds))

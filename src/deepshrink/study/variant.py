@@ -13,6 +13,7 @@ from deepshrink.checkpoint import Manifest, save_checkpoint
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
+from deepshrink.export.deploy import DEFAULT_MARGIN
 from deepshrink.mcu import McuOptions, build_mcu
 from deepshrink.mcu.measure import eval_data
 from deepshrink.measure import energy, power
@@ -45,17 +46,19 @@ class Measured:
 
 
 def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float] | None = None,
-                    sram_budget: int = energy.DEFAULT_SRAM_BUDGET_BYTES) -> Measured:
+                    sram_budget: int = energy.DEFAULT_SRAM_BUDGET_BYTES,
+                    choice_margin: float = DEFAULT_MARGIN) -> Measured:
     """Export `v`, then measure accuracy, size, parameters, MACs and energy from the artifact."""
     with quiet.busy():  # export and accuracy passes load the CPU: a study's timing waits for them
-        return _measure(v, data, out, baseline, sram_budget)
+        return _measure(v, data, out, baseline, sram_budget, choice_margin)
 
 
 def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float] | None,
-             sram_budget: int) -> Measured:
+             sram_budget: int, choice_margin: float) -> Measured:
     stem = out / "artifacts" / v.id / "model"
     ckpt = save_checkpoint(v.model, v.manifest, stem)
-    ctx = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone())
+    ctx = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone(),
+                        choice_margin=choice_margin)
     artifact = export(v.model, v.deployment, stem, ctx)
     # Accuracy from what deploys: the runtime measured fastest at batch 256 (export/deploy.py).
     runtime = str(artifact.info.get("deployed_runtime") or next(iter(artifact.runners)))
