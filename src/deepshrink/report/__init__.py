@@ -13,6 +13,7 @@ import jinja2
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
 from deepshrink.measure.energy import DEFAULT_SRAM_BUDGET_BYTES
+from deepshrink.report.conclusions import conclusions_table
 from deepshrink.report.mcu import mcu_figure, mcu_table
 from deepshrink.report.plots import Figure, bits_figure, figure1, pareto_figures
 from deepshrink.report.reference_gaps import gaps_table
@@ -89,6 +90,7 @@ def render_report(run_dir: Path) -> tuple[Path, Path]:
     tables.insert(at, gaps_table(tables[:at], data))
     if (mcu := mcu_table(data)).rows:
         tables.insert(at + 1, mcu)
+    tables.insert(0, conclusions_table(data))  # what each technique bought, before the tables behind it
     has_cifar = any(r.get("dataset") == "cifar10" for r in data.results)
     ctx = {"tables": tables, "prov": data.provenance, "jpeg_note": JPEG_NOTE if has_cifar else "",
            "n_ok": sum(r.get("status") == "ok" for r in data.results), "n": len(data.results),
