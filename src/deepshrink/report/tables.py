@@ -189,14 +189,25 @@ def layer_table(data: RunData, tid: str, title: str, specs: list[Spec], layers: 
         bias_total = max(bias_total, sum(c.biases_nonzero for c in got.values()))
         t.rows.append([name, *[cell(float(shown(got[la])) if la in got else 0.0, r.get(la), 0) for la in layers],
                        cell(float(sum(shown(c) for c in got.values())), r.get("total"), 0)])
+    example = _count_example(tid, biases)
     if biases:
-        t.note = ("Non-zero weights and biases, as the reference counts in this table (its conv1 156 = 6 x 5 x 5 "
-                  "weights + 6 biases); the reference's number in parentheses.")
+        t.note = (f"Non-zero weights and biases, as the reference counts in this table ({example}); the "
+                  "reference's number in parentheses.")
     else:
-        t.note = ("Non-zero weights only, as the reference counts in this table (its fc1 235,200 = 784 x 300); "
-                  f"the biases, never pruned, add {bias_total:,} more to each row. The reference's number in "
-                  "parentheses.")
+        t.note = (f"Non-zero weights only, as the reference counts in this table ({example}); the biases, never "
+                  f"pruned, add {bias_total:,} more to each row. The reference's number in parentheses.")
     return t
+
+
+def _count_example(tid: str, biases: bool) -> str:
+    """The table's own Original first-layer count, spelled out (its dataset's input size, not another's)."""
+    r = ref(tid, "Original")
+    if biases and r.get("conv1"):  # 6 filters of 5 x 5 over the input's channels, plus 6 biases
+        channels = (r["conv1"] - 6) // (6 * 25)
+        return f"its conv1 {r['conv1']:,} = 6 x {channels} x 5 x 5 weights + 6 biases"
+    if r.get("fc1"):
+        return f"its fc1 {r['fc1']:,} = {r['fc1'] // 300:,} x 300"
+    return "its per-layer counts"
 
 
 def best_tables(data: RunData) -> list[Table]:
