@@ -13,6 +13,7 @@ import jinja2
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
 from deepshrink.measure.energy import DEFAULT_SRAM_BUDGET_BYTES
+from deepshrink.report.conclusions import conclusions_table
 from deepshrink.report.mcu import mcu_figure, mcu_table
 from deepshrink.report.plots import Figure, bits_figure, figure1, pareto_figures
 from deepshrink.report.reference_gaps import gaps_table
@@ -90,6 +91,7 @@ def render_report(run_dir: Path) -> tuple[Path, Path]:
     tables.insert(at, gaps_table(tables[:at], data))
     if (mcu := mcu_table(data)).rows:
         tables.insert(at + 1, mcu)
+    tables.insert(0, conclusions_table(data))  # what each technique bought, before the tables behind it
     if (search := search_table(data)) is not None:  # a `deepshrink search` run: its section leads
         tables.insert(0, search)
     has_cifar = any(r.get("dataset") == "cifar10" for r in data.results)

@@ -52,4 +52,15 @@ def cell(ours: float | str | None, theirs: Any, digits: int | None = 2) -> str:
         return sig(v) if digits is None else fixed(v, digits)
 
     text = ours if isinstance(ours, str) else show(ours)
-    return text if theirs is None else f"{text} ({show(float(theirs))})"
+    return text if theirs is None else f"{text} ({as_printed(theirs, show)})"
+
+
+def as_printed(theirs: Any, show: Any) -> str:
+    """A reference number as the paper prints it: an integer without decimals (98, not 98.00), a transcribed
+    decimal with its own (156.15); a derived one (seconds x 1e6, a ratio) through `show`."""
+    if isinstance(theirs, int):
+        return f"{theirs:,}"
+    text = repr(float(theirs))
+    if "e" not in text and len(text.split(".")[1]) <= 2 and text.split(".")[1] != "0":
+        return f"{float(theirs):,.{len(text.split('.')[1])}f}"
+    return str(show(float(theirs)))

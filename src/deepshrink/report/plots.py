@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 from deepshrink.report.numbers import num as _num
 from deepshrink.report.rundata import RunData, ok
 from deepshrink.report.seeds import column, groups, mean_std
+from deepshrink.report.specs import DS_NAME, MODEL_NAME
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -63,13 +64,14 @@ def _place_labels(ax: plt.Axes, points: list[tuple[float, float, str]]) -> list[
     return skipped
 
 
-def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str, float]], xlabel: str) -> None:
+def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str, float]], xlabel: str, numbers: dict[str, int]) -> None:
     """(cost, mean accuracy, label, accuracy std over seeds or 0) points, the std as an error bar.
     Points carry numbers, not names (names collide where points crowd); the legend maps each number
-    to its pipeline."""
+    to its pipeline, and `numbers` gives a pipeline one number in every panel of its figure."""
     front = set(pareto([(x, y) for x, y, _, _ in pts]))
-    ordered = sorted(pts, key=lambda p: p[0])
-    for i, (x, y, label, err) in enumerate(ordered, start=1):
+    ordered = sorted(pts, key=lambda p: numbers[p[2]])
+    for x, y, label, err in ordered:
+        i = numbers[label]
         color = "tab:red" if label == "baseline" else ("tab:green" if (x, y) in front else "tab:blue")
         ax.errorbar(x, y, yerr=err or None, fmt="o", markersize=4, color=color, capsize=2, zorder=3,
                     label=f"{i} {label}")
@@ -79,7 +81,7 @@ def _scatter(ax: plt.Axes, pts: list[tuple[float, float, str, float]], xlabel: s
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    skipped = set(_place_labels(ax, [(x, y, str(i)) for i, (x, y, _, _) in enumerate(ordered, start=1)]))
+    skipped = set(_place_labels(ax, [(x, y, str(numbers[lab])) for x, y, lab, _ in sorted(ordered)]))
     handles, labels = ax.get_legend_handles_labels()
     labels = [f"{lab} (crowded: not numbered)" if lab.split(" ")[0] in skipped else lab for lab in labels]
     ax.legend(handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
@@ -97,20 +99,23 @@ def pareto_figures(data: RunData, out: Path) -> list[Figure]:
             size.append((mean_std(column(rows, "size_bytes", 1 / 1024))[0], acc, label, err or 0.0))
             time.append((mean_std([data.time_us(r["variant"])[0] for r in rows])[0], acc, label, err or 0.0))
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        # one number per pipeline in both panels, in order of size (a pipeline with no size goes last)
+        numbers = {lab: i for i, (*_, lab, _) in enumerate(sorted(size, key=lambda p: (p[0] is None, p[0] or 0)), 1)}
         _scatter(axes[0], [(x, y, lab, e) for x, y, lab, e in size if x and y is not None],
-                 "size of the shipped file (KiB, log scale)")
+                 "size of the shipped file (KiB, log scale)", numbers)
         _scatter(axes[1], [(x, y, lab, e) for x, y, lab, e in time if x and y is not None],
-                 "time per image (µs, batched, log scale)")
-        fig.suptitle(f"{ds} {model}: size and time against accuracy")
+                 "time per image (µs as shipped, batched, log scale)", numbers)
+        name = f"{DS_NAME.get(ds, ds)} {MODEL_NAME.get(model, model)}"
+        fig.suptitle(f"{name}: size and time against accuracy")
         fig.tight_layout()
         path = out / f"pareto-{ds}-{model}.png".replace(":", "_").replace("/", "_")
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        figs.append(Figure(path, f"{ds} {model}: test accuracy against the shipped file's size "
+        figs.append(Figure(path, f"{name}: test accuracy against the shipped file's size "
                                  "(left) and time per image (right), one point per pipeline (mean over seeds, "
                                  "error bar their std). Red: baseline; green: on the Pareto front (nothing "
                                  "smaller or faster is as accurate), joined by the green step line. Numbers "
-                                 "name the pipelines in the legend."))
+                                 "name the pipelines in the legend, the same number in both panels."))
     return figs
 
 
@@ -141,12 +146,12 @@ def figure1(data: RunData, out: Path) -> Figure | None:
             temps = sorted(accs)
             stats = [mean_std(accs[t]) for t in temps]  # several seeds per temperature: mean, std as error bar
             ax.errorbar(temps, [m or 0.0 for m, _, _ in stats], yerr=[sd or 0.0 for _, sd, _ in stats],
-                        marker="o", capsize=3, label=f"teacher {teacher}")
+                        marker="o", capsize=3, label=f"teacher {MODEL_NAME.get(teacher, teacher)}")
         ax.set_xscale("log", base=2)
         ax.margins(y=0.15)
         ax.set_xlabel("temperature T")
         ax.set_ylabel("student test accuracy (%)")
-        ax.set_title(ds)
+        ax.set_title(DS_NAME.get(ds, ds))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Figure 1. Effect of temperature on accuracy")
@@ -154,9 +159,12 @@ def figure1(data: RunData, out: Path) -> Figure | None:
     path = out / "figure1-temperature.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    teachers = sorted({MODEL_NAME.get(t, t) for series in panels.values() for t in series})
+    lines = (f"one line per teacher ({' and '.join(teachers)})" if len(teachers) > 1
+             else f"one teacher only ({teachers[0]}: the run has no temperature sweep from another)")
     return Figure(path, "Effect of temperature on accuracy (the reference's Figure 1): test accuracy of the "
                         "distilled student against the distillation temperature, one panel per dataset (each "
-                        "with its own y-axis range, so the effect is visible), a line per teacher; error bars "
+                        f"with its own y-axis range, so the effect is visible), {lines}; error bars "
                         "are the std over seeds where there are several.")
 
 
@@ -199,7 +207,8 @@ def _weight_bits(row: dict[str, str]) -> int | None:
 def bits_figure(data: RunData, out: Path) -> Figure | None:
     """Accuracy against weight bits per dataset/model, from the run's quantize rows."""
     points: list[dict[str, Any]] = [
-        {"series": f"{r['dataset']}-{r['model']}", "bits": b, "accuracy_pct": _num(r["accuracy_pct"])}
+        {"series": f"{DS_NAME.get(r['dataset'], r['dataset'])} {MODEL_NAME.get(r['model'], r['model'])}",
+         "bits": b, "accuracy_pct": _num(r["accuracy_pct"])}
         for r in data.results if ok(r) and (b := _weight_bits(r)) is not None]
     points = [p for p in points if p["accuracy_pct"] is not None]
     series = {p["series"] for p in points if p["bits"] < 8}

@@ -15,7 +15,7 @@ from deepshrink.export.packed import MAGIC as PACKED_MAGIC
 from deepshrink.export.sparse import MAGIC as SPARSE_MAGIC
 from deepshrink.report.numbers import count, fixed, kib, num, sig
 from deepshrink.report.reference import ref
-from deepshrink.report.rundata import RunData
+from deepshrink.report.rundata import Row, RunData
 from deepshrink.report.specs import LAYER_TABLES
 from deepshrink.report.tables import Comparison, Table
 
@@ -132,36 +132,84 @@ def time_cause(c: Comparison) -> str:
     return f"ours timed with {how}; the reference's time is its Config1 machine's (Intel i7-8750H)."
 
 
+MODE_MEANS = {"full": "every layer computes in integers", "mixed": "fully connected layers in integers, "
+              "convolutions in float", "weights": "INT8 weights dequantized once, every layer computes in float"}
+
+
+def _measured(row: Row, prefix: str) -> dict[str, float]:
+    """The export's own timings of the alternatives it chose among (calibration images, 1 thread): info
+    columns `<prefix><name>`, e.g. `int8_us_b256_full_onnxruntime`, keyed by the name."""
+    return {k.removeprefix(prefix): v for k in row if k.startswith(prefix) and (v := num(row.get(k))) is not None}
+
+
+def _alt(name: str, b256: dict[str, float], b1: dict[str, float]) -> str:
+    at1 = f" / {sig(b1[name])} µs at batch 1" if name in b1 else ""
+    what = "FP32" if name == "fp32" else name.replace("_", " on ", 1)
+    return f"{what} {sig(b256[name])} µs{at1}"
+
+
+def int8_cause(row: Row, runtime: str) -> str:
+    """What ships and, from the export's measurements, each alternative it rejected with its times."""
+    mode = row.get("int8_mode") or ""
+    text = f"ships INT8 mode {mode or '?'} ({MODE_MEANS.get(mode, 'mode not recorded')}) on {runtime}"
+    b256, b1 = _measured(row, "int8_us_b256_"), _measured(row, "int8_us_b1_")
+    chosen = [k for k in b256 if k.startswith(f"{mode}_")]
+    if not chosen:
+        return text
+    rejected = [_alt(k, b256, b1) for k in sorted(b256) if k not in chosen and k != "fp32"]
+    text += "; the export measured " + ", ".join(_alt(k, b256, b1) for k in chosen)
+    text += f" against {_alt('fp32', b256, b1)}" if "fp32" in b256 else ""
+    text += (f" and rejected {', '.join(rejected)} (the mode whose slower batch is fastest ships)" if rejected
+             else "")
+    full = [v for k, v in b256.items() if k.startswith("full_")]
+    if mode != "weights" and full and "fp32" in b256 and min(full) > b256["fp32"]:
+        text += "; integer kernels ran slower than float ones here"
+    return text
+
+
+def sparse_cause(row: Row, runtime: str, macs: float | None, macs_nz: float | None) -> str:
+    """A pruned file: on the sparse runtime, or why it ships dense (the deploy measurement's times)."""
+    work = f"{count(macs_nz)} of {count(macs)} MACs per image touch a non-zero weight"
+    if runtime == "sparse":
+        return f"ships on the sparse runtime ({work}), timed against the baseline's ONNX Runtime model"
+    us = _measured(row, "deploy_us_b256_")
+    text = f"ships the decoded dense model on {runtime} ({work}; dense kernels run them all)"
+    if "sparse" in us and runtime in us:
+        text += f"; the sparse runtime measured {sig(us['sparse'])} µs against {runtime}'s {sig(us[runtime])} µs"
+    return text
+
+
+def _work_cause(row: Row, data: RunData, speedup: float | None) -> str:
+    base = data.row(row.get("baseline_variant", ""))
+    base_macs, macs_nz = num(base.get("macs_nonzero")) if base else None, num(row.get("macs_nonzero"))
+    if not macs_nz or not base_macs or speedup is None:
+        return "no MAC counts recorded for this variant"
+    work = base_macs / macs_nz
+    text = f"the work per image fell {sig(work)} x ({count(macs_nz)} MACs vs the baseline's {count(base_macs)})"
+    if speedup < work:
+        return text + f" but the time only {sig(speedup)} x"
+    return text + f" and the time {sig(speedup)} x"
+
+
 def speedup_cause(c: Comparison, data: RunData) -> str:
     row, tm = c.row, c.timing
-    paired = (f"paired run: baseline {sig(tm.base_us)} µs, this variant {sig(tm.us)} µs ({tm.setting()})"
-              if tm else "no paired timing recorded")
-    deployment, suffix = row.get("deployment", "") or "?", Path(row.get("artifact") or "").suffix
+    if tm is None or tm.speedup is None:
+        return "the baseline was not timed in the same run as this variant, so there is no speedup to compare."
+    paired = (f"paired run: baseline {sig(tm.base_us)} µs ({tm.base_runtime()}), this variant {sig(tm.us)} µs "
+              f"({tm.setting()})")
+    runtime = row.get("deployed_runtime") or tm.runtime
     macs, macs_nz = num(row.get("macs")), num(row.get("macs_nonzero"))
-    if suffix in SPARSE_FILES or row.get("sparse") == "True":
-        text = (f"we time the model decoded from the {suffix or 'sparse'} file on dense kernels ({deployment} in "
-                f"{row.get('runtime') or '?'}), so all {count(macs)} MACs per image run although "
-                f"{count(macs_nz)} touch a non-zero weight")
-        dense_us, sparse_us = num(row.get("dense_us_per_image")), num(row.get("sparse_us_per_image"))
-        if dense_us and sparse_us:
-            text += f"; a sparse (CSR) kernel took {sig(sparse_us)} µs vs {sig(dense_us)} µs dense (torch, 1 thread)"
-        text += f"; the reference's time falls with sparsity ({sig(c.theirs)} x), which a zero-filled model cannot"
-    elif "int8" in deployment or (row.get("precision") or "").startswith("int8"):
-        text = f"the INT8 model ran as {deployment} in {row.get('runtime') or '?'}"
-        if data.has_conv(row["variant"]) and tm and tm.speedup is not None and tm.speedup < 1:
-            text += ", whose integer convolutions ran slower than the FP32 model's float ones on this CPU"
-        modes = [(m, num(row.get(f"int8_us_{m}"))) for m in ("full", "mixed", "weights", "fp32")]
-        if any(v is not None for _, v in modes):
-            text += "; modes measured (µs): " + ", ".join(f"{m} {sig(v)}" for m, v in modes if v is not None)
+    noise = data.noise()
+    lead = (f"within the measured timing noise ({noise.spread:.2f}x) of the reference's {sig(c.theirs)} x; "
+            if noise and noise.within(c.ours / c.theirs) else "")
+    if row.get("int8_mode") or "int8" in (row.get("deployment") or ""):
+        text = int8_cause(row, runtime)
+    elif Path(row.get("artifact") or "").suffix in SPARSE_FILES or row.get("sparse") == "True":
+        text = sparse_cause(row, runtime, macs, macs_nz)
+        text += f"; the reference's time falls with sparsity ({sig(c.theirs)} x)"
     else:
-        base = next((r for r in data.results if r["variant"] == row.get("baseline_variant")), None)
-        base_macs = num(base.get("macs_nonzero")) if base else None
-        if macs_nz and base_macs:
-            text = (f"the work per image fell {sig(base_macs / macs_nz)} x ({count(macs_nz)} MACs vs the baseline's "
-                    f"{count(base_macs)}) but the time only {sig(tm.speedup if tm else None)} x")
-        else:
-            text = "no MAC counts recorded for this variant"
-    return f"{text}; {paired}."
+        text = _work_cause(row, data, tm.speedup)
+    return f"{lead}{text}; {paired}."
 
 
 def gaps_table(tables: list[Table], data: RunData) -> Table:

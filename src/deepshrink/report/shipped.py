@@ -3,15 +3,14 @@ and batch, from latency.csv alone. A user deploys whichever runtime is fastest f
 not one runtime's speedup — says whether a compression made the model faster or slower.
 
 The baseline's times are those of the paired run (`reference_us_per_image_median`: the baseline timed
-interleaved with the variant): two timings of one file minutes apart differ by up to 5-10 % on a shared
-machine even when nothing else runs (measured: MNIST LeNet-5's medians 9.95-11.0 µs over 37 paired runs),
-as much as the 0.95x line this table draws. The baseline's own rows are the fallback for older run
-directories, and when its fastest runtime is one the variant was not timed beside."""
+interleaved with the variant): two timings of one file in different runs differ by more than the 0.95x line
+this table draws (the report states the spread it measured), so a ratio whose two times were not taken in one
+run is no speedup: such a variant gets a dash, never the baseline's own (unpaired) row."""
 
 from dataclasses import dataclass
 
 from deepshrink.report.numbers import num, sig
-from deepshrink.report.rundata import Row, RunData, ok
+from deepshrink.report.rundata import Row, RunData, ok, paired_base_us
 
 SLOWER = 0.95  # below this a variant is called slower than its baseline (the never-slower goal)
 
@@ -47,8 +46,7 @@ def paired_fastest(latency: list[Row], variant: str, threads: str, batch: str) -
         ref = r.get("reference", "")
         return ref[ref.index("(") + 1 : -1] if ref.endswith(")") else r["runtime"]
 
-    return _min([(us, runtime(r)) for r in _at(latency, variant, threads, batch)
-                 if (us := num(r.get("reference_us_per_image_median")))])
+    return _min([(us, runtime(r)) for r in _at(latency, variant, threads, batch) if (us := paired_base_us(r))])
 
 
 def settings(latency: list[Row]) -> list[tuple[str, str]]:
@@ -60,8 +58,9 @@ def settings(latency: list[Row]) -> list[tuple[str, str]]:
     return sorted((p for p in pairs if int(num(p[0]) or 0) == fewest), key=lambda p: -int(num(p[1]) or 0))
 
 
-def shipped_ratios(data: RunData) -> list[tuple[Row, str, str, Fastest, Fastest]]:
-    """(row, threads, batch, the variant's fastest, its baseline's fastest) for every compressed variant."""
+def shipped_ratios(data: RunData) -> list[tuple[Row, str, str, Fastest, Fastest | None]]:
+    """(row, threads, batch, the variant's fastest, its baseline's fastest in the same run or None) for every
+    compressed variant."""
     out = []
     where = settings(data.latency)
     for r in data.results:
@@ -69,23 +68,27 @@ def shipped_ratios(data: RunData) -> list[tuple[Row, str, str, Fastest, Fastest]
         if not ok(r) or not base or base == r["variant"]:
             continue
         for threads, batch in where:
-            mine, own = fastest(data.latency, r["variant"], threads, batch), fastest(data.latency, base, threads,
-                                                                                    batch)
-            paired = paired_fastest(data.latency, r["variant"], threads, batch)
-            # paired unless the baseline's fastest runtime was not timed beside this variant
-            theirs = paired if paired and (own is None or own.runtime == paired.runtime) else own
-            if mine and theirs:
+            mine = fastest(data.latency, r["variant"], threads, batch)
+            # the baseline's fastest among the runtimes it was timed in beside this variant, in its unit's run
+            theirs = paired_fastest(data.latency, r["variant"], threads, batch)
+            if mine:
                 out.append((r, threads, batch, mine, theirs))
     return out
 
 
 def shipped_table_rows(data: RunData) -> tuple[list[list[str]], list[str]]:
-    """Table rows (variant, setting, runtimes and times, ratio) and the variants slower than SLOWER."""
+    """Table rows (variant, setting, runtimes and times, ratio) and the variants slower than SLOWER; a ratio
+    within the measured noise of 1.00 is marked ≈ and not called slower."""
     rows, slow = [], []
+    noise = data.noise()
     for r, threads, batch, mine, theirs in shipped_ratios(data):
+        if theirs is None:
+            rows.append([r["variant"], f"{threads}t, batch {batch}", f"{mine.runtime} {sig(mine.us)}", "–", "–",
+                         "baseline not timed in the same run"])
+            continue
         ratio = theirs.us / mine.us
-        flag = "slower" if ratio < SLOWER else ""
-        if flag:
+        flag = "≈" if noise and noise.within(ratio) else ("slower" if ratio < SLOWER else "")
+        if flag == "slower":
             slow.append(f"{r['variant']} ({threads} thread{'s' if threads != '1' else ''}, batch {batch}: "
                         f"{ratio:.2f}x)")
         rows.append([r["variant"], f"{threads}t, batch {batch}", f"{mine.runtime} {sig(mine.us)}",

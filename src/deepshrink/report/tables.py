@@ -82,9 +82,39 @@ def _compare(t: Table, name: str, row: Row, rb: dict[str, Any], tm: Timing | Non
             t.comparisons.append(Comparison(t.id, name, quantity, ours, float(theirs), row, rb, tm))
 
 
+def _original_us(data: RunData, specs: list[Spec], ds: str, model: str) -> tuple[str, str]:
+    """(runtimes, µs) for a table's Original row: the baseline times the table's speedups divide by, one per
+    paired run (a table's variants may come from several units, each timing the baseline anew)."""
+    got: dict[tuple[str, float], None] = {}
+    for _, d, m, label in specs:
+        row = data.find(d, m, label)
+        tm = data.timing(row["variant"]) if ok(row) and row and (d, m) == (ds, model) else None
+        if tm and tm.base_us is not None:
+            got[(tm.base_runtime(), tm.base_us)] = None
+    if not got:
+        return "–", "–"
+    runtimes = " / ".join(dict.fromkeys(rt for rt, _ in got))
+    return runtimes, " / ".join(sig(us) for _, us in sorted(got, key=lambda k: k[1]))
+
+
+def speed_cells(data: RunData, variant: str, ref_us: float | None, ref_sp: float | None) -> list[str]:
+    """Runtime, µs, the paired baseline µs, speedup (≈: within the measured noise of 1.00) as shipped, and
+    ONNX Runtime's dense µs and speedup where the file ships on another runtime."""
+    tm, dense, noise = data.timing(variant), data.dense_timing(variant), data.noise()
+    speed = cell(tm.speedup if tm else None, ref_sp, None)
+    if tm and noise and noise.within(tm.speedup):
+        speed += " ≈"
+    return [tm.runtime if tm else "–", cell(tm.us if tm else None, ref_us, None), sig(tm.base_us if tm else None),
+            speed, sig(dense.us) if dense else "–", sig(dense.speedup) if dense else "–"]
+
+
+SPEED_COLS = ["runtime shipped", "µs / image", "baseline µs, same run", "speedup", "ONNX Runtime µs (dense)",
+              "ONNX Runtime speedup"]
+
+
 def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: bool) -> Table:
-    cols = ["", "size KiB", "× smaller", "accuracy %", "µs / image", "baseline µs, same run", "speedup"]
-    # The distillation tables (the ones with epochs) show each seed's accuracy beside the mean ± std.
+    cols = ["", "size KiB", "× smaller", "accuracy %", "accuracy over seeds", *SPEED_COLS]
+    # The distillation tables (the ones with epochs) show each seed's accuracy too.
     cols += ["epochs trained", "converged at epoch", "per seed accuracy %"] if epochs else []
     t = Table(tid, title, cols, note="Beyond the reference: ours only, it published no such table." if tid == "t1b"
               else "Ours, the reference's number in parentheses; sizes in KiB.")
@@ -103,29 +133,41 @@ def main_table(data: RunData, tid: str, title: str, specs: list[Spec], epochs: b
         ref_us = r["time"] * 1e6 if r.get("time") else None
         seeds = [x for x in data.find_all(ds, model, label) if ok(x)]
         accs = column(seeds, "accuracy_pct")
-        acc_mean = mean_std(accs)[0]
-        acc_text = pm(accs) if len([a for a in accs if a is not None]) > 1 else fixed(acc_mean)
+        many = len([a for a in accs if a is not None]) > 1
         ref_sp = _speedup_ref(r, rb)
         line = [name, cell(size, r.get("size"), None), sig(base_size / size if base_size and size else None),
-                cell(acc_text, r.get("acc")), cell(tm.us if tm else None, ref_us, None),
-                sig(tm.base_us if tm else None), cell(tm.speedup if tm else None, ref_sp, None)]
+                cell(num(row.get("accuracy_pct")), r.get("acc")), pm(accs) if many else "–",
+                *speed_cells(data, row["variant"], ref_us, ref_sp)]
+        if label == "baseline":  # the time its table's speedups divide by, not its own run's
+            line[5], line[7] = _original_us(data, specs, ds, model)
+            line[6] = cell(line[7], ref_us, None) if line[7] != "–" else line[6]
         if epochs:
             baseline = label == "baseline"
             line += ["–" if baseline else cell(num(row.get("epochs")), r.get("epochs"), 0),
                      "–" if baseline else count(num(row.get("epochs_to_converge"))),
                      per_seed(seeds, "accuracy_pct", lambda v: f"{v:.2f}") or "–"]
         t.rows.append(line)
-        _compare(t, name, row, rb, tm, [("size", size, r.get("size")), ("accuracy", acc_mean, r.get("acc")),
+        _compare(t, name, row, rb, tm, [("size", size, r.get("size")),
+                                        ("accuracy", num(row.get("accuracy_pct")), r.get("acc")),
                                         ("time", tm.us if tm else None, ref_us),
                                         ("speedup", tm.speedup if tm else None, ref_sp)])
-    t.note += " " + data.timing_note(timings)
+    t.note += " " + data.timing_note(timings) + " " + noise_note(data)
     if epochs:
         t.note += (" Epochs trained: ours beside the reference's. Converged at epoch: ours only, the first "
                    "epoch whose validation accuracy is within 0.1 points of the last one (the reference "
                    "gives no such number, so its trained epochs are not a convergence point). "
-                   "Accuracy: mean ± sample std over seeds where there are several. ")
+                   "Accuracy: seed 0's; over seeds: mean ± sample std where there are several. ")
         t.note += gain_note(data, specs[0][1])
     return t
+
+
+def noise_note(data: RunData) -> str:
+    n = data.noise()
+    if n is None:
+        return "No file was timed in more than one run, so the timing noise is not measured here."
+    return (f"Timing noise: one file timed in different runs of this study spans up to {n.spread:.2f}x "
+            f"({n.file}, {n.runs} runs, {n.setting}); a speedup within that of 1.00 is marked ≈ (not a "
+            f"measured difference).")
 
 
 def layer_table(data: RunData, tid: str, title: str, specs: list[Spec], layers: list[str], biases: bool) -> Table:
@@ -147,14 +189,25 @@ def layer_table(data: RunData, tid: str, title: str, specs: list[Spec], layers: 
         bias_total = max(bias_total, sum(c.biases_nonzero for c in got.values()))
         t.rows.append([name, *[cell(float(shown(got[la])) if la in got else 0.0, r.get(la), 0) for la in layers],
                        cell(float(sum(shown(c) for c in got.values())), r.get("total"), 0)])
+    example = _count_example(tid, biases)
     if biases:
-        t.note = ("Non-zero weights and biases, as the reference counts in this table (its conv1 156 = 6 x 5 x 5 "
-                  "weights + 6 biases); the reference's number in parentheses.")
+        t.note = (f"Non-zero weights and biases, as the reference counts in this table ({example}); the "
+                  "reference's number in parentheses.")
     else:
-        t.note = ("Non-zero weights only, as the reference counts in this table (its fc1 235,200 = 784 x 300); "
-                  f"the biases, never pruned, add {bias_total:,} more to each row. The reference's number in "
-                  "parentheses.")
+        t.note = (f"Non-zero weights only, as the reference counts in this table ({example}); the biases, never "
+                  f"pruned, add {bias_total:,} more to each row. The reference's number in parentheses.")
     return t
+
+
+def _count_example(tid: str, biases: bool) -> str:
+    """The table's own Original first-layer count, spelled out (its dataset's input size, not another's)."""
+    r = ref(tid, "Original")
+    if biases and r.get("conv1"):  # 6 filters of 5 x 5 over the input's channels, plus 6 biases
+        channels = (r["conv1"] - 6) // (6 * 25)
+        return f"its conv1 {r['conv1']:,} = 6 x {channels} x 5 x 5 weights + 6 biases"
+    if r.get("fc1"):
+        return f"its fc1 {r['fc1']:,} = {r['fc1'] // 300:,} x 300"
+    return "its per-layer counts"
 
 
 def best_tables(data: RunData) -> list[Table]:
@@ -197,8 +250,8 @@ def best_tables(data: RunData) -> list[Table]:
 
 def future_table(data: RunData) -> Table:
     t = Table("future", "Future-work pipelines of the reference (§9), done", ["dataset / model", "pipeline",
-              "size KiB", "× smaller", "accuracy %", "baseline %", "µs / image", "baseline µs, same run",
-              "speedup"], note="Ours only: the reference did not run these. Sizes in KiB.")
+              "size KiB", "× smaller", "accuracy %", "baseline %", "runtime shipped", "µs / image",
+              "baseline µs, same run", "speedup"], note="Ours only: the reference did not run these. Sizes in KiB.")
     timings = []
     for d in ("mnist", "cifar10"):
         for m in ("lenet-300-100", "lenet-5"):
@@ -211,7 +264,8 @@ def future_table(data: RunData) -> Table:
                 timings += [(f"{DS_NAME.get(d, d)} {MODEL_NAME.get(m, m)} {name}", tm)] if tm else []
                 t.rows.append([f"{DS_NAME.get(d, d)} {MODEL_NAME.get(m, m)}", name, sig(size),
                                sig(bsize / size if bsize and size else None), fixed(num(row["accuracy_pct"])),
-                               fixed(num(row["baseline_accuracy_pct"])), sig(tm.us if tm else None),
+                               fixed(num(row["baseline_accuracy_pct"])), tm.runtime if tm else "–",
+                               sig(tm.us if tm else None),
                                sig(tm.base_us if tm else None), sig(tm.speedup if tm else None)])
     t.note += " " + data.timing_note(timings)
     return t
@@ -219,7 +273,7 @@ def future_table(data: RunData) -> Table:
 
 def all_variants(data: RunData, sram_budget_bytes: int) -> Table:
     t = Table("all", "All variants", ["variant", "pipeline", "precision", "sparsity", "size KiB", "accuracy %",
-                                      "baseline %", "µs / image", "speedup", "nJ / image (est.)",
+                                      "baseline %", "runtime shipped", "µs / image", "speedup", "nJ / image (est.)",
                                       "weights read from", "status"])
     timings = []
     for r in data.results:
@@ -228,7 +282,7 @@ def all_variants(data: RunData, sram_budget_bytes: int) -> Table:
         t.rows.append([r["variant"], r.get("recipe_steps") or r.get("pipeline", ""), r.get("precision", ""),
                        sig(num(r.get("sparsity"))), sig(kib(num(r.get("size_bytes")))),
                        fixed(num(r.get("accuracy_pct"))), fixed(num(r.get("baseline_accuracy_pct"))),
-                       sig(tm.us if tm else None), sig(tm.speedup if tm else None),
+                       tm.runtime if tm else "–", sig(tm.us if tm else None), sig(tm.speedup if tm else None),
                        sig(num(r.get("energy_nj_est"))), (r.get("energy_memory") or "").upper(),
                        r.get("status", "")])
     ratio = DRAM_PJ_PER_32BIT / SRAM_PJ_PER_32BIT
@@ -280,8 +334,8 @@ def shipped_table(data: RunData) -> Table:
                  note="A user runs each file in whichever runtime is fastest for it, so a variant is compared "
                       "with its baseline's best, at the same threads and batch: median µs per image in "
                       "latency.csv, the baseline's from the run it was timed in interleaved with the variant "
-                      "(two runs of one file minutes apart differ by up to 5-10 % here), each run while "
-                      "nothing else of the study ran. " + verdict)
+                      "(a dash where it was not: no ratio of two runs), each run while nothing else of the study "
+                      "ran. " + noise_note(data) + " " + verdict)
 
 
 def deep_compression_table(data: RunData) -> Table:
