@@ -9,7 +9,7 @@ from typing import Any
 
 from deepshrink import steps, study
 from deepshrink._version import __version__
-from deepshrink.api import Result, compress, load_data, measure, train
+from deepshrink.api import Result, compress, load_data, load_model, measure, train
 from deepshrink.api import study as _run_study
 from deepshrink.data import DataSplits as Data
 from deepshrink.errors import UserError
@@ -37,6 +37,7 @@ __all__ = [
            "create_model",
            "list_models",
            "load_data",
+           "load_model",
            "measure",
            "steps",
            "study",
