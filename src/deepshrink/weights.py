@@ -51,9 +51,10 @@ def _names(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """`model` with the file's weights; every mismatch with the model's own state dict named."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """`model` with the file's weights (`state`: the file already read); every mismatch with the model's own
+    state dict named."""
+    state = read_state_dict(path) if state is None else state
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -27,7 +27,7 @@ from deepshrink.models import (
     reference_of,
 )
 from deepshrink.variant import Variant, variant_id
-from deepshrink.weights import load_weights
+from deepshrink.weights import load_weights, read_state_dict
 
 TRAINED = {"trained_by": "the user (weights given, no training run)"}
 
@@ -84,8 +84,9 @@ def open_source(src: Source, data_dir: Path | None = None, seed: int = 0) -> tup
         if src.weights is None:
             raise UserError(f"--model {src.model}: pass --weights FILE (.safetensors, .pt or .pth state dict)")
         check_model_name(src.model)
+        state = read_state_dict(src.weights)  # a refused file is said before any data is looked for
         data = load_dataset(_need_dataset(src, f"--model {src.model}"), data_dir)
-        model = load_weights(create_model(src.model, data, **src.model_args), src.weights)
+        model = load_weights(create_model(src.model, data, **src.model_args), src.weights, state)
         return _variant(model, canonical(src.model), src.model_args, data, _norm(src.normalize), seed)
     if src.path is None:
         raise UserError("compress: give a checkpoint, an .onnx file, or --model with --weights")
