@@ -10,7 +10,7 @@ from typing import Any
 from deepshrink import search as _search_package
 from deepshrink import steps, study
 from deepshrink._version import __version__
-from deepshrink.api import Result, compress, load_data, measure, train
+from deepshrink.api import Result, compress, load_data, load_model, measure, train
 from deepshrink.api import study as _run_study
 from deepshrink.api_search import search as _run_search
 from deepshrink.api_search import sensitivity
@@ -47,6 +47,7 @@ __all__ = [
            "create_model",
            "list_models",
            "load_data",
+           "load_model",
            "measure",
            "search",
            "sensitivity",

@@ -27,9 +27,11 @@ from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.models import create_model
 from deepshrink.study.recipe import load_recipe
 from deepshrink.study.run import compress_measured, run_study, train_measured
+from deepshrink.study.trained import load_model as trained_model
+from deepshrink.study.trained import module_variant, onnx_variant
 from deepshrink.variant import Variant, slug
 
-__all__ = ["Result", "compress", "create_model", "load_data", "measure", "study", "train"]
+__all__ = ["Result", "compress", "create_model", "load_data", "load_model", "measure", "study", "train"]
 
 
 @dataclass
@@ -70,19 +72,37 @@ def train(model: str | nn.Module, data: DataSplits, epochs: int | None = None, o
     return Result(measured.row, measured.artifact, variant, run_dir)
 
 
-def compress(base: Result, steps: list[Any], data: DataSplits, out: str | Path | None = None, seed: int = 0,
-             device: str = "auto", quiet: bool = True) -> Result:
-    """Apply a chain of steps (step strings or `ds.steps` configs) to a trained result, measured beside it."""
+def compress(base: "Result | nn.Module | str | Path", steps: list[Any], data: DataSplits, out: str | Path | None = None,
+             seed: int = 0, device: str = "auto", quiet: bool = True, normalize: str | None = None) -> Result:
+    """Apply a chain of steps (step strings or `ds.steps` configs) to a trained model, measured beside it:
+    a `Result` of `train`, a trained `nn.Module` of yours, or an FP32 ONNX classifier's path (both measured
+    as the baseline first). `normalize` is the preprocessing your model was trained with
+    ("mean=0.1307,std=0.3081", per channel "mean=a+b+c,std=...", or "none"; default the data's own)."""
     configs = [parse_step(s) if isinstance(s, str) else s for s in steps]
     for c in configs:
         if not dataclasses.is_dataclass(c):
             raise UserError(f"compress: step {c!r} is neither a step string nor a ds.steps config")
-    run_dir = Path(out) if out else base.out
-    measured = compress_measured(base.variant, configs, data, run_dir, device, quiet=quiet, seed=seed)
+    if isinstance(base, Result):
+        variant, run_dir = base.variant, Path(out) if out else base.out
+    else:
+        if isinstance(base, nn.Module):
+            variant, data = module_variant(base, data, normalize, seed)
+        elif Path(base).suffix == ".onnx":
+            variant, data = onnx_variant(Path(base), data, normalize, seed)
+        else:
+            raise UserError(f"compress: {base!r} is neither a Result, an nn.Module nor an .onnx path")
+        run_dir = Path(out) if out else Path("runs") / slug(f"compress-{variant.id}")
+    measured = compress_measured(variant, configs, data, run_dir, device, quiet=quiet, seed=seed)
     results = [Result(m.row, m.artifact, v, run_dir) for m, v in measured[1:]]
     if len(results) > 1:
         results[0].control = results[1]
     return results[0]
+
+
+def load_model(ref: str, weights: str | Path | None = None, data: Any = None, **model_args: Any) -> nn.Module:
+    """Your model by reference (`PATH.py:CALLABLE`, `package.module:CALLABLE`, `torchvision.models:resnet18`,
+    `timm:NAME`), sized for `data` when given, holding the state dict in `weights` (.safetensors, .pt, .pth)."""
+    return trained_model(ref, weights, data, **model_args)
 
 
 def measure(target: Result | str | Path, data: DataSplits | None = None, runtime: str = "onnxruntime",

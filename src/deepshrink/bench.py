@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from deepshrink.checkpoint import load_checkpoint, read_manifest
-from deepshrink.data import load_dataset
+from deepshrink.data import DataSplits, load_dataset
+from deepshrink.data.normalize import Norm, parse_normalize, renormalize
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, sparse_runtime
 from deepshrink.export.compact import manifest_beside, open_compact
@@ -58,7 +59,7 @@ OPENERS: dict[str, Callable[[Path, Path], Opened]] = {
 
 
 def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir: Path | None, device: str,
-                   quiet: bool, dataset: str | None = None) -> list[dict[str, Any]]:
+                   quiet: bool, dataset: str | None = None, normalize: str | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if runtime not in RUNTIMES:
@@ -89,12 +90,24 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
             if runtime not in runners:
                 raise UserError(f"{path}: runs with --runtime torch or onnxruntime")
             art = Artifact(path, path.suffix.lstrip("."), "fp32", runners=runners)
-        return _time(art, path, dataset, runtime, threads, batch, data_dir, device, quiet)
+        data = renormalize(load_dataset(dataset, data_dir, allow_empty_classes=True), _norm(path, normalize))
+        return _time(art, path, data, runtime, threads, batch, device, quiet)
 
 
-def _time(art: Artifact, path: Path, dataset: str, runtime: str, threads: int, batch: int, data_dir: Path | None,
-          device: str, quiet: bool) -> list[dict[str, Any]]:
-    data = load_dataset(dataset, data_dir, allow_empty_classes=True)  # timing only: no classes learned
+def _norm(path: Path, normalize: str | None) -> Norm | None:
+    """The model's preprocessing: `--normalize`, else its manifest's, else (None) the data's own statistics."""
+    if normalize:
+        return parse_normalize(normalize)
+    try:
+        manifest = read_manifest(manifest_beside(path))
+    except UserError:  # a foreign ONNX file: no manifest beside it
+        return None
+    return manifest.mean, manifest.std
+
+
+def _time(art: Artifact, path: Path, data: DataSplits, runtime: str, threads: int, batch: int, device: str,
+          quiet: bool) -> list[dict[str, Any]]:
+    dataset = data.name
     x = data.test_x[:2].numpy().astype(art.input_dtype)
     try:
         out = art.runners[runtime](1, "cpu")(x)

@@ -52,16 +52,35 @@ def train(
 
 @app.command()
 def compress(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint (its .json manifest beside it).")],
-    step: Annotated[list[str], typer.Option("--step", help="NAME:key=value,... ; repeat to chain steps.")],
+    checkpoint: Annotated[Path | None, typer.Argument(help="A .safetensors checkpoint (its .json manifest beside it), "
+                                                      "or an FP32 .onnx classifier (with --dataset).")] = None,
+    step: Annotated[list[str] | None, typer.Option("--step", help="NAME:key=value,... ; repeat to chain "
+                                                   "steps.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Your trained model's architecture: PATH.py:CALLABLE "
+                                              "or package.module:CALLABLE (with --weights and --dataset).")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", help="KEY=VALUE for --model; "
+                                                        "repeatable.")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="A state dict: .safetensors, or .pt/.pth (read "
+                                                 "with torch.load(weights_only=True) only).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Data to measure on (with --model or an "
+                                                ".onnx).")] = None,
+    normalize: Annotated[str | None, typer.Option("--normalize", help="The model's preprocessing: mean=M,std=S (per "
+                                                  "channel M1+M2+M3), or none for pixels/255; default the data's "
+                                                  "own statistics.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/compress).")] = None,
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Apply a chain of compression steps to a trained model and measure it beside the original."""
+    from deepshrink.config import parse_kwargs
     from deepshrink.study.run import run_compress
+    from deepshrink.study.trained import Source
 
+    if not step:
+        raise UserError("compress: give at least one --step NAME:key=value")
+    src = Source(path=checkpoint, model=model, model_args=parse_kwargs(model_arg or [], "--model-arg"),
+                 weights=weights, dataset=dataset, normalize=normalize)
     out = out or Path("runs") / "compress"
-    row = run_compress(checkpoint, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
+    row = run_compress(src, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
     for r in (row["control"], row) if "control" in row else (row,):
         _console().print(f"{r['variant']}: accuracy {r['accuracy_pct']:.2f}% (baseline "
                         f"{float(r['baseline_accuracy_pct']):.2f}%), {r['size_bytes']} bytes -> {out}")
@@ -145,12 +164,15 @@ def bench(
                        ] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = 1,
     batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = 256,
+    normalize: Annotated[str | None, typer.Option("--normalize", help="The model's preprocessing (mean=M,std=S or "
+                                                  "none); default its manifest's, else the data's.")] = None,
     data_dir: DataDir = None, device: Device = "cpu", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Time one artifact on its dataset's test set (batched and batch-1)."""
     from deepshrink.bench import bench_artifact
 
-    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet, dataset)
+    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet, dataset,
+                          normalize)
     table = Table(title=str(artifact))
     for c in ("runtime", "device", "threads", "batch", "us/img median", "min", "max"):
         table.add_column(c)

@@ -23,6 +23,7 @@ from torch import nn
 from deepshrink.data import check_name
 from deepshrink.errors import UserError
 from deepshrink.registry import Registry
+from deepshrink.zoo import build_zoo, import_zoo, is_zoo
 
 InputShape = tuple[int, int, int]
 ModelFn = Callable[[InputShape, int], nn.Module]
@@ -94,6 +95,8 @@ def _load_module(ref: str) -> Any:
     target = ref.rpartition(":")[0]
     path = reference_file(ref)
     if path is None:
+        if is_zoo(ref):
+            return import_zoo(target)
         try:
             return importlib.import_module(target)
         except ImportError as e:
@@ -120,6 +123,8 @@ def _load_module(ref: str) -> Any:
 
 def resolve_reference(ref: str) -> Callable[..., Any]:
     attr = ref.rpartition(":")[2]
+    if ref.startswith("timm:"):  # timm's models are names for timm.create_model, not attributes
+        return _load_module(ref).create_model
     fn = getattr(_load_module(ref), attr, None)
     if not callable(fn):
         raise UserError(f"model {ref!r}: no callable {attr!r} in {ref.rpartition(':')[0]}")
@@ -127,6 +132,8 @@ def resolve_reference(ref: str) -> Callable[..., Any]:
 
 
 def _build_reference(ref: str, shape: InputShape, num_classes: int, args: dict[str, Any]) -> nn.Module:
+    if is_zoo(ref):
+        return build_zoo(ref, shape, num_classes, args)
     fn = resolve_reference(ref)
     try:
         params = inspect.signature(fn).parameters
@@ -142,6 +149,19 @@ def _build_reference(ref: str, shape: InputShape, num_classes: int, args: dict[s
         raise UserError(f"model {ref!r}: returned {type(model).__name__}, not a torch.nn.Module")
     if "_parameters" not in vars(model):  # torch's own error would come later, from deep inside nn.Module
         raise UserError(f"model {ref!r}: {type(model).__name__}.__init__ never called super().__init__()")
+    return model
+
+
+def build_unsized(ref: str, args: dict[str, Any]) -> nn.Module:
+    """A reference built with its callable's own defaults for classes and shape (no data to size it by)."""
+    fn = resolve_reference(ref)
+    try:
+        model = fn(**args)
+    except Exception as e:  # the user's callable raised: a problem with the model or its arguments
+        raise UserError(f"model {ref!r}: calling it raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {ref!r}: returned {type(model).__name__}, not a torch.nn.Module")
+    model.__dict__[ORIGIN] = (canonical(ref), dict(args))
     return model
 
 

@@ -78,15 +78,27 @@ class _Reader:
         pass
 
 
-_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_MOVES = {"QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Identity", "Transpose", "Squeeze",
+          "Unsqueeze", "Shape", "Gather", "Concat", "MaxPool"}  # no arithmetic on the values (MaxPool: order-exact)
 
 
 def float_ops(m: onnx.ModelProto) -> list[str]:
-    """Compute ops ONNX Runtime left in float (an input not from a DequantizeLinear), as `OpType x N`."""
-    made_by = {o: n.op_type for n in m.graph.node for o in n.output}
+    """Ops ONNX Runtime runs in float once it has fused the QDQ pairs it has integer kernels for (e.g.
+    HardSwish becomes HardSigmoid x Mul in float), as `OpType xN`: what its optimized graph keeps that is
+    neither an integer kernel (QLinear*, QGemm, ...) nor a data move."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.log_severity_level = 4
+        ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(opts.optimized_model_filepath)
     left: dict[str, int] = {}
-    for node in m.graph.node:
-        if node.op_type in _COMPUTE and made_by.get(node.input[0]) != "DequantizeLinear":
+    for node in optimized.graph.node:
+        if node.op_type not in _MOVES and not node.op_type.startswith(("QLinear", "QGemm", "MatMulInteger",
+                                                                       "ConvInteger", "DynamicQuantize")):
             left[node.op_type] = left.get(node.op_type, 0) + 1
     return [f"{op} x{k}" for op, k in sorted(left.items())]
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from deepshrink.checkpoint import atomic_write_bytes, read_manifest
+from deepshrink.checkpoint import Manifest, atomic_write_bytes, read_manifest
+from deepshrink.data.normalize import renormalize
 from deepshrink.errors import UserError
 from deepshrink.export.base import Artifact
 from deepshrink.export.compact import manifest_beside
@@ -68,17 +69,24 @@ class Built:
     data: EvalData
 
 
+def _normalized(data: EvalData, manifest: Manifest | None) -> EvalData:
+    """The test images as the model was trained to see them (its manifest's normalization, e.g. a user's
+    `--normalize`), so ds_infer's reference inputs and ds_infer_pixels' table agree."""
+    return EvalData(renormalize(data.splits, (manifest.mean, manifest.std)), data.pixels) if manifest else data
+
+
 def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None,
              data: EvalData | None = None) -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
     if compact(artifact) and data is None:  # decoded, then calibrated on training images: the data comes first
-        data = load_eval_data(dataset or read_manifest(manifest_beside(artifact)).dataset, data_dir)
+        manifest = read_manifest(manifest_beside(artifact))
+        data = _normalized(load_eval_data(dataset or manifest.dataset, data_dir), manifest)
     src = load_source(artifact, data.splits.train_x[:512] if data else None)
     name = dataset or (src.manifest.dataset if src.manifest else None)
     if not name:
         raise UserError(f"{artifact}: no manifest beside it names its dataset; pass --dataset")
     graph = read_graph(src.model, str(artifact))
-    data = data or load_eval_data(name, data_dir)
+    data = data or _normalized(load_eval_data(name, data_dir), src.manifest)
     if tuple(data.pixels.shape[1:]) != tuple(graph.image_shape if len(graph.image_shape) == 3 else ()) and \
             int(np.prod(data.pixels.shape[1:])) != graph.input.size:
         raise UserError(f"{artifact}: takes {list(graph.image_shape)} inputs; {name} images are "

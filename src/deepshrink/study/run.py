@@ -15,7 +15,6 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from deepshrink import provenance
-from deepshrink.checkpoint import load_checkpoint, read_manifest
 from deepshrink.compress import apply, parse_step
 from deepshrink.compress.distill import control_of
 from deepshrink.data import DataSplits, check_name, load_dataset
@@ -30,6 +29,7 @@ from deepshrink.study.plan import StudyOptions, code_version, plan, units
 from deepshrink.study.preflight import check_study
 from deepshrink.study.ray_executor import RayExecutor
 from deepshrink.study.recipe import Recipe, load_recipe
+from deepshrink.study.trained import Source, open_source
 from deepshrink.study.variant import Measured, measure_variant, train_baseline, write_measured
 from deepshrink.train import TrainConfig
 from deepshrink.variant import StepContext, Variant, slug, variant_id
@@ -73,16 +73,15 @@ def train_measured(model: str | nn.Module, data: DataSplits, cfg: TrainConfig, o
     return measured, variant
 
 
-def run_compress(checkpoint: Path, steps: list[str], out: Path, data_dir: Path | None = None,
+def run_compress(checkpoint: Path | Source, steps: list[str], out: Path, data_dir: Path | None = None,
                  device: str = "auto", latency: LatencyConfig | None = None, quiet: bool = False,
                  seed: int = 0) -> dict[str, Any]:
-    """`deepshrink compress`: a chain of steps applied to a trained checkpoint, measured beside it;
-    a distilled student is measured beside its no-teacher control."""
-    read_manifest(checkpoint)
+    """`deepshrink compress`: a chain of steps applied to a trained model (a checkpoint, an `.onnx` file, or a
+    reference with its weights), measured beside it; a distilled student is measured beside its no-teacher
+    control."""
+    src = checkpoint if isinstance(checkpoint, Source) else Source(path=checkpoint)
     configs = [parse_step(s) for s in steps]  # every step validated before any work starts
-    model, manifest = load_checkpoint(checkpoint)
-    data = load_dataset(manifest.dataset, data_dir, allow_empty_classes=True)  # its classes are the checkpoint's
-    base = Variant(variant_id(manifest.dataset, manifest.model, manifest.pipeline), model, manifest, seed=seed)
+    base, data = open_source(src, data_dir, seed)
     measured = compress_measured(base, configs, data, out, device, latency, quiet, seed)
     main = dict(measured[1][0].row)
     if len(measured) > 2:

@@ -1,0 +1,140 @@
+"""Already trained models as baselines (SPEC §4 "Already trained?"): a model reference with a weights file,
+an FP32 ONNX classifier, or a trained `nn.Module` handed to the API. Each becomes what `compress` takes
+from a checkpoint: a Variant with a manifest (no training run: train_seconds 0) and the data normalized
+as the model was trained (`--normalize`, recorded in the manifest, so every technique, `bench` and the
+microcontroller's pixel entry point use it).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
+from deepshrink.data import DataSplits, check_name, load_dataset
+from deepshrink.data.normalize import Norm, for_channels, parse_normalize, renormalize
+from deepshrink.errors import UserError
+from deepshrink.export.onnx_file import read_onnx
+from deepshrink.export.onnx_torch import REFERENCE, convert
+from deepshrink.models import (
+    build_unsized,
+    canonical,
+    check_model_name,
+    check_output,
+    create_model,
+    origin_of,
+    reference_of,
+)
+from deepshrink.variant import Variant, variant_id
+from deepshrink.weights import load_weights, read_state_dict
+
+# A trained model brings its own classes: the data is measured against them, not checked for gaps.
+ALLOW_EMPTY = True
+
+TRAINED = {"trained_by": "the user (weights given, no training run)"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """What `deepshrink compress` was given: a checkpoint or `.onnx` path, or a model reference + weights."""
+
+    path: Path | None = None
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    weights: Path | None = None
+    dataset: str | None = None
+    normalize: str | None = None
+
+
+def _norm(text: str | None) -> Norm | None:
+    return parse_normalize(text) if text else None
+
+
+def _variant(model: nn.Module, ref: str, args: dict[str, Any], data: DataSplits, norm: Norm | None,
+             seed: int = 0) -> tuple[Variant, DataSplits]:
+    """A baseline Variant of an already trained module, and the data normalized as it was trained."""
+    mean, std = for_channels(norm, data.input_shape[0]) if norm else (data.mean, data.std)
+    data = renormalize(data, (mean, std))
+    check_output(model, ref, data.input_shape, data.num_classes)
+    manifest = Manifest(model=ref, dataset=data.name, input_shape=list(data.input_shape), num_classes=data.num_classes,
+                        mean=list(mean), std=list(std), train=dict(TRAINED), model_args=dict(args))
+    return Variant(variant_id(data.name, ref, []), model.eval(), manifest, seed=seed), data
+
+
+def module_variant(model: nn.Module, data: DataSplits, normalize: str | Norm | None = None,
+                   seed: int = 0) -> tuple[Variant, DataSplits]:
+    """The API's trained `nn.Module` (rebuilt elsewhere by the reference `create_model` recorded, else by
+    its class)."""
+    origin = origin_of(model)
+    ref, args = origin if origin else (reference_of(model), {})
+    norm = _norm(normalize) if isinstance(normalize, str) else normalize
+    return _variant(model, ref, args, data, norm, seed)
+
+
+def _need_dataset(src: Source, what: str) -> str:
+    if not src.dataset:
+        raise UserError(f"{what}: pass --dataset (the data to measure it on)")
+    check_name(src.dataset)
+    return src.dataset
+
+
+def open_source(src: Source, data_dir: Path | None = None, seed: int = 0) -> tuple[Variant, DataSplits]:
+    """The baseline and its data for `deepshrink compress`, whichever way the model came."""
+    if src.model is not None:
+        if src.path is not None:
+            raise UserError(f"{src.path}: give either a checkpoint/.onnx file or --model with --weights, not both")
+        if src.weights is None:
+            raise UserError(f"--model {src.model}: pass --weights FILE (.safetensors, .pt or .pth state dict)")
+        check_model_name(src.model)
+        state = read_state_dict(src.weights)  # a refused file is said before any data is looked for
+        data = load_dataset(_need_dataset(src, f"--model {src.model}"), data_dir, allow_empty_classes=ALLOW_EMPTY)
+        model = load_weights(create_model(src.model, data, **src.model_args), src.weights, state)
+        return _variant(model, canonical(src.model), src.model_args, data, _norm(src.normalize), seed)
+    if src.path is None:
+        raise UserError("compress: give a checkpoint, an .onnx file, or --model with --weights")
+    if src.weights is not None:
+        raise UserError(f"--weights {src.weights}: needs --model (the architecture the weights fit)")
+    if src.path.suffix == ".onnx":
+        return _onnx(src, data_dir, seed)
+    return _checkpoint(src, data_dir, seed)
+
+
+def _onnx(src: Source, data_dir: Path | None, seed: int) -> tuple[Variant, DataSplits]:
+    assert src.path is not None
+    dataset = _need_dataset(src, str(src.path))
+    model = _convert(src.path)
+    data = load_dataset(dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
+    return _variant(model, REFERENCE, {"path": str(src.path.resolve())}, data, _norm(src.normalize), seed)
+
+
+def _convert(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return convert(read_onnx(path.read_bytes(), str(path), session=True), str(path))
+
+
+def onnx_variant(path: Path, data: DataSplits, normalize: str | Norm | None = None,
+                 seed: int = 0) -> tuple[Variant, DataSplits]:
+    """The API's ONNX classifier file as a baseline on `data`."""
+    norm = _norm(normalize) if isinstance(normalize, str) else normalize
+    return _variant(_convert(path), REFERENCE, {"path": str(path.resolve())}, data, norm, seed)
+
+
+def load_model(ref: str, weights: Path | str | None = None, data: Any = None, **model_args: Any) -> nn.Module:
+    """A model reference built (sized for `data` when given: data, a dataset name or a shape) and, with
+    `weights`, holding a trained state dict."""
+    model = create_model(ref, data, **model_args) if data is not None else build_unsized(ref, model_args)
+    return load_weights(model, Path(weights)) if weights is not None else model
+
+
+def _checkpoint(src: Source, data_dir: Path | None, seed: int) -> tuple[Variant, DataSplits]:
+    """A deepshrink checkpoint: its manifest's normalization unless `--normalize` overrides it."""
+    assert src.path is not None
+    read_manifest(src.path)
+    model, manifest = load_checkpoint(src.path)
+    data = load_dataset(src.dataset or manifest.dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
+    norm = _norm(src.normalize) or (manifest.mean, manifest.std)
+    manifest.mean, manifest.std = for_channels(norm, data.input_shape[0])
+    data = renormalize(data, (manifest.mean, manifest.std))
+    return Variant(variant_id(manifest.dataset, manifest.model, manifest.pipeline), model, manifest, seed=seed), data
