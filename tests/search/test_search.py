@@ -86,7 +86,7 @@ def test_templates_draw_steps_compress_accepts_and_spare_depthwise_kernels() -> 
     info = model_info(_Dw())
     assert info.family == "depthwise" and info.depthwise == ("dw",) and info.conv == ("conv",)
     space = SearchSpace(students=("mlp-50",))
-    assert space.default_templates(info, ("bytes",)) == ("dc", "sub8")
+    assert space.default_templates(info, ("bytes",)) == ("dc",)
     assert set(space.default_templates(info, ("us_b1", "drop"))) == {"sq", "pq", "sub8", "dc", "dq"}
     for name in space.default_templates(info):
         steps = TEMPLATES[name](_Draw(), info, space)

@@ -110,7 +110,7 @@ ALL = ("dc", "pq", "sq", "sub8")
 # Per objective, the templates that can win on it: bytes and flash favour compact files (a .dsz, or
 # packed/sparse INT8 in place on the microcontroller), time favours integer and structurally smaller compute.
 BY_OBJECTIVE: dict[str, tuple[str, ...]] = {
-    "bytes": ("dc", "sub8"), "flash": ("dc", "pq", "sub8"), "ram": ("sq", "pq"), "instructions": ("dc", "pq", "sq"),
+    "bytes": ("dc",), "flash": ("dc", "pq", "sub8"), "ram": ("sq", "pq"), "instructions": ("dc", "pq", "sq"),
     "us_b1": ("sq", "pq", "sub8"), "us_b256": ("sq", "pq", "sub8"), "drop": ALL,
 }
 Template = Callable[[Draw, ModelInfo, SearchSpace], tuple[str, ...]]
