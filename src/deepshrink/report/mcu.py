@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from deepshrink.report.plots import Figure
+from deepshrink.report.plots import Figure, save
 from deepshrink.report.rundata import RunData
 from deepshrink.report.seeds import column, groups, mean_std, pm
 from deepshrink.report.tables import Table
@@ -80,9 +80,6 @@ def mcu_figure(data: RunData, out: Path) -> Figure | None:
         ax.set_ylabel("accuracy of the C on the test set (%)")
         ax.set_title(f"{ds} {model}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "mcu_flash_accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save(fig, out / "mcu_flash_accuracy.png")
     return Figure(path, "On a microcontroller: flash of the linked image against the accuracy of its C, per "
                         "variant (mean over seeds, error bar one standard deviation).")

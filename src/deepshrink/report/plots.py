@@ -35,6 +35,15 @@ class Figure:
     caption: str
 
 
+def save(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure (an open one would hold its memory for the whole report)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 # Label offsets in points tried in turn, near ones first; a far one gets a leader line.
 _OFFSETS = [(4, 4), (4, -10), (-10, 4), (-10, -10), (6, -3), (-14, -3), (0, 12), (0, -16),
             (16, 12), (16, -18), (-22, 12), (-22, -18), (24, -3), (-30, -3), (0, 22), (0, -26)]
@@ -107,10 +116,7 @@ def pareto_figures(data: RunData, out: Path) -> list[Figure]:
                  "time per image (µs as shipped, batched, log scale)", numbers)
         name = f"{DS_NAME.get(ds, ds)} {MODEL_NAME.get(model, model)}"
         fig.suptitle(f"{name}: size and time against accuracy")
-        fig.tight_layout()
-        path = out / f"pareto-{ds}-{model}.png".replace(":", "_").replace("/", "_")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = save(fig, out / f"pareto-{ds}-{model}.png".replace(":", "_").replace("/", "_"))
         figs.append(Figure(path, f"{name}: test accuracy against the shipped file's size "
                                  "(left) and time per image (right), one point per pipeline (mean over seeds, "
                                  "error bar their std). Red: baseline; green: on the Pareto front (nothing "
@@ -155,10 +161,7 @@ def figure1(data: RunData, out: Path) -> Figure | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Figure 1. Effect of temperature on accuracy")
-    fig.tight_layout()
-    path = out / "figure1-temperature.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save(fig, out / "figure1-temperature.png")
     teachers = sorted({MODEL_NAME.get(t, t) for series in panels.values() for t in series})
     lines = (f"one line per teacher ({' and '.join(teachers)})" if len(teachers) > 1
              else f"one teacher only ({teachers[0]}: the run has no temperature sweep from another)")
@@ -186,11 +189,7 @@ def plot_accuracy_vs_bits(rows: Sequence[dict[str, Any]], path: Path, title: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def _weight_bits(row: dict[str, str]) -> int | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from deepshrink.report.plots import Figure
+from deepshrink.report.plots import Figure, save
 from deepshrink.report.rundata import RunData
 from deepshrink.report.tables import Table
 from deepshrink.results import read_rows
@@ -86,9 +86,6 @@ def search_figure(data: RunData, out: Path) -> Figure | None:
     ax.set_xlabel("file that ships (kB, log scale)")
     ax.set_ylabel("accuracy drop on the validation split (points)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "search_pareto.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save(fig, out / "search_pareto.png")
     return Figure(path, "Search under a budget: every measured trial's file size against its accuracy drop "
                         "(validation split), the hand-tuned recipes' pipelines and the Pareto front marked.")
