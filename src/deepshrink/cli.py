@@ -19,8 +19,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Find, verify and download datasets.")
 app.add_typer(data_app, name="data")
 
-_console = console
-_check_device = check_device
 app.command("search")(cli_search.search)
 app.command("sensitivity")(cli_search.sensitivity)
 
@@ -44,9 +42,9 @@ def train(
 
     cfg = default_train(dataset, model, epochs=epochs, seed=seed)
     out = out or Path("runs") / slug(f"train-{dataset}-{model}")
-    row = run_train(dataset, model, cfg, out, data_dir, _check_device(device), quiet=quiet,
+    row = run_train(dataset, model, cfg, out, data_dir, check_device(device), quiet=quiet,
                     model_args=parse_kwargs(model_arg or [], "--model-arg"), allow_empty_classes=allow_empty_classes)
-    _console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
+    console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
                     f"{row['size_bytes']} bytes -> {out}")
 
 
@@ -80,9 +78,9 @@ def compress(
     src = Source(path=checkpoint, model=model, model_args=parse_kwargs(model_arg or [], "--model-arg"),
                  weights=weights, dataset=dataset, normalize=normalize)
     out = out or Path("runs") / "compress"
-    row = run_compress(src, step, out, data_dir, _check_device(device), quiet=quiet, seed=seed)
+    row = run_compress(src, step, out, data_dir, check_device(device), quiet=quiet, seed=seed)
     for r in (row["control"], row) if "control" in row else (row,):
-        _console().print(f"{r['variant']}: accuracy {r['accuracy_pct']:.2f}% (baseline "
+        console().print(f"{r['variant']}: accuracy {r['accuracy_pct']:.2f}% (baseline "
                         f"{float(r['baseline_accuracy_pct']):.2f}%), {r['size_bytes']} bytes -> {out}")
 
 
@@ -106,7 +104,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding r
         table.add_column(title, overflow="fold")
     for r in rows:
         table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in cols])
-    _console().print(table)
+    console().print(table)
     if any(r.get("mcu_flash_bytes") for r in rows):
         _show_mcu([r for r in rows if r.get("mcu_flash_bytes")])
 
@@ -125,7 +123,7 @@ def _show_mcu(rows: list[dict[str, str]]) -> None:
         table.add_column(title, overflow="fold")
     for r in rows:
         table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in MCU_COLUMNS])
-    _console().print(table)
+    console().print(table)
 
 
 def _show_dsz(path: Path) -> None:
@@ -142,8 +140,8 @@ def _show_dsz(path: Path) -> None:
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])
     streams = sum(r["position_bytes"] + r["value_bytes"] for r in rows)
-    _console().print(table)
-    _console().print(f"{len(data)} bytes: {streams} in streams, {len(data) - streams} header, magic and checksum")
+    console().print(table)
+    console().print(f"{len(data)} bytes: {streams} in streams, {len(data) - streams} header, magic and checksum")
 
 
 def _fmt_cell(v: str) -> str:
@@ -171,7 +169,7 @@ def bench(
     """Time one artifact on its dataset's test set (batched and batch-1)."""
     from deepshrink.bench import bench_artifact
 
-    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, _check_device(device), quiet, dataset,
+    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, check_device(device), quiet, dataset,
                           normalize)
     table = Table(title=str(artifact))
     for c in ("runtime", "device", "threads", "batch", "us/img median", "min", "max"):
@@ -180,7 +178,7 @@ def bench(
         table.add_row(str(r["runtime"]), str(r["device"]), str(r["threads"]), str(r["batch"]),
                       f"{r['us_per_image_median']:.2f}", f"{r['us_per_image_min']:.2f}",
                       f"{r['us_per_image_max']:.2f}")
-    _console().print(table)
+    console().print(table)
 
 
 @app.command()
@@ -211,18 +209,18 @@ def mcu(
     out = out or Path("runs") / slug(f"mcu-{artifact.parent.name or artifact.stem}")
     with Progress(enabled=not quiet) as progress:
         row = build_mcu(artifact, out, dataset, data_dir, opts, progress)
-    console = _console()
-    console.print(f"{row['variant']}: C on this host {row['accuracy_pct']:.2f}% "
+    c = console()
+    c.print(f"{row['variant']}: C on this host {row['accuracy_pct']:.2f}% "
                   f"(ONNX Runtime {row['mcu_ort_accuracy_pct']:.2f}%, same class on {row['mcu_match_ort_pct']:.2f}% "
                   f"of the test set) -> {out / 'model.c'}")
     if "mcu_flash_bytes" in row:
-        console.print(f"{target}: flash {row['mcu_flash_bytes']} B, RAM {row['mcu_ram_bytes']} B, "
+        c.print(f"{target}: flash {row['mcu_flash_bytes']} B, RAM {row['mcu_ram_bytes']} B, "
                       f"{row['mcu_instructions']} instructions ({row['mcu_instructions_per_mac']:.2f} per MAC), "
                       f"~{row['mcu_ms_est']:.2f} ms at {row['mcu_clock_mhz']:g} MHz (estimate); "
                       f"{row['mcu_emulated_identical']}/{row['mcu_emulated_images']} emulated images identical "
                       "to the host build")
     if row.get("notes"):
-        console.print(f"notes: {row['notes']}")
+        c.print(f"notes: {row['notes']}")
 
 
 @app.command()
@@ -243,12 +241,12 @@ def study(
     from deepshrink import api
 
     overrides = (*(set_ or ()), *([f"study.seeds={seed}"] if seed is not None else []))
-    run_dir, statuses = api.study(recipe, out, jobs, overrides, fresh, data_dir, _check_device(device), quiet,
+    run_dir, statuses = api.study(recipe, out, jobs, overrides, fresh, data_dir, check_device(device), quiet,
                                   executor, address, allow_empty_classes)
     failed = {v: s for v, s in statuses.items() if s != "ok"}
     for vid, status in failed.items():
-        _console().print(f"{vid}: {status}")
-    _console().print(f"{len(statuses) - len(failed)} ok, {len(failed)} failed -> {run_dir / 'report.html'}")
+        console().print(f"{vid}: {status}")
+    console().print(f"{len(statuses) - len(failed)} ok, {len(failed)} failed -> {run_dir / 'report.html'}")
 
 
 @app.command()
@@ -262,7 +260,7 @@ def recipes() -> None:
     for name in builtin_names():
         n, desc, minutes = describe(name)
         table.add_row(n, desc, f"~{minutes:g} min on 2 CPU cores" if minutes else "")
-    _console().print(table)
+    console().print(table)
 
 
 @app.command()
@@ -271,7 +269,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A study's run directory
     from deepshrink.report import render_report
 
     md, html = render_report(run_dir)
-    _console().print(f"{md}\n{html}")
+    console().print(f"{md}\n{html}")
 
 
 @data_app.command("where")
@@ -280,10 +278,10 @@ def data_where(data_dir: DataDir = None) -> None:
     from deepshrink.data.sources import SOURCES, locate, search_roots
 
     for origin, root in search_roots(data_dir):
-        _console().print(f"{origin}: {root}{'' if root.exists() else ' (missing)'}")
+        console().print(f"{origin}: {root}{'' if root.exists() else ' (missing)'}")
     for name, source in SOURCES.items():
         found = locate(source, data_dir)
-        _console().print(f"{name}: {found[0] if found else 'not found'}")
+        console().print(f"{name}: {found[0] if found else 'not found'}")
 
 
 @data_app.command("verify")
@@ -293,18 +291,18 @@ def data_verify(name: Annotated[str | None, typer.Argument(help="mnist, cifar10 
     from deepshrink.data.sources import SOURCES
     from deepshrink.data.verify import verify
 
-    console = Console(soft_wrap=True)
+    shown = Console(soft_wrap=True)
     bad: list[str] = []
     for ds in [name] if name else sorted(SOURCES):
         for r in verify(ds, data_dir):
             if r.structure != "ok":
                 bad.append(r.file)
-                console.print(f"{r.file}: [red]problem[/]: {r.structure}")
+                shown.print(f"{r.file}: [red]problem[/]: {r.structure}")
                 continue
             warn = "" if r.checksum == "canonical" else "  [yellow](warning)[/]"
-            console.print(f"{r.file}: structure {r.structure}, {r.samples} samples"
-                          f"{', classes ' + ' '.join(map(str, r.class_counts)) if r.class_counts else ''}, "
-                          f"{r.checksum}{warn}")
+            shown.print(f"{r.file}: structure {r.structure}, {r.samples} samples"
+                        f"{', classes ' + ' '.join(map(str, r.class_counts)) if r.class_counts else ''}, "
+                        f"{r.checksum}{warn}")
     if bad:
         raise UserError(f"{len(bad)} dataset file(s) with problems (listed above), first {bad[0]}")
 
@@ -317,7 +315,7 @@ def data_download(name: Annotated[str | None, typer.Argument(help="mnist or cifa
     for ds in [name] if name else sorted(SOURCES):
         if ds not in SOURCES:
             raise UserError(f"unknown dataset {ds!r} (known: {', '.join(sorted(SOURCES))})")
-        _console().print(f"{ds}: {download(SOURCES[ds])}")
+        console().print(f"{ds}: {download(SOURCES[ds])}")
 
 
 def main() -> None:
