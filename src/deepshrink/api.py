@@ -124,10 +124,10 @@ def study(recipe: str | Path, out: str | Path | None = None, jobs: int | None = 
           address: str | None = None, allow_empty_classes: bool = False) -> tuple[Path, dict[str, str]]:
     """Run a whole study from a recipe (resumes by default); (run directory, variant -> status).
     `executor="ray"` runs its units on the Ray cluster at `address` (else $RAY_ADDRESS, else a local Ray)."""
-    plan = recipe_search(load_recipe(str(recipe), list(overrides)))  # its [search] checked before any work
+    loaded = load_recipe(str(recipe), list(overrides))
+    plan = recipe_search(loaded)  # its [search] checked before any work
     run_dir, statuses = run_study(str(recipe), Path(out) if out else None, Path(data_dir) if data_dir else None,
                                   device, jobs, overrides, fresh, quiet, executor, address, allow_empty_classes)
     if plan is not None:
-        run_recipe_search(run_dir, plan, load_recipe(str(recipe), list(overrides)),
-                          Path(data_dir) if data_dir else None, device, quiet)
+        run_recipe_search(run_dir, plan, loaded, Path(data_dir) if data_dir else None, device, quiet)
     return run_dir, statuses

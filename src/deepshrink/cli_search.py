@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from deepshrink.cli_options import DataDir, Device, Quiet, Seed, check_device, console
+from deepshrink.errors import UserError
 
 Checkpoint = Annotated[Path, typer.Argument(help="A .safetensors checkpoint (its .json manifest beside it).")]
 Dataset = Annotated[str | None, typer.Option("--dataset", help="Data to search on (default: the checkpoint's).")]
@@ -25,9 +26,7 @@ def search(
     """Search pipelines for the best model within a budget; every trial measured as shipped on the
     validation split, the chosen ones re-measured on the test set (trials.csv, pareto.csv, results.csv)."""
     from deepshrink.api_search import search as run
-    from deepshrink.search import parse_budget
 
-    plan = parse_budget(budget, minimize, pareto)  # bad terms fail before the data is read
     out = out or Path("runs") / "search"
     result = run(checkpoint, budget, minimize, pareto, trials, out, seed, dataset=dataset, data_dir=data_dir,
                  fresh=fresh, device=check_device(device), quiet=quiet)
@@ -35,7 +34,7 @@ def search(
     done = sum(r["state"] == "COMPLETE" for r in result.trials)
     c.print(f"{len(result.trials)} trials ({done} measured) -> {out / 'trials.csv'}")
     if not result.feasible:
-        c.print(f"no trial fits {plan.describe()}; the closest:")
+        c.print(f"no trial fits {result.budget.describe()}; the closest:")
     for trial, row in zip(result.picked, result.chosen, strict=True):
         miss = f"; misses {trial['misses']} (validation)" if trial["misses"] else ""
         c.print(f"trial {trial['number']} {row['variant']}: {row['size_bytes']} bytes, test accuracy "
@@ -54,8 +53,6 @@ def sensitivity(
     from deepshrink.api_search import sensitivity as run
 
     if not 0.0 <= drop <= 100.0:
-        from deepshrink.errors import UserError
-
         raise UserError(f"--drop {drop}: accuracy points, between 0 and 100")
     out = out or Path("runs") / "sensitivity"
     res = run(checkpoint, dataset=dataset, data_dir=data_dir, drop=drop, out=out)

@@ -25,7 +25,7 @@ from deepshrink.search.budget import Budget
 from deepshrink.search.sensitivity import layer_caps, layer_curves
 from deepshrink.search.space import TEMPLATES, SearchSpace, model_info
 from deepshrink.search.study import Draw, check_resumable, enqueue_seeds, open_study, seeds, trials_done
-from deepshrink.search.tables import pareto_numbers, write_tables
+from deepshrink.search.tables import write_tables
 from deepshrink.search.trial import Env, Hopeless, measure_trial, validation_view
 from deepshrink.study.run import resolve_device
 from deepshrink.study.variant import Measured, measure_variant, write_measured
@@ -50,6 +50,7 @@ class SearchResult:
     picked: list[dict[str, Any]]  # the chosen trials' rows
     chosen: list[dict[str, Any]]  # their results rows, re-measured on the test set
     feasible: bool  # False: nothing fit the budget; `chosen` are the closest trials
+    budget: Budget
 
 
 def _weights_hash(checkpoint: Path) -> str:
@@ -109,7 +110,7 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
                    "chosen_variants": {str(r["number"]): m["variant"] for r, m in zip(chosen, measured, strict=True)}}})
     if measured:
         render_report(out)  # the search's section, from trials.csv, results.csv and provenance.json
-    return SearchResult(out, rows, chosen, measured, feasible)
+    return SearchResult(out, rows, chosen, measured, feasible, budget)
 
 
 def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...], opts: SearchOptions,
@@ -123,7 +124,7 @@ def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...]
         steps = TEMPLATES[template](Draw(trial, template), info, opts.space)
         steps = tuple(trial.user_attrs.get("steps") or steps)  # a seeded trial runs the recipe's own steps
         trial.set_user_attr("steps", list(steps))
-        state, values = _evaluate(env, trial, steps, budget=env.budget)
+        state, values = _evaluate(env, trial, steps)
         if values is not None:
             trial.set_user_attr("metrics", values)
         study.tell(trial, [values[o] for o in env.budget.objectives] if state is None and values else None,
@@ -133,8 +134,10 @@ def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...]
     progress.finish(task)
 
 
-def _evaluate(env: Env, trial: optuna.Trial, steps: tuple[str, ...], budget: Budget
-              ) -> tuple[optuna.trial.TrialState | None, dict[str, float] | None]:
+Outcome = tuple[optuna.trial.TrialState | None, dict[str, float] | None]  # (state unless complete, metrics)
+
+
+def _evaluate(env: Env, trial: optuna.Trial, steps: tuple[str, ...]) -> Outcome:
     start = time.perf_counter()
 
     def check(i: int, acc: float) -> None:
@@ -192,6 +195,3 @@ def _remeasure(env: Env, pipelines: list[tuple[str, ...]], progress: Progress) -
                           LatencyConfig(threads=(1,)), progress)
     write_measured(env.out, measured, lat)
     return [m.row for m in measured[1:]]
-
-
-__all__ = ["SearchOptions", "SearchResult", "pareto_numbers", "run_search"]

@@ -12,25 +12,28 @@ from deepshrink.compress.prune.sensitivity import DEFAULT_SPARSITIES, pick_layer
 from deepshrink.compress.prune.sensitivity import sensitivity as curves
 from deepshrink.data import DataSplits
 from deepshrink.results import read_rows, write_rows
-from deepshrink.search.space import ModelInfo, model_info
+from deepshrink.search.space import DEPTHWISE_MAX, ModelInfo, model_info
 
 COLUMNS = ["layer", "sparsity", "accuracy_pct", "saliency", "split"]
 # Retraining recovers much of what a cut without it loses: the search lets a layer go this far past
 # the sparsity at which its no-retraining curve lost `SHAPE_DROP` points.
 SHAPE_DROP = 5.0
 SHAPE_MARGIN = 0.15
-DEPTHWISE_MAX = 0.5  # 9 weights per channel: 80 % cost 2.5-3 points on examples/models.py dwnet
+
+
+def measure_curves(model: nn.Module, data: DataSplits, out: Path) -> list[dict[str, Any]]:
+    """The curves, measured and written to `out/sensitivity.csv`."""
+    rows = curves(model, data, sparsities=DEFAULT_SPARSITIES)
+    write_rows(out / "sensitivity.csv", rows, COLUMNS)
+    return rows
 
 
 def layer_curves(model: nn.Module, data: DataSplits, out: Path) -> list[dict[str, Any]]:
     """The curves, read back from `out/sensitivity.csv` when a search resumes."""
     path = out / "sensitivity.csv"
-    if path.exists():
-        return [{**r, "sparsity": float(r["sparsity"]), "accuracy_pct": float(r["accuracy_pct"])}
-                for r in read_rows(path)]
-    rows = curves(model, data, sparsities=DEFAULT_SPARSITIES)
-    write_rows(path, rows, COLUMNS)
-    return rows
+    if not path.exists():
+        return measure_curves(model, data, out)
+    return [{**r, "sparsity": float(r["sparsity"]), "accuracy_pct": float(r["accuracy_pct"])} for r in read_rows(path)]
 
 
 def suggest(rows: list[dict[str, Any]], info: ModelInfo, drop: float) -> dict[str, float]:
@@ -51,8 +54,7 @@ def layer_caps(rows: list[dict[str, Any]], info: ModelInfo) -> dict[str, float]:
 def run_sensitivity(model: nn.Module, data: DataSplits, out: Path, drop: float, title: str = "") -> dict[str, Any]:
     """Curves, plot and the suggested step for `model`; {rows, suggested, step, csv, plot}."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sensitivity.csv").unlink(missing_ok=True)  # the command always measures anew
-    rows = layer_curves(model, data, out)
+    rows = measure_curves(model, data, out)  # the command always measures anew
     plot = plot_sensitivity(rows, out / "sensitivity.png", title)
     fractions = suggest(rows, model_info(model), drop)
     return {"rows": rows, "suggested": fractions, "step": step_text(fractions), "csv": out / "sensitivity.csv",
