@@ -70,16 +70,21 @@ def keep_unless(times: Mapping[str, Mapping[int, float]], incumbent: str, margin
     gains most on the incumbent wins only when it is at least `margin` faster there, i.e. its time is at
     most (1 - margin) x the incumbent's at every batch; otherwise the incumbent stays."""
     check_margin(margin)
-    inc = times[incumbent]
-
-    def worst_ratio(name: str) -> float:  # challenger time / incumbent time at its least favourable batch
-        return max(times[name][b] / inc[b] if inc[b] > 0 else float("inf") for b in inc)
-
-    challengers = [k for k in times if k != incumbent]
-    if not challengers:
+    best = best_challenger(times, incumbent)
+    if best is None:
         return incumbent
-    best = min(challengers, key=worst_ratio)
-    return best if worst_ratio(best) <= 1.0 - margin else incumbent
+    return best if _worst_ratio(times, best, incumbent) <= 1.0 - margin else incumbent
+
+
+def _worst_ratio(times: Mapping[str, Mapping[int, float]], name: str, incumbent: str) -> float:
+    """Challenger time / incumbent time at the challenger's least favourable batch."""
+    inc = times[incumbent]
+    return max(times[name][b] / inc[b] if inc[b] > 0 else float("inf") for b in inc)
+
+
+def best_challenger(times: Mapping[str, Mapping[int, float]], incumbent: str) -> str | None:
+    """The candidate other than the incumbent whose worst batch comes closest to (or beats) it."""
+    return min((k for k in times if k != incumbent), key=lambda k: _worst_ratio(times, k, incumbent), default=None)
 
 
 def choose_runtime(runners: Mapping[str, RunnerFactory], calib: np.ndarray, reference: str = "onnxruntime",

@@ -14,7 +14,7 @@ from torch import nn
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export import sparse_runtime
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.deploy import BATCH, calib_images, keep_unless, time_runtimes
+from deepshrink.export.deploy import BATCH, best_challenger, calib_images, keep_unless, time_runtimes
 from deepshrink.export.dsonnx import pack_onnx, unpack_onnx, zero_fraction
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qdq import Ranges, build_qdq
@@ -104,9 +104,7 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
                             for k, v in t.items()}
     for b, t in us.items():
         info[f"int8_speedup_vs_fp32_b{b}"] = round(t["fp32"] / times[mode][b], 3)
-    rival = INCUMBENT if mode != INCUMBENT else min(
-        (m for m in times if m != INCUMBENT), key=lambda m: max(times[m][b] / times[INCUMBENT][b] for b in us),
-        default=None)
+    rival = INCUMBENT if mode != INCUMBENT else best_challenger(times, INCUMBENT)
     info["int8_mode_rival"] = rival or ""
     why = f"; {mode} {_times(times[mode])}" + (f" vs {rival} {_times(times[rival])}" if rival else "")
     keep = f" ({INCUMBENT} kept unless another mode is {ctx.choice_margin:.0%} faster at both batches)"
