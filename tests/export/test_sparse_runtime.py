@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deepshrink.export.sparse_runtime import Layer, background, build, compact, linear_chain, sparse_runner
+from deepshrink.export.sparse_runtime import Layer, background, build, compact, linear_chain, skewed_pair, sparse_runner
 from deepshrink.models import lenet_5
 
 
@@ -121,3 +121,15 @@ def test_background_is_the_shared_value_only_when_it_beats_zero() -> None:
                   [-0.4, 0.0, 5.0, 7.0]], np.float32)
     # Column 2: every value is different, none is a background; column 3: 7 beats 0, three to two.
     np.testing.assert_array_equal(background(x), np.array([-0.4, 0.0, 0.0, 7.0], np.float32))
+
+
+@pytest.mark.parametrize("n", [300 * 256, 100 * 256, 4097, 1])
+def test_scratch_pair_never_4k_aliases(n: int) -> None:
+    """The two scratch arrays: 64-byte aligned, disjoint, and half a 1 KB row apart modulo 1 KB, so a
+    row read from one never sits a multiple of 4 KB from a row stored in the other."""
+    a, b = skewed_pair(n)
+    pa, pb = a.ctypes.data, b.ctypes.data
+    assert len(a) == len(b) == n and a.dtype == b.dtype == np.float32
+    assert pa % 64 == 0 and pb % 64 == 0
+    assert pb >= pa + 4 * n  # disjoint
+    assert (pb - pa) % 1024 == 512

@@ -1,15 +1,17 @@
 """Measurement: MACs and parameter counts per layer, energy model, latency rows and artifact accuracy."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from deepshrink.export import Artifact, Deployment, ExportContext, export
 from deepshrink.measure import energy
 from deepshrink.measure.accuracy import artifact_accuracy
-from deepshrink.measure.latency import LatencyConfig, RunnerFactory, measure_latency
+from deepshrink.measure.latency import LatencyConfig, RunnerFactory, measure_latency, pinned
 from deepshrink.measure.params import layer_stats
 from deepshrink.models import create_model
 from deepshrink.train import evaluate
@@ -72,3 +74,14 @@ def test_a_runtime_the_baseline_lacks_is_compared_with_its_onnxruntime_model() -
     assert {(r["variant"], r["batch"]) for r in sparse} == {("pruned", 8), ("pruned", 1)}  # no baseline row
     assert all(r["reference"] == "base (onnxruntime)" and float(r["speedup"]) > 0 for r in sparse)
     assert {r["reference"] for r in rows if r["runtime"] == "onnxruntime"} == {"base"}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_one_thread_timing_is_pinned_to_one_core_and_released() -> None:
+    before = os.sched_getaffinity(0)
+    with pinned(1):
+        inside = os.sched_getaffinity(0)
+    assert inside == {max(before)}
+    assert os.sched_getaffinity(0) == before
+    with pinned(0):  # all cores: left free
+        assert os.sched_getaffinity(0) == before

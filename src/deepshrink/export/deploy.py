@@ -19,14 +19,14 @@ import torch
 
 from deepshrink import quiet
 from deepshrink.errors import UserError
-from deepshrink.measure.latency import RunnerFactory, time_passes, time_singles
+from deepshrink.measure.latency import RunnerFactory, pinned, time_passes, time_singles
 
 BATCH = 256
-# One batch per timed pass, ten passes per runner, interleaved; the median is taken. A short pass is
-# preempted by another job less often than a long one, so more of the passes are clean: at the same
-# cost (~1.3x the former 5 passes of 512 images), the median sits on clean passes more reliably.
+# One batch per timed pass, thirty passes per runner, interleaved; the median is taken. A short pass is
+# preempted by another job less often than a long one, so more of the passes are clean; a pass is a
+# few ms, so thirty cost little.
 IMAGES = 256
-REPEATS = 10
+REPEATS = 30
 # Single calls: cheap (a few µs each), so many, interleaved in short chunks: in chunks of 50 (four per
 # runner) a slow stretch of the machine landed on one runner, and an mlp-50's full INT8 timed 9.1 µs in
 # one study and 13.7 µs in the next, flipping its INT8 mode.
@@ -48,7 +48,7 @@ def time_runtimes(runners: Mapping[str, RunnerFactory], x: np.ndarray) -> dict[i
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with quiet.quiet():  # in a study, no other worker trains or times meanwhile
+        with quiet.quiet(), pinned(1):  # in a study, no other worker trains or times meanwhile
             made = {k: f(1, "cpu") for k, f in runners.items()}
             xs = dict.fromkeys(made, x)
             batched = time_passes(made, xs, BATCH, REPEATS)

@@ -169,11 +169,23 @@ def build(model: nn.Module, calib: np.ndarray | None = None) -> SparseNet | None
     return pack(n_features, keep, compacted, offset)
 
 
+def skewed_pair(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two float32 scratch arrays of `n`, 64-byte aligned, the second starting 512 bytes (mod 1 KB) after
+    the first. A layer reads 1 KB rows of one (CHUNK images) while storing rows of the other; two
+    separate allocations of this size are both page-aligned mappings, so a load and a store fall 4 KB
+    apart and the CPU takes the load for a dependent of the store (4K aliasing): one file timed 2.6 µs
+    in some processes and 3.1 µs in others (LeNet-300-100 at 80 %, batch 256). Half a row apart, never."""
+    buf = np.empty(2 * n + 512, np.float32)
+    a0 = (-buf.ctypes.data % 64) // 4
+    b0 = a0 + n + (128 - n) % 256
+    return buf[a0 : a0 + n], buf[b0 : b0 + n]
+
+
 def sparse_runner(net: SparseNet) -> RunnerFactory:
     """The runtime's factory. Its kernels run on one core whatever `threads` says (CPU only)."""
 
     def make(threads: int, device: str) -> Runner:
-        work = (np.empty(net.width * k.CHUNK, np.float32), np.empty(net.width * k.CHUNK, np.float32))
+        work = skewed_pair(net.width * k.CHUNK)
         one = (np.empty(net.width, np.float32), np.empty(net.width, np.float32))
         block = k.gather_block(net.n_features)
 
