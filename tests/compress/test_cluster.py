@@ -176,3 +176,25 @@ def test_cli_bad_cluster_key_exits_2(mnist_dir: Path, tmp_path: Path, data: Data
     assert "cluster.bits=9" in line
     line = cli_error(monkeypatch, capsys, "show", str(tmp_path / "missing.dsz"))
     assert "missing.dsz" in line
+
+
+def test_shared_weight_gradient_is_each_centroids_sum_and_pruned_zeros_stay_positive() -> None:
+    """The scatter parametrization against autograd's own gather: same weight, same codebook gradient."""
+    from deepshrink.compress.cluster.share import SharedWeight
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(30, 20, generator=g) > 0.7
+    labels = torch.randint(0, 8, (int(mask.sum()),), generator=g)
+    codebook = -torch.rand(8, generator=g)  # negative: a product with the mask would leave -0.0
+    share = SharedWeight(codebook.clone(), torch.nonzero(mask.flatten()).flatten(), labels)
+    upstream = torch.randn(30, 20, generator=g)
+    w = share(torch.empty(30, 20))
+    (w * upstream).sum().backward()
+    ref_cb = codebook.clone().requires_grad_(True)
+    index = torch.zeros(30, 20, dtype=torch.int64)
+    index[mask] = labels
+    ref = torch.where(mask, ref_cb[index], torch.zeros(()))
+    (ref * upstream).sum().backward()
+    assert torch.equal(w.detach(), ref.detach())
+    assert torch.allclose(share.codebook.grad, ref_cb.grad, atol=1e-5)
+    assert not torch.signbit(w.detach()[~mask]).any()

@@ -7,6 +7,7 @@ shared loop fine-tunes the centroids with each centroid's gradient the sum over 
 """
 
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,23 +32,52 @@ def linear_kmeans(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return centroids[used].astype(np.float32), labels.astype(np.int64)
 
 
-class SharedWeight(nn.Module):
-    """A weight parametrization: codebook[index] where `mask`, +0.0 elsewhere. The layer's own weight
-    tensor is ignored; the codebook is the trained parameter, so the gradients of all weights sharing
-    a centroid add up in it (the gather's backward) and pruned weights cannot come back."""
+class _Scatter(torch.autograd.Function):
+    """weight.flatten()[pos] = codebook[labels], +0.0 elsewhere; the codebook's gradient is the sum of
+    its weights' gradients. Autograd's own backward of a full `codebook[index]` (an accumulating
+    index_put over every position of the layer, pruned ones included) took 8.5 ms per step on
+    LeNet-300-100's fc1 at 5 % density against 0.9 ms for this scatter_add over the kept weights, and
+    made a clustering epoch ~6x a pruning one."""
 
-    def __init__(self, codebook: Tensor, index: Tensor, mask: Tensor) -> None:
+    @staticmethod
+    def forward(ctx: Any, codebook: Tensor, pos: Tensor, labels: Tensor, like: Tensor) -> Tensor:
+        ctx.save_for_backward(pos, labels)
+        ctx.codebook_size = codebook.numel()
+        # zeros then a scatter, not a product with a mask: a negative centroid times 0 is -0.0, a stored
+        # value for the bit-exact sparse formats
+        out = torch.zeros(like.numel(), dtype=codebook.dtype, device=codebook.device)
+        out[pos] = codebook[labels]
+        return out.view(like.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        pos, labels = ctx.saved_tensors
+        kept = grad.reshape(-1)[pos]
+        total = torch.zeros(ctx.codebook_size, dtype=grad.dtype, device=grad.device).scatter_add_(0, labels, kept)
+        return total, None, None, None
+
+
+class SharedWeight(nn.Module):
+    """A weight parametrization: codebook[label] on the kept positions, +0.0 elsewhere. The layer's own
+    weight tensor is ignored; the codebook is the trained parameter, so the gradients of all weights
+    sharing a centroid add up in it and pruned weights cannot come back."""
+
+    def __init__(self, codebook: Tensor, pos: Tensor, labels: Tensor) -> None:
         super().__init__()
         self.codebook = nn.Parameter(codebook)
-        self.register_buffer("index", index)
-        self.register_buffer("mask", mask)
+        self.register_buffer("pos", pos)  # flat positions of the kept (non-zero) weights
+        self.register_buffer("labels", labels)  # each one's centroid
 
     def forward(self, original: Tensor) -> Tensor:
-        # where, not a product with the mask: a negative centroid times 0 is -0.0, a stored value
-        # for the bit-exact sparse formats
-        mask, index = self.mask, self.index
-        assert isinstance(mask, Tensor) and isinstance(index, Tensor)
-        return torch.where(mask, self.codebook[index], torch.zeros((), dtype=original.dtype, device=original.device))
+        pos, labels = self.pos, self.labels
+        assert isinstance(pos, Tensor) and isinstance(labels, Tensor)
+        return _apply(self.codebook, pos, labels, original)
+
+
+def _apply(codebook: Tensor, pos: Tensor, labels: Tensor, like: Tensor) -> Tensor:
+    out = _Scatter.apply(codebook, pos, labels, like)
+    assert isinstance(out, Tensor)
+    return out
 
 
 def cluster_layer(module: nn.Module, bits: int) -> int:
@@ -60,10 +90,9 @@ def cluster_layer(module: nn.Module, bits: int) -> int:
     if not bool(mask.any()):
         return 0
     centroids, labels = linear_kmeans(w[mask].numpy(), 2**bits)
-    index = torch.zeros(w.shape, dtype=torch.int64)
-    index[mask] = torch.from_numpy(labels)
+    pos = torch.nonzero(mask.flatten()).flatten()  # row-major, the order w[mask] listed them in
     device = weight.device
-    share = SharedWeight(torch.from_numpy(centroids).to(device), index.to(device), mask.to(device))
+    share = SharedWeight(torch.from_numpy(centroids).to(device), pos.to(device), torch.from_numpy(labels).to(device))
     parametrize.register_parametrization(module, "weight", share)
     weight.requires_grad_(False)  # the original tensor no longer feeds the forward pass
     return len(centroids)
