@@ -93,6 +93,26 @@ def test_templates_draw_steps_compress_accepts_and_spare_depthwise_kernels() -> 
         assert steps and all(parse_step(s) is not None for s in steps)
     dc = TEMPLATES["dc"](_Draw(), info, space)[0]
     assert "dw=0.5" in dc and "conv=0.98" in dc and "fc=0.98" in dc
+    assert "schedule=iterative,rounds=3" in dc  # the _Draw picks the last round count
+
+
+def test_bytes_objective_floors_each_layer_and_keeps_hand_tuned_fractions_inside() -> None:
+    """The floor is the sparsity a layer reaches within FLOOR_DROP points without retraining; a bytes
+    search starts each layer's range there, a time search does not; a seed below a floor lowers it."""
+    from deepshrink.search.run import _shaped
+    from deepshrink.search.sensitivity import FLOOR_DROP
+
+    info = type(model_info(nn.Sequential()))(fc=("fc1", "fc2"), conv=(), depthwise=())
+    curve = {"fc1": [(0.0, 98.0), (0.5, 98.0), (0.8, 98.0 - FLOOR_DROP / 2), (0.9, 90.0)],
+             "fc2": [(0.0, 98.0), (0.5, 97.9), (0.7, 97.0 - FLOOR_DROP), (0.9, 60.0)]}
+    rows = [{"layer": k, "sparsity": s, "accuracy_pct": a} for k, pts in curve.items() for s, a in pts]
+    seed = [("beyond/x", ("a",), {"template": "dc", "dc.sparsity.fc1": 0.6})]
+    shaped = _shaped(SearchSpace(), rows, info, parse_budget("drop<=1", "bytes"), seed)
+    assert shaped.layer_range("fc1", info)[0] == 0.6  # the seed's 0.6 under the 0.8 floor
+    assert shaped.layer_range("fc2", info)[0] == 0.5
+    timed = _shaped(SearchSpace(), rows, info, parse_budget("drop<=1", "us_b1"), [])
+    assert timed.layer_range("fc1", info)[0] == SearchSpace().sparsity[0]
+    assert _shaped(SearchSpace(), rows, info, parse_budget("drop<=1", "bytes"), []).layer_range("fc1", info)[0] == 0.8
 
 
 def test_hand_tuned_pipelines_seed_the_search() -> None:
@@ -103,6 +123,7 @@ def test_hand_tuned_pipelines_seed_the_search() -> None:
     dc = next(steps for label, steps in found.items() if steps[-1] == "encode")
     template, params = seed_params(dc, info, SearchSpace()) or ("", {})
     assert template == "dc" and params["dc.sparsity.fc1"] == 0.95 and params["dc.fc_bits"] == 5
+    assert params["dc.prune_rounds"] == 3  # the recipe prunes iteratively, in three rounds
 
 
 def test_pareto_front() -> None:

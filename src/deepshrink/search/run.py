@@ -22,7 +22,7 @@ from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
 from deepshrink.search.budget import Budget
-from deepshrink.search.sensitivity import layer_caps, layer_curves
+from deepshrink.search.sensitivity import layer_caps, layer_curves, layer_floors
 from deepshrink.search.space import TEMPLATES, SearchSpace, model_info
 from deepshrink.search.study import Draw, check_resumable, enqueue_seeds, open_study, seeds, trials_done
 from deepshrink.search.tables import write_tables
@@ -80,13 +80,7 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
                           "seed": opts.seed, "space": dataclasses.asdict(opts.space)}, opts.fresh)
     device = resolve_device(opts.device)
     found = seeds(manifest.dataset, manifest.model, info, opts.space, templates)
-    caps = {**layer_caps(layer_curves(model, data, out), info), **opts.space.layer_caps}
-    for _, _, params in found:  # a hand-tuned fraction always lies inside its layer's range
-        for key, value in params.items():
-            layer = key.rpartition("sparsity.")[2] if ".sparsity." in key else None
-            if layer in caps:
-                caps[layer] = max(caps[layer], float(value))
-    opts = dataclasses.replace(opts, space=dataclasses.replace(opts.space, layer_caps=caps))
+    opts = dataclasses.replace(opts, space=_shaped(opts.space, layer_curves(model, data, out), info, budget, found))
     base = Variant(variant_id(manifest.dataset, manifest.model, []), model, manifest, seed=opts.seed)
     started = time.perf_counter()
     with Progress(enabled=not opts.quiet) as progress:
@@ -111,6 +105,23 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
     if measured:
         render_report(out)  # the search's section, from trials.csv, results.csv and provenance.json
     return SearchResult(out, rows, chosen, measured, feasible, budget)
+
+
+def _shaped(space: SearchSpace, curves: list[dict[str, Any]], info: Any, budget: Budget,
+            found: list[tuple[str, tuple[str, ...], dict[str, Any]]]) -> SearchSpace:
+    """The per-layer sparsity ranges from the sensitivity curves (ceilings always, floors when the
+    objective is bytes or flash), widened so every hand-tuned fraction lies inside its layer's range."""
+    caps = {**layer_caps(curves, info), **space.layer_caps}
+    floors = {**layer_floors(curves, info), **space.layer_floors} if {"bytes", "flash"} & set(budget.objectives) \
+        else dict(space.layer_floors)
+    for _, _, params in found:
+        for key, value in params.items():
+            layer = key.rpartition("sparsity.")[2] if ".sparsity." in key else None
+            if layer in caps:
+                caps[layer] = max(caps[layer], float(value))
+            if layer in floors:
+                floors[layer] = min(floors[layer], float(value))
+    return dataclasses.replace(space, layer_caps=caps, layer_floors=floors)
 
 
 def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...], opts: SearchOptions,
