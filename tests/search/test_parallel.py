@@ -55,7 +55,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _search(trained: tuple[Path, Path], out: Path, **kwargs: object) -> None:
     checkpoint, data = trained
-    opts = SearchOptions(trials=TRIALS, seed=SEED, space=SMALL, device="cpu", quiet=True, jobs=JOBS, **kwargs)  # type: ignore[arg-type]
+    opts = SearchOptions(**{"trials": TRIALS, "seed": SEED, "space": SMALL, "device": "cpu", "quiet": True,
+                            "jobs": JOBS, **kwargs})  # type: ignore[arg-type]
     run_search(checkpoint, BUDGET, out, opts, data_dir=data)
 
 
@@ -165,3 +166,37 @@ def test_recipe_search_section_takes_executor_and_jobs(tmp_path: Path) -> None:
     path.write_text(RECIPE + "jobs = 0\n")
     with pytest.raises(UserError, match=r"s\.toml: search: --jobs 0: must be >= 1"):
         recipe_search(load_recipe(str(path)))
+
+
+def test_a_pareto_search_replays_no_intermediate_values(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """Optuna's trial.report raises on a two-objective study: the replay skips it, so a checked step
+    (the seeded pipeline prunes, then clusters) no longer fails the trial."""
+    checkpoint, data = trained
+    opts = SearchOptions(trials=1, space=SMALL, device="cpu", quiet=True)
+    run_search(checkpoint, parse_budget("drop<=95", pareto="bytes,drop"), tmp_path / "p", opts, data_dir=data)
+    (row,) = _trials(tmp_path / "p")
+    assert row["state"] == "COMPLETE" and row["seeded_from"], row["notes"]
+
+
+def test_a_batch_killed_mid_flight_resumes_to_exactly_the_trial_count(trained: tuple[Path, Path], pooled: Path,
+                                                                      tmp_path: Path) -> None:
+    """A killed search leaves its whole batch running: each is queued again, and the resumed search
+    runs only what the count still asks for, nothing finished twice."""
+    import shutil
+
+    import optuna
+
+    from deepshrink.search.study import open_study, trials_done
+
+    out = tmp_path / "killed"
+    shutil.copytree(pooled, out)
+    study = open_study(out, BUDGET, SEED)
+    for _ in range(JOBS):  # as a killed batch leaves them: RUNNING
+        study.ask({"template": study.trials[0].distributions["template"]})
+    _search(trained, out, trials=TRIALS + 1)
+    study = open_study(out, BUDGET, SEED)
+    trials = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]  # JOBS - 1 queued for later
+    assert trials_done(study) == TRIALS + 1 and len(trials) == len(_trials(out)) == TRIALS + JOBS + 1
+    assert [t.state for t in trials[TRIALS:TRIALS + JOBS]] == [optuna.trial.TrialState.FAIL] * JOBS
+    assert trials[-1].params["template"] == trials[TRIALS].params["template"]  # the first of them, again
+    assert _trials(out)[:TRIALS] == _trials(pooled)

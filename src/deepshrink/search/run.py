@@ -67,17 +67,17 @@ def run_search(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions 
     data = load_dataset(dataset or manifest.dataset, data_dir, allow_empty_classes=True)
     out.mkdir(parents=True, exist_ok=True)
     # What a worker process builds its own Env from (device and threads are set per executor).
-    where = Setup(str(checkpoint.resolve()), dataset or manifest.dataset, str(data_dir.resolve()) if data_dir else None,
+    setup = Setup(str(checkpoint.resolve()), dataset or manifest.dataset, str(data_dir.resolve()) if data_dir else None,
                   str(out.resolve()), opts.seed, device="cpu", budget=budget, mcu_target=opts.mcu_target, threads=1)
     try:
         with FileLock(str(out / ".search.lock"), timeout=0):
-            return _run(checkpoint, budget, out, opts, data, where)
+            return _run(checkpoint, budget, out, opts, data, setup)
     except Timeout:
         raise UserError(f"{out}: another search is running in this directory") from None
 
 
 def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data: DataSplits,
-         where: Setup) -> SearchResult:
+         setup: Setup) -> SearchResult:
     model, manifest = load_checkpoint(checkpoint)
     info = model_info(model)
     templates = opts.space.default_templates(info, budget.objectives)
@@ -98,12 +98,13 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         seeded = enqueue_seeds(study, found)
         if seeded:
             progress.log(f"search: {seeded} hand-tuned pipeline(s) from the built-in recipes run first")
-        runner = evaluator(opts.executor, opts.jobs, env, dataclasses.replace(where, device=device), opts.address,
+        runner = evaluator(opts.executor, opts.jobs, env, dataclasses.replace(setup, device=device), opts.address,
                            opts.cpus_per_task)
         try:
             nodes = _trials(study, env, info, templates, opts, progress, runner)
         finally:
             runner.close()
+        ran = _where(runner, nodes, budget, progress)
         rows = write_tables(out, study, budget)
         chosen, feasible = _choose(rows, budget)
         measured = _remeasure(env, [tuple(r["steps"]) for r in chosen], progress) if chosen else []
@@ -113,7 +114,7 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
                    "seconds_this_invocation": round(time.perf_counter() - started, 1),
                    "chosen_trials": [r["number"] for r in chosen], "feasible": feasible,
                    "chosen_variants": {str(r["number"]): m["variant"] for r, m in zip(chosen, measured, strict=True)},
-                   **_where(runner, nodes, budget)}})
+                   **ran}})
     if measured:
         render_report(out)  # the search's section, from trials.csv, results.csv and provenance.json
     return SearchResult(out, rows, chosen, measured, feasible, budget)
@@ -184,14 +185,17 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, budget: Bu
                state=STATES.get(outcome["state"]))
 
 
-def _where(runner: Evaluator, nodes: set[str], budget: Budget) -> dict[str, Any]:
-    """Where the trials ran; on a cluster, the nodes that timed them (compare us_* figures only
-    from one node type)."""
+def _where(runner: Evaluator, nodes: set[str], budget: Budget, progress: Progress) -> dict[str, Any]:
+    """Where the trials ran; on a cluster, the nodes that timed them (SPEC §13: a search's timings
+    come from one node type, and provenance says which)."""
     info = runner.describe()
     if info["executor"] == "ray":
         info["trial_nodes"] = sorted(nodes)
         if budget.metrics & TIMED_METRICS:
             info["timings"] = "each trial's us_b1/us_b256 timed on the Ray node that ran it (trial_nodes)"
+            if len({n.partition(" (")[2] for n in nodes}) > 1:
+                progress.log("warning: trials were timed on more than one CPU model (provenance.json "
+                             "search.trial_nodes): their us_* figures do not compare")
     return info
 
 
