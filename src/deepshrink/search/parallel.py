@@ -15,8 +15,10 @@ the run directory by path: the nodes must share the filesystem that holds them.
 
 import dataclasses
 import math
+import multiprocessing
 import os
 import platform
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from deepshrink.provenance import cpu_model
 from deepshrink.search.budget import Budget
 from deepshrink.search.trial import Env, Outcome, evaluate_trial, validation_view, weights_hash
 from deepshrink.study.cache import failure_reason
+from deepshrink.study.executor import watch_parent
+from deepshrink.study.ray_executor import connect, import_ray, ray_for
 from deepshrink.study.variant import measure_variant
 from deepshrink.variant import StepContext, Variant, variant_id
 
@@ -50,8 +54,6 @@ def check_executor(name: str, jobs: int, address: str | None) -> None:
     if name not in EXECUTORS:
         raise UserError(f"--executor {name!r}: unknown (known: {', '.join(EXECUTORS)})")
     if name == "ray":
-        from deepshrink.study.ray_executor import import_ray
-
         import_ray()
     elif address:
         raise UserError(f"--address {address}: only with --executor ray")
@@ -158,8 +160,6 @@ class LocalPool:
         self.pool: ProcessPoolExecutor | None = None
 
     def _pool(self) -> ProcessPoolExecutor:
-        import multiprocessing
-
         if self.pool is None or getattr(self.pool, "_broken", False):  # a dead worker breaks the whole pool
             self.close()
             self.pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -185,10 +185,6 @@ class LocalPool:
 
 def _watch(parent: int) -> None:
     """A worker of a killed search exits within a second instead of training on beside its resume."""
-    import threading
-
-    from deepshrink.study.executor import watch_parent
-
     threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
 
 
@@ -196,8 +192,6 @@ class RayTasks:
     """Each trial one Ray task of `cpus_per_task` CPUs; a Ray this object started is shut down on close."""
 
     def __init__(self, setup: Setup, jobs: int, address: str | None, cpus_per_task: float) -> None:
-        from deepshrink.study.ray_executor import connect, ray_for
-
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.ray = ray_for(self.address)
         self.started = connect(self.ray, self.address)
