@@ -129,5 +129,5 @@ def study(recipe: str | Path, out: str | Path | None = None, jobs: int | None = 
     run_dir, statuses = run_study(str(recipe), Path(out) if out else None, Path(data_dir) if data_dir else None,
                                   device, jobs, overrides, fresh, quiet, executor, address, allow_empty_classes)
     if plan is not None:
-        run_recipe_search(run_dir, plan, loaded, Path(data_dir) if data_dir else None, device, quiet)
+        run_recipe_search(run_dir, plan, loaded, Path(data_dir) if data_dir else None, device, quiet, address)
     return run_dir, statuses

@@ -21,6 +21,12 @@ def search(
     trials: Annotated[int, typer.Option("--trials", help="Trials in all (a resumed search counts its own).")] = 40,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/search).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start the trials over (cached steps are kept).")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster): where "
+                                          "trials run.")] = "local",
+    jobs: Annotated[int, typer.Option("--jobs", help="Trials evaluated at once (the same seed and jobs draw the "
+                                      "same trials on either executor).")] = 1,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (else $RAY_ADDRESS, "
+                                                "else a local Ray).")] = None,
     dataset: Dataset = None, data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Search pipelines for the best model within a budget; every trial measured as shipped on the
@@ -29,7 +35,7 @@ def search(
 
     out = out or Path("runs") / "search"
     result = run(checkpoint, budget, minimize, pareto, trials, out, seed, dataset=dataset, data_dir=data_dir,
-                 fresh=fresh, device=check_device(device), quiet=quiet)
+                 fresh=fresh, device=check_device(device), quiet=quiet, executor=executor, jobs=jobs, address=address)
     c = console()
     done = sum(r["state"] == "COMPLETE" for r in result.trials)
     c.print(f"{len(result.trials)} trials ({done} measured) -> {out / 'trials.csv'}")

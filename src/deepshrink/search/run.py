@@ -3,7 +3,6 @@ pipelines re-measured on the test set and written as `compress` writes them, bes
 pareto.csv (SPEC §13)."""
 
 import dataclasses
-import hashlib
 import math
 import shutil
 import time
@@ -15,18 +14,19 @@ import optuna
 from filelock import FileLock, Timeout
 
 from deepshrink import provenance
-from deepshrink.checkpoint import load_checkpoint, paths_for, read_manifest
+from deepshrink.checkpoint import load_checkpoint, read_manifest
 from deepshrink.data import DataSplits, load_dataset
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
-from deepshrink.search.budget import Budget
+from deepshrink.search.budget import TIMED_METRICS, Budget
+from deepshrink.search.parallel import Evaluator, Job, Setup, check_executor, evaluator
 from deepshrink.search.sensitivity import layer_caps, layer_curves, layer_floors
 from deepshrink.search.space import TEMPLATES, SearchSpace, model_info
 from deepshrink.search.study import Draw, check_resumable, enqueue_seeds, open_study, seeds, trials_done
 from deepshrink.search.tables import write_tables
-from deepshrink.search.trial import Env, Hopeless, measure_trial, validation_view
+from deepshrink.search.trial import Env, Outcome, validation_view, weights_hash
 from deepshrink.study.run import resolve_device
 from deepshrink.study.variant import Measured, measure_variant, write_measured
 from deepshrink.variant import StepContext, Variant, variant_id
@@ -41,6 +41,11 @@ class SearchOptions:
     device: str = "auto"
     quiet: bool = False
     mcu_target: str = "cortex-m4"
+    # Trials evaluated at once, and where (parallel.py); the batch size alone decides which trials are drawn.
+    executor: str = "local"
+    jobs: int = 1
+    address: str | None = None  # --executor ray: the cluster (else $RAY_ADDRESS, else a local Ray)
+    cpus_per_task: float = 1.0  # --executor ray: CPUs of one trial's task
 
 
 @dataclass
@@ -53,29 +58,30 @@ class SearchResult:
     budget: Budget
 
 
-def _weights_hash(checkpoint: Path) -> str:
-    return hashlib.sha256(paths_for(checkpoint)[0].read_bytes()).hexdigest()[:16]
-
-
 def run_search(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions = SearchOptions(),
                dataset: str | None = None, data_dir: Path | None = None) -> SearchResult:
     if opts.trials < 1:
         raise UserError(f"--trials {opts.trials}: must be >= 1")
+    check_executor(opts.executor, opts.jobs, opts.address)
     manifest = read_manifest(checkpoint)
     data = load_dataset(dataset or manifest.dataset, data_dir, allow_empty_classes=True)
     out.mkdir(parents=True, exist_ok=True)
+    # What a worker process builds its own Env from (device and threads are set per executor).
+    setup = Setup(str(checkpoint.resolve()), dataset or manifest.dataset, str(data_dir.resolve()) if data_dir else None,
+                  str(out.resolve()), opts.seed, device="cpu", budget=budget, mcu_target=opts.mcu_target, threads=1)
     try:
         with FileLock(str(out / ".search.lock"), timeout=0):
-            return _run(checkpoint, budget, out, opts, data)
+            return _run(checkpoint, budget, out, opts, data, setup)
     except Timeout:
         raise UserError(f"{out}: another search is running in this directory") from None
 
 
-def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data: DataSplits) -> SearchResult:
+def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data: DataSplits,
+         setup: Setup) -> SearchResult:
     model, manifest = load_checkpoint(checkpoint)
     info = model_info(model)
     templates = opts.space.default_templates(info, budget.objectives)
-    weights = _weights_hash(checkpoint)
+    weights = weights_hash(checkpoint)
     check_resumable(out, {"checkpoint": weights, "dataset": data.fingerprint, "budget": budget.describe(),
                           "seed": opts.seed, "space": dataclasses.asdict(opts.space)}, opts.fresh)
     device = resolve_device(opts.device)
@@ -92,7 +98,13 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         seeded = enqueue_seeds(study, found)
         if seeded:
             progress.log(f"search: {seeded} hand-tuned pipeline(s) from the built-in recipes run first")
-        _trials(study, env, info, templates, opts, progress)
+        runner = evaluator(opts.executor, opts.jobs, env, dataclasses.replace(setup, device=device), opts.address,
+                           opts.cpus_per_task)
+        try:
+            nodes = _trials(study, env, info, templates, opts, progress, runner)
+        finally:
+            runner.close()
+        ran = _where(runner, nodes, budget, progress)
         rows = write_tables(out, study, budget)
         chosen, feasible = _choose(rows, budget)
         measured = _remeasure(env, [tuple(r["steps"]) for r in chosen], progress) if chosen else []
@@ -101,7 +113,8 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         "search": {"budget": budget.describe(), "trials": len(rows), "templates": list(templates),
                    "seconds_this_invocation": round(time.perf_counter() - started, 1),
                    "chosen_trials": [r["number"] for r in chosen], "feasible": feasible,
-                   "chosen_variants": {str(r["number"]): m["variant"] for r, m in zip(chosen, measured, strict=True)}}})
+                   "chosen_variants": {str(r["number"]): m["variant"] for r, m in zip(chosen, measured, strict=True)},
+                   **ran}})
     if measured:
         render_report(out)  # the search's section, from trials.csv, results.csv and provenance.json
     return SearchResult(out, rows, chosen, measured, feasible, budget)
@@ -125,54 +138,71 @@ def _shaped(space: SearchSpace, curves: list[dict[str, Any]], info: Any, budget:
 
 
 def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...], opts: SearchOptions,
-            progress: Progress) -> None:
+            progress: Progress, runner: Evaluator) -> set[str]:
+    """Batches of `opts.jobs` trials until the count is reached; returns the nodes that ran them."""
     done = trials_done(study)
     task = progress.add("search trials", total=opts.trials)
     progress.update(task, advance=min(done, opts.trials))
-    for _ in range(max(0, opts.trials - done)):
-        trial = study.ask()
-        template = trial.suggest_categorical("template", list(templates))
-        steps = TEMPLATES[template](Draw(trial, template), info, opts.space)
-        steps = tuple(trial.user_attrs.get("steps") or steps)  # a seeded trial runs the recipe's own steps
-        trial.set_user_attr("steps", list(steps))
-        state, values = _evaluate(env, trial, steps)
-        if values is not None:
-            trial.set_user_attr("metrics", values)
-        study.tell(trial, [values[o] for o in env.budget.objectives] if state is None and values else None,
-                   state=state)
-        write_tables(env.out, study, env.budget)
-        progress.update(task, advance=1, info=f"#{trial.number} {template}: {_brief(values, state)}")
+    left, nodes = max(0, opts.trials - done), set()
+    while left > 0:
+        batch = [_ask(study, info, templates, opts) for _ in range(min(opts.jobs, left))]
+        jobs = [Job(t.number, steps, env.hopeless_below()) for t, steps in batch]
+        for (trial, _), outcome in zip(batch, runner.map(jobs), strict=True):
+            _tell(study, trial, outcome, env.budget)
+            write_tables(env.out, study, env.budget)
+            nodes.add(outcome["node"])
+            progress.update(task, advance=1, info=f"#{trial.number} {trial.params['template']}: {_brief(outcome)}")
+        left -= len(batch)
     progress.finish(task)
+    return nodes - {""}
 
 
-Outcome = tuple[optuna.trial.TrialState | None, dict[str, float] | None]  # (state unless complete, metrics)
+def _ask(study: optuna.Study, info: Any, templates: tuple[str, ...],
+         opts: SearchOptions) -> tuple[optuna.Trial, tuple[str, ...]]:
+    trial = study.ask()
+    template = trial.suggest_categorical("template", list(templates))
+    steps = TEMPLATES[template](Draw(trial, template), info, opts.space)
+    steps = tuple(trial.user_attrs.get("steps") or steps)  # a seeded trial runs the recipe's own steps
+    trial.set_user_attr("steps", list(steps))
+    return trial, steps
 
 
-def _evaluate(env: Env, trial: optuna.Trial, steps: tuple[str, ...]) -> Outcome:
-    start = time.perf_counter()
-
-    def check(i: int, acc: float) -> None:
-        trial.report(acc, i)
-        if acc < env.hopeless_below():
-            trial.set_user_attr("stopped", f"after step {i}: validation {acc:.2f} % < {env.hopeless_below():.2f} %")
-            raise Hopeless
-
-    try:
-        v = env.variant(steps, check)
-        values = measure_trial(env, v, trial.number)
-        state = None
-    except Hopeless:
-        values, state = None, optuna.trial.TrialState.PRUNED
-    except (UserError, RuntimeError, ValueError) as e:  # a pipeline this model cannot take: recorded, not fatal
-        trial.set_user_attr("error", " ".join(str(e).split())[:300])
-        values, state = None, optuna.trial.TrialState.FAIL
-    trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-    return state, values
+STATES = {"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
 
 
-def _brief(values: dict[str, float] | None, state: optuna.trial.TrialState | None) -> str:
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, budget: Budget) -> None:
+    """The outcome replayed onto the trial, then told. Optuna takes intermediate values from
+    single-objective studies only (a Pareto search's trial.report raises)."""
+    if len(budget.objectives) == 1:
+        for step, acc in outcome["reports"]:
+            trial.report(acc, step)
+    for key, value in outcome["attrs"].items():
+        trial.set_user_attr(key, value)
+    values = outcome["metrics"]
+    if values is not None:
+        trial.set_user_attr("metrics", values)
+    study.tell(trial, [values[o] for o in budget.objectives] if values is not None else None,
+               state=STATES.get(outcome["state"]))
+
+
+def _where(runner: Evaluator, nodes: set[str], budget: Budget, progress: Progress) -> dict[str, Any]:
+    """Where the trials ran; on a cluster, the nodes that timed them (SPEC §13: a search's timings
+    come from one node type, and provenance says which)."""
+    info = runner.describe()
+    if info["executor"] == "ray":
+        info["trial_nodes"] = sorted(nodes)
+        if budget.metrics & TIMED_METRICS:
+            info["timings"] = "each trial's us_b1/us_b256 timed on the Ray node that ran it (trial_nodes)"
+            if len({n.partition(" (")[2] for n in nodes}) > 1:
+                progress.log("warning: trials were timed on more than one CPU model (provenance.json "
+                             "search.trial_nodes): their us_* figures do not compare")
+    return info
+
+
+def _brief(outcome: Outcome) -> str:
+    values = outcome["metrics"]
     if values is None:
-        return "stopped early" if state == optuna.trial.TrialState.PRUNED else "failed"
+        return "stopped early" if outcome["state"] == "pruned" else "failed"
     return f"{values['bytes']:.0f} B, val {values['val_accuracy_pct']:.2f} %"
 
 

@@ -15,6 +15,9 @@ TRIAL_COLUMNS = ["number", "state", "template", "seeded_from", "pipeline", "val_
                  "feasible", "misses", "pareto", "seconds", "notes", "params"]
 
 
+STARTED = tuple(s for s in optuna.trial.TrialState if s != optuna.trial.TrialState.WAITING)
+
+
 def pareto_numbers(points: dict[int, tuple[float, ...]]) -> set[int]:
     """Trials no other trial beats on every objective while strictly beating on one (all minimized)."""
     def dominated(a: tuple[float, ...]) -> bool:
@@ -25,7 +28,9 @@ def pareto_numbers(points: dict[int, tuple[float, ...]]) -> set[int]:
 
 def trial_rows(study: optuna.Study, budget: Budget) -> list[dict[str, Any]]:
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    # A queued trial not yet started (a killed batch re-queued beyond what the count still asked for)
+    # has nothing to show; a later resume with more --trials runs it.
+    for t in study.get_trials(deepcopy=False, states=STARTED):
         metrics: dict[str, float] = t.user_attrs.get("metrics") or {}
         done = t.state == optuna.trial.TrialState.COMPLETE
         rows.append({

@@ -4,14 +4,19 @@ validation split. Selection never sees the test set; the chosen pipelines are re
 """
 
 import dataclasses
+import hashlib
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
+from deepshrink.checkpoint import paths_for
 from deepshrink.compress import apply, parse_step
 from deepshrink.data import DataSplits
+from deepshrink.errors import UserError
 from deepshrink.export import Artifact
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.search.budget import MCU_METRICS, TIMED_METRICS, Budget
@@ -30,6 +35,21 @@ TIMING = LatencyConfig(runtimes=("torch", "onnxruntime", "sparse"), threads=(1,)
 
 class Hopeless(Exception):
     """Raised by the intermediate check; the search records the trial as stopped early (pruned)."""
+
+
+class Outcome(TypedDict):
+    """One evaluated trial as plain data, so it crosses a process or a Ray task: the main process
+    alone talks to Optuna, replaying this onto the trial."""
+
+    state: str  # complete, pruned or failed
+    metrics: dict[str, float] | None  # measured on validation; None unless complete
+    reports: list[tuple[int, float]]  # (step, validation accuracy) after each checked step
+    attrs: dict[str, Any]  # stopped (why stopped early), error (why failed), seconds
+    node: str  # where it ran: host (CPU model), for the provenance of its timings
+
+
+def weights_hash(checkpoint: Path) -> str:
+    return hashlib.sha256(paths_for(checkpoint)[0].read_bytes()).hexdigest()[:16]
 
 
 def validation_view(data: DataSplits) -> DataSplits:
@@ -80,6 +100,28 @@ class Env:
         """The validation accuracy under which a half-done trial cannot end within the drop budget."""
         cap = dict(self.budget.limits).get("drop")
         return -math.inf if cap is None else float(self.base_val.row["accuracy_pct"]) - cap - HOPELESS_SLACK
+
+
+def evaluate_trial(env: Env, number: int, steps: tuple[str, ...], hopeless_below: float, node: str = "") -> Outcome:
+    """Realize, check and measure one pipeline; a pipeline this model cannot take is a failed trial,
+    not a failed search."""
+    start = time.perf_counter()
+    out = Outcome(state="complete", metrics=None, reports=[], attrs={}, node=node)
+
+    def check(i: int, acc: float) -> None:
+        out["reports"].append((i, acc))
+        if acc < hopeless_below:
+            out["attrs"]["stopped"] = f"after step {i}: validation {acc:.2f} % < {hopeless_below:.2f} %"
+            raise Hopeless
+
+    try:
+        out["metrics"] = measure_trial(env, env.variant(steps, check), number)
+    except Hopeless:
+        out["state"] = "pruned"
+    except (UserError, RuntimeError, ValueError) as e:
+        out["state"], out["attrs"]["error"] = "failed", " ".join(str(e).split())[:300]
+    out["attrs"]["seconds"] = round(time.perf_counter() - start, 2)
+    return out
 
 
 def measure_trial(env: Env, v: Variant, number: int) -> dict[str, float]:

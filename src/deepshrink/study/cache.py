@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from deepshrink.checkpoint import atomic_write_bytes, load_checkpoint, paths_for, save_checkpoint
 from deepshrink.errors import UserError
@@ -109,13 +110,23 @@ def realize(steps: tuple[str, ...], memo: Prefixes, apply_step: Callable[[Varian
         return apply_step(copy.deepcopy(src), steps[-1])
 
     try:
-        v, seconds = cached_or_compute(cache / key, ids(steps), compute, fresh)
+        with key_lock(cache, key):
+            v, seconds = cached_or_compute(cache / key, ids(steps), compute, fresh)
     except Exception as e:
         memo.failed[steps] = _reason(e)
         raise
     v.id = ids(steps)
     memo.done[steps] = (v, key, parent_seconds + seconds)
     return copy.deepcopy(v), parent_seconds + seconds
+
+
+def key_lock(cache: Path, key: str) -> FileLock:
+    """One step output computed by one process at a time: a search's concurrent trials (or a resumed
+    search and an orphan of the killed one) may reach the same prefix together; the second waits and
+    loads what the first saved, instead of deleting the folder the first is writing. Held only around
+    one step, never while waiting for another, so two holders cannot deadlock."""
+    cache.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cache / f".{key}.lock"))
 
 
 def _reason(e: BaseException) -> str:

@@ -185,10 +185,10 @@ def _init_worker(queue: Channel, parent: int, run_dir: str) -> None:
     fcntl.flock(fd, fcntl.LOCK_SH)
     _WORKER.update(queue=queue, lock_fd=fd)
     quiet.enable(Path(run_dir))  # timings wait for the other workers' batches, and they for timings
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
 
 
-def _watch_parent(parent: int) -> None:
+def watch_parent(parent: int) -> None:
     """An orphaned worker (the study was SIGKILLed) exits within a second, busy or idle, instead of
     racing the rerun for the same cache folders."""
     while os.getppid() == parent:
@@ -197,7 +197,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def wait_for_orphans(run_dir: Path, timeout: float = 300.0) -> None:
-    """Workers of a killed study exit within a second (`_watch_parent`); wait for them before starting."""
+    """Workers of a killed study exit within a second (`watch_parent`); wait for them before starting."""
     fd = os.open(run_dir / ".workers.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout

@@ -257,10 +257,8 @@ class RayExecutor(Executor):
 
     def run(self, recipe: Recipe, opts: StudyOptions, units: list[Unit], done: set[str], progress: Progress,
             overall: int) -> dict[str, str]:
-        if not self.address and not os.environ.get("RAY_ADDRESS"):
-            os.environ.setdefault(LOOPBACK_ONLY, "0")  # a Ray of our own stays on 127.0.0.1
-        ray = import_ray()
-        started = self._connect(ray)
+        ray = ray_for(self.address)
+        started = connect(ray, self.address)
         try:
             driver = _Driver(ray, recipe, opts, progress, overall)
             driver.check_resources()
@@ -269,14 +267,22 @@ class RayExecutor(Executor):
             if started:  # a Ray the caller (a notebook, a test) connected stays connected
                 ray.shutdown()
 
-    def _connect(self, ray: Any) -> bool:
-        """Connect (or start a local Ray with this machine's cores); False when already connected."""
-        if ray.is_initialized():
-            return False
-        where: dict[str, Any] = {"address": self.address} if self.address else {
-            "address": "local", "num_cpus": all_cores(), "include_dashboard": False}
-        try:  # worker output would tear the live view; a task's error comes back with its result
-            ray.init(**where, log_to_driver=False, logging_level=logging.WARNING)
-        except (ConnectionError, TimeoutError, ValueError) as e:
-            raise UserError(f"--address {self.address}: cannot connect to a Ray cluster ({e})") from None
-        return True
+
+def ray_for(address: str | None) -> Any:
+    """The `ray` module, imported after choosing where a Ray of our own listens."""
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(LOOPBACK_ONLY, "0")  # a Ray of our own stays on 127.0.0.1
+    return import_ray()
+
+
+def connect(ray: Any, address: str | None) -> bool:
+    """Connect (or start a local Ray with this machine's cores); False when already connected."""
+    if ray.is_initialized():
+        return False
+    where: dict[str, Any] = {"address": address} if address else {
+        "address": "local", "num_cpus": all_cores(), "include_dashboard": False}
+    try:  # worker output would tear the live view; a task's error comes back with its result
+        ray.init(**where, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, TimeoutError, ValueError) as e:
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster ({e})") from None
+    return True
