@@ -265,3 +265,17 @@ def test_recipe_search_section_errors_name_the_file(tmp_path: Path, mnist_dir: P
         ds.study(path, out=tmp_path / "run", data_dir=mnist_dir, device="cpu")
     assert str(e.value).startswith(str(path)) and needle in str(e.value), str(e.value)
     assert not (tmp_path / "run" / "results.csv").exists()  # nothing ran
+
+
+def test_a_bytes_search_queues_the_hand_tuned_pipeline_stretched_toward_fewer_bytes() -> None:
+    """x0.8 and x0.65 of each layer's density, on the sparsity grid, with the most retraining; no
+    stretch for a time objective."""
+    from deepshrink.search.study import seeds, stretched
+
+    info = type(model_info(nn.Sequential()))(fc=("fc1", "fc2", "fc3"), conv=(), depthwise=())
+    found = seeds("mnist", "lenet-300-100", info, SearchSpace(), ("dc",))
+    more = stretched(found, SearchSpace(), info, ("bytes",))
+    assert [p["dc.sparsity.fc1"] for _, _, p in more] == [0.96, 0.97]  # 0.95: 5 % -> 4 %, 3.25 % kept
+    assert all(p["dc.prune_epochs"] == 30 and p["dc.prune_rounds"] == 3 and not steps for _, steps, p in more)
+    assert all(p["dc.sparsity.fc2"] > 0.9 for _, _, p in more)
+    assert stretched(found, SearchSpace(), info, ("us_b1",)) == []

@@ -24,7 +24,7 @@ from deepshrink.search.budget import TIMED_METRICS, Budget
 from deepshrink.search.parallel import Evaluator, Job, Setup, check_executor, evaluator
 from deepshrink.search.sensitivity import layer_caps, layer_curves, layer_floors
 from deepshrink.search.space import TEMPLATES, SearchSpace, model_info
-from deepshrink.search.study import Draw, check_resumable, enqueue_seeds, open_study, seeds, trials_done
+from deepshrink.search.study import Draw, check_resumable, enqueue_seeds, open_study, seeds, stretched, trials_done
 from deepshrink.search.tables import write_tables
 from deepshrink.search.trial import Env, Outcome, validation_view, weights_hash
 from deepshrink.study.run import resolve_device
@@ -95,7 +95,7 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         base_val = measure_variant(base, validation_view(data), out / ".trials" / "baseline")
         env = Env(base, f"weights:{weights}", data, out, ctx, budget, base_val, opts.mcu_target)
         study = open_study(out, budget, opts.seed)
-        seeded = enqueue_seeds(study, found)
+        seeded = enqueue_seeds(study, found + stretched(found, opts.space, info, budget.objectives))
         if seeded:
             progress.log(f"search: {seeded} hand-tuned pipeline(s) from the built-in recipes run first")
         runner = evaluator(opts.executor, opts.jobs, env, dataclasses.replace(setup, device=device), opts.address,

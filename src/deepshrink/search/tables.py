@@ -41,7 +41,8 @@ def trial_rows(study: optuna.Study, budget: Budget) -> list[dict[str, Any]]:
             "feasible": done and budget.feasible(metrics), "misses": budget.misses(metrics) if done else "",
             "seconds": t.user_attrs.get("seconds", ""),
             "notes": t.user_attrs.get("stopped") or t.user_attrs.get("error") or
-            ("interrupted (the search was killed); queued again" if t.user_attrs.get("interrupted") else ""),
+            ("interrupted (the search was killed); queued again" if t.user_attrs.get("interrupted") else "") or
+            (f"queued: {t.user_attrs['stretched_from']}" if t.user_attrs.get("stretched_from") else ""),
             "params": json.dumps({k: v for k, v in t.params.items() if k != "template"}, sort_keys=True),
         })
     # Two objectives: their front; one: the objective against the accuracy drop, what a reader trades.
