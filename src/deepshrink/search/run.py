@@ -95,9 +95,10 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         base_val = measure_variant(base, validation_view(data), out / ".trials" / "baseline")
         env = Env(base, f"weights:{weights}", data, out, ctx, budget, base_val, opts.mcu_target)
         study = open_study(out, budget, opts.seed)
-        seeded = enqueue_seeds(study, found + stretched(found, opts.space, info, budget.objectives))
-        if seeded:
-            progress.log(f"search: {seeded} hand-tuned pipeline(s) from the built-in recipes run first")
+        pushed = stretched(found, opts.space, info, budget.objectives)
+        if enqueue_seeds(study, found + pushed):
+            progress.log(f"search: {len(found)} hand-tuned pipeline(s) from the built-in recipes run first"
+                         + (f", then {len(pushed)} of them stretched toward fewer bytes" if pushed else ""))
         runner = evaluator(opts.executor, opts.jobs, env, dataclasses.replace(setup, device=device), opts.address,
                            opts.cpus_per_task)
         try:
