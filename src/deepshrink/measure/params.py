@@ -30,8 +30,9 @@ def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSta
     was_training = model.training
     model.eval()
     try:
-        p = next(model.parameters())
-        model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+        p = next(model.parameters(), None)  # a user's ONNX graph kept as it came has none
+        model(torch.zeros(1, *input_shape) if p is None else torch.zeros(1, *input_shape, dtype=p.dtype,
+                                                                          device=p.device))
     finally:
         for h in hooks:
             h.remove()
