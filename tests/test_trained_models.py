@@ -231,6 +231,8 @@ def test_cli_int8_ptq_of_an_onnx_runs_on_its_own_graph(tmp_path: Path, mnist_dir
     assert r.exit_code == 0, (r.output, r.exception)
     base, q = sorted(csv.DictReader((out / "results.csv").open()), key=lambda row: bool(row["pipeline"]))
     assert (out / base["artifact"]).read_bytes() == path.read_bytes()
+    assert int(base["params_total"]) == int(q["params_total"]) == 4 * 25 + 4 + 10 * 4 * 24 * 24 + 10
+    assert int(base["macs"]) == 4 * 25 * 24 * 24 + 10 * 4 * 24 * 24  # the conv's weights once per output position
     assert q["int8_route"] == "onnxruntime quantize_static (QDQ)" and q["deployment"] == "onnx-qdq-int8-full"
     assert int(q["size_bytes"]) <= 0.3 * int(base["size_bytes"])
     assert abs(float(q["accuracy_pct"]) - float(base["accuracy_pct"])) <= 1.0

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import Tensor, nn
 
 from deepshrink.errors import UserError
 from deepshrink.export.onnx_file import fixed_batch, read_onnx
+from deepshrink.measure.params import LayerStats
 
 REFERENCE = "deepshrink.export.onnx_graph:from_onnx_graph"  # what a graph variant's manifest names
 
@@ -40,6 +42,26 @@ class OnnxGraph(nn.Module):
     def proto(self) -> onnx.ModelProto:
         return onnx.load_from_string(self.onnx_bytes())
 
+    def layer_stats(self) -> list[LayerStats]:
+        """Per weighted node (Conv, Gemm, MatMul with an initializer weight): parameters, and MACs per image
+        from the output size shape inference gives (the weight count where it gives none)."""
+        model = self.proto()
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        positions = _positions(model)
+        stats = []
+        for i, node in enumerate(model.graph.node):
+            if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in inits:
+                continue
+            w = inits[node.input[1]]
+            bias = inits.get(node.input[2]) if len(node.input) > 2 else None
+            params = [w] if bias is None else [w, bias]
+            per = positions.get(node.output[0], 1) if node.op_type == "Conv" else 1
+            stats.append(LayerStats(layer=node.name or f"{node.op_type.lower()}{i}", shape="x".join(map(str, w.shape)),
+                                    params_total=sum(p.size for p in params),
+                                    params_nonzero=sum(int(np.count_nonzero(p)) for p in params),
+                                    macs=w.size * per, macs_nonzero=int(np.count_nonzero(w)) * per))
+        return stats
+
     def forward(self, x: Tensor) -> Tensor:
         import onnxruntime as ort
 
@@ -48,6 +70,23 @@ class OnnxGraph(nn.Module):
         sess = ort.InferenceSession(self.onnx_bytes(), opts, providers=["CPUExecutionProvider"])
         out = sess.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+def _positions(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor -> its spatial positions (H x W ...) where shape inference knows them."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a graph the inference cannot follow: weight counts stand in for MACs
+        return {}
+    out = {}
+    for v in inferred.graph.value_info:
+        dims = v.type.tensor_type.shape.dim[2:]
+        if dims and all(d.HasField("dim_value") for d in dims):
+            out[v.name] = int(np.prod([d.dim_value for d in dims]))
+    return out
 
 
 def graph_of(data: bytes, source: str) -> OnnxGraph:
