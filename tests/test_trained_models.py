@@ -193,8 +193,51 @@ def test_cli_compress_onnx(tmp_path: Path, model_py: Path, mnist_dir: Path, fast
     assert int(pruned["params_total"]) < int(next(row for row in rows if not row["pipeline"])["params_total"])
     leaky = _export(nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.LeakyReLU()), tmp_path / "leaky.onnx")
     line = cli_error(monkeypatch, capsys, "compress", str(leaky), "--dataset", "mnist", "--data-dir", str(mnist_dir),
-                     "--step", "quantize:precision=int8,method=ptq")
+                     "--step", "quantize:precision=fp16")  # a step that needs the converted module
     assert "LeakyRelu" in line and str(leaky) in line
+
+
+def _leaky_graph(path: Path) -> Path:
+    """A tiny classifier written with onnx.helper: Conv -> LeakyRelu (an op the converter lacks) -> Flatten
+    -> Gemm, with a dynamic batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 1, 5, 5)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b1"),
+             numpy_helper.from_array((rng.standard_normal((10, 4 * 24 * 24)) * 0.05).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c"]),
+             helper.make_node("LeakyRelu", ["c"], ["a"], alpha=0.1), helper.make_node("Flatten", ["a"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["scores"], transB=1)]
+    graph = helper.make_graph(nodes, "leaky", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                             ["n", 1, 28, 28])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_cli_int8_ptq_of_an_onnx_runs_on_its_own_graph(tmp_path: Path, mnist_dir: Path, fast_latency: None) -> None:
+    """INT8 PTQ alone of an .onnx is ONNX Runtime's quantize_static on the original graph: a graph with an op
+    the converter lacks is quantized, and the baseline ships the user's file byte for byte."""
+    import onnx
+
+    path = _leaky_graph(tmp_path / "leaky.onnx")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["compress", str(path), "--dataset", "mnist", "--normalize", "none", "--step",
+                                 "quantize:precision=int8,method=ptq", "--out", str(out), "--data-dir",
+                                 str(mnist_dir), "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    base, q = sorted(csv.DictReader((out / "results.csv").open()), key=lambda row: bool(row["pipeline"]))
+    assert (out / base["artifact"]).read_bytes() == path.read_bytes()
+    assert int(base["params_total"]) == int(q["params_total"]) == 4 * 25 + 4 + 10 * 4 * 24 * 24 + 10
+    assert int(base["macs"]) == 4 * 25 * 24 * 24 + 10 * 4 * 24 * 24  # the conv's weights once per output position
+    assert q["int8_route"] == "onnxruntime quantize_static (QDQ)" and q["deployment"] == "onnx-qdq-int8-full"
+    assert int(q["size_bytes"]) <= 0.3 * int(base["size_bytes"])
+    assert abs(float(q["accuracy_pct"]) - float(base["accuracy_pct"])) <= 1.0
+    ops = {n.op_type for n in onnx.load(str(out / q["artifact"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "LeakyRelu", "Conv"} <= ops
 
 
 def test_api_compress_module_and_load_model(tmp_path: Path, model_py: Path) -> None:

@@ -28,7 +28,7 @@ from deepshrink.models import create_model
 from deepshrink.study.recipe import load_recipe
 from deepshrink.study.run import compress_measured, run_study, train_measured
 from deepshrink.study.trained import load_model as trained_model
-from deepshrink.study.trained import module_variant, onnx_variant
+from deepshrink.study.trained import module_variant, on_graph, onnx_variant
 from deepshrink.variant import Variant, slug
 
 __all__ = ["Result", "compress", "create_model", "load_data", "load_model", "measure", "study", "train"]
@@ -88,7 +88,7 @@ def compress(base: "Result | nn.Module | str | Path", steps: list[Any], data: Da
         if isinstance(base, nn.Module):
             variant, data = module_variant(base, data, normalize, seed)
         elif Path(base).suffix == ".onnx":
-            variant, data = onnx_variant(Path(base), data, normalize, seed)
+            variant, data = onnx_variant(Path(base), data, normalize, seed, graph=on_graph(configs))
         else:
             raise UserError(f"compress: {base!r} is neither a Result, an nn.Module nor an .onnx path")
         run_dir = Path(out) if out else Path("runs") / slug(f"compress-{variant.id}")

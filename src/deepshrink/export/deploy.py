@@ -11,14 +11,18 @@ dense reference every artifact offers.
 """
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from deepshrink import quiet
 from deepshrink.errors import UserError
+from deepshrink.export.conv_pool import find_pairs
+from deepshrink.export.runners import OrtRunner
 from deepshrink.measure.latency import RunnerFactory, pinned, time_passes, time_singles
 
 BATCH = 256
@@ -115,3 +119,31 @@ def _verdict(us: dict[str, float], chosen: str, ref: str) -> str:
         return f"{chosen} ({us[ref] / us[chosen]:.2f}x {ref}: {us[chosen]:.3g} vs {us[ref]:.3g} µs)"
     rival = min((k for k in us if k != ref), key=lambda k: us[k])
     return f"{ref} (kept: {rival} {us[ref] / us[rival]:.2f}x, {us[ref]:.3g} vs {us[rival]:.3g} µs)"
+
+
+def tune_onnxruntime(runners: MutableMapping[str, RunnerFactory], calib: np.ndarray,
+                     margin: float = DEFAULT_MARGIN) -> dict[str, Any]:
+    """The graph ONNX Runtime runs for an artifact: its file as written, or with its first k conv + max-pool
+    pairs as polyphase convolutions (conv_pool.py), timed side by side like the runtimes (1 thread, batch
+    256 and 1, medians). The file's own graph is kept unless a rewrite is `margin` faster at both batches;
+    the winner replaces the `onnxruntime` runner, so every later timing and the accuracy run use it, and
+    the info says what was chosen (empty when the graph has no such pair)."""
+    ort = runners.get("onnxruntime")
+    if not isinstance(ort, OrtRunner):
+        return {}
+    model = ort.loaded()
+    n = len(find_pairs(onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)))
+    if not n:
+        return {}
+    candidates = {str(k): replace(ort, fused=k) for k in range(n + 1)}
+    us = time_runtimes(candidates, calib_images(calib))
+    times = {k: {b: t[k] for b, t in us.items()} for k in candidates}
+    best = keep_unless(times, "0", margin)
+    runners["onnxruntime"] = candidates[best]
+    info: dict[str, Any] = {"ort_conv_pool_pairs": n, "ort_conv_pool_fused": int(best)}
+    info.update({f"ort_conv_pool_us_b{b}_{k}": round(v, 3) for b, t in us.items() for k, v in t.items()})
+    speedup = times["0"][BATCH] / times[best][BATCH]
+    info["notes"] = (f"onnxruntime runs {best} of {n} conv + max-pool pairs as polyphase convolutions "
+                     f"({speedup:.2f}x the file's own graph at batch {BATCH}; kept unless {margin:.0%} faster "
+                     f"at batch {BATCH} and 1)")
+    return info

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
+from deepshrink.export.onnx_graph import OnnxGraph
 from deepshrink.export.runners import ort_runner, torch_runner
 from deepshrink.measure.latency import RunnerFactory
 
@@ -36,6 +38,11 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, dtype: torc
 
 @EXPORTERS.register("fp32")
 def export_fp32(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
+    if isinstance(model, OnnxGraph):  # a user's graph ships as it came: no re-export, no torch runtime
+        path = stem.with_suffix(".onnx")
+        atomic_write_bytes(path, model.onnx_bytes())
+        return Artifact(path=path, kind="onnx-fp32", precision="fp32", files={path.name: path.stat().st_size},
+                        runners={"onnxruntime": ort_runner(path)})
     onnx_path = export_onnx(model, stem.with_suffix(".onnx"), ctx.example)
     return Artifact(path=onnx_path, kind="onnx-fp32", precision="fp32",
                     files={onnx_path.name: onnx_path.stat().st_size},

@@ -20,6 +20,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from deepshrink.export.floating import export_onnx
+from deepshrink.export.onnx_graph import OnnxGraph
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -68,8 +69,8 @@ def compact_names(m: onnx.ModelProto) -> None:
 class _Reader:
     """The calibration images, in batches, as `quantize_static` asks for them."""
 
-    def __init__(self, x: np.ndarray, batch: int = 64) -> None:
-        self.batches = iter([{"input": x[i : i + batch]} for i in range(0, len(x), batch)])
+    def __init__(self, x: np.ndarray, name: str = "input", batch: int = 64) -> None:
+        self.batches = iter([{name: x[i : i + batch]} for i in range(0, len(x), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.batches, None)
@@ -104,19 +105,23 @@ def float_ops(m: onnx.ModelProto) -> list[str]:
 
 
 def quantize_graph(model: nn.Module, example: torch.Tensor, calib: torch.Tensor) -> onnx.ModelProto:
-    """The INT8 QDQ model of any exportable graph, calibrated on `calib`."""
+    """The INT8 QDQ model of any exportable graph, or of a user's own graph (OnnxGraph: the file as it came),
+    calibrated on `calib`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", example)
-        m = onnx.load(str(fp32))
+        fp32 = Path(tmp) / "fp32.onnx"
+        if isinstance(model, OnnxGraph):
+            m, name = model.proto(), model.input_name
+        else:
+            m, name = onnx.load(str(export_onnx(model, fp32, example))), "input"
         _inline_identity_constants(m)
         onnx.save(m, str(fp32))
         out = Path(tmp) / "int8.onnx"
         quiet = logging.root.manager.disable
         logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger, once per call
         try:
-            quantize_static(str(fp32), str(out), _Reader(calib.numpy().astype(np.float32)),
+            quantize_static(str(fp32), str(out), _Reader(calib.numpy().astype(np.float32), name),
                             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})

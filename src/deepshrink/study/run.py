@@ -29,7 +29,7 @@ from deepshrink.study.plan import StudyOptions, code_version, plan, units
 from deepshrink.study.preflight import check_study
 from deepshrink.study.ray_executor import RayExecutor
 from deepshrink.study.recipe import Recipe, load_recipe
-from deepshrink.study.trained import Source, open_source
+from deepshrink.study.trained import Source, on_graph, open_source
 from deepshrink.study.variant import Measured, measure_variant, train_baseline, write_measured
 from deepshrink.train import TrainConfig
 from deepshrink.variant import StepContext, Variant, slug, variant_id
@@ -81,6 +81,8 @@ def run_compress(checkpoint: Path | Source, steps: list[str], out: Path, data_di
     control."""
     src = checkpoint if isinstance(checkpoint, Source) else Source(path=checkpoint)
     configs = [parse_step(s) for s in steps]  # every step validated before any work starts
+    if src.path is not None and src.path.suffix == ".onnx" and on_graph(configs):
+        src = dataclasses.replace(src, graph=True)  # ONNX Runtime's quantizer on the file as it came
     base, data = open_source(src, data_dir, seed)
     measured = compress_measured(base, configs, data, out, device, latency, quiet, seed)
     main = dict(measured[1][0].row)

@@ -12,10 +12,13 @@ from typing import Any
 from torch import nn
 
 from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
+from deepshrink.compress.quantize import QuantizeConfig
 from deepshrink.data import DataSplits, check_name, load_dataset
 from deepshrink.data.normalize import Norm, for_channels, parse_normalize, renormalize
 from deepshrink.errors import UserError
 from deepshrink.export.onnx_file import read_onnx
+from deepshrink.export.onnx_graph import REFERENCE as GRAPH_REFERENCE
+from deepshrink.export.onnx_graph import graph_of
 from deepshrink.export.onnx_torch import REFERENCE, convert
 from deepshrink.models import (
     build_unsized,
@@ -45,6 +48,14 @@ class Source:
     weights: Path | None = None
     dataset: str | None = None
     normalize: str | None = None
+    graph: bool = False  # an .onnx kept as its own graph (`on_graph`: INT8 PTQ the only step), not converted
+
+
+def on_graph(configs: list[Any]) -> bool:
+    """Whether an .onnx input's steps run on its own graph: INT8 PTQ alone is ONNX Runtime's quantizer on
+    the original file (so ops the converter lacks do not matter); every other step needs a PyTorch module."""
+    return len(configs) == 1 and isinstance(cfg := configs[0], QuantizeConfig) and \
+        (cfg.precision, cfg.method, cfg.bits) == ("int8", "ptq", 8)
 
 
 def _norm(text: str | None) -> Norm | None:
@@ -103,22 +114,26 @@ def open_source(src: Source, data_dir: Path | None = None, seed: int = 0) -> tup
 def _onnx(src: Source, data_dir: Path | None, seed: int) -> tuple[Variant, DataSplits]:
     assert src.path is not None
     dataset = _need_dataset(src, str(src.path))
-    model = _convert(src.path)
+    model, ref = _convert(src.path, src.graph)
     data = load_dataset(dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
-    return _variant(model, REFERENCE, {"path": str(src.path.resolve())}, data, _norm(src.normalize), seed)
+    return _variant(model, ref, {"path": str(src.path.resolve())}, data, _norm(src.normalize), seed)
 
 
-def _convert(path: Path) -> nn.Module:
+def _convert(path: Path, graph: bool = False) -> tuple[nn.Module, str]:
+    """The module of an ONNX file and the reference that rebuilds it: its own graph, or the conversion."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    return convert(read_onnx(path.read_bytes(), str(path), session=True), str(path))
+    if graph:
+        return graph_of(path.read_bytes(), str(path)), GRAPH_REFERENCE
+    return convert(read_onnx(path.read_bytes(), str(path), session=True), str(path)), REFERENCE
 
 
-def onnx_variant(path: Path, data: DataSplits, normalize: str | Norm | None = None,
-                 seed: int = 0) -> tuple[Variant, DataSplits]:
-    """The API's ONNX classifier file as a baseline on `data`."""
+def onnx_variant(path: Path, data: DataSplits, normalize: str | Norm | None = None, seed: int = 0,
+                 graph: bool = False) -> tuple[Variant, DataSplits]:
+    """The API's ONNX classifier file as a baseline on `data` (`graph`: kept as its own graph, see on_graph)."""
     norm = _norm(normalize) if isinstance(normalize, str) else normalize
-    return _variant(_convert(path), REFERENCE, {"path": str(path.resolve())}, data, norm, seed)
+    model, ref = _convert(path, graph)
+    return _variant(model, ref, {"path": str(path.resolve())}, data, norm, seed)
 
 
 def load_model(ref: str, weights: Path | str | None = None, data: Any = None, **model_args: Any) -> nn.Module:
