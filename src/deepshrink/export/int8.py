@@ -18,7 +18,7 @@ from deepshrink.export.deploy import BATCH, best_challenger, calib_images, keep_
 from deepshrink.export.dsonnx import pack_onnx, unpack_onnx, zero_fraction
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qdq import Ranges, build_qdq
-from deepshrink.export.qdq_graph import float_ops, quantize_graph
+from deepshrink.export.qdq_graph import float_ops, quantize_graph, weights_only
 from deepshrink.export.qgraph import expressible, observe_ranges, quantize_weight, weight_scales
 from deepshrink.export.runners import ort_runner
 from deepshrink.export.torch_int8 import torch_int8_runner
@@ -61,7 +61,8 @@ def mode_runners(model: nn.Module, ranges: Ranges, mode: str, path: Path,
     if mode == "full" and ranges:  # PyTorch's x86 quantized engine runs the same integer model (same scales)
         runners["torch"] = torch_int8_runner(copy.deepcopy(model), ranges)
     weights = [weight_of(model, name) for name, _ in weighted_layers(model)]
-    pruned = sum(int((w == 0).sum()) for w in weights) >= PACK_MIN_ZEROS * sum(w.numel() for w in weights)
+    total = sum(w.numel() for w in weights)
+    pruned = total > 0 and sum(int((w == 0).sum()) for w in weights) >= PACK_MIN_ZEROS * total
     if mode == "weights" and pruned and (net := sparse_runtime.build(_dequantized(model), calib)) is not None:
         runners["sparse"] = sparse_runtime.sparse_runner(net)
     return runners
@@ -124,7 +125,8 @@ def ranges_from(opts: dict[str, Any], model: nn.Module, ctx: ExportContext) -> R
 def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
     model = model.eval().float()
     if not expressible(model):
-        return _ship(model, stem, _graph(model, ctx, opts), "full", {}, None)
+        raw, graph_info, graph_mode = _graph(model, stem, ctx, opts)
+        return _ship(model, stem, (raw, graph_info), graph_mode, {}, None)
     ranges = ranges_from(opts, model, ctx)
     mode = str(opts.get("mode", "full"))
     info: dict[str, Any] = {"int8_mode": mode}
@@ -137,17 +139,45 @@ def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
     return _ship(model, stem, (raw, info), mode, ranges, calib)
 
 
-def _graph(model: nn.Module, ctx: ExportContext, opts: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """Any other graph: ONNX Runtime's quantize_static, all INT8 (its deployment modes need the plan)."""
+def _graph(model: nn.Module, stem: Path, ctx: ExportContext,
+           opts: dict[str, Any]) -> tuple[bytes, dict[str, Any], str]:
+    """Any other graph: ONNX Runtime's quantize_static; all INT8 ("full"), or its weights alone in INT8
+    ("weights": the activations' Q/DQ pairs taken out, float compute on weights decoded at load). deploy=auto
+    times both and keeps "weights" unless "full" is the margin faster at both batches: all-INT8 LeNet-5
+    from an .onnx ran 3x slower than FP32 (QLinearConv on a 1-channel input)."""
     calib = ctx.calib if ctx.calib is not None else ctx.example
     q = quantize_graph(model, ctx.example, calib[: int(opts.get("calib", len(calib)))])
-    info: dict[str, Any] = {"int8_mode": "full", "int8_route": "onnxruntime quantize_static (QDQ)"}
+    info: dict[str, Any] = {"int8_route": "onnxruntime quantize_static (QDQ)"}
     notes = [f"left in float by onnxruntime: {', '.join(left)}"] if (left := float_ops(q)) else []
-    if str(opts.get("mode", "full")) not in ("full", "auto"):  # auto: the graph route has one mode to choose
-        notes.append(f"deploy={opts['mode']} needs a sequential model; shipped all-INT8")
+    asked = str(opts.get("mode", "full"))
+    if asked == "mixed":
+        notes.append("deploy=mixed needs a sequential model; chose between full and weights")
+    built = {"full": q.SerializeToString(), "weights": weights_only(q).SerializeToString()}
+    mode = asked if asked in built else _graph_mode(built, stem, calib.numpy().astype(np.float32), ctx, info)
+    info["int8_mode"] = mode
     if notes:
-        info["notes"] = "; ".join(notes)
-    return q.SerializeToString(), info
+        info["notes"] = "; ".join([*notes, *([info["notes"]] if "notes" in info else [])])
+    return built[mode], info, mode
+
+
+def _graph_mode(built: dict[str, bytes], stem: Path, calib: np.ndarray, ctx: ExportContext,
+                info: dict[str, Any]) -> str:
+    work = stem.with_name(f".{stem.name}-timing")
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        for mode, raw in built.items():
+            (work / f"{mode}.onnx").write_bytes(raw)
+        us = time_runtimes({m: ort_runner(work / f"{m}.onnx") for m in built}, calib_images(calib))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    times = {m: {b: t[m] for b, t in us.items()} for m in built}
+    mode = keep_unless(times, INCUMBENT, ctx.choice_margin)
+    rival = next(m for m in built if m != mode)
+    info.update({f"int8_us_b{b}_{m}": round(v, 3) for b, t in us.items() for m, v in t.items()})
+    info["int8_mode_rival"] = rival
+    info["notes"] = (f"int8 mode {mode}: {_times(times[mode])} vs {rival} {_times(times[rival])} "
+                     f"({INCUMBENT} kept unless full is {ctx.choice_margin:.0%} faster at both batches)")
+    return mode
 
 
 def _ship(model: nn.Module, stem: Path, built: tuple[bytes, dict[str, Any]], mode: str, ranges: Ranges,

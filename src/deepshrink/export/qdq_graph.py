@@ -131,3 +131,33 @@ def quantize_graph(model: nn.Module, example: torch.Tensor, calib: torch.Tensor)
     compact_names(q)
     onnx.checker.check_model(q)
     return q
+
+
+def weights_only(q: onnx.ModelProto) -> onnx.ModelProto:
+    """The QDQ model with its activations' QuantizeLinear -> DequantizeLinear pairs taken out: INT8-stored
+    weights (and biases) behind DequantizeLinear of initializers, float compute, which the runners decode
+    once at load (weight_decode.py) to run at FP32's speed. Same bytes of weights as the all-INT8 model."""
+    out = onnx.ModelProto()
+    out.CopyFrom(q)
+    inits = {t.name for t in out.graph.initializer}
+    quant = {n.output[0]: n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    bypass = {n.output[0]: quant[n.input[0]].input[0] for n in out.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in quant}
+    keep = [n for n in out.graph.node if n.output[0] not in bypass and n.output[0] not in quant]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in bypass:
+                n.input[i] = bypass[name]
+    # a graph output that was a dequantized activation: the float tensor before it takes its name
+    for name in {o.name for o in out.graph.output} & set(bypass):
+        for n in keep:
+            n.output[:] = [name if o == bypass[name] else o for o in n.output]
+            n.input[:] = [name if i == bypass[name] else i for i in n.input]
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    used = {name for n in keep for name in n.input}
+    kept = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    onnx.checker.check_model(out)
+    return out
