@@ -1,7 +1,9 @@
 """A LeNet-5 trained by a plain PyTorch script, as a user brings one to deepshrink (README "Already trained?"):
-    DEEPSHRINK_DATA=../shared/data python examples/train_lenet5.py      # writes net.pt, prints its test accuracy
+    DEEPSHRINK_DATA=../shared/data python examples/train_lenet5.py      # writes net.pt and net.onnx, prints test accuracy
     deepshrink compress --model examples/train_lenet5.py:LeNet5 --weights net.pt --dataset mnist \\
         --normalize mean=0.1307,std=0.3081 --step quantize:precision=int8,method=ptq
+    deepshrink compress net.onnx --dataset mnist --normalize mean=0.1307,std=0.3081 \\
+        --step prune.structured:ratio=0.5 --step quantize:precision=int8,method=ptq
 """
 import gzip
 import os
@@ -40,3 +42,5 @@ if __name__ == "__main__":
     with torch.no_grad():
         print(f"test accuracy {100 * (net.eval()(xt).argmax(1) == yt).float().mean().item():.2f}%")
     torch.save(net.state_dict(), "net.pt")
+    torch.onnx.export(net, (xt[:1],), "net.onnx", input_names=["image"], dynamic_axes={"image": {0: "batch"}},
+                      dynamo=False)
