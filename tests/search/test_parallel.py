@@ -36,7 +36,9 @@ except ImportError:
     ray = None
 
 SMALL = SearchSpace(templates=("dc", "pq"), prune_epochs=(1,), cluster_epochs=(0,))
-BUDGET = parse_budget("drop<=60", minimize="bytes")
+# drop<=100: no trial is stopped early on this tiny data (a bytes search queues two stretched seeds at
+# 95 %+ sparsity after the hand-tuned one, which one epoch cannot retrain)
+BUDGET = parse_budget("drop<=100", minimize="bytes")
 TRIALS, JOBS = 4, 2  # two batches: the second drawn after the first batch is told
 SEED = 3
 
