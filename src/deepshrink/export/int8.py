@@ -152,7 +152,8 @@ def _graph(model: nn.Module, stem: Path, ctx: ExportContext,
     asked = str(opts.get("mode", "full"))
     if asked == "mixed":
         notes.append("deploy=mixed needs a sequential model; chose between full and weights")
-    built = {"full": q.SerializeToString(), "weights": weights_only(q).SerializeToString()}
+    light = weights_only(quantize_graph(model, ctx.example, calib[: int(opts.get("calib", len(calib)))], True))
+    built = {"full": q.SerializeToString(), "weights": light.SerializeToString()}
     mode = asked if asked in built else _graph_mode(built, stem, calib.numpy().astype(np.float32), ctx, info)
     info["int8_mode"] = mode
     if notes:
