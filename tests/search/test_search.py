@@ -279,3 +279,49 @@ def test_a_bytes_search_queues_the_hand_tuned_pipeline_stretched_toward_fewer_by
     assert all(p["dc.prune_epochs"] == 30 and p["dc.prune_rounds"] == 3 and not steps for _, steps, p in more)
     assert all(p["dc.sparsity.fc2"] > 0.9 for _, _, p in more)
     assert stretched(found, SearchSpace(), info, ("us_b1",)) == []
+
+
+def test_untrained_pipelines_keep_every_key_but_retraining() -> None:
+    from deepshrink.search.foresee import untrained
+
+    dc = ("prune.unstructured:scope=layer,layers=fc1=0.9+fc2=0.8,schedule=iterative,rounds=3,epochs=30",
+          "cluster:bits=5,bias_bits=16,epochs=4", "encode")
+    assert untrained(dc) == ("prune.unstructured:scope=layer,layers=fc1=0.9+fc2=0.8,schedule=iterative,rounds=3,"
+                             "epochs=0", "cluster:bits=5,bias_bits=16,epochs=0", "encode")
+    assert untrained(("quantize:precision=int8,method=qat,bits=4",)) == ("quantize:precision=int8,method=ptq,bits=4",)
+    assert untrained(("distill:student=mlp-50", "quantize:precision=int8,method=ptq")) is None  # untrained student
+    for step in (*untrained(dc), "prune.structured:ratio=0.5,epochs=0"):  # type: ignore[misc]
+        parse_step(step)
+
+
+def test_untrained_figures_stop_a_trial_only_when_they_cannot_win() -> None:
+    from deepshrink.search.foresee import hopeless
+
+    b = parse_budget("drop<=0.5,bytes<=20000", minimize="bytes")
+    rivals = [(3, {"bytes": 10000.0, "drop": 0.4})]
+    assert "cannot beat trial 3" in hopeless({"bytes": 10200.0, "drop": 9.0}, b, rivals, ceilings=True)
+    assert hopeless({"bytes": 10050.0, "drop": 9.0}, b, rivals, ceilings=True) == ""  # within the margin
+    assert "budget" in hopeless({"bytes": 30000.0, "drop": 0.0}, b, [], ceilings=True)
+    assert hopeless({"bytes": 30000.0, "drop": 0.0}, b, [], ceilings=False) == ""  # nothing done: train it
+    pareto = parse_budget("drop<=1", pareto="bytes,us_b1")
+    rival = [(0, {"bytes": 1000.0, "us_b1": 5.0, "drop": 0.1})]
+    assert hopeless({"bytes": 2000.0, "us_b1": 4.0}, pareto, rival, ceilings=True) == ""  # faster: may win
+    assert "cannot beat trial 0" in hopeless({"bytes": 2000.0, "us_b1": 6.0}, pareto, rival, ceilings=True)
+
+
+def test_a_trial_whose_untrained_file_cannot_win_stops_before_training(tmp_path: Path, mnist_dir: Path,
+                                                                       checkpoint: Path) -> None:
+    from deepshrink.search.study import open_study
+
+    out, budget = tmp_path / "s", parse_budget("drop<=100", minimize="bytes")
+    space = SearchSpace(templates=("pq",), sparsity=(0.3, 0.95), prune_epochs=(1,))
+    run_search(checkpoint, budget, out, SearchOptions(trials=6, space=space, device="cpu", quiet=True),
+               data_dir=mnist_dir)
+    rows = _rows(out / "trials.csv")
+    stopped = [r for r in rows if r["notes"].startswith("before training")]
+    assert stopped and all(r["state"] == "PRUNED" and r["bytes"] == "" for r in stopped)
+    trials = open_study(out, budget, 0).trials
+    for t in trials:
+        if "untrained" in t.user_attrs:  # larger untrained than a trial that fit, finished before it was drawn
+            best = min(p.user_attrs["metrics"]["bytes"] for p in trials[:t.number] if p.state.name == "COMPLETE")
+            assert t.user_attrs["untrained"]["bytes"] > best

@@ -22,6 +22,7 @@ METRICS: dict[str, str] = {
 }
 MCU_METRICS = frozenset({"flash", "ram", "instructions"})
 TIMED_METRICS = frozenset({"us_b1", "us_b256"})
+CLOSEST = 3  # trials a search that fits nothing returns, each with how much it misses by
 _TERM = re.compile(r"^\s*([a-z_0-9]+)\s*<=\s*([-+0-9.eE]+)\s*$")
 
 

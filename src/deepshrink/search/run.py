@@ -20,7 +20,8 @@ from deepshrink.errors import UserError
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
-from deepshrink.search.budget import TIMED_METRICS, Budget
+from deepshrink.search.budget import CLOSEST, TIMED_METRICS, Budget
+from deepshrink.search.foresee import foresee
 from deepshrink.search.parallel import Evaluator, Job, Setup, check_executor, evaluator
 from deepshrink.search.sensitivity import layer_caps, layer_curves, layer_floors
 from deepshrink.search.space import TEMPLATES, SearchSpace, model_info
@@ -146,9 +147,21 @@ def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...]
     progress.update(task, advance=min(done, opts.trials))
     left, nodes = max(0, opts.trials - done), set()
     while left > 0:
-        batch = [_ask(study, info, templates, opts) for _ in range(min(opts.jobs, left))]
+        batch: list[tuple[optuna.Trial, tuple[str, ...]]] = []
+        while len(batch) < min(opts.jobs, left):
+            trial, steps = _ask(study, info, templates, opts)
+            started = time.perf_counter()
+            early = foresee(env, study, trial.number, steps)
+            if early is None:
+                batch.append((trial, steps))
+                continue
+            attrs = {**early, "seconds": round(time.perf_counter() - started, 2)}
+            _tell(study, trial, Outcome(state="pruned", metrics=None, reports=[], attrs=attrs, node=""), env.budget)
+            write_tables(env.out, study, env.budget)
+            progress.update(task, advance=1, info=f"#{trial.number} {trial.params['template']}: stopped untrained")
+            left -= 1
         jobs = [Job(t.number, steps, env.hopeless_below()) for t, steps in batch]
-        for (trial, _), outcome in zip(batch, runner.map(jobs), strict=True):
+        for (trial, _), outcome in zip(batch, runner.map(jobs) if jobs else [], strict=True):
             _tell(study, trial, outcome, env.budget)
             write_tables(env.out, study, env.budget)
             nodes.add(outcome["node"])
@@ -221,7 +234,7 @@ def _choose(rows: list[dict[str, Any]], budget: Budget) -> tuple[list[dict[str, 
     def miss(r: dict[str, Any]) -> float:
         return sum(max(0.0, r[m] - c) / max(abs(c), 1e-9) for m, c in caps.items() if math.isfinite(r[m]))
 
-    return sorted(done, key=miss)[:3], False
+    return sorted(done, key=miss)[:CLOSEST], False
 
 
 def _remeasure(env: Env, pipelines: list[tuple[str, ...]], progress: Progress) -> list[dict[str, Any]]:
