@@ -5,13 +5,14 @@ from pathlib import Path
 from typing import Any
 
 from deepshrink.checkpoint import load_checkpoint, read_manifest
+from deepshrink.config import coerce
 from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
 from deepshrink.results import read_rows
 from deepshrink.search import Budget, SearchOptions, SearchResult, SearchSpace, parse_budget, run_search
 from deepshrink.search.parallel import check_executor
 from deepshrink.search.sensitivity import run_sensitivity
-from deepshrink.study.recipe import Recipe
+from deepshrink.study.recipe import SEARCH_KEYS, Recipe
 
 Source = Any  # a checkpoint path, or a `ds.train` / `ds.compress` Result (api.py imports this module)
 
@@ -45,6 +46,20 @@ def sensitivity(checkpoint: Source, dataset: str | None = None, data_dir: str | 
     data = load_dataset(dataset or manifest.dataset, Path(data_dir) if data_dir else None, allow_empty_classes=True)
     model, _ = load_checkpoint(path)
     return run_sensitivity(model, data, Path(out), drop, title=f"{manifest.model} on {manifest.dataset}")
+
+
+def parse_space(items: list[str]) -> SearchSpace:
+    """`--space KEY=V1,V2` options (the keys of a recipe's `[search]` section that shape the space) as a
+    SearchSpace; a bad key or value is one line naming it."""
+    lists = {k: v for k, v in SEARCH_KEYS.items() if isinstance(v, list)}
+    keys: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in lists:
+            raise UserError(f"--space {item!r}: expected KEY=V1,V2 with KEY one of {', '.join(lists)}")
+        keys[key] = tuple(coerce(v.strip(), lists[key][0], f"--space {key}") for v in value.split(","))
+    return SearchSpace(**keys)
 
 
 @dataclasses.dataclass(frozen=True)

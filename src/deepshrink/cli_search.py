@@ -27,14 +27,19 @@ def search(
                                       "same trials on either executor).")] = 1,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (else $RAY_ADDRESS, "
                                                 "else a local Ray).")] = None,
+    space: Annotated[list[str] | None, typer.Option("--space", help="Narrow or widen the space, KEY=V1,V2 (the "
+                                                    "keys of a recipe's [search] section), e.g. structured=0.4,0.8 "
+                                                    "or structured_epochs=6,12; repeatable.")] = None,
     dataset: Dataset = None, data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Search pipelines for the best model within a budget; every trial measured as shipped on the
     validation split, the chosen ones re-measured on the test set (trials.csv, pareto.csv, results.csv)."""
+    from deepshrink.api_search import parse_space
     from deepshrink.api_search import search as run
 
     out = out or Path("runs") / "search"
-    result = run(checkpoint, budget, minimize, pareto, trials, out, seed, dataset=dataset, data_dir=data_dir,
+    result = run(checkpoint, budget, minimize, pareto, trials, out, seed, space=parse_space(space or []),
+                 dataset=dataset, data_dir=data_dir,
                  fresh=fresh, device=check_device(device), quiet=quiet, executor=executor, jobs=jobs, address=address)
     c = console()
     done = sum(r["state"] == "COMPLETE" for r in result.trials)

@@ -325,3 +325,22 @@ def test_a_trial_whose_untrained_file_cannot_win_stops_before_training(tmp_path:
         if "untrained" in t.user_attrs:  # larger untrained than a trial that fit, finished before it was drawn
             best = min(p.user_attrs["metrics"]["bytes"] for p in trials[:t.number] if p.state.name == "COMPLETE")
             assert t.user_attrs["untrained"]["bytes"] > best
+
+
+def test_space_options_narrow_the_space_and_bad_ones_are_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  tmp_path: Path) -> None:
+    from deepshrink.api_search import parse_space
+
+    space = parse_space(["structured_epochs=6,12", "structured=0.5, 0.8"])
+    assert space.structured_epochs == (6, 12) and space.structured == (0.5, 0.8)
+    steps = TEMPLATES["sq"](_Draw(), model_info(_Dw()), space)
+    assert steps[0] == "prune.structured:ratio=0.8,epochs=12" and parse_step(steps[0]).epochs == 12
+    assert "epochs" not in TEMPLATES["sq"](_Draw(), model_info(_Dw()), SearchSpace())[0]  # the step's default
+    for bad, needle in (("speed=1", "--space 'speed=1'"), ("structured_epochs=x", "--space structured_epochs"),
+                        ("structured_epochs=-2", "search.structured_epochs")):
+        with pytest.raises(UserError, match=needle):
+            parse_space([bad])
+    line = cli_error(monkeypatch, capsys, "search", str(tmp_path / "none.safetensors"), "--minimize", "us_b1",
+                     "--space", "bits")
+    assert "--space 'bits'" in line

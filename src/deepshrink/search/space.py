@@ -75,6 +75,8 @@ class SearchSpace:
     prune_rounds: tuple[int, ...] = (1, 3)
     cluster_epochs: tuple[int, ...] = (2, 4, 6)
     structured: tuple[float, float] = (0.2, 0.8)
+    # structured retraining epochs; -1: the step's own default (10 for a plain stack, 40 for a coupled graph)
+    structured_epochs: tuple[int, ...] = (-1,)
     students: tuple[str, ...] = ()  # distill -> quantize needs a student model (registry name or reference)
     depthwise_max: float = DEPTHWISE_MAX
     layer_caps: dict[str, float] = field(default_factory=dict)
@@ -93,6 +95,9 @@ class SearchSpace:
             raise UserError(f"search.structured={list(self.structured)}: need 0 < low <= high < 1")
         if not self.prune_epochs or not self.cluster_epochs or min(self.prune_epochs + self.cluster_epochs) < 0:
             raise UserError("search.prune_epochs / cluster_epochs: lists of epoch counts >= 0")
+        if not self.structured_epochs or min(self.structured_epochs) < -1:
+            raise UserError(f"search.structured_epochs={list(self.structured_epochs)}: epoch counts >= 0 "
+                            "(-1: the step's default)")
         if not self.prune_rounds or min(self.prune_rounds) < 1:
             raise UserError(f"search.prune_rounds={list(self.prune_rounds)}: a list of round counts >= 1")
         unknown = [t for t in self.templates if t not in TEMPLATES]
@@ -180,7 +185,10 @@ def prune_quantize(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str
 def structured_quantize(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
     """structured -> INT8: whole neurons and channels removed, then integer compute (the speed route)."""
     ratio = _round(draw.real("ratio", *space.structured, 0.05))
-    return f"prune.structured:ratio={ratio}", "quantize:precision=int8,method=ptq"
+    epochs = draw.choice("epochs", space.structured_epochs) if len(space.structured_epochs) > 1 else \
+        space.structured_epochs[0]
+    return f"prune.structured:ratio={ratio}{f',epochs={epochs}' if epochs >= 0 else ''}", \
+        "quantize:precision=int8,method=ptq"
 
 
 @template("sub8")
@@ -223,5 +231,8 @@ def seed_params(steps: tuple[str, ...], info: ModelInfo, space: SearchSpace) -> 
             params["dc.conv_bits"] = int(keys[1].get("conv_bits", keys[1].get("bits", 5)))
         return "dc", params
     if names == ["prune.structured", "quantize"]:
-        return "sq", {"sq.ratio": float(keys[0].get("ratio", 0.5))}
+        params = {"sq.ratio": float(keys[0].get("ratio", 0.5))}
+        if len(space.structured_epochs) > 1:
+            params["sq.epochs"] = _near(int(keys[0].get("epochs", -1)), space.structured_epochs)
+        return "sq", params
     return None

@@ -36,7 +36,8 @@ _STUDY_KEYS: dict[str, Any] = {"datasets": ["mnist"], "models": ["lenet-5"], "se
 # own types (api_search.recipe_searches) before any work, the types and keys here.
 SEARCH_KEYS: dict[str, Any] = {"budget": "", "minimize": "", "pareto": "", "trials": 40, "seed": 0,
                                "templates": [""], "sparsity": [0.0], "bits": [0], "prune_epochs": [0],
-                               "prune_rounds": [0], "cluster_epochs": [0], "structured": [0.0], "students": [""],
+                               "prune_rounds": [0], "cluster_epochs": [0], "structured": [0.0],
+                               "structured_epochs": [0], "students": [""],
                                "executor": "", "jobs": 1}
 _PIPELINE_KEYS: dict[str, Any] = {"name": "", "steps": [""], "models": [""], "datasets": [""], "seeds": [0]}
 _TRAIN_DEFAULTS = TrainConfig()
