@@ -66,7 +66,7 @@ def hopeless(predicted: dict[str, float], budget: Budget, rivals: list[tuple[int
     for metric, cap in budget.limits if ceilings else ():
         if metric in MARGIN and predicted.get(metric, -math.inf) > cap * (1 + MARGIN[metric]):
             return f"{metric} {predicted[metric]:.6g} untrained > {cap:.6g} (budget; margin {MARGIN[metric]:.0%})"
-    for number, values in rivals:
+    for number, values in sorted(rivals, key=lambda r: tuple(r[1][o] for o in budget.objectives)):  # best first
         if all(predicted[o] > values[o] * (1 + MARGIN[o]) for o in budget.objectives):
             said = ", ".join(f"{o} {predicted[o]:.6g} untrained vs {values[o]:.6g}" for o in budget.objectives)
             return f"cannot beat trial {number} ({said}; margin {MARGIN[budget.objectives[0]]:.0%})"
