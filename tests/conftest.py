@@ -4,7 +4,9 @@ import gzip
 import os
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,6 +90,22 @@ def write_mnist_folder(folder: Path, n_train: int = 300, n_test: int = 100, gz: 
     write_idx(folder / f"t10k-images-idx3-ubyte{sfx}", x[n_train:, 0], gz)
     write_idx(folder / f"t10k-labels-idx1-ubyte{sfx}", y[n_train:], gz)
     return folder
+
+
+@pytest.fixture
+def two_nodes() -> Iterator[Any]:
+    """A Ray cluster on this machine: a head without CPUs (it holds the driver's objects) and one worker
+    node of two CPUs, so every task runs there. Skips without the ray extra. The modules using it set
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before ray is first imported (nodes listen on 127.0.0.1 only)."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e .[ray])")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -124,19 +123,6 @@ def test_cli_bad_executor_options_exit_2_before_reading_anything(tmp_path: Path,
                                                                  needle: str) -> None:
     line = cli_error(monkeypatch, capsys, "search", str(tmp_path / "none.safetensors"), "--minimize", "bytes", *args)
     assert needle in line
-
-
-@pytest.fixture
-def two_nodes() -> Iterator["Cluster"]:
-    """A head without CPUs and one worker node of two: every trial runs on the worker node."""
-    if ray is None:
-        pytest.skip("ray is not installed (pip install -e .[ray])")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def test_a_two_node_ray_cluster_draws_and_measures_the_local_pools_trials(trained: tuple[Path, Path], pooled: Path,

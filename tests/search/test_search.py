@@ -344,3 +344,13 @@ def test_space_options_narrow_the_space_and_bad_ones_are_one_line(monkeypatch: p
     line = cli_error(monkeypatch, capsys, "search", str(tmp_path / "none.safetensors"), "--minimize", "us_b1",
                      "--space", "bits")
     assert "--space 'bits'" in line
+
+
+def test_a_structured_search_reads_no_sensitivity_curves(tmp_path: Path, mnist_dir: Path, checkpoint: Path) -> None:
+    out = tmp_path / "sq"
+    space = SearchSpace(templates=("sq",), structured_epochs=(0,))
+    res = run_search(checkpoint, parse_budget("drop<=100", minimize="bytes"), out,
+                     SearchOptions(trials=1, space=space, device="cpu", quiet=True), data_dir=mnist_dir)
+    pipeline = res.trials[0]["pipeline"]
+    assert pipeline.startswith("prune.structured:ratio=") and ",epochs=0 |" in pipeline
+    assert not (out / "sensitivity.csv").exists()  # only per-layer sparsity templates shape ranges by it

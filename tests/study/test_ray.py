@@ -58,17 +58,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[st
     return recipe, root / "data", _numbers(root / "local")
 
 
-@pytest.fixture
-def two_nodes() -> Iterator["Cluster"]:
-    """A head without CPUs (it holds the driver's objects) and one worker node: tasks run only there."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-
-
 def _check_run(out: Path, statuses: dict[str, str], reference: dict[str, tuple[str, str, str]]) -> None:
     assert statuses == {vid: "ok" for vid in reference}
     assert _numbers(out) == reference

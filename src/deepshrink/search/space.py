@@ -130,6 +130,7 @@ BY_OBJECTIVE: dict[str, tuple[str, ...]] = {
     "bytes": ("dc",), "flash": ("dc", "pq", "sub8"), "ram": ("sq", "pq"), "instructions": ("dc", "pq", "sq"),
     "us_b1": ("sq", "pq", "sub8"), "us_b256": ("sq", "pq", "sub8"), "drop": ALL,
 }
+PER_LAYER = frozenset({"dc", "pq"})  # the templates drawing per-layer sparsities (sensitivity-shaped ranges)
 Template = Callable[[Draw, ModelInfo, SearchSpace], tuple[str, ...]]
 TEMPLATES: dict[str, Template] = {}
 
