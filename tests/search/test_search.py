@@ -354,3 +354,26 @@ def test_a_structured_search_reads_no_sensitivity_curves(tmp_path: Path, mnist_d
     pipeline = res.trials[0]["pipeline"]
     assert pipeline.startswith("prune.structured:ratio=") and ",epochs=0 |" in pipeline
     assert not (out / "sensitivity.csv").exists()  # only per-layer sparsity templates shape ranges by it
+
+
+def test_hopeless_trials_stop_only_once_a_trial_fits_or_the_closest_are_measured() -> None:
+    from types import SimpleNamespace
+
+    from deepshrink.search.run import _stop_below
+
+    budget = parse_budget("drop<=1", minimize="us_b1")
+    env = SimpleNamespace(budget=budget, hopeless_below=lambda: 97.0)
+    study = optuna.create_study()
+
+    def add(drop: float) -> None:
+        study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"metrics": {"drop": drop, "us_b1": 1.0}}))
+
+    assert _stop_below(env, study) == -math.inf  # nothing measured: a search fitting nothing returns trials
+    for drop in (5.0, 6.0):
+        add(drop)
+    assert _stop_below(env, study) == -math.inf
+    add(7.0)
+    assert _stop_below(env, study) == 97.0  # the three closest are measured
+    fits = optuna.create_study()
+    fits.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"metrics": {"drop": 0.5, "us_b1": 1.0}}))
+    assert _stop_below(SimpleNamespace(budget=budget, hopeless_below=lambda: 97.0), fits) == 97.0
