@@ -377,3 +377,10 @@ def test_hopeless_trials_stop_only_once_a_trial_fits_or_the_closest_are_measured
     fits = optuna.create_study()
     fits.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"metrics": {"drop": 0.5, "us_b1": 1.0}}))
     assert _stop_below(SimpleNamespace(budget=budget, hopeless_below=lambda: 97.0), fits) == 97.0
+
+
+def test_the_search_figure_plots_the_searched_objective() -> None:
+    from deepshrink.report.search import _objective
+
+    assert _objective("drop<=1; minimize us_b1") == "us_b1" and _objective("no budget; pareto flash+drop") == "flash"
+    assert _objective("drop<=0.7; minimize bytes") == "bytes" and _objective("") == "bytes"

@@ -18,6 +18,20 @@ COLUMNS = ["trial", "pipeline", "seeded from", "bytes", "val accuracy (%)", "dro
            "artifact bytes (test run)", "fits"]
 
 
+# objective -> (divisor, axis label) of the search figure's x axis
+AXES: dict[str, tuple[float, str]] = {
+    "bytes": (1000.0, "file that ships (kB)"), "flash": (1000.0, "Cortex-M4 flash (kB)"),
+    "ram": (1000.0, "Cortex-M4 RAM (kB)"), "instructions": (1e6, "Cortex-M4 instructions (millions)"),
+    "us_b1": (1.0, "µs per image at batch 1"), "us_b256": (1.0, "µs per image at batch 256"),
+}
+
+
+def _objective(budget: str) -> str:
+    """The first objective of a `Budget.describe()` text ("drop<=1; minimize us_b1", "...; pareto bytes+drop")."""
+    goal = budget.rpartition("; ")[2].split(" ")
+    return goal[1].split("+")[0] if len(goal) == 2 and goal[1].split("+")[0] in AXES else "bytes"
+
+
 def _trials(data: RunData) -> list[Row]:
     return read_rows(data.run_dir / "trials.csv") if data.run_dir is not None else []
 
@@ -53,11 +67,13 @@ def search_table(data: RunData) -> Table | None:
                      f"{int(_f(test, 'size_bytes')):,}" if test else "-",
                      "yes" if t.get("feasible") == "True" else (t.get("misses") or t.get("state", "").lower())])
     done = sum(t["state"] == "COMPLETE" for t in trials)
-    stopped = sum(t["state"] == "PRUNED" for t in trials)
+    untrained = sum(t["state"] == "PRUNED" and t.get("notes", "").startswith("before training") for t in trials)
+    stopped = sum(t["state"] == "PRUNED" for t in trials) - untrained
     note = (f"Budget: {info.get('budget', '?')}. {len(trials)} trials: {done} measured as shipped on the validation "
-            f"split, {stopped} stopped early (hopeless after a training step), the rest failed (trials.csv says "
-            "why). Rows: the chosen trial(s), re-measured on the test set beside the baseline, and the hand-tuned "
-            "recipes' pipelines, which run first.")
+            f"split, {untrained} stopped before training (their untrained artifact could not win), {stopped} "
+            "stopped early (hopeless after a training step), the rest failed (trials.csv says why). Rows: the "
+            "chosen trial(s), re-measured on the test set beside the baseline, and the hand-tuned recipes' "
+            "pipelines, which run first.")
     if not info.get("feasible", True):
         note += " No trial fit the budget: the chosen rows are the closest, and the last column says by how much."
     return Table("search", "Search under a budget", COLUMNS, rows, note)
@@ -68,24 +84,25 @@ def search_figure(data: RunData, out: Path) -> Figure | None:
     if not trials:
         return None
     info = data.provenance.get("search") or {}
-    metric = "bytes"
+    metric = _objective(str(info.get("budget", "")))
+    scale, label = AXES.get(metric, (1.0, metric))
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
     for label, pick, style in (("trial", lambda t: not t.get("seeded_from"), dict(marker="o", color="0.6")),
                                ("hand-tuned recipe", lambda t: bool(t.get("seeded_from")),
                                 dict(marker="s", color="tab:orange")),
                                ("Pareto front", lambda t: t.get("pareto") == "True",
                                 dict(marker="o", facecolors="none", edgecolors="tab:blue", s=90))):
-        pts = [(_f(t, metric) / 1000, _f(t, "drop")) for t in trials if pick(t)]
+        pts = [(_f(t, metric) / scale, _f(t, "drop")) for t in trials if pick(t)]
         if pts:
             ax.scatter(*zip(*pts, strict=True), label=label, **style)
     for t in trials:
         if int(t["number"]) in {int(n) for n in info.get("chosen_trials", [])}:
-            ax.annotate(f"chosen #{t['number']}", (_f(t, metric) / 1000, _f(t, "drop")), fontsize=8,
+            ax.annotate(f"chosen #{t['number']}", (_f(t, metric) / scale, _f(t, "drop")), fontsize=8,
                         xytext=(5, 5), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("file that ships (kB, log scale)")
+    ax.set_xlabel(f"{label} (log scale)")
     ax.set_ylabel("accuracy drop on the validation split (points)")
     ax.legend(fontsize=8)
     path = save(fig, out / "search_pareto.png")
-    return Figure(path, "Search under a budget: every measured trial's file size against its accuracy drop "
+    return Figure(path, f"Search under a budget: every measured trial's {label} against its accuracy drop "
                         "(validation split), the hand-tuned recipes' pipelines and the Pareto front marked.")
