@@ -384,3 +384,17 @@ def test_the_search_figure_plots_the_searched_objective() -> None:
 
     assert _objective("drop<=1; minimize us_b1") == "us_b1" and _objective("no budget; pareto flash+drop") == "flash"
     assert _objective("drop<=0.7; minimize bytes") == "bytes" and _objective("") == "bytes"
+
+
+def test_a_pipeline_drawn_twice_is_chosen_once() -> None:
+    from deepshrink.search.run import _choose
+
+    budget = parse_budget("drop<=1", minimize="us_b1")
+
+    def row(n: int, ratio: float, drop: float) -> dict:
+        return {"number": n, "state": "COMPLETE", "steps": [f"prune.structured:ratio={ratio}"], "feasible": drop <= 1,
+                "drop": drop, "us_b1": 50.0 / ratio}
+
+    rows = [row(8, 0.85, 25.0), row(9, 0.85, 25.0), row(10, 0.6, 9.0), row(11, 0.85, 25.0), row(12, 0.5, 4.0)]
+    picked, fits = _choose(rows, budget)
+    assert not fits and [r["number"] for r in picked] == [12, 10, 8]  # the closest three distinct pipelines

@@ -232,8 +232,13 @@ def _brief(outcome: Outcome) -> str:
 
 def _choose(rows: list[dict[str, Any]], budget: Budget) -> tuple[list[dict[str, Any]], bool]:
     """The best feasible trial (the feasible Pareto front for two objectives); when none fits, the
-    three closest (least total relative miss), which trials.csv says by how much each misses."""
-    done = [r for r in rows if r["state"] == "COMPLETE"]
+    three closest (least total relative miss), which trials.csv says by how much each misses. A pipeline
+    drawn twice (TPE redraws a small discrete space) counts once: its first trial."""
+    firsts: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in rows:
+        if r["state"] == "COMPLETE":
+            firsts.setdefault(tuple(r["steps"]), r)
+    done = list(firsts.values())
     fit = [r for r in done if r["feasible"]]
     if fit:
         if len(budget.objectives) == 1:
