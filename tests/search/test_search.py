@@ -171,6 +171,7 @@ def test_search_measures_trials_writes_tables_and_resumes(tmp_path: Path, mnist_
     report = (out / "report.md").read_text()
     assert "## Search under a budget" in report and f"{res.picked[0]['number']} (chosen)" in report
     assert "beyond/deep-compression" in report and (out / "figures" / "search_pareto.png").exists()
+    assert "every measured trial's file that ships (kB) against" in report  # the searched objective, named
     # Resumed: the three trials are kept, one more runs.
     again = run_search(checkpoint, budget, out, SearchOptions(trials=4, space=SMALL, device="cpu", quiet=True),
                        data_dir=mnist_dir)

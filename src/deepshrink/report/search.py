@@ -85,7 +85,7 @@ def search_figure(data: RunData, out: Path) -> Figure | None:
         return None
     info = data.provenance.get("search") or {}
     metric = _objective(str(info.get("budget", "")))
-    scale, label = AXES.get(metric, (1.0, metric))
+    scale, axis = AXES.get(metric, (1.0, metric))
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
     for label, pick, style in (("trial", lambda t: not t.get("seeded_from"), dict(marker="o", color="0.6")),
                                ("hand-tuned recipe", lambda t: bool(t.get("seeded_from")),
@@ -100,9 +100,9 @@ def search_figure(data: RunData, out: Path) -> Figure | None:
             ax.annotate(f"chosen #{t['number']}", (_f(t, metric) / scale, _f(t, "drop")), fontsize=8,
                         xytext=(5, 5), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel(f"{label} (log scale)")
+    ax.set_xlabel(f"{axis} (log scale)")
     ax.set_ylabel("accuracy drop on the validation split (points)")
     ax.legend(fontsize=8)
     path = save(fig, out / "search_pareto.png")
-    return Figure(path, f"Search under a budget: every measured trial's {label} against its accuracy drop "
+    return Figure(path, f"Search under a budget: every measured trial's {axis} against its accuracy drop "
                         "(validation split), the hand-tuned recipes' pipelines and the Pareto front marked.")
