@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 
 from deepshrink.search.budget import CLOSEST, Budget
+from deepshrink.search.space import step_keys
 from deepshrink.search.trial import Env, measure_trial
 
 # objective -> relative margin an untrained artifact's figure must exceed the reference by before the
@@ -38,10 +39,9 @@ def untrained(steps: tuple[str, ...]) -> tuple[str, ...] | None:
     student is a different model until it has trained)."""
     out = []
     for text in steps:
-        name, _, args = text.partition(":")
+        name, keys = step_keys(text)
         if name not in _UNTRAINED:
             return None
-        keys = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
         keys.update(_UNTRAINED[name])
         body = ",".join(f"{k}={v}" for k, v in keys.items() if v != "")
         out.append(f"{name}:{body}" if body else name)
@@ -57,6 +57,12 @@ def complete(study: optuna.Study) -> list[tuple[int, dict[str, float]]]:
     """(number, metrics) of every complete trial."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return [(t.number, t.user_attrs["metrics"]) for t in done if t.user_attrs.get("metrics")]
+
+
+def armed(budget: Budget, done: list[tuple[int, dict[str, float]]]) -> bool:
+    """Whether trials may be stopped for missing the budget: once a trial fits or `CLOSEST` completed,
+    so a search that fits nothing still returns its closest trials, measured."""
+    return any(budget.feasible(m) for _, m in done) or len(done) >= CLOSEST
 
 
 def hopeless(predicted: dict[str, float], budget: Budget, rivals: list[tuple[int, dict[str, float]]],
@@ -81,7 +87,7 @@ def foresee(env: Env, study: optuna.Study, number: int, steps: tuple[str, ...]) 
     done = complete(study)
     feasible = [(n, m) for n, m in done if budget.feasible(m)]
     rivals = feasible if predictable(budget) else []
-    ceilings = any(m in MARGIN for m, _ in budget.limits) and (bool(feasible) or len(done) >= CLOSEST)
+    ceilings = any(m in MARGIN for m, _ in budget.limits) and armed(budget, done)
     dry = untrained(steps) if rivals or ceilings else None
     if dry is None:
         return None

@@ -21,7 +21,7 @@ from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
 from deepshrink.search.budget import CLOSEST, TIMED_METRICS, Budget
-from deepshrink.search.foresee import complete, foresee
+from deepshrink.search.foresee import armed, complete, foresee
 from deepshrink.search.parallel import Evaluator, Job, Setup, check_executor, evaluator
 from deepshrink.search.sensitivity import layer_caps, layer_curves, layer_floors
 from deepshrink.search.space import PER_LAYER, TEMPLATES, SearchSpace, model_info
@@ -162,7 +162,8 @@ def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...]
             write_tables(env.out, study, env.budget)
             progress.update(task, advance=1, info=f"#{trial.number} {trial.params['template']}: stopped untrained")
             left -= 1
-        jobs = [Job(t.number, steps, _stop_below(env, study)) for t, steps in batch]
+        stop = _stop_below(env, study)
+        jobs = [Job(t.number, steps, stop) for t, steps in batch]
         for (trial, _), outcome in zip(batch, runner.map(jobs) if jobs else [], strict=True):
             _tell(study, trial, outcome, env.budget)
             write_tables(env.out, study, env.budget)
@@ -174,11 +175,8 @@ def _trials(study: optuna.Study, env: Env, info: Any, templates: tuple[str, ...]
 
 
 def _stop_below(env: Env, study: optuna.Study) -> float:
-    """The validation accuracy under which a half-done trial stops, once a trial fits or `CLOSEST` trials
-    completed: a search that fits nothing still returns its closest trials, measured."""
-    done = complete(study)
-    armed = any(env.budget.feasible(m) for _, m in done) or len(done) >= CLOSEST
-    return env.hopeless_below() if armed else -math.inf
+    """The validation accuracy under which a half-done trial stops (foresee.armed says from when)."""
+    return env.hopeless_below() if armed(env.budget, complete(study)) else -math.inf
 
 
 def _ask(study: optuna.Study, info: Any, templates: tuple[str, ...],

@@ -206,6 +206,12 @@ def distill_quantize(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[s
     return f"distill:student={draw.choice('student', space.students)}", "quantize:precision=int8,method=ptq"
 
 
+def step_keys(text: str) -> tuple[str, dict[str, str]]:
+    """`name:k=v,k=v` -> (name, {k: v}), the keys as typed (a `layers=fc1=0.9+fc2=0.8` value kept whole)."""
+    name, _, args = text.partition(":")
+    return name, dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
+
+
 def _near(value: float, options: tuple[Any, ...]) -> Any:
     return min(options, key=lambda o: abs(o - value))
 
@@ -214,8 +220,8 @@ def seed_params(steps: tuple[str, ...], info: ModelInfo, space: SearchSpace) -> 
     """(template, params) nearest a hand-tuned pipeline, for the seeded trials that run that pipeline
     itself (so the search never returns worse than the recipes) and tell the sampler where it lies;
     None for a pipeline no template expresses."""
-    keys = [dict(kv.split("=", 1) for kv in s.partition(":")[2].split(",") if "=" in kv) for s in steps]
-    names = [s.partition(":")[0] for s in steps]
+    parsed = [step_keys(s) for s in steps]
+    names, keys = [n for n, _ in parsed], [k for _, k in parsed]
     if names == ["prune.unstructured", "cluster", "encode"] and "layers" in keys[0]:
         fractions = dict(p.split("=") for p in keys[0]["layers"].split("+"))
         if set(fractions) != set(info.layers):
