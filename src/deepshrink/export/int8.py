@@ -146,14 +146,16 @@ def _graph(model: nn.Module, stem: Path, ctx: ExportContext,
     times both and keeps "weights" unless "full" is the margin faster at both batches: all-INT8 LeNet-5
     from an .onnx ran 3x slower than FP32 (QLinearConv on a 1-channel input)."""
     calib = ctx.calib if ctx.calib is not None else ctx.example
-    q = quantize_graph(model, ctx.example, calib[: int(opts.get("calib", len(calib)))])
+    sample = calib[: int(opts.get("calib", len(calib)))]
+    q = quantize_graph(model, ctx.example, sample)
     info: dict[str, Any] = {"int8_route": "onnxruntime quantize_static (QDQ)"}
     notes = [f"left in float by onnxruntime: {', '.join(left)}"] if (left := float_ops(q)) else []
     asked = str(opts.get("mode", "full"))
     if asked == "mixed":
         notes.append("deploy=mixed needs a sequential model; chose between full and weights")
-    light = weights_only(quantize_graph(model, ctx.example, calib[: int(opts.get("calib", len(calib)))], True))
-    built = {"full": q.SerializeToString(), "weights": light.SerializeToString()}
+    built = {"full": q.SerializeToString()}
+    if asked != "full":  # a second calibrated quantization, only where the weights-only graph can be chosen
+        built["weights"] = weights_only(quantize_graph(model, ctx.example, sample, True)).SerializeToString()
     mode = asked if asked in built else _graph_mode(built, stem, calib.numpy().astype(np.float32), ctx, info)
     info["int8_mode"] = mode
     if notes:
