@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	# The Ray and microcontroller extras too, so `make test` runs the Ray executor's tests against a real Ray
 	# and the emulator's tests against a real emulator.
-	$(BIN)/python -m pip install -q -e '.[dev,ray,mcu]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray,mcu,openvino]'
 	touch $(STAMP)
 
 test: setup

@@ -20,7 +20,7 @@ from deepshrink.export.compact import manifest_beside, open_compact
 from deepshrink.export.dsonnx import unpack_onnx
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.onnx_file import fixed_batch, read_onnx
-from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.export.runners import OvRunner, has_openvino, onnx_runners, ort_runner, torch_runner
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 
@@ -70,17 +70,21 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
     with tempfile.TemporaryDirectory() as tmp:
         opened, named = OPENERS[path.suffix](path, Path(tmp))
         if isinstance(opened, Path):
-            if runtime != "onnxruntime":
-                raise UserError(f"{path}: an ONNX file runs with --runtime onnxruntime")
-            art = Artifact(path, "onnx", "unknown", runners={"onnxruntime": ort_runner(opened)})
+            runners = onnx_runners(opened)
+            if runtime not in runners:
+                raise UserError(f"{path}: an ONNX file runs with --runtime {' or '.join(runners)}")
+            art = Artifact(path, "onnx", "unknown", runners=runners)
             dataset = dataset or read_manifest(manifest_beside(path)).dataset
         else:
             dataset = dataset or named
             assert dataset is not None
             runners = {"torch": torch_runner(opened)}
-            if runtime == "onnxruntime":  # the decoded model as ONNX Runtime runs it: a float ONNX copy
+            if runtime in ("onnxruntime", "openvino"):  # the decoded model as an ONNX runtime runs it: a float copy
                 example = torch.zeros(1, *read_manifest(manifest_beside(path)).input_shape)
-                runners["onnxruntime"] = ort_runner(export_onnx(opened, Path(tmp) / "decoded.onnx", example))
+                decoded = export_onnx(opened, Path(tmp) / "decoded.onnx", example)
+                runners["onnxruntime"] = ort_runner(decoded)
+                if has_openvino():
+                    runners["openvino"] = OvRunner(decoded)
             if runtime == "sparse":  # compaction + sparse kernels, calibrated on training images
                 train_x = load_dataset(dataset, data_dir, allow_empty_classes=True).train_x
                 net = sparse_runtime.build(opened, train_x[:512].numpy())
@@ -88,7 +92,7 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
                     raise UserError(f"{path}: no sparse runtime for this model (it runs chains of Linear layers)")
                 runners["sparse"] = sparse_runtime.sparse_runner(net)
             if runtime not in runners:
-                raise UserError(f"{path}: runs with --runtime torch or onnxruntime")
+                raise UserError(f"{path}: runs with --runtime {' or '.join(runners)}")
             art = Artifact(path, path.suffix.lstrip("."), "fp32", runners=runners)
         data = renormalize(load_dataset(dataset, data_dir, allow_empty_classes=True), _norm(path, normalize))
         return _time(art, path, data, runtime, threads, batch, device, quiet)

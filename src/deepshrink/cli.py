@@ -158,8 +158,8 @@ def bench(
                                              "or any ONNX classifier (then give --dataset).")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to time on (default: the "
                                                 "manifest beside the file).")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", help="torch, onnxruntime or sparse (.dsparse files).")
-                       ] = "onnxruntime",
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="torch, onnxruntime, openvino (when installed) or sparse (.dsparse files).")] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = 1,
     batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = 256,
     normalize: Annotated[str | None, typer.Option("--normalize", help="The model's preprocessing (mean=M,std=S or "

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -61,3 +62,40 @@ def test_torch_runner_uses_the_model_itself_when_no_conversion_is_needed() -> No
     with torch.no_grad():
         model[6].bias.add_(1.0)  # same dtype and device: the runner holds the caller's model, not a copy
     np.testing.assert_allclose(run(x), first + 1.0, atol=1e-5)
+
+
+def test_openvino_runs_the_file_as_onnxruntime_does(tmp_path: Path) -> None:
+    """FP32 held to f32 (not the bf16 OpenVINO picks by default on such CPUs): the same logits as ONNX
+    Runtime at any batch size, one compiled model per shape; a QDQ file runs its integer layers."""
+    pytest.importorskip("openvino")
+    from deepshrink.export.qdq_graph import quantize_graph
+    from deepshrink.export.runners import OvRunner, onnx_runners
+
+    model = _tiny()
+    path = export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 1, 8, 8))
+    assert set(onnx_runners(path)) == {"onnxruntime", "openvino"}
+    x = _x(16)
+    run = OvRunner(path)(1, "cpu")
+    for x_n in (x, x[:1], x[:3], x[::-1], x[5:6]):  # new data into the buffers bound per shape
+        np.testing.assert_allclose(run(x_n), ort_runner(path)(1, "cpu")(x_n), atol=1e-5, rtol=0)
+    assert run(x[:2]) is not run(x[:2])  # a fresh array per call: the request's buffer is reused
+    q = tmp_path / "q.onnx"
+    q.write_bytes(quantize_graph(model, torch.from_numpy(x[:1]), torch.from_numpy(x)).SerializeToString())
+    ov_out, ort_out = OvRunner(q)(1, "cpu")(x), ort_runner(q)(1, "cpu")(x)
+    spread = float(np.abs(ort_out).max())
+    assert np.abs(ov_out - ort_out).max() < 0.05 * spread  # the same integer model, rounding apart
+    with pytest.raises(ValueError, match="CPU"):
+        OvRunner(path)(1, "cuda")
+
+
+def test_openvino_can_be_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepshrink.export import runners
+
+    path = export_onnx(_tiny(), tmp_path / "m.onnx", torch.zeros(1, 1, 8, 8))
+    monkeypatch.setenv("DEEPSHRINK_NO_OPENVINO", "1")
+    runners.has_openvino.cache_clear()
+    try:
+        assert set(runners.onnx_runners(path)) == {"onnxruntime"}
+    finally:
+        monkeypatch.delenv("DEEPSHRINK_NO_OPENVINO")
+        runners.has_openvino.cache_clear()

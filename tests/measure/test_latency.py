@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deepshrink.export import Artifact, Deployment, ExportContext, export
+from deepshrink.export.runners import has_openvino
 from deepshrink.measure import energy
 from deepshrink.measure.accuracy import artifact_accuracy
 from deepshrink.measure.latency import LatencyConfig, RunnerFactory, measure_latency, pinned
@@ -53,8 +54,8 @@ def test_onnx_artifact_matches_torch_and_latency_rows(tmp_path: Path) -> None:
     assert artifact_accuracy(art, data, "onnxruntime") == evaluate(model, data.test_x, data.test_y)
     cfg = LatencyConfig(threads=(1,), repeats=2, single_calls=20, batch=32)
     rows = measure_latency([("a", art), ("b", art)], data.test_x.numpy(), cfg)
-    assert {(r["runtime"], r["batch"]) for r in rows} == {("torch", 32), ("torch", 1), ("onnxruntime", 32),
-                                                         ("onnxruntime", 1)}
+    runtimes = {"torch", "onnxruntime", *(["openvino"] if has_openvino() else [])}
+    assert {(r["runtime"], r["batch"]) for r in rows} == {(rt, b) for rt in runtimes for b in (32, 1)}
     for r in rows:
         assert r["us_per_image_min"] <= r["us_per_image_median"] <= r["us_per_image_max"]
         if r["variant"] == "a":

@@ -87,7 +87,7 @@ def test_templates_draw_steps_compress_accepts_and_spare_depthwise_kernels() -> 
     assert info.family == "depthwise" and info.depthwise == ("dw",) and info.conv == ("conv",)
     space = SearchSpace(students=("mlp-50",))
     assert space.default_templates(info, ("bytes",)) == ("dc",)
-    assert set(space.default_templates(info, ("us_b1", "drop"))) == {"sq", "pq", "sub8", "dc", "dq"}
+    assert set(space.default_templates(info, ("us_b1", "drop"))) == {"q", "sq", "pq", "sub8", "dc", "dq"}
     for name in space.default_templates(info):
         steps = TEMPLATES[name](_Draw(), info, space)
         assert steps and all(parse_step(s) is not None for s in steps)
@@ -124,6 +124,21 @@ def test_hand_tuned_pipelines_seed_the_search() -> None:
     template, params = seed_params(dc, info, SearchSpace()) or ("", {})
     assert template == "dc" and params["dc.sparsity.fc1"] == 0.95 and params["dc.fc_bits"] == 5
     assert params["dc.prune_rounds"] == 3  # the recipe prunes iteratively, in three rounds
+
+
+def test_int8_alone_seeds_a_speed_search() -> None:
+    """A time objective searches the plain INT8 model too, and runs it first when no recipe of the model
+    quantizes it alone; a recipe's plain INT8 pipeline is expressed by the q template."""
+    from deepshrink.search.study import PLAIN_INT8, seeds
+
+    info = type(model_info(nn.Sequential()))(fc=("fc",), conv=("c1", "c2"), depthwise=())
+    templates = SearchSpace().default_templates(info, ("us_b1",))
+    assert templates[0] == "q" and "q" not in SearchSpace().default_templates(info, ("bytes",))
+    found = seeds("cifar10", "examples/models.py:resnet8", info, SearchSpace(), templates)
+    assert found == [("INT8 alone", (PLAIN_INT8,), {"template": "q", "q.method": "ptq"})]
+    assert seeds("cifar10", "examples/models.py:resnet8", info, SearchSpace(), ("sq",)) == []
+    assert seed_params(("quantize:precision=int8,method=qat",), info, SearchSpace()) == ("q", {"q.method": "qat"})
+    assert seed_params(("quantize:precision=int8,bits=4",), info, SearchSpace()) is None
 
 
 def test_pareto_front() -> None:

@@ -28,7 +28,7 @@ from deepshrink.export import huffman
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
 from deepshrink.export.container import Streams, read_container, reader, seal, unseal
 from deepshrink.export.floating import export_onnx
-from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.export.runners import onnx_runners, torch_runner
 from deepshrink.models import weighted_layers
 
 MAGIC = b"DSZ00001"
@@ -330,4 +330,4 @@ def export_dsz(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str,
     info = {"sparse": zeros, **summarize(describe(data, str(path)))}
     return Artifact(path=path, kind="dsz", precision="fp32",
                     files={p.name: p.stat().st_size for p in (path, onnx_path)},
-                    runners={"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(decoded)}, info=info)
+                    runners={**onnx_runners(onnx_path), "torch": torch_runner(decoded)}, info=info)

@@ -13,7 +13,7 @@ from torch import nn
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
 from deepshrink.export.onnx_graph import OnnxGraph
-from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.export.runners import onnx_runners, ort_runner, torch_runner
 from deepshrink.measure.latency import RunnerFactory
 
 
@@ -42,11 +42,11 @@ def export_fp32(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
         path = stem.with_suffix(".onnx")
         atomic_write_bytes(path, model.onnx_bytes())
         return Artifact(path=path, kind="onnx-fp32", precision="fp32", files={path.name: path.stat().st_size},
-                        runners={"onnxruntime": ort_runner(path)})
+                        runners=onnx_runners(path))
     onnx_path = export_onnx(model, stem.with_suffix(".onnx"), ctx.example)
     return Artifact(path=onnx_path, kind="onnx-fp32", precision="fp32",
                     files={onnx_path.name: onnx_path.stat().st_size},
-                    runners={"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(model)})
+                    runners={**onnx_runners(onnx_path), "torch": torch_runner(model)})
 
 
 def _ort_runs(path: Path, x: np.ndarray) -> str | None:

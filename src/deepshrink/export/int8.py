@@ -20,7 +20,7 @@ from deepshrink.export.floating import export_onnx
 from deepshrink.export.qdq import Ranges, build_qdq
 from deepshrink.export.qdq_graph import float_ops, quantize_graph, weights_only
 from deepshrink.export.qgraph import expressible, observe_ranges, quantize_weight, weight_scales
-from deepshrink.export.runners import ort_runner
+from deepshrink.export.runners import onnx_runners, ort_runner
 from deepshrink.export.torch_int8 import torch_int8_runner
 from deepshrink.measure.latency import RunnerFactory
 from deepshrink.models import WEIGHTED, weight_of, weighted_layers
@@ -55,9 +55,9 @@ def _dequantized(model: nn.Module) -> nn.Module:
 
 def mode_runners(model: nn.Module, ranges: Ranges, mode: str, path: Path,
                  calib: np.ndarray | None) -> dict[str, RunnerFactory]:
-    """Every runtime of one mode's integer file: ONNX Runtime; PyTorch's x86 engine for "full"; the
-    sparse kernels (on the dequantized weights) for "weights" of a pruned Linear chain."""
-    runners = {"onnxruntime": ort_runner(path)}
+    """Every runtime of one mode's integer file: ONNX Runtime (and OpenVINO); PyTorch's x86 engine for
+    "full"; the sparse kernels (on the dequantized weights) for "weights" of a pruned Linear chain."""
+    runners = onnx_runners(path)
     if mode == "full" and ranges:  # PyTorch's x86 quantized engine runs the same integer model (same scales)
         runners["torch"] = torch_int8_runner(copy.deepcopy(model), ranges)
     weights = [weight_of(model, name) for name, _ in weighted_layers(model)]
@@ -170,13 +170,14 @@ def _graph_mode(built: dict[str, bytes], stem: Path, calib: np.ndarray, ctx: Exp
     try:
         for mode, raw in built.items():
             (work / f"{mode}.onnx").write_bytes(raw)
-        us = time_runtimes({m: ort_runner(work / f"{m}.onnx") for m in built}, calib_images(calib))
+        runners = {f"{m}/{rt}": f for m in built for rt, f in onnx_runners(work / f"{m}.onnx").items()}
+        us = time_runtimes(runners, calib_images(calib))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    times = {m: {b: t[m] for b, t in us.items()} for m in built}
+    times = _mode_times(us, list(built))
     mode = keep_unless(times, INCUMBENT, ctx.choice_margin)
     rival = next(m for m in built if m != mode)
-    info.update({f"int8_us_b{b}_{m}": round(v, 3) for b, t in us.items() for m, v in t.items()})
+    info.update({f"int8_us_b{b}_{k.replace('/', '_')}": round(v, 3) for b, t in us.items() for k, v in t.items()})
     info["int8_mode_rival"] = rival
     info["notes"] = (f"int8 mode {mode}: {_times(times[mode])} vs {rival} {_times(times[rival])} "
                      f"({INCUMBENT} kept unless full is {ctx.choice_margin:.0%} faster at both batches)")

@@ -24,7 +24,7 @@ from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
 from deepshrink.export.container import Streams, read_container, reader, shape_of
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.qgraph import quantize_weight
-from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.export.runners import onnx_runners, torch_runner
 from deepshrink.models import weighted_layers
 
 MAGIC = b"DSQP0002"
@@ -112,5 +112,5 @@ def export_packed(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[s
     onnx_path = export_onnx(copy.deepcopy(decoded), stem.with_name(f"{stem.name}.decoded.onnx"), ctx.example)
     return Artifact(path=path, kind=f"packed-int{bits}-weights", precision=f"int{bits}-weights",
                     files={path.name: path.stat().st_size, onnx_path.name: onnx_path.stat().st_size},
-                    runners={"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(decoded)},
+                    runners={**onnx_runners(onnx_path), "torch": torch_runner(decoded)},
                     info={"weight_bits": bits, "decoded_onnx_bytes": onnx_path.stat().st_size})

@@ -32,7 +32,7 @@ from deepshrink.export.container import (
     shape_of,
 )
 from deepshrink.export.floating import export_onnx
-from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.export.runners import onnx_runners, torch_runner
 from deepshrink.models import weighted_layers
 
 MAGIC = b"DSPARSE1"
@@ -113,7 +113,7 @@ def export_sparse(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[s
     decoded = load_sparse_into(model, path)
     # The zero-filled dense ONNX sits beside the manifest, so `deepshrink bench` can time it.
     onnx_path = export_onnx(decoded, stem.with_suffix(".onnx"), ctx.example)
-    runners = {"onnxruntime": ort_runner(onnx_path), "torch": torch_runner(decoded)}
+    runners = {**onnx_runners(onnx_path), "torch": torch_runner(decoded)}
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma"))}
     net = sparse_runtime.build(decoded, calib)

@@ -100,7 +100,7 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         study = open_study(out, budget, opts.seed)
         pushed = stretched(found, opts.space, info, budget.objectives)
         if enqueue_seeds(study, found + pushed):
-            progress.log(f"search: {len(found)} hand-tuned pipeline(s) from the built-in recipes run first"
+            progress.log(f"search: {len(found)} seeded pipeline(s) run first ({', '.join(f[0] for f in found)})"
                          + (f", then {len(pushed)} of them stretched toward fewer bytes" if pushed else ""))
         runner = evaluator(opts.executor, opts.jobs, env, dataclasses.replace(setup, device=device), opts.address,
                            opts.cpus_per_task)

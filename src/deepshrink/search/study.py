@@ -102,9 +102,14 @@ def seeds(dataset: str, model: str, info: ModelInfo, space: SearchSpace,
         seeded = seed_params(steps, info, space)
         if seeded is not None and seeded[0] in templates:
             out.append((label, steps, {"template": seeded[0], **seeded[1]}))
+    if "q" in templates and not any(p["template"] == "q" for _, _, p in out):
+        # No recipe of this model quantizes it alone; the plain INT8 model is the speed search's first
+        # rival to beat (every pruned one must first recover its accuracy).
+        out.append(("INT8 alone", (PLAIN_INT8,), {"template": "q", "q.method": "ptq"}))
     return out
 
 
+PLAIN_INT8 = "quantize:precision=int8,method=ptq"
 # Densities (fractions of the hand-tuned one's) of the stretched seeds a bytes search queues next.
 STRETCH = (0.8, 0.65)
 
