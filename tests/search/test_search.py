@@ -126,6 +126,15 @@ def test_hand_tuned_pipelines_seed_the_search() -> None:
     assert params["dc.prune_rounds"] == 3  # the recipe prunes iteratively, in three rounds
 
 
+def test_hand_tuned_pipelines_are_found_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The beyond recipe names examples/models.py from the repository root; a search started elsewhere
+    failed on it ("model file not found") before trying a trial."""
+    here = dict(hand_tuned("mnist", "lenet-300-100"))
+    monkeypatch.chdir(tmp_path)
+    assert dict(hand_tuned("mnist", "lenet-300-100")) == here and any(s[-1] == "encode" for s in here.values())
+    assert hand_tuned("cifar10", str(tmp_path / "mine.py:net")) == []
+
+
 def test_int8_alone_seeds_a_speed_search() -> None:
     """A time objective searches the plain INT8 model too, and runs it first when no recipe of the model
     quantizes it alone; a recipe's plain INT8 pipeline is expressed by the q template."""

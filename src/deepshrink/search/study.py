@@ -3,6 +3,7 @@ run directory (a killed search resumes: finished trials are kept, an interrupted
 its cached prefix), the budget as constraints, and the hand-tuned recipes' pipelines as first trials.
 """
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -13,7 +14,7 @@ import optuna
 from deepshrink.errors import UserError
 from deepshrink.search.budget import Budget
 from deepshrink.search.space import ModelInfo, SearchSpace, seed_params
-from deepshrink.study.recipe import BASELINE_PLACEHOLDER, load_recipe
+from deepshrink.study.recipe import BASELINE_PLACEHOLDER, Recipe, load_recipe
 
 STUDY_NAME = "search"
 JOURNAL = "search.journal"
@@ -77,11 +78,29 @@ def _rerun_interrupted(study: optuna.Study) -> None:
         study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k in KEPT_ATTRS})
 
 
+def _builtin(name: str) -> Recipe | None:
+    """A built-in recipe; it names example models by their path from the repository root (`beyond`'s
+    examples/models.py:dwnet), so from another folder it is read there, and skipped where that is absent."""
+    try:
+        return load_recipe(name)
+    except UserError:
+        root = Path(__file__).resolve().parents[3]  # src/deepshrink/search/study.py
+        if not (root / "examples").is_dir():
+            return None
+        try:
+            with contextlib.chdir(root):
+                return load_recipe(name)
+        except UserError:
+            return None
+
+
 def hand_tuned(dataset: str, model: str) -> list[tuple[str, tuple[str, ...]]]:
     """(recipe/pipeline name, steps) of every built-in recipe pipeline made for this model."""
     found: dict[tuple[str, ...], str] = {}
     for name in SEED_RECIPES:
-        recipe = load_recipe(name)
+        recipe = _builtin(name)
+        if recipe is None:
+            continue
         if model not in recipe.models_for(dataset) and not any(model in p.models for p in recipe.pipelines):
             continue
         for p in recipe.pipelines:
