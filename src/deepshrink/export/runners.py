@@ -122,10 +122,27 @@ def has_openvino() -> bool:
     return True
 
 
+def ov_compiles(path: Path) -> bool:
+    """Whether OpenVINO takes the file (read, batch 1, compiled): an op or dtype it lacks leaves it out
+    rather than failing the artifact's timing."""
+    try:
+        core = _ov_core()
+        model = core.read_model(str(path))
+        shape = model.input(0).get_partial_shape()
+        if len(model.inputs) != 1 or shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
+            return False
+        model.reshape([1, *(d.get_length() for d in list(shape)[1:])])
+        core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except Exception:  # openvino raises its own (RuntimeError subclasses, OSError) for files it cannot take
+        return False
+    return True
+
+
 def onnx_runners(path: Path) -> dict[str, RunnerFactory]:
-    """Every runtime of one ONNX file: ONNX Runtime, the reference, and OpenVINO where it is installed."""
+    """Every runtime of one ONNX file: ONNX Runtime, the reference, and OpenVINO where it is installed
+    and takes the file."""
     runners: dict[str, RunnerFactory] = {"onnxruntime": ort_runner(path)}
-    if has_openvino():
+    if has_openvino() and ov_compiles(path):
         runners["openvino"] = OvRunner(path)
     return runners
 
