@@ -66,9 +66,10 @@ def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> Runn
 class OvRunner:
     """OpenVINO's CPU runtime of one ONNX file, a second runtime of the same file as shipped. It runs a QDQ
     file's integer layers as int8 kernels (AMX/VNNI where the CPU has them): the full-INT8 resnet8 here,
-    1 thread, 4.7-5.1x ONNX Runtime's FP32 at batch 256 and 2.1-2.5x at batch 1 (the host's load moves
-    it), where ONNX Runtime's own INT8 gave 1.5x. Float layers are held to f32 (`INFERENCE_PRECISION_HINT`): OpenVINO's default on a CPU with
-    bf16/fp16 units computes an FP32 model in bf16, which would be another model than the one measured.
+    1 thread, 4.7-5.1x ONNX Runtime's FP32 at batch 256 and 2.0-2.7x at batch 1 (the host's load moves
+    it), where ONNX Runtime's own INT8 gave 1.5x. Float layers are held to f32 (`INFERENCE_PRECISION_HINT`):
+    OpenVINO's default on a CPU with bf16/fp16 units computes an FP32 model in bf16, which would be another
+    model than the one measured.
     One compiled model per input shape, reading a buffer bound to it once: on that resnet8 at batch 1, a
     static shape took a call from 89 to 74 µs, and the bound buffer instead of an input dict 84 to 71."""
 
