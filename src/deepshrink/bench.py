@@ -20,7 +20,7 @@ from deepshrink.export.compact import manifest_beside, open_compact
 from deepshrink.export.dsonnx import unpack_onnx
 from deepshrink.export.floating import export_onnx
 from deepshrink.export.onnx_file import fixed_batch, read_onnx
-from deepshrink.export.runners import OvRunner, has_openvino, onnx_runners, ort_runner, torch_runner
+from deepshrink.export.runners import onnx_runners, torch_runner
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 
@@ -81,10 +81,7 @@ def bench_artifact(path: Path, runtime: str, threads: int, batch: int, data_dir:
             runners = {"torch": torch_runner(opened)}
             if runtime in ("onnxruntime", "openvino"):  # the decoded model as an ONNX runtime runs it: a float copy
                 example = torch.zeros(1, *read_manifest(manifest_beside(path)).input_shape)
-                decoded = export_onnx(opened, Path(tmp) / "decoded.onnx", example)
-                runners["onnxruntime"] = ort_runner(decoded)
-                if has_openvino():
-                    runners["openvino"] = OvRunner(decoded)
+                runners.update(onnx_runners(export_onnx(opened, Path(tmp) / "decoded.onnx", example)))
             if runtime == "sparse":  # compaction + sparse kernels, calibrated on training images
                 train_x = load_dataset(dataset, data_dir, allow_empty_classes=True).train_x
                 net = sparse_runtime.build(opened, train_x[:512].numpy())

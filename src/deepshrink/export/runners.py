@@ -129,8 +129,10 @@ def ov_compiles(path: Path) -> bool:
     try:
         core = _ov_core()
         model = core.read_model(str(path))
+        if len(model.inputs) != 1:
+            return False
         shape = model.input(0).get_partial_shape()
-        if len(model.inputs) != 1 or shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
+        if shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
             return False
         model.reshape([1, *(d.get_length() for d in list(shape)[1:])])
         core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

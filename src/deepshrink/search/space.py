@@ -178,7 +178,7 @@ def deep_compression(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[s
 @template("q")
 def quantize_alone(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
     """INT8 alone: the baseline's own layers in integer compute, no accuracy spent on pruning (full-INT8
-    resnet8 in OpenVINO: 5x FP32 at batch 256, 2.4x at batch 1, within 0.1 point)."""
+    resnet8 in OpenVINO: ~5x FP32 at batch 256, 2.0-2.7x at batch 1, within 0.1 point)."""
     return (f"quantize:precision=int8,method={draw.choice('method', ('ptq', 'qat'))}",)
 
 

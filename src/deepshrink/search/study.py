@@ -113,6 +113,9 @@ def trials_done(study: optuna.Study) -> int:
     return sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in study.trials)
 
 
+PLAIN_INT8 = "quantize:precision=int8,method=ptq"  # the seed of a speed search whose model no recipe quantizes
+
+
 def seeds(dataset: str, model: str, info: ModelInfo, space: SearchSpace,
           templates: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], dict[str, Any]]]:
     """(label, steps, params) of the hand-tuned pipelines a template of the search expresses."""
@@ -128,7 +131,6 @@ def seeds(dataset: str, model: str, info: ModelInfo, space: SearchSpace,
     return out
 
 
-PLAIN_INT8 = "quantize:precision=int8,method=ptq"
 # Densities (fractions of the hand-tuned one's) of the stretched seeds a bytes search queues next.
 STRETCH = (0.8, 0.65)
 
