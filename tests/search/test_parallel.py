@@ -7,7 +7,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,20 +40,6 @@ SMALL = SearchSpace(templates=("dc", "pq"), prune_epochs=(1,), cluster_epochs=(0
 BUDGET = parse_budget("drop<=100", minimize="bytes")
 TRIALS, JOBS = 4, 2  # two batches: the second drawn after the first batch is told
 SEED = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _onnxruntime_only() -> Iterator[None]:
-    """The searches here must measure alike run to run, and an INT8 file's bytes follow its timed mode
-    choice: with OpenVINO's "full" within the margin of ONNX Runtime's "weights" on this tiny LeNet, the
-    choice flipped between two runs (a packed file of 22,567 vs 22,128 bytes). Spawned workers inherit it."""
-    from deepshrink.export import runners
-
-    os.environ["DEEPSHRINK_NO_OPENVINO"] = "1"
-    runners.has_openvino.cache_clear()
-    yield
-    del os.environ["DEEPSHRINK_NO_OPENVINO"]
-    runners.has_openvino.cache_clear()
 
 
 @pytest.fixture(scope="module")
