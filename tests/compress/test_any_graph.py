@@ -3,6 +3,7 @@ norm and residual additions, a depthwise-separable net with global average pooli
 API on tiny CIFAR-shaped data; a structurally pruned user model reloads in a fresh process."""
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,18 @@ def test_int8_ptq_of_a_depthwise_graph(bases: dict[str, ds.Result], data: ds.Dat
     r = ds.compress(base, ["quantize:precision=int8,method=ptq"], data, out=tmp_path, device="cpu")
     assert r.row["precision"] == _INT8[r.row["int8_mode"]] and int8_weight_elements(str(_artifact(r))) > 0
     assert r.row["size_bytes"] < base.row["size_bytes"]
+
+
+def test_int8_of_a_graph_can_ship_its_smallest_file(bases: dict[str, ds.Result], data: ds.Data,
+                                                    tmp_path: Path) -> None:
+    """deploy=smallest through ONNX Runtime's quantizer: the smaller of the all-INT8 and weights-only
+    graphs, by the bytes each would ship, with nothing timed."""
+    r = ds.compress(bases["dwnet"], ["quantize:precision=int8,method=ptq,deploy=smallest"], data, out=tmp_path,
+                    device="cpu")
+    mode = r.row["int8_mode"]
+    assert r.row["precision"] == _INT8[mode] and "the smallest file" in r.row["notes"]
+    sizes = {m: int(n) for m, n in re.findall(r"(full|weights) (\d+) B", r.row["notes"])}
+    assert set(sizes) == {"full", "weights"} and r.row["size_bytes"] == sizes[mode] == min(sizes.values())
 
 
 def test_unstructured_prune(bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:

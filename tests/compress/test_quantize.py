@@ -102,6 +102,27 @@ def test_weight_only_and_auto_deployments(cnn: Variant, data: DataSplits, tmp_pa
     assert auto.kind.endswith(auto.info["int8_mode"])
 
 
+@pytest.mark.parametrize(("model", "pruned"), [("mlp", 0.9), ("cnn", 0.0)])
+def test_smallest_deployment_ships_the_smallest_modes_file_without_timing(model: str, pruned: float, data: DataSplits,
+                                                                         tmp_path: Path,
+                                                                         request: pytest.FixtureRequest) -> None:
+    """deploy=smallest (a bytes search's INT8 steps): the mode whose shipped file is smallest, packed
+    when pruned, chosen by bytes alone, so two exports give the same file."""
+    v = request.getfixturevalue(model)
+    v = Variant(v.id, copy.deepcopy(v.model), copy.deepcopy(v.manifest))
+    with torch.no_grad():
+        for p in v.model.parameters():
+            p[p.abs() < p.abs().flatten().quantile(pruned)] = 0.0
+    sizes = {m: _quantized(v, f"quantize:precision=int8,deploy={m}", data, tmp_path / m)[1].size_bytes
+             for m in ("full", "mixed", "weights")}
+    got = [_quantized(v, "quantize:precision=int8,deploy=smallest", data, tmp_path / f"s{i}")[1] for i in (0, 1)]
+    assert got[0].size_bytes == got[1].size_bytes == min(sizes.values())
+    assert got[0].path.read_bytes() == got[1].path.read_bytes()
+    assert sizes[got[0].info["int8_mode"]] == got[0].size_bytes and got[0].kind.endswith(got[0].info["int8_mode"])
+    assert got[0].path.suffix == (".dsonnx" if pruned else ".onnx")
+    assert not any(k.startswith("int8_us_") for k in got[0].info)  # nothing timed
+
+
 def test_qat_fine_tunes_and_ships_its_ranges(mlp: Variant, data: DataSplits, tmp_path: Path) -> None:
     q, art, _ = _quantized(mlp, "quantize:precision=int8,method=qat,epochs=2", data, tmp_path)
     assert q.epochs == 2 and q.log is not None and len(q.log.history) == 2

@@ -159,6 +159,27 @@ def test_int8_alone_seeds_a_speed_search() -> None:
     assert seed_params(("quantize:precision=int8,bits=4",), info, SearchSpace()) is None
 
 
+def test_int8_steps_ship_their_smallest_file_unless_time_is_judged() -> None:
+    """A bytes search's INT8 steps ship deploy=smallest (a clock would decide the bytes otherwise); a
+    speed search keeps the timed choice; a mode a recipe names is kept; sub-8-bit steps have no modes."""
+    from deepshrink.search.run import _ask
+    from deepshrink.search.space import with_deploy
+
+    steps = ("prune.unstructured:sparsity=0.9", "quantize:precision=int8,method=qat", "quantize",
+             "quantize:bits=4", "quantize:deploy=full", "quantize:precision=fp16")
+    assert with_deploy(steps, "smallest") == (
+        "prune.unstructured:sparsity=0.9", "quantize:precision=int8,method=qat,deploy=smallest",
+        "quantize:deploy=smallest", "quantize:bits=4", "quantize:deploy=full", "quantize:precision=fp16")
+    for step in with_deploy(steps, "smallest"):
+        parse_step(step)  # compress accepts each
+    info = type(model_info(nn.Sequential()))(fc=("fc1", "fc2"), conv=(), depthwise=())
+    opts = SearchOptions(space=SearchSpace(templates=("q",)))
+    for budget, deploy in ((parse_budget("drop<=1", minimize="bytes"), True),
+                           (parse_budget("drop<=1,bytes<=9000", minimize="us_b1"), False)):
+        _, drawn = _ask(optuna.create_study(), info, ("q",), opts, budget)
+        assert ("deploy=smallest" in drawn[-1]) is deploy
+
+
 def test_pareto_front() -> None:
     pts = {0: (1.0, 5.0), 1: (2.0, 1.0), 2: (2.0, 6.0), 3: (1.0, 5.0), 4: (0.5, 9.0)}
     assert pareto_numbers(pts) == {0, 1, 3, 4}

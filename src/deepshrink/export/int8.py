@@ -36,7 +36,8 @@ MODES: dict[str, Any] = {
     "mixed": lambda m: _names(m, (nn.Linear,)),  # convs in float, where INT8 is slow here
     "weights": lambda m: set(),
 }
-DEPLOY_CHOICES = (*MODES, "auto")
+SMALLEST = "smallest"  # the mode whose shipped file is smallest: chosen by bytes, not by a clock
+DEPLOY_CHOICES = (*MODES, "auto", SMALLEST)
 INCUMBENT = "weights"  # deploy=auto's default: FP32 compute on decoded weights, never slower than FP32
 PACK_MIN_ZEROS = 0.25  # weight zeros from which the INT8 model ships packed (.dsonnx); INT8 rounding alone gives ~2%
 
@@ -88,14 +89,9 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
     work = stem.with_name(f".{stem.name}-timing")
     work.mkdir(parents=True, exist_ok=True)
     runners = {"fp32": ort_runner(export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example))}
-    seen: list[set[str]] = []
-    for mode in (INCUMBENT, *(m for m in MODES if m != INCUMBENT)):  # the incumbent always timed
-        layers = MODES[mode]
-        if layers(model) in seen:  # e.g. "mixed" is "full" for a model without convolutions
-            continue
-        seen.append(layers(model))
+    for mode in distinct_modes(model):  # the incumbent always timed
         path = work / f"{mode}.onnx"
-        onnx.save(build_qdq(model, ranges, shape, layers(model)), str(path))
+        onnx.save(build_qdq(model, ranges, shape, MODES[mode](model)), str(path))
         runners.update({f"{mode}/{rt}": f for rt, f in mode_runners(model, ranges, mode, path, calib).items()})
     us = time_runtimes(runners, calib_images(calib))
     shutil.rmtree(work)
@@ -112,6 +108,32 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
     info["notes"] = (f"int8 mode {mode}: {info[f'int8_speedup_vs_fp32_b{BATCH}']:.2f}x FP32 at batch {BATCH}, "
                      f"{info['int8_speedup_vs_fp32_b1']:.2f}x at batch 1{why}{keep}")
     return mode, info
+
+
+def shipped_size(raw: bytes) -> int:
+    """The bytes `_ship` writes for this serialized model: packed when pruned."""
+    return len(pack_onnx(raw)) if zero_fraction(raw) >= PACK_MIN_ZEROS else len(raw)
+
+
+def smallest(built: dict[str, bytes]) -> tuple[str, dict[str, Any]]:
+    """The mode whose shipped file is smallest (the first listed on a tie: put the incumbent first).
+    Deterministic, so a search minimizing bytes measures the same file on every run."""
+    sizes = {m: shipped_size(raw) for m, raw in built.items()}
+    mode = min(sizes, key=sizes.__getitem__)
+    said = ", ".join(f"{m} {n} B" for m, n in sizes.items())
+    info: dict[str, Any] = {f"int8_bytes_{m}": n for m, n in sizes.items()}
+    return mode, {"int8_mode": mode, "int8_mode_chosen_by": "the smallest shipped file", **info,
+                  "notes": f"int8 mode {mode}: the smallest file ({said})"}
+
+
+def distinct_modes(model: nn.Module) -> list[str]:
+    """The modes giving different files for this model, the incumbent first ("mixed" is "full" for a
+    model without convolutions)."""
+    out: list[str] = []
+    for mode in (INCUMBENT, *(m for m in MODES if m != INCUMBENT)):
+        if all(MODES[mode](model) != MODES[m](model) for m in out):
+            out.append(mode)
+    return out
 
 
 def ranges_from(opts: dict[str, Any], model: nn.Module, ctx: ExportContext) -> Ranges:
@@ -134,7 +156,11 @@ def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
         mode, timing = choose_mode(model, ranges, stem, ctx)
         info = {"int8_mode": mode, "int8_mode_chosen_by": "measured (each mode's runtimes, 1 thread, batch 256 and 1, "
                                                           f"medians; margin {ctx.choice_margin:g})", **timing}
-    raw = build_qdq(model, ranges, tuple(ctx.example.shape[1:]), MODES[mode](model)).SerializeToString()
+    shape = tuple(ctx.example.shape[1:])
+    if mode == SMALLEST:
+        mode, info = smallest({m: build_qdq(model, ranges, shape, MODES[m](model)).SerializeToString()
+                               for m in distinct_modes(model)})
+    raw = build_qdq(model, ranges, shape, MODES[mode](model)).SerializeToString()
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     return _ship(model, stem, (raw, info), mode, ranges, calib)
 
@@ -156,7 +182,13 @@ def _graph(model: nn.Module, stem: Path, ctx: ExportContext,
     built = {"full": q.SerializeToString()}
     if asked != "full":  # a second calibrated quantization, only where the weights-only graph can be chosen
         built["weights"] = weights_only(quantize_graph(model, ctx.example, sample, True)).SerializeToString()
-    mode = asked if asked in built else _graph_mode(built, stem, calib.numpy().astype(np.float32), ctx, info)
+    if asked in built:
+        mode = asked
+    elif asked == SMALLEST:
+        mode, chosen = smallest({m: built[m] for m in ("weights", "full")})  # the incumbent first
+        info.update(chosen)
+    else:
+        mode = _graph_mode(built, stem, calib.numpy().astype(np.float32), ctx, info)
     info["int8_mode"] = mode
     if notes:
         info["notes"] = "; ".join([*notes, *([info["notes"]] if "notes" in info else [])])

@@ -219,6 +219,17 @@ def step_keys(text: str) -> tuple[str, dict[str, str]]:
     return name, dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
 
 
+def with_deploy(steps: tuple[str, ...], mode: str) -> tuple[str, ...]:
+    """The pipeline with `deploy=mode` on each 8-bit INT8 quantize step that names no deployment mode."""
+    out = []
+    for text in steps:
+        name, keys = step_keys(text)
+        int8 = keys.get("precision", "int8") == "int8" and int(keys.get("bits", 8)) == 8
+        out.append(f"{text}{',' if keys else ':'}deploy={mode}" if name == "quantize" and int8
+                   and "deploy" not in keys else text)
+    return tuple(out)
+
+
 def _near(value: float, options: tuple[Any, ...]) -> Any:
     return min(options, key=lambda o: abs(o - value))
 
