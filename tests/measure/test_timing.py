@@ -206,3 +206,29 @@ def test_default_batch1_latency_makes_at_least_1000_single_calls(clock: FakeCloc
     rows = measure_latency([("a", _costed(clock, 0.0001, log))], np.zeros((8, 2), np.float32), cfg)
     assert LatencyConfig().single_calls >= 1000 and log.count(1) >= 1000
     assert [r["batch"] for r in rows] == [256, 1]
+
+
+def test_a_runner_far_behind_leaves_the_race_and_its_median_stays(clock: FakeClock) -> None:
+    """drop_above (the choices' race): after RACE_ROUNDS rounds a runner over drop_above times the fastest
+    is timed no more, the others every round; without it (the tables) every runner runs every round."""
+    from deepshrink.measure.latency import RACE_ROUNDS
+
+    def costing(cost_s: float, log: list[int]) -> Runner:
+        def run(x: np.ndarray) -> np.ndarray:
+            clock.now += cost_s
+            log.append(len(x))
+            return np.zeros((len(x), 10), np.float32)
+
+        return run
+
+    x = np.zeros((8, 2), np.float32)
+    for drop_above, slow_rounds in ((3.0, RACE_ROUNDS), (float("inf"), 10)):
+        calls: dict[str, list[int]] = {"fast": [], "near": [], "slow": []}
+        runners = {k: costing(c, calls[k]) for k, c in (("fast", 0.001), ("near", 0.0029), ("slow", 0.0031))}
+        out = time_passes(runners, dict.fromkeys(runners, x), batch=4, repeats=10, drop_above=drop_above)
+        assert [len(out[k]) for k in runners] == [10, 10, slow_rounds]
+        assert out["slow"][0] == pytest.approx(3100.0 / 4)  # what it ran is kept, µs per image
+        calls = {k: [] for k in calls}
+        runners = {k: costing(c, calls[k]) for k, c in (("fast", 0.001), ("near", 0.0029), ("slow", 0.0031))}
+        single = time_singles(runners, dict.fromkeys(runners, x), 100, chunk=10, drop_above=drop_above)
+        assert [len(single[k]) for k in runners] == [100, 100, slow_rounds * 10]

@@ -37,6 +37,9 @@ REPEATS = 30
 SINGLES = 600
 SINGLE_CHUNK = 10
 DEFAULT_MARGIN = 0.03  # a challenger must be this much faster (fraction of the incumbent's time)
+# A runtime over this many times the fastest after a few rounds is timed no more (latency.py `_racing`):
+# no margin (< 1) lets it win, and a hopeless one (PyTorch's fp16 on a CPU) cost 90 % of a choice's time.
+HOPELESS = 3.0
 
 
 def calib_images(calib: np.ndarray, n: int = IMAGES) -> np.ndarray:
@@ -55,8 +58,8 @@ def time_runtimes(runners: Mapping[str, RunnerFactory], x: np.ndarray) -> dict[i
         with quiet.quiet(), pinned(1):  # in a study, no other worker trains or times meanwhile
             made = {k: f(1, "cpu") for k, f in runners.items()}
             xs = dict.fromkeys(made, x)
-            batched = time_passes(made, xs, BATCH, REPEATS)
-            single = time_singles(made, xs, SINGLES, chunk=SINGLE_CHUNK)
+            batched = time_passes(made, xs, BATCH, REPEATS, drop_above=HOPELESS)
+            single = time_singles(made, xs, SINGLES, chunk=SINGLE_CHUNK, drop_above=HOPELESS)
     finally:
         torch.set_num_threads(prev)
     return {BATCH: {k: statistics.median(v) for k, v in batched.items()},

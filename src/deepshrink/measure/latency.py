@@ -9,6 +9,7 @@ Runners timed together are interleaved pass by pass, so a speedup is a ratio tak
 under the same machine load.
 """
 
+import math
 import os
 import random
 import statistics
@@ -103,21 +104,39 @@ def _pass(run: Runner, x: np.ndarray, batch: int) -> float:
 WARMUP_BATCHES = 8
 
 
+# A race (`drop_above`): after this many rounds, a runner whose median is over `drop_above` times the
+# fastest one's is timed no more. A choice's margin is a few percent, so such a runner cannot win it,
+# and timing it out costs most of the choice: PyTorch's fp16 kernels on this CPU took 100 s of a 110 s
+# runtime choice for resnet8.
+RACE_ROUNDS = 3
+
+
+def _racing(out: dict[str, list[float]], live: list[str], drop_above: float) -> list[str]:
+    """The runners still in the race: within `drop_above` times the fastest median so far."""
+    medians = {k: statistics.median(out[k]) for k in live}
+    fastest = min(medians.values())
+    return [k for k in live if medians[k] <= drop_above * fastest]
+
+
 def time_passes(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], batch: int,
-                repeats: int) -> dict[str, list[float]]:
+                repeats: int, drop_above: float = math.inf) -> dict[str, list[float]]:
     """µs per image of each of `repeats` batched passes per runner, after a warm-up of up to
     `WARMUP_BATCHES` batches each, each pass led by one untimed batch. Passes are interleaved runner by
-    runner, so load hits all alike, in an order shuffled every round (`_order`)."""
+    runner, so load hits all alike, in an order shuffled every round (`_order`); a runner far behind
+    after `RACE_ROUNDS` rounds stops there (`drop_above`, for choices; the tables time every round)."""
     for k, run in runners.items():
         _pass(run, xs[k][: batch * WARMUP_BATCHES], batch)
     out: dict[str, list[float]] = {k: [] for k in runners}
+    live = list(runners)
     for r in range(repeats):
-        for k in _order(list(runners), r):
+        for k in _order(live, r):
             # One untimed batch first: the pass before evicted this runner's weights from the caches, which
             # a deployed model running alone never sees (an INT8 mlp-50 timed 14 % slower after a LeNet-5
             # than after a LeNet-300-100 in the same study; a pass of it is only 2.6 ms).
             runners[k](xs[k][:batch])
             out[k].append(_pass(runners[k], xs[k], batch) / len(xs[k]) * 1e6)
+        if r + 1 >= RACE_ROUNDS:
+            live = _racing(out, live, drop_above)
     return out
 
 
@@ -147,12 +166,16 @@ def _singles(run: Runner, x: np.ndarray, calls: int, offset: int) -> list[float]
 
 
 def time_singles(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], calls: int,
-                 chunk: int = 100) -> dict[str, list[float]]:
-    """µs of each of `calls` batch-1 calls per runner, interleaved in chunks of `chunk` calls."""
+                 chunk: int = 100, drop_above: float = math.inf) -> dict[str, list[float]]:
+    """µs of each of `calls` batch-1 calls per runner, interleaved in chunks of `chunk` calls; a runner
+    far behind after `RACE_ROUNDS` chunks stops there (`drop_above`, as in `time_passes`)."""
     out: dict[str, list[float]] = {k: [] for k in runners}
+    live = list(runners)
     for r, start in enumerate(range(0, calls, chunk)):
-        for k in _order(list(runners), r):
+        for k in _order(live, r):
             out[k] += _singles(runners[k], xs[k], min(chunk, calls - start), start)
+        if r + 1 >= RACE_ROUNDS:
+            live = _racing(out, live, drop_above)
     return out
 
 
