@@ -110,9 +110,15 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
     return mode, info
 
 
+def packed(raw: bytes) -> bytes | None:
+    """The .dsonnx `_ship` writes for this serialized model when it is pruned (its zeros are worth not
+    storing); None when the plain .onnx ships."""
+    return pack_onnx(raw) if zero_fraction(raw) >= PACK_MIN_ZEROS else None
+
+
 def shipped_size(raw: bytes) -> int:
-    """The bytes `_ship` writes for this serialized model: packed when pruned."""
-    return len(pack_onnx(raw)) if zero_fraction(raw) >= PACK_MIN_ZEROS else len(raw)
+    """The bytes `_ship` writes for this serialized model."""
+    return len(packed(raw) or raw)
 
 
 def smallest(built: dict[str, bytes]) -> tuple[str, dict[str, Any]]:
@@ -158,9 +164,11 @@ def export_int8(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str
                                                           f"medians; margin {ctx.choice_margin:g})", **timing}
     shape = tuple(ctx.example.shape[1:])
     if mode == SMALLEST:
-        mode, info = smallest({m: build_qdq(model, ranges, shape, MODES[m](model)).SerializeToString()
-                               for m in distinct_modes(model)})
-    raw = build_qdq(model, ranges, shape, MODES[mode](model)).SerializeToString()
+        built = {m: build_qdq(model, ranges, shape, MODES[m](model)).SerializeToString() for m in distinct_modes(model)}
+        mode, info = smallest(built)
+        raw = built[mode]
+    else:
+        raw = build_qdq(model, ranges, shape, MODES[mode](model)).SerializeToString()
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     return _ship(model, stem, (raw, info), mode, ranges, calib)
 
@@ -222,11 +230,10 @@ def _ship(model: nn.Module, stem: Path, built: tuple[bytes, dict[str, Any]], mod
     raw, info = built
     path = stem.with_suffix(".onnx")
     shipped = path
-    if zero_fraction(raw) >= PACK_MIN_ZEROS:  # a pruned model: its zeros are worth not storing
-        packed = pack_onnx(raw)
-        raw = unpack_onnx(packed)  # what the runtime loads is what unpacking the shipped file gives
+    if (dsonnx := packed(raw)) is not None:
+        raw = unpack_onnx(dsonnx)  # what the runtime loads is what unpacking the shipped file gives
         shipped = stem.with_suffix(".dsonnx")
-        atomic_write_bytes(shipped, packed)
+        atomic_write_bytes(shipped, dsonnx)
         info.update(packed_onnx=True, onnx_bytes=len(raw))
     atomic_write_bytes(path, raw)
     # Only "full" computes in int8; the energy model costs the others' MACs as fp32.
