@@ -98,6 +98,28 @@ def test_structured_prune_ships_a_smaller_net_that_reloads_in_a_fresh_process(
         assert float(total) == pytest.approx(float(r.model(torch.ones(1, 3, 32, 32)).sum()), abs=1e-4)
 
 
+def test_inner_structured_pruning_keeps_the_residual_stream_and_rounds_channels(
+        bases: dict[str, ds.Result], data: ds.Data, tmp_path: Path) -> None:
+    """`layers=inner`: only a residual block's inner convolutions lose channels (the stream the additions tie
+    keeps its width); `round_to=8` keeps a multiple of 8 of each (width-8 resnet8: 8/16/32 -> 8/8/16 inside)."""
+    from deepshrink.compress.prune.units import untied_layers
+
+    base = bases["resnet8"]
+    assert untied_layers(base.model, data.train_x[:1]) == ["layer1.conv1.0", "layer2.conv1.0", "layer3.conv1.0"]
+    r = ds.compress(base, ["prune.structured:ratio=0.6,layers=inner,round_to=8,epochs=1"], data, out=tmp_path,
+                    device="cpu")
+    widths = dict(kv.split("=") for kv in str(r.row["pruned_widths"]).split(","))
+    assert widths["layer1.conv1.0"] == "8" and widths["layer2.conv1.0"] == "8" and widths["layer3.conv1.0"] == "16"
+    assert widths["stem.0"] == "8" and widths["layer2.conv2"] == "16" and widths["layer3.conv2"] == "32"
+    x = data.test_x[:8]
+    with torch.no_grad():
+        want = r.model.eval()(x).numpy()
+    np.testing.assert_allclose(_onnx_logits(_artifact(r), x), want, atol=1e-4, rtol=1e-4)
+    reloaded, _ = load_checkpoint(r.out / r.row["checkpoint"])
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded.eval()(x).numpy(), want, atol=1e-5)
+
+
 def test_structured_retrain_can_distill_from_the_unpruned_model(bases: dict[str, ds.Result], data: ds.Data,
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """alpha > 0: the retraining objective is Hinton's loss against the model from before pruning."""

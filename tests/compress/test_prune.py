@@ -191,6 +191,7 @@ def test_sensitivity_rows_plot_and_pick(data: DataSplits, mlp: Variant, tmp_path
     ("prune.structured:ratio=1", "ratio"),
     ("prune.structured:importance=l3", "importance"),
     ("prune.structured:layers=fc1=2", "layers"),
+    ("prune.structured:round_to=0", "round_to"),
 ])
 def test_bad_config_is_a_user_error_naming_the_key(text: str, key: str) -> None:
     with pytest.raises(UserError, match=key):
@@ -233,3 +234,14 @@ def test_compress_run_writes_sparse_row(mnist_dir: Path, tmp_path: Path, mlp: Va
     assert pruned.macs_nonzero < 0.25 * pruned.macs and pruned.energy_nj_est < base.energy_nj_est
     layers = pd.read_csv(tmp_path / "c" / "layers.csv")
     assert (layers.params_nonzero <= layers.params_total).all()
+
+
+@pytest.mark.parametrize(("ratio", "multiple", "kept"), [(0.5, 8, 152), (0.3, 8, 208), (0.99, 8, 8), (0.5, 1, 150),
+                                                        (0.0, 64, 300)])
+def test_rounded_ratios_keep_a_multiple_of_the_units(ratio: float, multiple: int, kept: int, mlp: Variant) -> None:
+    """fc1 has 300 units; the ratio moved keeps the nearest multiple, at least one, at most all."""
+    from deepshrink.compress.prune.units import rounded_ratios, units_to_remove
+
+    r = rounded_ratios(mlp.model, {"fc1": ratio}, multiple)["fc1"]
+    assert 300 - len(units_to_remove(torch.rand(300), r, "fc1", "k")) == kept
+    assert 300 - int(300 * (1 - r)) == 300 - kept  # Torch-Pruning's count agrees (no float floor below)

@@ -82,6 +82,19 @@ class _Draw:
         return options[-1]
 
 
+class _Fixed(_Draw):
+    """The given keys' values, the top of the range for the rest."""
+
+    def __init__(self, values: dict[str, object]) -> None:
+        self.values = values
+
+    def real(self, name: str, lo: float, hi: float, step: float) -> float:
+        return float(self.values.get(name, hi))  # type: ignore[arg-type]
+
+    def choice(self, name: str, options: tuple[object, ...]) -> object:
+        return self.values.get(name, options[-1])
+
+
 def test_templates_draw_steps_compress_accepts_and_spare_depthwise_kernels() -> None:
     info = model_info(_Dw())
     assert info.family == "depthwise" and info.depthwise == ("dw",) and info.conv == ("conv",)
@@ -94,6 +107,36 @@ def test_templates_draw_steps_compress_accepts_and_spare_depthwise_kernels() -> 
     dc = TEMPLATES["dc"](_Draw(), info, space)[0]
     assert "dw=0.5" in dc and "conv=0.98" in dc and "fc=0.98" in dc
     assert "schedule=iterative,rounds=3" in dc  # the _Draw picks the last round count
+
+
+def test_structured_template_draws_inner_layers_only_where_a_residual_ties_some() -> None:
+    """A plain stack's layers are all untied (no choice to draw); resnet8's inner convs are the untied ones,
+    and the sq template draws between them and all layers, channels kept in multiples of 8."""
+    import importlib.util
+
+    from deepshrink.search.study import seeds
+
+    dw = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(), nn.Linear(288, 10))
+    assert model_info(dw, torch.rand(1, 1, 10, 10)).inner == ()  # the depthwise conv ties its input's channels
+    assert model_info(nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.Linear(8, 2)), torch.rand(1, 4)).inner == ()
+    spec = importlib.util.spec_from_file_location("models", Path(__file__).parents[2] / "examples" / "models.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    info = model_info(module.resnet8(), torch.rand(1, 3, 32, 32))
+    assert info.inner == ("layer1.conv1.0", "layer2.conv1.0", "layer3.conv1.0")
+    steps = TEMPLATES["sq"](_Draw(), info, SearchSpace())
+    assert steps[0] == "prune.structured:ratio=0.8,layers=inner,round_to=8"
+    assert parse_step(steps[0]).layers == "inner"
+    assert seed_params(("prune.structured:ratio=0.5,layers=inner", "quantize:precision=int8"), info,
+                       SearchSpace()) == ("sq", {"sq.ratio": 0.5, "sq.layers": "inner"})
+    # a speed search on a residual graph runs its inner convs halved after INT8 alone; the seed's steps are
+    # the template's own for those params
+    found = seeds("cifar10", "examples/models.py:resnet8", info, SearchSpace(), ("q", "sq"))
+    assert [f[0] for f in found] == ["INT8 alone", "inner convs halved"]
+    params = {k.partition(".")[2]: v for k, v in found[1][2].items() if k != "template"}
+    assert TEMPLATES["sq"](_Fixed(params), info, SearchSpace()) == found[1][1]
+    assert parse_step(found[1][1][0]).layers == "inner"
 
 
 def test_bytes_objective_floors_each_layer_and_keeps_hand_tuned_fractions_inside() -> None:
@@ -390,7 +433,7 @@ def test_space_options_narrow_the_space_and_bad_ones_are_one_line(monkeypatch: p
     space = parse_space(["structured_epochs=6,12", "structured=0.5, 0.8"])
     assert space.structured_epochs == (6, 12) and space.structured == (0.5, 0.8)
     steps = TEMPLATES["sq"](_Draw(), model_info(_Dw()), space)
-    assert steps[0] == "prune.structured:ratio=0.8,epochs=12" and parse_step(steps[0]).epochs == 12
+    assert steps[0] == "prune.structured:ratio=0.8,round_to=8,epochs=12" and parse_step(steps[0]).epochs == 12
     assert "epochs" not in TEMPLATES["sq"](_Draw(), model_info(_Dw()), SearchSpace())[0]  # the step's default
     for bad, needle in (("speed=1", "--space 'speed=1'"), ("structured_epochs=x", "--space structured_epochs"),
                         ("structured_epochs=-2", "search.structured_epochs")):

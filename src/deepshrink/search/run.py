@@ -81,7 +81,7 @@ def run_search(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions 
 def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data: DataSplits,
          setup: Setup) -> SearchResult:
     model, manifest = load_checkpoint(checkpoint)
-    info = model_info(model)
+    info = model_info(model, data.train_x[:1])
     templates = opts.space.default_templates(info, budget.objectives)
     weights = weights_hash(checkpoint)
     check_resumable(out, {"checkpoint": weights, "dataset": data.fingerprint, "budget": budget.describe(),
