@@ -5,10 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from deepshrink.export.floating import export_onnx
-from deepshrink.export.runners import ort_runner, torch_runner
+from deepshrink.export.runners import aligned_empty, ort_runner, torch_runner
 from deepshrink.models import create_model
 
 
@@ -102,3 +104,15 @@ def test_openvino_can_be_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     finally:
         monkeypatch.delenv("DEEPSHRINK_NO_OPENVINO")
         runners.has_openvino.cache_clear()
+
+
+@settings(max_examples=50, deadline=None)
+@given(shape=st.lists(st.integers(1, 33), min_size=1, max_size=4), align=st.sampled_from([16, 64, 4096]),
+       dtype=st.sampled_from([np.float32, np.int8, np.float64]))
+def test_aligned_buffers_start_on_the_boundary_and_hold_the_shape(shape: list[int], align: int, dtype: type) -> None:
+    """OpenVINO reads its input in place: a buffer off a 64-byte line cost a batch-1 call 1.4-1.6x."""
+    buf = aligned_empty(tuple(shape), dtype, align)
+    assert buf.ctypes.data % align == 0 and buf.shape == tuple(shape) and buf.dtype == np.dtype(dtype)
+    assert buf.flags.c_contiguous and buf.flags.writeable
+    buf[...] = 1  # the whole view lies inside its allocation
+    assert int(buf.sum()) == int(np.prod(shape))

@@ -2,7 +2,8 @@
 pipeline measured as shipped. budget.py (the constraint and objective), space.py (templates and
 ranges), sensitivity.py (per-layer curves that shape the ranges), trial.py (one pipeline through the
 step cache, measured on validation), study.py (Optuna: storage, sampler, seeded trials), tables.py
-(trials.csv, pareto.csv), run.py (`deepshrink search`)."""
+(trials.csv, pareto.csv), finals.py (a speed search's fastest trials timed again, together), run.py
+(`deepshrink search`)."""
 
 from deepshrink.search.budget import METRICS, Budget, parse_budget
 from deepshrink.search.run import SearchOptions, SearchResult, run_search

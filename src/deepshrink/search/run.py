@@ -22,6 +22,7 @@ from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
 from deepshrink.search.budget import CLOSEST, TIMED_METRICS, Budget
+from deepshrink.search.finals import finalists, race
 from deepshrink.search.foresee import armed, complete, foresee
 from deepshrink.search.parallel import Evaluator, Job, Setup, check_executor, evaluator
 from deepshrink.search.sensitivity import layer_caps, layer_curves, layer_floors
@@ -112,12 +113,13 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         ran = _where(runner, nodes, budget, progress)
         rows = write_tables(out, study, budget)
         chosen, feasible = _choose(rows, budget)
+        raced = _final(env, rows, chosen, feasible, progress)
         measured = _remeasure(env, [tuple(r["steps"]) for r in chosen], progress) if chosen else []
     shutil.rmtree(out / ".trials", ignore_errors=True)
     provenance.write(out, data=data, device=device, seeds={"search": opts.seed}, extra={
         "search": {"budget": budget.describe(), "trials": len(rows), "templates": list(templates),
                    "seconds_this_invocation": round(time.perf_counter() - started, 1),
-                   "chosen_trials": [r["number"] for r in chosen], "feasible": feasible,
+                   "chosen_trials": [r["number"] for r in chosen], "feasible": feasible, **raced,
                    "chosen_variants": {str(r["number"]): m["variant"] for r, m in zip(chosen, measured, strict=True)},
                    **ran}})
     if measured:
@@ -239,11 +241,7 @@ def _choose(rows: list[dict[str, Any]], budget: Budget) -> tuple[list[dict[str, 
     """The best feasible trial (the feasible Pareto front for two objectives); when none fits, the
     three closest (least total relative miss), which trials.csv says by how much each misses. A pipeline
     drawn twice (TPE redraws a small discrete space) counts once: its first trial."""
-    firsts: dict[tuple[str, ...], dict[str, Any]] = {}
-    for r in rows:
-        if r["state"] == "COMPLETE":
-            firsts.setdefault(tuple(r["steps"]), r)
-    done = list(firsts.values())
+    done = _firsts(rows)
     fit = [r for r in done if r["feasible"]]
     if fit:
         if len(budget.objectives) == 1:
@@ -255,6 +253,30 @@ def _choose(rows: list[dict[str, Any]], budget: Budget) -> tuple[list[dict[str, 
         return sum(max(0.0, r[m] - c) / max(abs(c), 1e-9) for m, c in caps.items() if math.isfinite(r[m]))
 
     return sorted(done, key=miss)[:CLOSEST], False
+
+
+def _firsts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The complete trials, a pipeline drawn twice (TPE redraws a small discrete space) as its first."""
+    firsts: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in rows:
+        if r["state"] == "COMPLETE":
+            firsts.setdefault(tuple(r["steps"]), r)
+    return list(firsts.values())
+
+
+def _final(env: Env, rows: list[dict[str, Any]], chosen: list[dict[str, Any]], feasible: bool,
+           progress: Progress) -> dict[str, Any]:
+    """A speed search's fastest feasible trials raced in one timing (finals.py); `chosen` becomes the
+    winner. Returns what provenance records of it."""
+    rivals = finalists([r for r in _firsts(rows) if r["feasible"]], env.budget) if feasible else []
+    if not rivals:
+        return {}
+    won, times = race(env, rivals, progress)
+    chosen[:] = [won]
+    key = env.budget.objectives[0]
+    progress.log(f"search: final of {len(rivals)} trials timed together ({key}): "
+                 + ", ".join(f"#{n} {us:.1f} µs" for n, us in times.items()) + f"; trial {won['number']} chosen")
+    return {"final": {"metric": key, "us_by_trial": {n: round(us, 3) for n, us in times.items()}}}
 
 
 def _remeasure(env: Env, pipelines: list[tuple[str, ...]], progress: Progress) -> list[dict[str, Any]]:
