@@ -115,6 +115,20 @@ def mnist_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+@pytest.fixture
+def checkpoint(tmp_path: Path, mnist_dir: Path) -> Path:
+    """A LeNet-300-100 trained 2 epochs on `mnist_dir` (the searches start from it)."""
+    from deepshrink.config import default_train
+    from deepshrink.measure.latency import LatencyConfig
+    from deepshrink.study.run import run_train
+
+    torch.manual_seed(0)
+    fast = LatencyConfig(threads=(1,), repeats=2, single_calls=20)
+    run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=2), tmp_path / "base",
+              mnist_dir, "cpu", fast, quiet=True)
+    return tmp_path / "base/artifacts/mnist-lenet-300-100/model.safetensors"
+
+
 def cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """Run the `deepshrink` entry point in-process: it must exit 2 with one stderr line, which is returned."""
     monkeypatch.setattr(sys, "argv", ["deepshrink", *args])

@@ -5,12 +5,8 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
-from deepshrink.config import default_train
-from deepshrink.measure.latency import LatencyConfig
 from deepshrink.search import SearchOptions, SearchSpace, finals, parse_budget, run_search
-from deepshrink.study.run import run_train
 
 
 def _row(n: int, us: float, drop: float = 0.1, feasible: bool = True) -> dict:
@@ -26,15 +22,6 @@ def test_finalists_are_the_feasible_trials_near_the_fastest_of_a_time_search() -
     assert finals.finalists([_row(0, 50.0)], us_b1) == []  # nothing to race
     assert finals.finalists(fit, parse_budget("drop<=1", minimize="bytes")) == []  # bytes do not jitter
     assert finals.finalists(fit, parse_budget("drop<=1", pareto="bytes,us_b1")) == []  # a front keeps them all
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path, mnist_dir: Path) -> Path:
-    torch.manual_seed(0)
-    fast = LatencyConfig(threads=(1,), repeats=2, single_calls=20)
-    run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=1), tmp_path / "base",
-              mnist_dir, "cpu", fast, quiet=True)
-    return tmp_path / "base/artifacts/mnist-lenet-300-100/model.safetensors"
 
 
 def test_a_speed_search_chooses_the_winner_of_one_interleaved_timing(tmp_path: Path, mnist_dir: Path,

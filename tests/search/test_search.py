@@ -11,14 +11,11 @@ import torch
 from torch import nn
 
 from deepshrink.compress import parse_step
-from deepshrink.config import default_train
 from deepshrink.errors import UserError
-from deepshrink.measure.latency import LatencyConfig
 from deepshrink.search import TEMPLATES, SearchOptions, SearchSpace, parse_budget, run_search
 from deepshrink.search.space import model_info, seed_params
 from deepshrink.search.study import hand_tuned
 from deepshrink.search.tables import pareto_numbers
-from deepshrink.study.run import run_train
 
 from conftest import cli_error
 
@@ -226,15 +223,6 @@ def test_int8_steps_ship_their_smallest_file_unless_time_is_judged() -> None:
 def test_pareto_front() -> None:
     pts = {0: (1.0, 5.0), 1: (2.0, 1.0), 2: (2.0, 6.0), 3: (1.0, 5.0), 4: (0.5, 9.0)}
     assert pareto_numbers(pts) == {0, 1, 3, 4}
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path, mnist_dir: Path) -> Path:
-    torch.manual_seed(0)
-    fast = LatencyConfig(threads=(1,), repeats=2, single_calls=20)
-    run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=2), tmp_path / "base",
-              mnist_dir, "cpu", fast, quiet=True)
-    return tmp_path / "base/artifacts/mnist-lenet-300-100/model.safetensors"
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
