@@ -14,8 +14,11 @@ import torch
 
 from deepshrink.checkpoint import Manifest
 from deepshrink.cli import main
+from deepshrink.config import default_train
 from deepshrink.data import DataSplits
+from deepshrink.measure.latency import LatencyConfig
 from deepshrink.models import create_model
+from deepshrink.study.run import run_train
 from deepshrink.train import TrainConfig, fit
 from deepshrink.variant import Variant
 
@@ -118,10 +121,6 @@ def mnist_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def checkpoint(tmp_path: Path, mnist_dir: Path) -> Path:
     """A LeNet-300-100 trained 2 epochs on `mnist_dir` (the searches start from it)."""
-    from deepshrink.config import default_train
-    from deepshrink.measure.latency import LatencyConfig
-    from deepshrink.study.run import run_train
-
     torch.manual_seed(0)
     fast = LatencyConfig(threads=(1,), repeats=2, single_calls=20)
     run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=2), tmp_path / "base",

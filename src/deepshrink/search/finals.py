@@ -14,8 +14,8 @@ from typing import Any
 from deepshrink.measure.latency import measure_latency
 from deepshrink.progress import Progress
 from deepshrink.search.budget import TIMED_METRICS, Budget
-from deepshrink.search.trial import TIMING, Env
-from deepshrink.study.variant import measure_variant
+from deepshrink.search.trial import TIMING, Env, fastest
+from deepshrink.study.variant import ship
 
 # Rivals within this factor of the best search-time figure are raced; a trial 1.5x slower in its own
 # run is past what load and one OpenVINO compile against another moved a figure (up to 1.3x seen).
@@ -36,17 +36,17 @@ def finalists(fit: list[dict[str, Any]], budget: Budget) -> list[dict[str, Any]]
 
 def race(env: Env, rivals: list[dict[str, Any]], progress: Progress) -> tuple[dict[str, Any], dict[str, float]]:
     """The rival fastest in one interleaved timing on validation images (each in its fastest runtime,
-    1 thread), and every rival's time in it by trial number. The weights come from the step cache."""
+    1 thread), and every rival's time in it by trial number. The weights come from the step cache; only
+    the artifact is made again (the trial measured its accuracy)."""
     batch = 1 if env.budget.objectives[0] == "us_b1" else TIMING.batch
     folder = env.out / ".trials" / "final"
     try:
-        named = [(str(r["number"]), measure_variant(env.variant(tuple(r["steps"])), env.val,
-                                                    folder / str(r["number"])).artifact) for r in rivals]
+        named = [(str(r["number"]), ship(env.variant(tuple(r["steps"])), env.val, folder / str(r["number"]))[0])
+                 for r in rivals]
         rows = measure_latency([("baseline", env.base_val.artifact), *named], env.val.test_x[:1024].numpy(),
                                TIMING, progress)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    times = {name: min((float(r["us_per_image_median"]) for r in rows  # type: ignore[arg-type]
-                        if r["variant"] == name and r["batch"] == batch), default=math.inf) for name, _ in named}
+    times = {name: fastest(rows, name, batch) for name, _ in named}
     best = min(rivals, key=lambda r: (times[str(r["number"])], r["drop"]))
     return best, times

@@ -113,7 +113,7 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
         ran = _where(runner, nodes, budget, progress)
         rows = write_tables(out, study, budget)
         chosen, feasible = _choose(rows, budget)
-        raced = _final(env, rows, chosen, feasible, progress)
+        chosen, raced = _final(env, rows, chosen, feasible, progress)
         measured = _remeasure(env, [tuple(r["steps"]) for r in chosen], progress) if chosen else []
     shutil.rmtree(out / ".trials", ignore_errors=True)
     provenance.write(out, data=data, device=device, seeds={"search": opts.seed}, extra={
@@ -265,18 +265,17 @@ def _firsts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _final(env: Env, rows: list[dict[str, Any]], chosen: list[dict[str, Any]], feasible: bool,
-           progress: Progress) -> dict[str, Any]:
-    """A speed search's fastest feasible trials raced in one timing (finals.py); `chosen` becomes the
-    winner. Returns what provenance records of it."""
+           progress: Progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A speed search's fastest feasible trials raced in one timing (finals.py): the chosen trials (the
+    winner, else `chosen` as it was) and what provenance records of the race."""
     rivals = finalists([r for r in _firsts(rows) if r["feasible"]], env.budget) if feasible else []
     if not rivals:
-        return {}
+        return chosen, {}
     won, times = race(env, rivals, progress)
-    chosen[:] = [won]
     key = env.budget.objectives[0]
     progress.log(f"search: final of {len(rivals)} trials timed together ({key}): "
                  + ", ".join(f"#{n} {us:.1f} µs" for n, us in times.items()) + f"; trial {won['number']} chosen")
-    return {"final": {"metric": key, "us_by_trial": {n: round(us, 3) for n, us in times.items()}}}
+    return [won], {"final": {"metric": key, "us_by_trial": {n: round(us, 3) for n, us in times.items()}}}
 
 
 def _remeasure(env: Env, pipelines: list[tuple[str, ...]], progress: Progress) -> list[dict[str, Any]]:

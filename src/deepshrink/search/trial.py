@@ -149,9 +149,10 @@ def fastest_us(base: Artifact, art: Artifact, val: DataSplits) -> dict[str, floa
     """µs per image at batch 256 and 1, each in the artifact's fastest runtime (1 thread), timed
     interleaved with the baseline so the figures of different trials divide alike."""
     rows = measure_latency([("baseline", base), ("trial", art)], val.test_x[:1024].numpy(), TIMING)
-    mine = [r for r in rows if r["variant"] == "trial"]
-    out = {}
-    for batch, key in ((TIMING.batch, "us_b256"), (1, "us_b1")):
-        times = [float(r["us_per_image_median"]) for r in mine if r["batch"] == batch]  # type: ignore[arg-type]
-        out[key] = min(times) if times else math.inf
-    return out
+    return {key: fastest(rows, "trial", batch) for batch, key in ((TIMING.batch, "us_b256"), (1, "us_b1"))}
+
+
+def fastest(rows: list[dict[str, object]], variant: str, batch: int) -> float:
+    """The variant's median µs per image at `batch` in its fastest runtime (inf when it has no row)."""
+    return min((float(r["us_per_image_median"]) for r in rows  # type: ignore[arg-type]
+                if r["variant"] == variant and r["batch"] == batch), default=math.inf)

@@ -53,13 +53,18 @@ def measure_variant(v: Variant, data: DataSplits, out: Path, baseline: tuple[str
         return _measure(v, data, out, baseline, sram_budget, choice_margin)
 
 
-def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float] | None,
-             sram_budget: int, choice_margin: float) -> Measured:
+def ship(v: Variant, data: DataSplits, out: Path, choice_margin: float = DEFAULT_MARGIN) -> tuple[Artifact, Path]:
+    """`v` exported as it would ship, under out/artifacts/<id>/, and its checkpoint saved beside it."""
     stem = out / "artifacts" / v.id / "model"
     ckpt = save_checkpoint(v.model, v.manifest, stem)
     ctx = ExportContext(example=data.test_x[:1].clone(), calib=data.train_x[:512].clone(),
                         choice_margin=choice_margin)
-    artifact = export(v.model, v.deployment, stem, ctx)
+    return export(v.model, v.deployment, stem, ctx), ckpt
+
+
+def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float] | None,
+             sram_budget: int, choice_margin: float) -> Measured:
+    artifact, ckpt = ship(v, data, out, choice_margin)
     # Accuracy from what deploys: the runtime measured fastest at batch 256 (export/deploy.py).
     runtime = str(artifact.info.get("deployed_runtime") or next(iter(artifact.runners)))
     acc = artifact_accuracy(artifact, data, runtime)
