@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepshrink.config import default_train
-from deepshrink.export.qdq import int8_weight_elements
+import deepshrink as ds
+from deepshrink.export.formats.onnx_int8 import int8_weight_elements
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.results import read_rows
-from deepshrink.study.run import run_compress, run_train
 from deepshrink.variant import slug
 
 STEPS = ("prune.structured:ratio=0.5", "quantize:precision=int8,method=ptq", "quantize:precision=int8,method=qat",
@@ -59,19 +58,18 @@ def main() -> None:
     t0 = time.perf_counter()
     latency = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=3, single_calls=200) \
         if args.quick else None
-    base = run_train(args.dataset, args.model, default_train(args.dataset, args.model, epochs=args.epochs),
-                     args.out / "train", quiet=True, latency=latency)
+    base = ds.train(args.model, args.dataset, epochs=args.epochs, out=args.out / "train", latency=latency).row
     rows = [_row("train", base, args.out / "train", int(base["size_bytes"]), time.perf_counter() - t0)]
     ckpt = args.out / "train" / base["checkpoint"]
     for step in args.steps:
         step = step.format(student=args.student)
         run = args.out / slug(step)
         t0 = time.perf_counter()
-        r = run_compress(ckpt, [step], run, quiet=True, latency=latency)
+        result = ds.compress(ckpt, [step], out=run, latency=latency)
         seconds = time.perf_counter() - t0
-        rows += [_row(f"{step} (no-teacher control)", r.pop("control"), run, int(base["size_bytes"]), seconds)] \
-            if "control" in r else []
-        rows.append(_row(step, r, run, int(base["size_bytes"]), seconds))
+        rows += [_row(f"{step} (no-teacher control)", result.control.row, run, int(base["size_bytes"]), seconds)] \
+            if result.control else []
+        rows.append(_row(step, result.row, run, int(base["size_bytes"]), seconds))
         _write(args.out, rows)
         print(rows[-1], flush=True)
 

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+import deepshrink as ds
 from deepshrink.checkpoint import read_manifest
 from deepshrink.data import load_dataset
 from deepshrink.mcu import McuOptions, build_mcu
 from deepshrink.measure.latency import LatencyConfig
-from deepshrink.study.run import run_compress
 
 HERE = Path(__file__).resolve().parent
 TFLM_RUNTIME_TEXT_BYTES = 48_000  # tensorflow/tensorflow#32345: TFLM's text with a mutable op resolver
@@ -76,8 +76,7 @@ def bench_one(checkpoint: Path, out: Path, py: Path, images: int | None) -> dict
     name = f"{manifest.dataset}-{Path(manifest.model).name.replace('.py:', '-')}"
     work = out / name
     light = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=3, single_calls=100)  # not what is compared
-    row = run_compress(checkpoint, ["quantize:precision=int8,method=ptq"], work / "compress", latency=light,
-                       quiet=True)
+    row = ds.compress(checkpoint, ["quantize:precision=int8,method=ptq"], out=work / "compress", latency=light).row
     artifact = work / "compress" / row["artifact"]
     ours = build_mcu(artifact, work / "mcu", options=McuOptions(latency=None))
     data = load_dataset(manifest.dataset)

@@ -1,6 +1,6 @@
 """Pruning benchmarks: the issue's "done when" checks and the reference study's sweeps (§7.2).
 
-Each experiment runs `study.run_compress` on a trained baseline checkpoint (so every number comes
+Each experiment runs `ds.compress` on a trained baseline checkpoint (so every number comes
 from the exported artifact: sparse file decoded, smaller dense ONNX run in onnxruntime) and prints
 accuracy, bytes, parameters and the batched 1-thread speedup against the baseline in the same run.
 
@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import deepshrink.compress  # noqa: F401  (registers the steps)
+import deepshrink as ds
+import deepshrink.compress
 from deepshrink.checkpoint import load_checkpoint
 from deepshrink.compress.prune.sensitivity import pick_layer_sparsities, plot_sensitivity, sensitivity
 from deepshrink.data import load_dataset
 from deepshrink.measure.latency import LatencyConfig
-from deepshrink.study.run import run_compress
 
 SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9)
 LENET5_DENSE = "fc1=0.9+fc2=0.9"
@@ -56,7 +56,7 @@ def speedups(out: Path, variant: str) -> dict[str, float]:
 
 def run(name: str, ckpts: dict[str, Path], out: Path) -> dict[str, Any]:
     base, steps = EXPERIMENTS[name]
-    row = run_compress(ckpts[base], steps, out / name, device="cpu", latency=LATENCY, quiet=True)
+    row = ds.compress(ckpts[base], steps, out=out / name, device="cpu", latency=LATENCY).row
     keep = ("variant", "accuracy_pct", "baseline_accuracy_pct", "size_bytes", "params_total", "params_nonzero",
             "sparsity", "deployment", "pruned_widths", "deployed_runtime", "deployed_runtime_b1", "notes",
             "macs", "macs_nonzero", "energy_nj_est", "train_seconds")
@@ -70,8 +70,9 @@ def saliency_table(ckpt: Path, out: Path, sparsities: tuple[float, ...] = (0.5, 
     import copy
 
     from deepshrink.compress.prune.masks import apply_masks, compute_masks
-    from deepshrink.export import Deployment, ExportContext, export
+    from deepshrink.export import ExportContext, export
     from deepshrink.measure.accuracy import artifact_accuracy
+    from deepshrink.variant import Deployment
 
     model, manifest = load_checkpoint(ckpt)
     data = load_dataset(manifest.dataset)

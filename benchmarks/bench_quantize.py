@@ -13,9 +13,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import deepshrink as ds
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.report.plots import plot_accuracy_vs_bits
-from deepshrink.study.run import run_compress
 
 STEPS = {
     "ptq": "quantize:precision=int8,method=ptq",
@@ -72,8 +72,8 @@ def main() -> None:
     for ckpt in args.checkpoints:
         for tag in args.steps.split(","):
             out = args.out / f"{ckpt.parent.name}-{tag}"
-            row = run_compress(ckpt, [STEPS[tag]], out, data_dir=args.data_dir, device="cpu", latency=latency,
-                               quiet=True)
+            row = ds.compress(ckpt, [STEPS[tag]], out=out, data_dir=args.data_dir, device="cpu",
+                              latency=latency).row
             base = _base_row(out, row["baseline_variant"])
             lat, base_lat = _latency(out, row["variant"]), _latency(out, row["baseline_variant"])
             r = {"baseline": row["baseline_variant"], "model": row["model"], "step": tag,

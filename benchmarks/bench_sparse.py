@@ -26,9 +26,9 @@ from torch import nn
 
 from deepshrink.checkpoint import load_checkpoint
 from deepshrink.data import load_dataset
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.runners import ort_runner, torch_runner
-from deepshrink.export.sparse_runtime import SparseNet, build, sparse_runner
+from deepshrink.export.formats.onnx_float import export_onnx
+from deepshrink.export.runtimes import ort_runner, torch_runner
+from deepshrink.export.runtimes.sparse import SparseNet, build, sparse_runner
 from deepshrink.measure.latency import time_passes, time_singles
 from deepshrink.models import create_model, weight_of, weighted_layers
 

@@ -21,8 +21,10 @@ import numpy as np
 # Where each compact format's decoder lives, newest layout first (a run of an older commit decodes
 # with that commit's code).
 DECODERS = {
-    ".dsq": [("deepshrink.export.packed", "decode"), ("deepshrink.compress.quant_pack", "decode")],
-    ".dsparse": [("deepshrink.export.sparse", "decode_state"), ("deepshrink.compress.sparse_format", "decode_state")],
+    ".dsq": [("deepshrink.export.formats.dsq", "decode"), ("deepshrink.export.packed", "decode"),
+             ("deepshrink.compress.quant_pack", "decode")],
+    ".dsparse": [("deepshrink.export.formats.dsparse", "decode"), ("deepshrink.export.sparse", "decode_state"),
+                 ("deepshrink.compress.sparse_format", "decode_state")],
 }
 
 

@@ -72,17 +72,15 @@ class Bench:
     def baselines(self) -> list[Row]:
         """Through the API rather than `deepshrink train`: the same training and export, timed lightly
         (the CLI's full latency table of both runtimes at 1 and all threads would take minutes here)."""
-        from deepshrink.config import default_train
+        import deepshrink as ds
         from deepshrink.measure.latency import LatencyConfig
-        from deepshrink.study.run import run_train
 
         light = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=3, single_calls=200)
         rows = []
         for model, epochs in (("lenet-300-100", 2), ("lenet-5", 1)):
             run = self.out / f"base-{model}"
             t0 = time.perf_counter()
-            r = run_train("mnist", model, default_train("mnist", model, epochs=epochs), run, device="cpu",
-                          latency=light, quiet=True)
+            r = ds.train(model, "mnist", epochs=epochs, out=run, device="cpu", latency=light).row
             self.ckpt[model] = run / r["checkpoint"]
             acc = float(r["accuracy_pct"])
             rows.append((f"{model} baseline ({epochs} ep) >= 97% test accuracy",

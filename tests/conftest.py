@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+import deepshrink as ds
 from deepshrink.checkpoint import Manifest
 from deepshrink.cli import main
-from deepshrink.config import default_train
 from deepshrink.data import DataSplits
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.models import create_model
-from deepshrink.study.run import run_train
 from deepshrink.train import TrainConfig, fit
 from deepshrink.variant import Variant
 
@@ -123,8 +122,8 @@ def checkpoint(tmp_path: Path, mnist_dir: Path) -> Path:
     """A LeNet-300-100 trained 2 epochs on `mnist_dir` (the searches start from it)."""
     torch.manual_seed(0)
     fast = LatencyConfig(threads=(1,), repeats=2, single_calls=20)
-    run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=2), tmp_path / "base",
-              mnist_dir, "cpu", fast, quiet=True)
+    ds.train("lenet-300-100", "mnist", epochs=2, out=tmp_path / "base", data_dir=mnist_dir, device="cpu",
+             latency=fast)
     return tmp_path / "base/artifacts/mnist-lenet-300-100/model.safetensors"
 
 

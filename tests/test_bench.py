@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepshrink.bench import bench_artifact
+import deepshrink as ds
+from deepshrink.api.artifact import bench_artifact
 from deepshrink.checkpoint import load_checkpoint
-from deepshrink.config import default_train
 from deepshrink.errors import UserError
-from deepshrink.export.dsonnx import pack_onnx
-from deepshrink.export.sparse import write_sparse
+from deepshrink.export.exporters.dsparse import write_sparse
+from deepshrink.export.formats import dsonnx
 from deepshrink.measure.latency import LatencyConfig
-from deepshrink.study.run import run_train
 
 from conftest import write_mnist_folder
 
@@ -26,9 +25,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     data_dir = root / "data"
     write_mnist_folder(data_dir / "mnist")  # what the mnist_dir fixture writes
     out = root / "run"
-    row = run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=1), out, data_dir,
-                    device="cpu", quiet=True,
-                    latency=LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5))
+    row = ds.train("lenet-300-100", "mnist", epochs=1, out=out, data_dir=data_dir, device="cpu",
+                   latency=LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5)).row
     return data_dir, out / row["artifact"], out / row["checkpoint"]
 
 
@@ -54,10 +52,10 @@ def test_bench_checkpoint(trained: tuple[Path, Path, Path], suffix: str) -> None
     _check_rows(bench_artifact(path, "torch", 1, 64, data_dir, "cpu", True), path.name, "torch", 64)
 
 
-def test_bench_packed_onnx(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_bench_dsonnx(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     data_dir, onnx_path, _ = trained
     packed = onnx_path.with_name("packed.dsonnx")
-    packed.write_bytes(pack_onnx(onnx_path.read_bytes()))
+    packed.write_bytes(dsonnx.encode(onnx_path.read_bytes()))
     shutil.copy(onnx_path.with_suffix(".json"), packed.with_suffix(".json"))  # its manifest names the dataset
     try:
         _check_rows(bench_artifact(packed, "onnxruntime", 1, 256, data_dir, "cpu", True), "packed.dsonnx",
@@ -116,15 +114,17 @@ def test_bench_opens_every_format_deepshrink_writes(trained: tuple[Path, Path, P
     import torch
 
     from deepshrink.checkpoint import load_checkpoint
-    from deepshrink.export.packed import encode
-    from deepshrink.export.sparse import encode_state, sparse_weight_keys
+    from deepshrink.export.exporters.dsparse import sparse_weight_keys
+    from deepshrink.export.formats import dsparse
+    from deepshrink.export.formats.dsq import encode
 
     data_dir, _, ckpt = trained
     model, _ = load_checkpoint(ckpt)
-    steps = {n: torch.full((m.weight.shape[0],), 0.01) for n, m in model.named_modules() if hasattr(m, "weight")}
+    steps = {f"{n}.weight": torch.full((m.weight.shape[0],), 0.01) for n, m in model.named_modules()
+             if hasattr(m, "weight")}
     files = [_beside(ckpt, tmp_path / "model.dsparse",
-                     encode_state(model.state_dict(), sparse_weight_keys(model))),
-             _beside(ckpt, tmp_path / "w4.dsq", encode(model, 4, steps)), ckpt]
+                     dsparse.encode(model.state_dict(), sparse_weight_keys(model))),
+             _beside(ckpt, tmp_path / "w4.dsq", encode(model.state_dict(), 4, steps)), ckpt]
     for path in files:
         _check_rows(bench_artifact(path, runtime, 1, 128, data_dir, "cpu", True), path.name, runtime, 128)
 
@@ -143,7 +143,8 @@ def test_corrupt_compact_files_are_one_user_error(trained: tuple[Path, Path, Pat
 
 def _sparse_of(ckpt: Path) -> bytes:
     from deepshrink.checkpoint import load_checkpoint
-    from deepshrink.export.sparse import encode_state, sparse_weight_keys
+    from deepshrink.export.exporters.dsparse import sparse_weight_keys
+    from deepshrink.export.formats import dsparse
 
     model, _ = load_checkpoint(ckpt)
-    return encode_state(model.state_dict(), sparse_weight_keys(model))
+    return dsparse.encode(model.state_dict(), sparse_weight_keys(model))

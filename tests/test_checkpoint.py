@@ -61,3 +61,25 @@ def test_corrupt_weights(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(UserError, match="not a readable safetensors file"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_of_the_release_before_the_restructuring_still_loads(tmp_path: Path) -> None:
+    """Its manifest names the ONNX converter as `deepshrink.export.onnx_torch:from_onnx` (models.MOVED)."""
+    import shutil
+
+    import numpy as np
+    import onnxruntime as ort
+
+    folder = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "release-e202e4c", folder)
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["model"] == "deepshrink.export.onnx_torch:from_onnx"
+    meta["model_args"]["path"] = str(folder / "tiny.onnx")  # written as an absolute path where it was made
+    (folder / "model.json").write_text(json.dumps(meta))
+    model, manifest = load_checkpoint(folder / "model.safetensors")
+    x = np.random.RandomState(1).rand(5, 1, 4, 4).astype(np.float32)
+    sess = ort.InferenceSession(str(folder / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    assert manifest.num_classes == 3 and np.allclose(got, want, atol=1e-5)

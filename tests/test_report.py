@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from deepshrink.export.sparse import encode_state
+from deepshrink.export.formats import dsparse
 from deepshrink.report import render_report
 from deepshrink.report.numbers import cell, sig
 from deepshrink.report.plots import pareto
@@ -32,7 +32,7 @@ RESULTS = [
          deployment="sparse", sparse="True", macs=266200, macs_nonzero=50800, params_total=266610,
          params_nonzero=51210, dense_us_per_image=15.0, sparse_us_per_image=16.0),
     _row("p80q", "prune80+int8", 60_000, 97.4, "prune.unstructured:sparsity=0.8 | quantize:precision=int8",
-         artifact="artifacts/p80q/model.dsonnx", deployment="packed-onnx-qdq-int8-full", macs=266200,
+         artifact="artifacts/p80q/model.dsonnx", deployment="dsonnx-qdq-int8-full", macs=266200,
          macs_nonzero=50800),
     _row("d1", "distill-T1", 159_000, 95.0, "distill:temperature=1"),
     _row("d4", "distill", 159_000, 96.5, "distill:temperature=4", epochs=20, epochs_to_converge=12),
@@ -61,7 +61,7 @@ def _run(tmp_path: Path) -> Path:
     weight.view(-1)[::6][:40000] = 1.5  # 40,000 non-zeros, evenly spread
     (run / "artifacts" / "p80").mkdir(parents=True)
     (run / "artifacts" / "p80" / "model.dsparse").write_bytes(
-        encode_state({"fc1.weight": weight, "fc1.bias": torch.ones(300)}, {"fc1.weight"}, "none"))
+        dsparse.encode({"fc1.weight": weight, "fc1.bias": torch.ones(300)}, {"fc1.weight"}, "none"))
     (run / "provenance.json").write_text(json.dumps({
         "machine": {"cpu": "TestCPU", "cores": 2}, "code": {"commit": "abc123", "dirty": False},
         "recipe": {"measure": {"repeats": 7, "images": 5000}},
@@ -270,7 +270,7 @@ def test_speed_as_shipped_uses_only_the_paired_baseline_time(tmp_path: Path) -> 
 
 def _dsz_of(kept_every: int, levels: int) -> bytes:
     """LeNet-300-100's three weight tensors: every `kept_every`-th weight non-zero, on `levels` values."""
-    from deepshrink.export.dsz import encode_state as encode_dsz
+    from deepshrink.export.formats import dsz
 
     state = {}
     for name, (rows, cols) in (("fc1", (300, 784)), ("fc2", (100, 300)), ("fc3", (10, 100))):
@@ -278,13 +278,13 @@ def _dsz_of(kept_every: int, levels: int) -> bytes:
         kept = w[::kept_every]
         w[::kept_every] = (torch.arange(len(kept)) % levels + 1).float() / levels
         state[f"{name}.weight"], state[f"{name}.bias"] = w.view(rows, cols), torch.zeros(rows)
-    return encode_dsz(state, {f"fc{i}.weight" for i in (1, 2, 3)})
+    return dsz.encode(state, {f"fc{i}.weight" for i in (1, 2, 3)})
 
 
 def test_deep_compression_table_reads_each_layer_from_the_dsz_headers_beside_hans(tmp_path: Path) -> None:
     """Two seeds of a .dsz LeNet-300-100 keeping every 10th weight on 16 values: kept 10 %, 4-bit indices,
     bytes equal to the header's streams; Han's published row under each of ours."""
-    from deepshrink.export.dsz import describe
+    from deepshrink.export.formats.dsz import describe
     from deepshrink.report.deep_compression import deep_compression_rows, layer_bits
     from deepshrink.report.rundata import RunData
 

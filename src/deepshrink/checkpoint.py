@@ -22,7 +22,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from deepshrink.errors import UserError
-from deepshrink.models import create_model, is_reference, layer_shapes, reference_file, shrink_to, source_sha256
+from deepshrink.models import (
+    create_model,
+    display_name,
+    is_reference,
+    layer_shapes,
+    reference_file,
+    shrink_to,
+    source_sha256,
+)
 
 FORMAT = "deepshrink.checkpoint/1"
 
@@ -42,9 +50,15 @@ class Manifest:
     format: str = FORMAT
     model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a referenced model
     model_sha256: str = ""  # sha256 of a referenced model's source file when it was saved
+    name: str = ""  # the model's short name in ids and tables when its reference does not say it (a file's stem)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def display(self) -> str:
+        """The model's short name: `name`, else the registry name or the reference's callable."""
+        return self.name or display_name(self.model)
 
 
 def paths_for(path: Path) -> tuple[Path, Path]:
@@ -135,6 +149,7 @@ _FIELDS: dict[str, Callable[[Any], bool]] = {
     "pipeline": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "train": lambda v: isinstance(v, dict), "info": lambda v: isinstance(v, dict),
     "model_args": lambda v: isinstance(v, dict), "model_sha256": lambda v: isinstance(v, str),
+    "name": lambda v: isinstance(v, str),
 }
 MAX_INPUT_ELEMENTS = 1 << 24
 MAX_CLASSES = 1 << 20

@@ -1,17 +1,30 @@
-"""Command line: parses arguments and calls into study/measure/data. No logic of its own."""
+"""Command line: each command parses its arguments and calls the API verb of the same name (api/); defaults
+are the verb's own (`default`), and what a command prints is what the verb returned."""
 
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from deepshrink import cli_search
-from deepshrink.cli_options import AllowEmpty, DataDir, Device, Quiet, Seed, check_device, console
+from deepshrink import api, cli_search
+from deepshrink.cli_options import (
+    AllowEmpty,
+    ChoiceMargin,
+    DataDir,
+    Device,
+    ModelArg,
+    Quiet,
+    Seed,
+    check_device,
+    console,
+    default,
+    model_args,
+)
 from deepshrink.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,24 +41,19 @@ def train(
     dataset: Annotated[str, typer.Option("--dataset", help="mnist, cifar10, idx:PATH, folder:PATH or npz:PATH.")],
     model: Annotated[str, typer.Option("--model", help="lenet-300-100, lenet-5, lenet-5-caffe, mlp-50, or your "
                                        "own: PATH.py:CALLABLE or package.module:CALLABLE.")],
-    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", help="KEY=VALUE passed to your model's "
-                                                        "callable; repeatable.")] = None,
+    model_arg: ModelArg = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the tuned default.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/train-DATASET-MODEL).")] = None,
+    choice_margin: ChoiceMargin = default(api.train, "choice_margin"),
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
     allow_empty_classes: AllowEmpty = False,
 ) -> None:
     """Train one baseline, export it, measure it, and write results.csv / latency.csv / layers.csv."""
-    from deepshrink.config import default_train, parse_kwargs
-    from deepshrink.study.run import run_train
-    from deepshrink.variant import slug
-
-    cfg = default_train(dataset, model, epochs=epochs, seed=seed)
-    out = out or Path("runs") / slug(f"train-{dataset}-{model}")
-    row = run_train(dataset, model, cfg, out, data_dir, check_device(device), quiet=quiet,
-                    model_args=parse_kwargs(model_arg or [], "--model-arg"), allow_empty_classes=allow_empty_classes)
-    console().print(f"{row['variant']}: test accuracy {row['accuracy_pct']:.2f}% ({row['runtime']}), "
-                    f"{row['size_bytes']} bytes -> {out}")
+    r = api.train(model, dataset, epochs=epochs, out=out, seed=seed, device=check_device(device), quiet=quiet,
+                  model_args=model_args(model_arg), data_dir=data_dir, allow_empty_classes=allow_empty_classes,
+                  choice_margin=choice_margin)
+    console().print(f"{r.row['variant']}: test accuracy {r.row['accuracy_pct']:.2f}% ({r.row['runtime']}), "
+                    f"{r.row['size_bytes']} bytes -> {r.out}")
 
 
 @app.command()
@@ -56,57 +64,69 @@ def compress(
                                                    "steps.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Your trained model's architecture: PATH.py:CALLABLE "
                                               "or package.module:CALLABLE (with --weights and --dataset).")] = None,
-    model_arg: Annotated[list[str] | None, typer.Option("--model-arg", help="KEY=VALUE for --model; "
-                                                        "repeatable.")] = None,
+    model_arg: ModelArg = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="A state dict: .safetensors, or .pt/.pth (read "
                                                  "with torch.load(weights_only=True) only).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Data to measure on (with --model or an "
-                                                ".onnx).")] = None,
+                                                ".onnx; default a checkpoint's own).")] = None,
     normalize: Annotated[str | None, typer.Option("--normalize", help="The model's preprocessing: mean=M,std=S (per "
                                                   "channel M1+M2+M3), or none for pixels/255; default the data's "
                                                   "own statistics.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/compress).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/compress-BASELINE).")] = None,
+    choice_margin: ChoiceMargin = default(api.compress, "choice_margin"),
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Apply a chain of compression steps to a trained model and measure it beside the original."""
-    from deepshrink.config import parse_kwargs
-    from deepshrink.study.run import run_compress
-    from deepshrink.study.trained import Source
+    if model is not None and checkpoint is not None:
+        raise UserError(f"{checkpoint}: give either a checkpoint/.onnx file or --model with --weights, not both")
+    if model is None and checkpoint is None:
+        raise UserError("compress: give a checkpoint, an .onnx file, or --model with --weights")
+    if model is not None and weights is None:
+        raise UserError(f"--model {model}: pass --weights FILE (.safetensors, .pt or .pth state dict)")
+    if model is None and weights is not None:
+        raise UserError(f"--weights {weights}: needs --model (the architecture the weights fit)")
+    base: str | Path = model if model is not None else checkpoint  # type: ignore[assignment]
+    r = api.compress(base, step or [], dataset, out=out, seed=seed, device=check_device(device), quiet=quiet,
+                     normalize=normalize, weights=weights, model_args=model_args(model_arg), data_dir=data_dir,
+                     choice_margin=choice_margin)
+    for m in (r.control, r) if r.control else (r,):
+        console().print(f"{m.row['variant']}: accuracy {m.row['accuracy_pct']:.2f}% (baseline "
+                        f"{float(m.row['baseline_accuracy_pct']):.2f}%), {m.row['size_bytes']} bytes -> {m.out}")
 
-    if not step:
-        raise UserError("compress: give at least one --step NAME:key=value")
-    src = Source(path=checkpoint, model=model, model_args=parse_kwargs(model_arg or [], "--model-arg"),
-                 weights=weights, dataset=dataset, normalize=normalize)
-    out = out or Path("runs") / "compress"
-    row = run_compress(src, step, out, data_dir, check_device(device), quiet=quiet, seed=seed)
-    for r in (row["control"], row) if "control" in row else (row,):
-        console().print(f"{r['variant']}: accuracy {r['accuracy_pct']:.2f}% (baseline "
-                        f"{float(r['baseline_accuracy_pct']):.2f}%), {r['size_bytes']} bytes -> {out}")
+
+@app.command("load-model")
+def load_model(
+    ref: Annotated[str, typer.Argument(help="PATH.py:CALLABLE, package.module:CALLABLE, torchvision.models:NAME "
+                                       "or timm:NAME.")],
+    weights: Annotated[Path | None, typer.Option("--weights", help="Its trained state dict (.safetensors, .pt, "
+                                                 ".pth).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="The data it is for (its input shape and "
+                                                "classes).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Save it as a deepshrink checkpoint here "
+                                             "(model.safetensors + model.json; needs --dataset).")] = None,
+    model_arg: ModelArg = None, data_dir: DataDir = None,
+) -> None:
+    """Build your model, load its weights, and (with --out) save it as a checkpoint compress and search take."""
+    m = api.load_model(ref, weights, dataset, out, data_dir, **model_args(model_arg))
+    n = sum(p.numel() for p in m.parameters())
+    saved = f" -> {out / 'model.safetensors'}" if out else ""
+    console().print(f"{ref}: {type(m).__name__}, {n} parameters{' (weights loaded)' if weights else ''}{saved}")
 
 
 @app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.csv, or a .dsz file.")]) -> None:
+def show(path: Annotated[Path, typer.Argument(help="A run directory holding results.csv, or a .dsz file.")]) -> None:
     """Print a run's results table, or what a .dsz file stores, tensor by tensor."""
-    from deepshrink.results import read_rows
-
-    if run_dir.suffix == ".dsz":
-        _show_dsz(run_dir)
+    rows = api.show(path)
+    if path.suffix == ".dsz":
+        _show_dsz(path, rows)
         return
-    path = run_dir / "results.csv"
-    if not path.exists():
-        raise UserError(f"{path}: no results.csv in this run directory")
     cols = [("variant", "variant"), ("pipeline", "pipeline"), ("precision", "prec"), ("sparsity", "sparsity"),
             ("params_nonzero", "params≠0"), ("size_kb", "kB"), ("accuracy_pct", "acc %"),
             ("baseline_accuracy_pct", "base %"), ("energy_nj_est", "nJ/img"), ("status", "status")]
-    rows = read_rows(path)
-    table = Table(title=str(path))
-    for _, title in cols:
-        table.add_column(title, overflow="fold")
-    for r in rows:
-        table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in cols])
-    console().print(table)
+    _table(str(path / "results.csv"), cols, rows)
     if any(r.get("mcu_flash_bytes") for r in rows):
-        _show_mcu([r for r in rows if r.get("mcu_flash_bytes")])
+        _table("On the microcontroller (instructions exact; cycles and ms estimated, zero wait states)", MCU_COLUMNS,
+               [r for r in rows if r.get("mcu_flash_bytes")])
 
 
 # The microcontroller columns (SPEC §12), for rows measured through `deepshrink mcu` or a study's [measure] mcu.
@@ -117,31 +137,22 @@ MCU_COLUMNS = [("variant", "variant"), ("mcu_target", "target"), ("mcu_flash_byt
                ("mcu_emulated_identical", "emulated = host")]
 
 
-def _show_mcu(rows: list[dict[str, str]]) -> None:
-    table = Table(title="On the microcontroller (instructions exact; cycles and ms estimated, zero wait states)")
-    for _, title in MCU_COLUMNS:
-        table.add_column(title, overflow="fold")
+def _table(title: str, cols: list[tuple[str, str]], rows: list[dict[str, Any]]) -> None:
+    table = Table(title=title)
+    for _, heading in cols:
+        table.add_column(heading, overflow="fold")
     for r in rows:
-        table.add_row(*[_fmt_cell(r.get(k, "")) for k, _ in MCU_COLUMNS])
+        table.add_row(*[_fmt_cell(str(r.get(k, ""))) for k, _ in cols])
     console().print(table)
 
 
-def _show_dsz(path: Path) -> None:
-    from deepshrink.export.dsz import describe
-
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    data = path.read_bytes()
-    rows = describe(data, str(path))
-    table = Table(title=str(path))
-    for title in ("tensor", "shape", "kind", "non-zero", "codebook", "gap bits", "position B", "value B",
-                  "of which index B", "codebook B"):
-        table.add_column(title)
-    for r in rows:
-        table.add_row(*[str(v) for v in r.values()])
+def _show_dsz(path: Path, rows: list[dict[str, Any]]) -> None:
+    headings = ("tensor", "shape", "kind", "non-zero", "codebook", "gap bits", "position B", "value B",
+                "of which index B", "codebook B")
+    _table(str(path), list(zip(rows[0] if rows else headings, headings, strict=True)), rows)
     streams = sum(r["position_bytes"] + r["value_bytes"] for r in rows)
-    console().print(table)
-    console().print(f"{len(data)} bytes: {streams} in streams, {len(data) - streams} header, magic and checksum")
+    size = path.stat().st_size
+    console().print(f"{size} bytes: {streams} in streams, {size - streams} header, magic and checksum")
 
 
 def _fmt_cell(v: str) -> str:
@@ -154,23 +165,22 @@ def _fmt_cell(v: str) -> str:
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="A file deepshrink wrote (.onnx, .dsonnx, .dsparse, .safetensors) "
-                                             "or any ONNX classifier (then give --dataset).")],
+    artifact: Annotated[Path, typer.Argument(help="A file deepshrink wrote (.onnx, .dsonnx, .dsparse, .dsq, .dsz, "
+                                             ".safetensors) or any ONNX classifier (then give --dataset).")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to time on (default: the "
                                                 "manifest beside the file).")] = None,
     runtime: Annotated[str, typer.Option(
-        "--runtime", help="torch, onnxruntime, openvino (when installed) or sparse (.dsparse files).")] = "onnxruntime",
-    threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = 1,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = 256,
+        "--runtime", help="torch, onnxruntime, openvino (when installed) or sparse (.dsparse files).")
+    ] = default(api.bench, "runtime"),
+    threads: Annotated[int, typer.Option("--threads", help="0 = all cores.")] = default(api.bench, "threads"),
+    batch: Annotated[int, typer.Option("--batch", help="Batch size for the batched timing.")] = default(api.bench,
+                                                                                                        "batch"),
     normalize: Annotated[str | None, typer.Option("--normalize", help="The model's preprocessing (mean=M,std=S or "
                                                   "none); default its manifest's, else the data's.")] = None,
-    data_dir: DataDir = None, device: Device = "cpu", seed: Seed = 0, quiet: Quiet = False,
+    data_dir: DataDir = None, device: Device = default(api.bench, "device"), quiet: Quiet = False,
 ) -> None:
     """Time one artifact on its dataset's test set (batched and batch-1)."""
-    from deepshrink.bench import bench_artifact
-
-    rows = bench_artifact(artifact, runtime, threads, batch, data_dir, check_device(device), quiet, dataset,
-                          normalize)
+    rows = api.bench(artifact, dataset, runtime, threads, batch, check_device(device), quiet, data_dir, normalize)
     table = Table(title=str(artifact))
     for c in ("runtime", "device", "threads", "batch", "us/img median", "min", "max"):
         table.add_column(c)
@@ -184,41 +194,34 @@ def bench(
 @app.command()
 def mcu(
     artifact: Annotated[Path, typer.Argument(help="An INT8 model deepshrink shipped (model.onnx or model.dsonnx "
-                                             "of quantize:precision=int8), or any INT8 QDQ ONNX classifier.")],
+                                             "of quantize:precision=int8), a compressed file (.dsparse, .dsq, "
+                                             ".dsz), or any INT8 QDQ ONNX classifier.")],
     target: Annotated[str, typer.Option("--target", help="cortex-m4, cortex-m7, or host (C and host build "
-                                        "only).")] = "cortex-m4",
+                                        "only).")] = default(api.mcu, "target"),
     dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to measure on (default: the "
                                                 "manifest beside the file).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where model.h, model.c, firmware.elf and the "
                                              "result rows go (default runs/mcu-VARIANT).")] = None,
     images: Annotated[int, typer.Option("--images", help="Test images run in the emulator, compared bit for "
-                                        "bit with the host build.")] = 100,
-    clock_mhz: Annotated[float, typer.Option("--clock-mhz", help="Clock for the estimated milliseconds.")] = 80.0,
+                                        "bit with the host build.")] = default(api.mcu, "images"),
+    clock_mhz: Annotated[float, typer.Option("--clock-mhz", help="Clock for the estimated "
+                                             "milliseconds.")] = default(api.mcu, "clock_mhz"),
     no_time: Annotated[bool, typer.Option("--no-time", help="Skip timing the host build (`c` runtime).")] = False,
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Turn an INT8 artifact into C99 for a microcontroller (model.h + model.c), build it for this host and
     the target, run it in an emulator, and measure flash, RAM, instructions and accuracy."""
-    from deepshrink.mcu import McuOptions, build_mcu
-    from deepshrink.mcu.run import HOST_TIMING
-    from deepshrink.progress import Progress
-    from deepshrink.variant import slug
-
-    opts = McuOptions(target=target, images=images, clock_mhz=clock_mhz,
-                      latency=None if no_time else HOST_TIMING)
-    out = out or Path("runs") / slug(f"mcu-{artifact.parent.name or artifact.stem}")
-    with Progress(enabled=not quiet) as progress:
-        row = build_mcu(artifact, out, dataset, data_dir, opts, progress)
-    c = console()
+    built = api.mcu(artifact, target, out, dataset, data_dir, images, clock_mhz, not no_time, quiet)
+    row, c = built.row, console()
     c.print(f"{row['variant']}: C on this host {row['accuracy_pct']:.2f}% "
-                  f"(ONNX Runtime {row['mcu_ort_accuracy_pct']:.2f}%, same class on {row['mcu_match_ort_pct']:.2f}% "
-                  f"of the test set) -> {out / 'model.c'}")
+            f"(ONNX Runtime {row['mcu_ort_accuracy_pct']:.2f}%, same class on {row['mcu_match_ort_pct']:.2f}% "
+            f"of the test set) -> {built.model_c}")
     if "mcu_flash_bytes" in row:
         c.print(f"{target}: flash {row['mcu_flash_bytes']} B, RAM {row['mcu_ram_bytes']} B, "
-                      f"{row['mcu_instructions']} instructions ({row['mcu_instructions_per_mac']:.2f} per MAC), "
-                      f"~{row['mcu_ms_est']:.2f} ms at {row['mcu_clock_mhz']:g} MHz (estimate); "
-                      f"{row['mcu_emulated_identical']}/{row['mcu_emulated_images']} emulated images identical "
-                      "to the host build")
+                f"{row['mcu_instructions']} instructions ({row['mcu_instructions_per_mac']:.2f} per MAC), "
+                f"~{row['mcu_ms_est']:.2f} ms at {row['mcu_clock_mhz']:g} MHz (estimate); "
+                f"{row['mcu_emulated_identical']}/{row['mcu_emulated_images']} emulated images identical "
+                "to the host build")
     if row.get("notes"):
         c.print(f"notes: {row['notes']}")
 
@@ -231,16 +234,19 @@ def study(
     set_: Annotated[list[str] | None, typer.Option("--set", help="SECTION.KEY=VALUE override; repeatable.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached steps and earlier results.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Same as --set study.seeds=N.")] = None,
-    executor: Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")] = "local",
+    choice_margin: Annotated[float | None, typer.Option(
+        "--choice-margin", help="Same as --set measure.choice_margin=F (the least lead a faster runtime or INT8 "
+                                "mode needs to replace the default; default the recipe's).")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray "
+                                          "cluster).")] = default(api.study, "executor"),
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (else $RAY_ADDRESS, "
                                                 "else a local Ray).")] = None,
     data_dir: DataDir = None, device: Device = "auto", quiet: Quiet = False,
     allow_empty_classes: AllowEmpty = False,
 ) -> None:
     """Run a whole study from a recipe (resumes by default), then write report.md / report.html."""
-    from deepshrink import api
-
-    overrides = (*(set_ or ()), *([f"study.seeds={seed}"] if seed is not None else []))
+    overrides = (*(set_ or ()), *([f"study.seeds={seed}"] if seed is not None else []),
+                 *([f"measure.choice_margin={choice_margin}"] if choice_margin is not None else []))
     run_dir, statuses = api.study(recipe, out, jobs, overrides, fresh, data_dir, check_device(device), quiet,
                                   executor, address, allow_empty_classes)
     failed = {v: s for v, s in statuses.items() if s != "ok"}
@@ -252,57 +258,46 @@ def study(
 @app.command()
 def recipes() -> None:
     """List the built-in recipes with a one-line description and expected run time."""
-    from deepshrink.study.recipe import builtin_names, describe
-
     table = Table()
     for c in ("recipe", "description", "expected"):
         table.add_column(c)
-    for name in builtin_names():
-        n, desc, minutes = describe(name)
-        table.add_row(n, desc, f"~{minutes:g} min on 2 CPU cores" if minutes else "")
+    for name, desc, minutes in api.recipes():
+        table.add_row(name, desc, f"~{minutes:g} min on 2 CPU cores" if minutes else "")
     console().print(table)
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A study's run directory.")]) -> None:
     """Re-render report.md, report.html and figures/ from a run's result files alone (no training)."""
-    from deepshrink.report import render_report
-
-    md, html = render_report(run_dir)
+    md, html = api.report(run_dir)
     console().print(f"{md}\n{html}")
 
 
 @data_app.command("where")
 def data_where(data_dir: DataDir = None) -> None:
     """Print where datasets are looked up, in order, and what is found there."""
-    from deepshrink.data.sources import SOURCES, locate, search_roots
-
-    for origin, root in search_roots(data_dir):
+    roots, found = api.data_where(data_dir)
+    for origin, root in roots:
         console().print(f"{origin}: {root}{'' if root.exists() else ' (missing)'}")
-    for name, source in SOURCES.items():
-        found = locate(source, data_dir)
-        console().print(f"{name}: {found[0] if found else 'not found'}")
+    for name, where in found.items():
+        console().print(f"{name}: {where or 'not found'}")
 
 
 @data_app.command("verify")
 def data_verify(name: Annotated[str | None, typer.Argument(help="mnist, cifar10 or idx:PATH.")] = None,
                 data_dir: DataDir = None) -> None:
     """Check each dataset file: structure, sample and class counts, canonical checksum or not."""
-    from deepshrink.data.sources import SOURCES
-    from deepshrink.data.verify import verify
-
     shown = Console(soft_wrap=True)
     bad: list[str] = []
-    for ds in [name] if name else sorted(SOURCES):
-        for r in verify(ds, data_dir):
-            if r.structure != "ok":
-                bad.append(r.file)
-                shown.print(f"{r.file}: [red]problem[/]: {r.structure}")
-                continue
-            warn = "" if r.checksum == "canonical" else "  [yellow](warning)[/]"
-            shown.print(f"{r.file}: structure {r.structure}, {r.samples} samples"
-                        f"{', classes ' + ' '.join(map(str, r.class_counts)) if r.class_counts else ''}, "
-                        f"{r.checksum}{warn}")
+    for r in api.data_verify(name, data_dir):
+        if r.structure != "ok":
+            bad.append(r.file)
+            shown.print(f"{r.file}: [red]problem[/]: {r.structure}")
+            continue
+        warn = "" if r.checksum == "canonical" else "  [yellow](warning)[/]"
+        shown.print(f"{r.file}: structure {r.structure}, {r.samples} samples"
+                    f"{', classes ' + ' '.join(map(str, r.class_counts)) if r.class_counts else ''}, "
+                    f"{r.checksum}{warn}")
     if bad:
         raise UserError(f"{len(bad)} dataset file(s) with problems (listed above), first {bad[0]}")
 
@@ -310,12 +305,8 @@ def data_verify(name: Annotated[str | None, typer.Argument(help="mnist, cifar10 
 @data_app.command("download")
 def data_download(name: Annotated[str | None, typer.Argument(help="mnist or cifar10.")] = None) -> None:
     """Download datasets into the user cache, checked against published hashes."""
-    from deepshrink.data.sources import SOURCES, download
-
-    for ds in [name] if name else sorted(SOURCES):
-        if ds not in SOURCES:
-            raise UserError(f"unknown dataset {ds!r} (known: {', '.join(sorted(SOURCES))})")
-        console().print(f"{ds}: {download(SOURCES[ds])}")
+    for ds, folder in api.data_download(name).items():
+        console().print(f"{ds}: {folder}")
 
 
 def main() -> None:
@@ -336,3 +327,4 @@ def main() -> None:
             print(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
                   file=sys.stderr)
         sys.exit(1)
+

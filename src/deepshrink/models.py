@@ -91,7 +91,15 @@ def source_sha256(ref: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else ""
 
 
+# Callables that moved since a release recorded them in checkpoints and manifests: old reference -> new.
+MOVED = {
+    "deepshrink.export.onnx_torch:from_onnx": "deepshrink.ingest.onnx_to_torch:from_onnx",
+    "deepshrink.export.onnx_graph:from_onnx_graph": "deepshrink.ingest.onnx_graph:from_onnx_graph",
+}
+
+
 def _load_module(ref: str) -> Any:
+    ref = MOVED.get(ref, ref)
     target = ref.rpartition(":")[0]
     path = reference_file(ref)
     if path is None:
@@ -122,6 +130,7 @@ def _load_module(ref: str) -> Any:
 
 
 def resolve_reference(ref: str) -> Callable[..., Any]:
+    ref = MOVED.get(ref, ref)
     attr = ref.rpartition(":")[2]
     if ref.startswith("timm:"):  # timm's models are names for timm.create_model, not attributes
         return _load_module(ref).create_model

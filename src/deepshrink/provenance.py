@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -13,7 +14,6 @@ import torch
 
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.data import DataSplits
-from deepshrink.measure.latency import all_cores
 
 _PACKAGES = ("deepshrink", "torch", "onnx", "onnxruntime", "numpy", "torch-pruning", "safetensors", "pandas")
 
@@ -31,6 +31,11 @@ def code_version() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
     return {"commit": commit or "unknown", "dirty": dirty}
+
+
+def all_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_model() -> str:

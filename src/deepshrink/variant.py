@@ -10,10 +10,21 @@ from torch import nn
 from deepshrink import provenance
 from deepshrink.checkpoint import Manifest
 from deepshrink.data import DataSplits
-from deepshrink.export.base import Deployment
 from deepshrink.models import display_name
 from deepshrink.progress import Progress, null_progress
 from deepshrink.train import TrainLog
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How a model is meant to ship: the name of the exporter that writes it (export/exporters) and its
+    options. A technique sets it; export/ reads it."""
+
+    name: str = "fp32"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def opts(self) -> dict[str, Any]:
+        return dict(self.options)
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 import deepshrink as ds
 from deepshrink.checkpoint import load_checkpoint
 from deepshrink.config import default_train
-from deepshrink.export.packed import decode
-from deepshrink.export.qdq import int8_weight_elements
+from deepshrink.export.formats.dsq import decode
+from deepshrink.export.formats.onnx_int8 import int8_weight_elements
 from deepshrink.measure.latency import LatencyConfig
 
 from conftest import make_splits
@@ -244,7 +244,7 @@ def test_sub_byte_qat_of_a_graph_ships_the_trained_grid(bases: dict[str, ds.Resu
     file decodes to exactly the checkpoint's weights."""
     r = ds.compress(bases["resnet8"], ["quantize:precision=int8,bits=4,method=qat,epochs=1"], data, out=tmp_path,
                     device="cpu")
-    assert r.row["precision"] == "int4-weights" and r.row["deployment"] == "packed-int4-weights"
+    assert r.row["precision"] == "int4-weights" and r.row["deployment"] == "dsq-int4-weights"
     decoded = decode(_artifact(r).read_bytes(), "m.dsq")
     state = r.model.state_dict()
     assert all(torch.equal(decoded[k], state[k].float()) for k in decoded if k.endswith(".weight"))

@@ -18,7 +18,7 @@ from deepshrink.compress.cluster import linear_kmeans
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import ExportContext, export
-from deepshrink.export.dsz import decode_state
+from deepshrink.export.formats import dsz
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.models import weight_of, weighted_layers
 from deepshrink.study import run as run_module
@@ -114,7 +114,7 @@ def test_encode_ships_an_exact_dsz(data: DataSplits, pruned: Variant, tmp_path: 
               parse_step("encode"), StepContext(data=data))
     art = export(v.model, v.deployment, tmp_path / "model", ExportContext(example=data.test_x[:1]))
     assert art.path.suffix == ".dsz" and art.size_bytes == art.path.stat().st_size
-    back = decode_state(art.path.read_bytes(), str(art.path))
+    back = dsz.decode(art.path.read_bytes(), str(art.path))
     assert all(torch.equal(t, back[k]) for k, t in v.model.state_dict().items())
     assert "encode:" not in art.info["notes"] and art.info["sparse"]  # nothing it could not exploit
     assert "deployed: " in art.info["notes"]  # the runtime choice (export/deploy.py)

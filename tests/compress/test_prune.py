@@ -25,7 +25,7 @@ from deepshrink.compress.prune.units import prune_units
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import ExportContext, export
-from deepshrink.export.sparse import decode_state
+from deepshrink.export.formats import dsparse
 from deepshrink.train import TrainConfig, evaluate, fit
 from deepshrink.variant import StepContext, Variant
 
@@ -140,7 +140,7 @@ def test_sparse_artifact_is_small_exact_and_runs_on_nonzeros(data: DataSplits, m
     for runtime in ("torch", "sparse", "onnxruntime"):
         np.testing.assert_allclose(art.runners[runtime](1, "cpu")(x), ref, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(art.runners[runtime](1, "cpu")(x[:1]), ref[:1], rtol=1e-4, atol=1e-4)
-    decoded = decode_state(art.path.read_bytes())
+    decoded = dsparse.decode(art.path.read_bytes())
     assert all(torch.equal(decoded[k], v) for k, v in out.model.state_dict().items())
 
 
@@ -220,12 +220,12 @@ def test_cli_bad_prune_step_exits_2_with_one_line(mnist_dir: Path, tmp_path: Pat
 def test_compress_run_writes_sparse_row(mnist_dir: Path, tmp_path: Path, mlp: Variant) -> None:
     import pandas as pd
 
+    import deepshrink as ds
     from deepshrink.measure.latency import LatencyConfig
-    from deepshrink.study.run import run_compress
 
     ckpt = save_checkpoint(mlp.model, copy.deepcopy(mlp.manifest), tmp_path / "b" / "model")
-    run_compress(ckpt, ["prune.unstructured:sparsity=0.8,epochs=1,rounds=1"], tmp_path / "c", mnist_dir,
-                 device="cpu", quiet=True, latency=LatencyConfig(threads=(1,), repeats=1, single_calls=5))
+    ds.compress(ckpt, ["prune.unstructured:sparsity=0.8,epochs=1,rounds=1"], out=tmp_path / "c", data_dir=mnist_dir,
+                device="cpu", latency=LatencyConfig(threads=(1,), repeats=1, single_calls=5))
     rows = pd.read_csv(tmp_path / "c" / "results.csv")
     pruned = rows[rows.pipeline.fillna("") != ""].iloc[0]
     base = rows[rows.pipeline.fillna("") == ""].iloc[0]

@@ -18,9 +18,9 @@ from deepshrink.compress.quantize import QuantizeConfig
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
-from deepshrink.export.dsonnx import unpack_onnx
-from deepshrink.export.packed import decode
-from deepshrink.export.qdq import int8_weight_elements
+from deepshrink.export.formats import dsonnx
+from deepshrink.export.formats.dsq import decode
+from deepshrink.export.formats.onnx_int8 import int8_weight_elements
 from deepshrink.models import create_model
 from deepshrink.report.plots import plot_accuracy_vs_bits
 from deepshrink.train import TrainConfig, evaluate, fit
@@ -223,7 +223,7 @@ def test_real_mnist_int8_ptq_within_a_point(tmp_path: Path) -> None:
     assert art.size_bytes <= 0.27 * base.size_bytes
 
 
-def test_pruned_int8_ships_packed_and_unpacks_to_the_onnx_it_runs(mlp: Variant, data: DataSplits,
+def test_pruned_int8_ships_a_dsonnx_that_decodes_to_the_onnx_it_runs(mlp: Variant, data: DataSplits,
                                                                    tmp_path: Path) -> None:
     v = Variant(mlp.id, copy.deepcopy(mlp.model), copy.deepcopy(mlp.manifest))
     with torch.no_grad():  # 80 % of the weights pruned, as a pruning step leaves them
@@ -232,9 +232,9 @@ def test_pruned_int8_ships_packed_and_unpacks_to_the_onnx_it_runs(mlp: Variant, 
             w[w.abs() < w.abs().flatten().quantile(0.8)] = 0.0
     _, art, _ = _quantized(v, "quantize:precision=int8,method=ptq", data, tmp_path)
     onnx_file = art.path.with_suffix(".onnx")
-    assert art.path.suffix == ".dsonnx" and art.kind.startswith("packed-")
+    assert art.path.suffix == ".dsonnx" and art.kind.startswith("dsonnx-")
     assert art.size_bytes < 0.6 * onnx_file.stat().st_size  # the zeros are not stored
-    assert unpack_onnx(art.path.read_bytes()) == onnx_file.read_bytes()  # bit-exact: what ORT loads
+    assert dsonnx.decode(art.path.read_bytes()) == onnx_file.read_bytes()  # bit-exact: what ORT loads
     assert int8_weight_elements(str(onnx_file)) > 0
     ref = v.model(data.test_x).detach().numpy()
     assert (_logits(art, data.test_x).argmax(1) == ref.argmax(1)).mean() >= 0.95

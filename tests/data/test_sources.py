@@ -34,7 +34,7 @@ def test_lookup_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_offline_not_found_names_where_it_looked(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(source: sources.Source, progress: bool = True) -> Path:
+    def fail(source: sources.DatasetSource, progress: bool = True) -> Path:
         raise UserError("download failed")
 
     monkeypatch.setattr("deepshrink.data.download", fail)
@@ -57,10 +57,10 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server.shutdown()
 
 
-def _source_for(url: str, files: dict[str, bytes], corrupt: str = "") -> sources.Source:
+def _source_for(url: str, files: dict[str, bytes], corrupt: str = "") -> sources.DatasetSource:
     remotes = tuple(sources.Remote(n, (url + n,), "sha256:" + hashlib.sha256(d if n != corrupt else b"x").hexdigest())
                     for n, d in files.items())
-    return sources.Source("mnist", "mnist", sources.SOURCES["mnist"].layouts, remotes)
+    return sources.DatasetSource("mnist", "mnist", sources.SOURCES["mnist"].layouts, remotes)
 
 
 def test_download_ok_and_then_found(isolated: Path, http_root: tuple[str, Path],

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepshrink.errors import UserError
-from deepshrink.export.container import CODECS, MAX_GAP, Streams, encode_positions, read_container, scatter
+from deepshrink.export.formats.container import CODECS, MAX_GAP, Streams, encode_positions, read_container, scatter
 
 MAGIC = b"DSTEST01"
 

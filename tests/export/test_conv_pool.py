@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from deepshrink.export import deploy
-from deepshrink.export.conv_pool import find_pairs, fuse
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.runners import OrtRunner
+from deepshrink.export import choice as deploy
+from deepshrink.export.formats.onnx_float import export_onnx
+from deepshrink.export.runtimes import OrtRunner
+from deepshrink.export.runtimes.conv_pool import find_pairs, fuse
 
 
 def _net(act: nn.Module, s: int = 2, padding: int = 0) -> nn.Sequential:
@@ -80,7 +80,8 @@ def test_inexpressible_pairs_are_left(tmp_path: Path, net: nn.Module) -> None:
 
 def _tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, us: dict[str, float]) -> tuple[dict, dict]:
     path = export_onnx(_net(nn.ReLU()), tmp_path / "m.onnx", torch.zeros(1, 1, 28, 28))
-    monkeypatch.setattr(deploy, "time_runtimes", lambda runners, x: {b: dict(us) for b in (256, 1)})
+    monkeypatch.setattr(deploy, "time_runtimes", lambda runners, x, keep=(): {b: {k: [v] * 30 for k, v in us.items()}
+                                                                    for b in (256, 1)})
     runners: dict = {"onnxruntime": OrtRunner(path)}
     info = deploy.tune_onnxruntime(runners, np.zeros((4, 1, 28, 28), np.float32), 0.03)
     return runners, info

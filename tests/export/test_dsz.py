@@ -11,18 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepshrink.errors import UserError
-from deepshrink.export import huffman
-from deepshrink.export.container import Streams, seal
-from deepshrink.export.dsz import (
-    MAGIC,
-    decode_state,
-    describe,
-    encode_state,
-    gap_symbols,
-    pack_header,
-    positions_of,
-    summarize,
-)
+from deepshrink.export.exporters.dsz import summarize
+from deepshrink.export.formats import dsz as dsz_file
+from deepshrink.export.formats import huffman
+from deepshrink.export.formats.container import Streams, seal
+from deepshrink.export.formats.dsz import MAGIC, describe, gap_symbols, pack_header, positions_of
 
 SHAPES = [(0,), (1,), (7,), (300,), (0, 4), (10, 84), (120, 256), (6, 1, 5, 5), (16, 6, 5, 5), (3, 2, 1, 1)]
 
@@ -48,8 +41,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def test_round_trip_is_bit_exact(shape: tuple[int, ...], density: float, k: int, gap_bits: int, seed: int) -> None:
     state = {"layer.weight": clustered(shape, density, k, seed), "layer.bias": torch.randn(3),
              "bn.num_batches_tracked": torch.tensor(7)}
-    data = encode_state(state, {"layer.weight"}, gap_bits)
-    _same(state, decode_state(data, "m.dsz", {k: list(v.shape) for k, v in state.items()}))
+    data = dsz_file.encode(state, {"layer.weight"}, gap_bits)
+    _same(state, dsz_file.decode(data, "m.dsz", {k: list(v.shape) for k, v in state.items()}))
     (row,) = [r for r in describe(data, "m.dsz") if r["tensor"] == "layer.weight"]
     assert row["kind"] == ("raw" if len(np.unique(state["layer.weight"][state["layer.weight"] != 0])) > 256
                            else "coded")
@@ -61,7 +54,7 @@ def test_long_gaps_need_fillers_and_round_trip(gap_bits: int) -> None:
     flat = np.zeros(100_000, np.float32)
     flat[[0, 1, 700, 99_999]] = [1.5, -2.0, 1.5, -0.0]  # -0.0 is a stored value: its bits are not zero
     state = {"w.weight": torch.from_numpy(flat)}
-    _same(state, decode_state(encode_state(state, {"w.weight"}, gap_bits), "w.dsz"))
+    _same(state, dsz_file.decode(dsz_file.encode(state, {"w.weight"}, gap_bits), "w.dsz"))
     symbols = gap_symbols(np.flatnonzero(flat.view(np.uint32)), gap_bits)
     filler = (1 << gap_bits) - 1
     assert int((symbols == filler).sum()) == 698 // filler + 99_298 // filler  # zeros between 1 and 700, 700 and 99,999
@@ -96,21 +89,21 @@ def test_huffman_beats_fixed_width_on_skewed_symbols() -> None:
 def test_float16_exact_tensors_take_half_the_bytes_and_come_back_exact() -> None:
     half_exact = torch.randn(100).half().float()
     state = {"a.bias": half_exact, "b.bias": torch.randn(100), "c.bias": torch.tensor([1e30, 1.0])}
-    data = encode_state(state, set())
-    _same(state, decode_state(data, "h.dsz"))
+    data = dsz_file.encode(state, set())
+    _same(state, dsz_file.decode(data, "h.dsz"))
     assert [r["value_bytes"] for r in describe(data, "h.dsz")] == [200, 400, 8]
 
 
 @pytest.fixture
 def dsz() -> bytes:
     state = {"fc.weight": clustered((50, 40), 0.1, 16, 0), "fc.bias": torch.randn(50)}
-    return encode_state(state, {"fc.weight"})
+    return dsz_file.encode(state, {"fc.weight"})
 
 
 @pytest.mark.parametrize("keep", [0, 4, 8, 12, 40, -20, -4, -1])
 def test_truncated_file_is_refused(dsz: bytes, keep: int) -> None:
     with pytest.raises(UserError, match=r"cut\.dsz"):
-        decode_state(dsz[:keep], "cut.dsz")
+        dsz_file.decode(dsz[:keep], "cut.dsz")
 
 
 def test_every_tampered_byte_is_refused(dsz: bytes) -> None:
@@ -118,14 +111,14 @@ def test_every_tampered_byte_is_refused(dsz: bytes) -> None:
         bad = bytearray(dsz)
         bad[i] ^= 0x10
         with pytest.raises(UserError, match=r"bad\.dsz: corrupt .*checksum"):
-            decode_state(bytes(bad), "bad.dsz")
+            dsz_file.decode(bytes(bad), "bad.dsz")
 
 
 def test_wrong_magic_and_wrong_model_are_refused(dsz: bytes) -> None:
     with pytest.raises(UserError, match=r"x\.dsz: not a deepshrink compressed model"):
-        decode_state(b"DSPARSE1" + dsz[8:], "x.dsz")
+        dsz_file.decode(b"DSPARSE1" + dsz[8:], "x.dsz")
     with pytest.raises(UserError, match=r"x\.dsz: tensors do not match the model \(differs at fc.weight\)"):
-        decode_state(dsz, "x.dsz", {"fc.weight": [40, 50], "fc.bias": [50]})
+        dsz_file.decode(dsz, "x.dsz", {"fc.weight": [40, 50], "fc.bias": [50]})
 
 
 def _crafted(entry: dict, body: bytes = b"") -> bytes:  # type: ignore[type-arg]
@@ -150,18 +143,18 @@ def _coded(shape: int, nonzero: int, gap_bits: int, count: int, code: int, data:
 ])
 def test_hostile_headers_are_refused_before_allocating(entry: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(UserError, match=r"evil\.dsz: corrupt"):
-        decode_state(_crafted(entry, bytes([1, 1]) + bytes(18)), "evil.dsz")
+        dsz_file.decode(_crafted(entry, bytes([1, 1]) + bytes(18)), "evil.dsz")
 
 
 def test_header_length_past_the_end_is_refused() -> None:
     data = MAGIC + struct.pack("<I", 10**9) + b"{}"
     with pytest.raises(UserError, match=r"h\.dsz: corrupt"):
-        decode_state(data + struct.pack("<I", zlib.crc32(data)), "h.dsz")
+        dsz_file.decode(data + struct.pack("<I", zlib.crc32(data)), "h.dsz")
 
 
 def test_notes_say_what_could_not_be_exploited() -> None:
     state = {"a.weight": torch.randn(20, 20), "b.weight": clustered((30, 30), 0.2, 4, 1)}
-    facts = summarize(describe(encode_state(state, set(state)), "n.dsz"))
+    facts = summarize(describe(dsz_file.encode(state, set(state)), "n.dsz"))
     assert "not clustered" in facts["notes"] and "a" in facts["notes"].split("raw float32 values: ")[1]
     assert "no zeros (not pruned)" in facts["notes"] and "b" not in facts["notes"].split(": ")[-1]
     assert facts["dsz_position_bytes"] > 0 and facts["dsz_value_bytes"] > 20 * 20 * 4

@@ -10,13 +10,15 @@ import torch
 from torch import nn
 
 from deepshrink.errors import UserError
-from deepshrink.export.dsonnx import pack_onnx, unpack_onnx, zero_fraction
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.packed import decode, encode, pack_bits, unpack_bits
-from deepshrink.export.qdq import build_qdq
-from deepshrink.export.qgraph import observe_ranges, quantize_weight, weight_scales
-from deepshrink.export.sparse import decode_state, encode_state, sparse_weight_keys
+from deepshrink.export.exporters.dsparse import sparse_weight_keys
+from deepshrink.export.formats import dsonnx, dsparse
+from deepshrink.export.formats.dsonnx import zero_fraction
+from deepshrink.export.formats.dsq import decode, encode, pack_bits, unpack_bits
+from deepshrink.export.formats.onnx_float import export_onnx
+from deepshrink.export.formats.onnx_int8 import build_qdq
 from deepshrink.models import create_model
+from deepshrink.quant.plan import observe_ranges
+from deepshrink.quant.scales import quantize_weight, weight_scales
 
 # What escapes a decoder that does not translate a corrupt file's errors (json's is a ValueError).
 
@@ -57,7 +59,7 @@ def test_sparse_file_round_trips_bit_exact(codec: str) -> None:
     state["fc1.weight64"] = m.fc1.weight.detach().double()  # listed as sparse but float64: stored dense
     keys = sparse_weight_keys(m) | {"fc1.weight64"}
     assert "fc1.weight" in keys and "fc1.bias" not in keys
-    back = decode_state(encode_state(state, keys, codec))
+    back = dsparse.decode(dsparse.encode(state, keys, codec))
     assert list(back) == list(state)
     for k, t in state.items():
         assert _bits_equal(back[k], t.contiguous()), k
@@ -67,22 +69,22 @@ def test_sparse_file_round_trips_bit_exact(codec: str) -> None:
 def test_sparse_file_stores_only_the_nonzeros() -> None:
     w = torch.zeros(100, 100)
     w[::10, ::10] = torch.arange(1, 101, dtype=torch.float32).reshape(10, 10)
-    blob = encode_state({"w": w}, {"w"}, "none")
+    blob = dsparse.encode({"w": w}, {"w"}, "none")
     assert len(blob) < 100 * 100 * 4 / 20  # 100 values + 100 gaps (+ fillers) + header
-    assert torch.equal(decode_state(blob)["w"], w)
-    dense = encode_state({"w": w}, set(), "none")
+    assert torch.equal(dsparse.decode(blob)["w"], w)
+    dense = dsparse.encode({"w": w}, set(), "none")
     assert len(dense) > 100 * 100 * 4
 
 
 def test_sparse_file_wrong_magic_names_the_source() -> None:
     with pytest.raises(UserError, match=r"m\.dsparse: not a deepshrink sparse file"):
-        decode_state(b"DSONNX01" + bytes(16), "m.dsparse")
+        dsparse.decode(b"DSONNX01" + bytes(16), "m.dsparse")
 
 
 def test_truncated_sparse_file_is_a_user_error() -> None:
-    blob = encode_state({"w": torch.ones(64, 64)}, {"w"})
+    blob = dsparse.encode({"w": torch.ones(64, 64)}, {"w"})
     with pytest.raises(UserError, match="m.dsparse"):
-        decode_state(blob[:-3], "m.dsparse")
+        dsparse.decode(blob[:-3], "m.dsparse")
 
 
 # --- .dsonnx ------------------------------------------------------------------------------------------
@@ -98,31 +100,31 @@ def _onnx_bytes(kind: str, tmp_path: Path) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["fp32", "fp16", "qdq-int8"])
-def test_packed_onnx_unpacks_to_identical_bytes(kind: str, tmp_path: Path) -> None:
+def test_dsonnx_decodes_to_identical_bytes(kind: str, tmp_path: Path) -> None:
     raw = _onnx_bytes(kind, tmp_path)
-    packed = pack_onnx(raw)
-    assert unpack_onnx(packed) == raw  # bit-exact: what ONNX Runtime loads is what was exported
-    assert pack_onnx(raw) == packed  # deterministic
+    packed = dsonnx.encode(raw)
+    assert dsonnx.decode(packed) == raw  # bit-exact: what ONNX Runtime loads is what was exported
+    assert dsonnx.encode(raw) == packed  # deterministic
     assert len(packed) < 0.6 * len(raw)  # ~80 % of the big weight matrix is zeros and not stored
     assert 0.7 < zero_fraction(raw) < 0.9
 
 
-def test_packed_onnx_keeps_small_initializers_in_the_graph(tmp_path: Path) -> None:
+def test_dsonnx_keeps_small_initializers_in_the_graph(tmp_path: Path) -> None:
     raw = _onnx_bytes("fp32", tmp_path)
     for codec in ("none", "zlib"):
-        assert unpack_onnx(pack_onnx(raw, codec)) == raw
+        assert dsonnx.decode(dsonnx.encode(raw, codec)) == raw
     inits = {i.name: i for i in onnx.load_from_string(raw).graph.initializer}
     assert inits["1.weight"].dims == [32, 64]  # the one initializer at or over MIN_ELEMENTS (1024)
 
 
-def test_corrupt_or_foreign_packed_onnx_is_a_user_error(tmp_path: Path) -> None:
-    packed = pack_onnx(_onnx_bytes("fp32", tmp_path))
-    with pytest.raises(UserError, match=r"x\.dsonnx: corrupt packed ONNX"):
-        unpack_onnx(packed[:-200], "x.dsonnx")
-    with pytest.raises(UserError, match=r"x\.dsonnx: corrupt packed ONNX"):
-        unpack_onnx(packed[:30], "x.dsonnx")
-    with pytest.raises(UserError, match="not a deepshrink packed ONNX"):
-        unpack_onnx(b"garbage", "x.dsonnx")
+def test_corrupt_or_foreign_dsonnx_is_a_user_error(tmp_path: Path) -> None:
+    packed = dsonnx.encode(_onnx_bytes("fp32", tmp_path))
+    with pytest.raises(UserError, match=r"x\.dsonnx: corrupt sparse ONNX"):
+        dsonnx.decode(packed[:-200], "x.dsonnx")
+    with pytest.raises(UserError, match=r"x\.dsonnx: corrupt sparse ONNX"):
+        dsonnx.decode(packed[:30], "x.dsonnx")
+    with pytest.raises(UserError, match="not a deepshrink sparse ONNX"):
+        dsonnx.decode(b"garbage", "x.dsonnx")
 
 
 # --- .dsq ---------------------------------------------------------------------------------------------
@@ -141,6 +143,10 @@ def test_bit_packing_is_lsb_first() -> None:
     assert pack_bits(np.array([1, 2, 3, 0], np.uint8), 2) == bytes([0b00111001])
 
 
+def _weight_keys(steps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{name}.weight": s for name, s in steps.items()}
+
+
 def _steps(m: nn.Sequential, qmax: int) -> dict[str, torch.Tensor]:
     return {"1": weight_scales(m[1].weight, qmax), "3": weight_scales(m[3].weight, qmax)}
 
@@ -150,7 +156,7 @@ def test_packed_weights_decode_to_code_times_step(bits: int) -> None:
     m = _mostly_zero_mlp(zero=0.3)
     qmax = 2 ** (bits - 1) - 1
     steps = _steps(m, qmax)
-    blob = encode(m, bits, steps)
+    blob = encode(m.state_dict(), bits, _weight_keys(steps))
     state = decode(blob, "m.dsq")
     assert list(state) == list(m.state_dict())
     for name, layer in (("1", m[1]), ("3", m[3])):
@@ -165,7 +171,7 @@ def test_packed_weights_decode_to_code_times_step(bits: int) -> None:
 
 
 def test_packed_file_wrong_magic_is_a_user_error() -> None:
-    with pytest.raises(UserError, match=r"m\.dsq: not a deepshrink packed weight file"):
+    with pytest.raises(UserError, match=r"m\.dsq: not a deepshrink bit-packed weight file"):
         decode(b"DSQP0001" + bytes(64), "m.dsq")
     with pytest.raises(UserError, match=r"m\.dsq"):
         decode(b"", "m.dsq")
@@ -174,6 +180,6 @@ def test_packed_file_wrong_magic_is_a_user_error() -> None:
 @pytest.mark.parametrize("keep", [10, 40, -5])
 def test_truncated_packed_file_is_a_user_error(keep: int) -> None:
     m = _mostly_zero_mlp()
-    blob = encode(m, 4, _steps(m, 7))
+    blob = encode(m.state_dict(), 4, _weight_keys(_steps(m, 7)))
     with pytest.raises(UserError, match=r"m\.dsq"):
         decode(blob[:keep], "m.dsq")

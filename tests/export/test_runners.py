@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.runners import aligned_empty, ort_runner, torch_runner
+from deepshrink.export.formats.onnx_float import export_onnx
+from deepshrink.export.runtimes import ort_runner, torch_runner
+from deepshrink.export.runtimes.openvino import aligned_empty
 from deepshrink.models import create_model
 
 
@@ -70,8 +71,8 @@ def test_openvino_runs_the_file_as_onnxruntime_does(tmp_path: Path) -> None:
     """FP32 held to f32 (not the bf16 OpenVINO picks by default on such CPUs): the same logits as ONNX
     Runtime at any batch size, one compiled model per shape; a QDQ file runs its integer layers."""
     pytest.importorskip("openvino")
-    from deepshrink.export.qdq_graph import quantize_graph
-    from deepshrink.export.runners import OvRunner, onnx_runners
+    from deepshrink.export.formats.onnx_int8_ort import quantize_graph
+    from deepshrink.export.runtimes import OvRunner, onnx_runners
 
     model = _tiny()
     path = export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 1, 8, 8))
@@ -94,7 +95,7 @@ def test_openvino_runs_the_file_as_onnxruntime_does(tmp_path: Path) -> None:
 
 
 def test_openvino_can_be_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepshrink.export import runners
+    from deepshrink.export import runtimes as runners
 
     path = export_onnx(_tiny(), tmp_path / "m.onnx", torch.zeros(1, 1, 8, 8))
     monkeypatch.setenv("DEEPSHRINK_NO_OPENVINO", "1")

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deepshrink.export.sparse_runtime import Layer, background, build, compact, linear_chain, skewed_pair, sparse_runner
+from deepshrink.export.runtimes.sparse import (
+    Layer,
+    background,
+    build,
+    compact,
+    linear_chain,
+    skewed_pair,
+    sparse_runner,
+)
 from deepshrink.models import lenet_5
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from deepshrink.export.dsonnx import pack_onnx, unpack_onnx
-from deepshrink.export.qdq import build_qdq
-from deepshrink.export.qgraph import observe_ranges
-from deepshrink.export.runners import ort_runner
-from deepshrink.export.weight_decode import decode_float_weights, loadable
+from deepshrink.export.formats import dsonnx
+from deepshrink.export.formats.onnx_int8 import build_qdq
+from deepshrink.export.runtimes import ort_runner
+from deepshrink.export.runtimes.weight_decode import decode_float_weights, loadable
+from deepshrink.quant.plan import observe_ranges
 
 
 def _tiny() -> nn.Sequential:
@@ -72,7 +72,7 @@ def test_integer_layers_keep_their_quantized_weights() -> None:
 
 def test_packed_file_unpacks_to_a_decodable_model(tmp_path: Path) -> None:
     qdq = _qdq(set())
-    raw = unpack_onnx(pack_onnx(qdq.SerializeToString()))
+    raw = dsonnx.decode(dsonnx.encode(qdq.SerializeToString()))
     path = tmp_path / "u.onnx"
     path.write_bytes(raw)
     assert _initializer_dqs(onnx.load_from_string(loadable(path))) == []  # type: ignore[arg-type]

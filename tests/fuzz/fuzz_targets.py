@@ -5,11 +5,11 @@ anything else it raises (or a hang) is a crash.
 Adding a reader (e.g. `.dsz`) is one registration:
 
     def _dsz_seeds(tmp: Path) -> list[bytes]:
-        return [encode_dsz(small_model()), ...]          # valid files, small: the fuzzer mutates them
+        return [dsz.encode(small_model()), ...]          # valid files, small: the fuzzer mutates them
 
     @target("dsz", _dsz_seeds)
     def _read_dsz(data: bytes, tmp: Path) -> object:
-        return decode_dsz(data, "fuzz.dsz")               # or write `data` under `tmp` and read the path
+        return dsz.decode(data, "fuzz.dsz")               # or write `data` under `tmp` and read the path
 """
 
 import gzip
@@ -31,15 +31,11 @@ from torch import nn
 from deepshrink.checkpoint import Manifest, load_checkpoint, save_checkpoint
 from deepshrink.compress.distill.teacher import _read_cached
 from deepshrink.data import cifar, folder, idx, npz
-from deepshrink.export.dsonnx import pack_onnx, unpack_onnx
-from deepshrink.export.dsz import coded_weight_keys
-from deepshrink.export.dsz import decode_state as decode_dsz
-from deepshrink.export.dsz import encode_state as encode_dsz
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.onnx_file import read_onnx
-from deepshrink.export.packed import decode as decode_packed
-from deepshrink.export.packed import encode as encode_packed
-from deepshrink.export.sparse import decode_state, encode_state, sparse_weight_keys
+from deepshrink.export.exporters.dsparse import sparse_weight_keys
+from deepshrink.export.exporters.dsz import coded_weight_keys
+from deepshrink.export.formats import dsonnx, dsparse, dsq, dsz
+from deepshrink.export.formats.onnx_float import export_onnx
+from deepshrink.ingest.onnx_file import read_onnx
 from deepshrink.models import create_model
 from deepshrink.study.recipe import load_recipe
 
@@ -251,12 +247,12 @@ def _read_onnx(data: bytes, tmp: Path) -> object:
 
 def _dsparse_seeds(tmp: Path) -> list[bytes]:
     model = _tiny_model(sparsity=0.6)
-    return [encode_state(model.state_dict(), sparse_weight_keys(model), codec) for codec in ("lzma", "none", "zlib")]
+    return [dsparse.encode(model.state_dict(), sparse_weight_keys(model), codec) for codec in ("lzma", "none", "zlib")]
 
 
 @target("dsparse", _dsparse_seeds)
 def _read_dsparse(data: bytes, tmp: Path) -> object:
-    return decode_state(data, "fuzz.dsparse")
+    return dsparse.decode(data, "fuzz.dsparse")
 
 
 def _dsz_seeds(tmp: Path) -> list[bytes]:
@@ -264,29 +260,30 @@ def _dsz_seeds(tmp: Path) -> list[bytes]:
     with torch.no_grad():  # a clustered model: few distinct non-zero values per layer
         for p in model.parameters():
             p.copy_(torch.round(p * 8) / 8)
-    return [encode_dsz(model.state_dict(), coded_weight_keys(model), gap_bits) for gap_bits in (0, 4)]
+    return [dsz.encode(model.state_dict(), coded_weight_keys(model), gap_bits) for gap_bits in (0, 4)]
 
 
 @target("dsz", _dsz_seeds)
 def _read_dsz(data: bytes, tmp: Path) -> object:
-    return decode_dsz(data, "fuzz.dsz")
+    return dsz.decode(data, "fuzz.dsz")
 
 
-@target("dsonnx", lambda tmp: [pack_onnx(_onnx_bytes(_tiny_model(sparsity=0.7)), codec) for codec in ("lzma", "none")])
+@target("dsonnx", lambda tmp: [dsonnx.encode(_onnx_bytes(_tiny_model(sparsity=0.7)), codec)
+                               for codec in ("lzma", "none")])
 def _read_dsonnx(data: bytes, tmp: Path) -> object:
-    return unpack_onnx(data, "fuzz.dsonnx")
+    return dsonnx.decode(data, "fuzz.dsonnx")
 
 
 def _dsq_seeds(tmp: Path) -> list[bytes]:
     model = _tiny_model()
-    steps = {name: torch.full((m.weight.shape[0],), 0.01) for name, m in model.named_modules()
+    steps = {f"{name}.weight": torch.full((m.weight.shape[0],), 0.01) for name, m in model.named_modules()
              if isinstance(m, nn.Linear)}
-    return [encode_packed(model, bits, steps) for bits in (2, 4, 7)]
+    return [dsq.encode(model.state_dict(), bits, steps) for bits in (2, 4, 7)]
 
 
 @target("dsq", _dsq_seeds)
 def _read_dsq(data: bytes, tmp: Path) -> object:
-    return decode_packed(data, "fuzz.dsq")
+    return dsq.decode(data, "fuzz.dsq")
 
 
 # ---- recipes and caches ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import onnx
 import torch
 from torch import nn
 
-from deepshrink.export.qdq_graph import quantize_graph
+from deepshrink.export.formats.onnx_int8_ort import quantize_graph
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.arena import plan
 from deepshrink.mcu.emit import Sources, emit

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from deepshrink.export.qdq import build_qdq
-from deepshrink.export.qgraph import observe_ranges
+from deepshrink.export.formats.onnx_int8 import build_qdq
 from deepshrink.mcu import layouts
 from deepshrink.mcu.layouts import WIDE, Layout, choose, coded, packed, sparse16
 from deepshrink.mcu.source import channel_scales
 from deepshrink.models import weight_of, weighted_layers
+from deepshrink.quant.plan import observe_ranges
 
 from mcu_helpers import generate, host_logits, write
 

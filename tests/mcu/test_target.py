@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from torch import nn
 
+import deepshrink as ds
 from deepshrink.cli import main
-from deepshrink.config import default_train
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.measure import ort_quantize
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.results import read_rows
-from deepshrink.study.run import run_compress, run_train
 
 from conftest import cli_error
 from mcu_helpers import Head, generate, qdq_model, write
@@ -35,10 +34,9 @@ def int8_lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mcu")
     data = root / "data"
     write_mnist_folder(data / "mnist")
-    base = run_train("mnist", "lenet-5", default_train("mnist", "lenet-5", epochs=1), root / "train", data,
-                     "cpu", latency=LIGHT, quiet=True)
-    row = run_compress(root / "train" / base["checkpoint"], ["quantize:precision=int8,method=ptq"], root / "q", data,
-                       "cpu", latency=LIGHT, quiet=True)
+    base = ds.train("lenet-5", "mnist", epochs=1, out=root / "train", data_dir=data, device="cpu", latency=LIGHT).row
+    row = ds.compress(root / "train" / base["checkpoint"], ["quantize:precision=int8,method=ptq"], out=root / "q",
+                      data_dir=data, device="cpu", latency=LIGHT).row
     return root / "q" / row["artifact"]
 
 

@@ -8,14 +8,15 @@ import onnx
 import pytest
 import torch
 
-from deepshrink.export import Artifact, Deployment, ExportContext, export
-from deepshrink.export.runners import has_openvino
+from deepshrink.export import Artifact, ExportContext, export
+from deepshrink.export.runtimes import has_openvino
 from deepshrink.measure import energy
 from deepshrink.measure.accuracy import artifact_accuracy
 from deepshrink.measure.latency import LatencyConfig, RunnerFactory, measure_latency, pinned
 from deepshrink.measure.params import layer_stats
 from deepshrink.models import create_model
 from deepshrink.train import evaluate
+from deepshrink.variant import Deployment
 
 from conftest import make_splits
 

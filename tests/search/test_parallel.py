@@ -15,15 +15,14 @@ import torch
 # Every Ray node these tests start listens on 127.0.0.1 only (read when ray is first imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from deepshrink.api_search import recipe_search
+import deepshrink as ds
 from deepshrink.checkpoint import load_checkpoint
-from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.measure.latency import LatencyConfig
 from deepshrink.search import SearchOptions, SearchSpace, parse_budget, run_search
+from deepshrink.search.recipe import recipe_search
 from deepshrink.study.cache import Prefixes, realize
 from deepshrink.study.recipe import load_recipe
-from deepshrink.study.run import run_train
 from deepshrink.variant import Variant
 
 from conftest import cli_error, write_mnist_folder
@@ -49,8 +48,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_mnist_folder(root / "data" / "mnist")
     torch.manual_seed(0)
     fast = LatencyConfig(threads=(1,), repeats=2, single_calls=20)
-    run_train("mnist", "lenet-300-100", default_train("mnist", "lenet-300-100", epochs=2), root / "base",
-              root / "data", "cpu", fast, quiet=True)
+    ds.train("lenet-300-100", "mnist", epochs=2, out=root / "base", data_dir=root / "data", device="cpu",
+             latency=fast)
     return root / "base/artifacts/mnist-lenet-300-100/model.safetensors", root / "data"
 
 

@@ -326,12 +326,18 @@ prune_epochs = [1]
 """
 
 
-def test_recipe_search_section_runs_a_search_per_baseline(tmp_path: Path, mnist_dir: Path) -> None:
+@pytest.mark.parametrize("entry", ["ds.study", "study.run.run_study"])
+def test_recipe_search_section_runs_a_search_per_baseline(tmp_path: Path, mnist_dir: Path, entry: str) -> None:
+    """The same whichever way the study starts (the CLI calls ds.study)."""
     import deepshrink as ds
+    from deepshrink.study.run import run_study
 
     path = tmp_path / "s.toml"
     path.write_text(RECIPE_SEARCH)
-    run_dir, statuses = ds.study(path, out=tmp_path / "run", data_dir=mnist_dir, device="cpu")
+    if entry == "ds.study":
+        run_dir, statuses = ds.study(path, out=tmp_path / "run", data_dir=mnist_dir, device="cpu")
+    else:
+        run_dir, statuses = run_study(str(path), tmp_path / "run", mnist_dir, "cpu", quiet=True)
     assert set(statuses.values()) == {"ok"}
     trials = _rows(run_dir / "search" / "mnist-lenet-300-100" / "trials.csv")
     assert len(trials) == 2 and all(r["template"] == "pq" for r in trials)
@@ -416,7 +422,7 @@ def test_a_trial_whose_untrained_file_cannot_win_stops_before_training(tmp_path:
 def test_space_options_narrow_the_space_and_bad_ones_are_one_line(monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str],
                                                                   tmp_path: Path) -> None:
-    from deepshrink.api_search import parse_space
+    from deepshrink.api.searches import parse_space
 
     space = parse_space(["structured_epochs=6,12", "structured=0.5, 0.8"])
     assert space.structured_epochs == (6, 12) and space.structured == (0.5, 0.8)

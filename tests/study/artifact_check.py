@@ -9,9 +9,9 @@ import onnxruntime as ort
 
 from deepshrink.checkpoint import load_checkpoint
 from deepshrink.data import DataSplits
-from deepshrink.export.dsonnx import unpack_onnx
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.sparse import load_sparse_into
+from deepshrink.export.exporters.dsparse import load_sparse_into
+from deepshrink.export.formats import dsonnx
+from deepshrink.export.formats.onnx_float import export_onnx
 
 
 def _onnx_accuracy(model_bytes: bytes, data: DataSplits) -> float:
@@ -29,7 +29,7 @@ def decoded_accuracy(run_dir: Path, row: dict[str, str], data: DataSplits) -> fl
     if path.suffix == ".onnx":
         return _onnx_accuracy(path.read_bytes(), data)
     if path.suffix == ".dsonnx":
-        return _onnx_accuracy(unpack_onnx(path.read_bytes(), str(path)), data)
+        return _onnx_accuracy(dsonnx.decode(path.read_bytes(), str(path)), data)
     if path.suffix == ".dsparse":
         model, _ = load_checkpoint(run_dir / row["checkpoint"])
         decoded = load_sparse_into(model, path)

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 from deepshrink.compress.registry import register_step
 from deepshrink.errors import UserError
-from deepshrink.export.base import Deployment
-from deepshrink.export.dsz import GAP_WIDTHS
-from deepshrink.variant import StepContext, Variant
+from deepshrink.export.formats.dsz import GAP_WIDTHS
+from deepshrink.variant import Deployment, StepContext, Variant
 
 
 @dataclass(frozen=True)

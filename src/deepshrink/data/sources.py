@@ -29,7 +29,7 @@ class Remote:
 
 
 @dataclass(frozen=True)
-class Source:
+class DatasetSource:
     """A dataset's on-disk layouts (tried in order) and its canonical content checksums."""
 
     name: str
@@ -50,8 +50,8 @@ _MNIST_GZ_SHA256 = {
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 
-SOURCES: dict[str, Source] = {
-    "mnist": Source(
+SOURCES: dict[str, DatasetSource] = {
+    "mnist": DatasetSource(
         name="mnist",
         subdir="mnist",
         layouts=(("mnist", idx.load_idx_folder), (".", idx.load_idx_folder)),
@@ -64,7 +64,7 @@ SOURCES: dict[str, Source] = {
             "t10k-labels-idx1-ubyte": "sha256:ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         },
     ),
-    "cifar10": Source(
+    "cifar10": DatasetSource(
         name="cifar10",
         subdir="cifar10",
         layouts=(
@@ -106,7 +106,7 @@ def search_roots(data_dir: Path | None) -> list[tuple[str, Path]]:
     return roots
 
 
-def locate(source: Source, data_dir: Path | None) -> tuple[Path, Callable[[Path], ArrayDict]] | None:
+def locate(source: DatasetSource, data_dir: Path | None) -> tuple[Path, Callable[[Path], ArrayDict]] | None:
     for _, root in search_roots(data_dir):
         for rel, loader in source.layouts:
             p = root / rel
@@ -118,7 +118,7 @@ def locate(source: Source, data_dir: Path | None) -> tuple[Path, Callable[[Path]
     return None
 
 
-def download(source: Source, progress: bool = True) -> Path:
+def download(source: DatasetSource, progress: bool = True) -> Path:
     """Fetch every remote file of `source` into the cache; a file failing its hash is not kept."""
     import pooch
 
@@ -141,7 +141,7 @@ def download(source: Source, progress: bool = True) -> Path:
     return target
 
 
-def not_found_message(source: Source, data_dir: Path | None) -> str:
+def not_found_message(source: DatasetSource, data_dir: Path | None) -> str:
     looked = "; ".join(f"{origin} {root}" for origin, root in search_roots(data_dir))
     return (f"dataset {source.name!r} not found (looked in {looked}) and the download failed; "
             f"pass --data-dir DIR or set DEEPSHRINK_DATA to a folder holding {source.subdir}/")

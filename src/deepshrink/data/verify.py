@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from deepshrink.data import cifar, idx
-from deepshrink.data.sources import SOURCES, Source, digest, locate, not_found_message
+from deepshrink.data.sources import SOURCES, DatasetSource, digest, locate, not_found_message
 from deepshrink.errors import UserError
 
 
@@ -21,7 +21,7 @@ class FileReport:
     checksum: str  # "canonical", "non-canonical copy", or "unknown"
 
 
-def _status(source: Source, member: str, data: bytes) -> str:
+def _status(source: DatasetSource, member: str, data: bytes) -> str:
     want = source.canonical.get(member)
     if want is None:
         return "unknown"
@@ -41,7 +41,7 @@ def _checked(file: str, check: Callable[[], FileReport]) -> FileReport:
         return FileReport(file, str(e).removeprefix(f"{file}: "), 0, [], "unknown")
 
 
-def _verify_idx_folder(source: Source, folder: Path) -> list[FileReport]:
+def _verify_idx_folder(source: DatasetSource, folder: Path) -> list[FileReport]:
     reports: list[FileReport] = []
     arrays: dict[str, np.ndarray] = {}
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -67,7 +67,7 @@ def _verify_idx_folder(source: Source, folder: Path) -> list[FileReport]:
     return reports
 
 
-def _verify_cifar(source: Source, path: Path) -> list[FileReport]:
+def _verify_cifar(source: DatasetSource, path: Path) -> list[FileReport]:
     names = [*cifar.TRAIN_BATCHES, cifar.TEST_BATCH]
     if path.is_dir():
         members = {n: (path / n).read_bytes() for n in names if (path / n).is_file()}
@@ -97,7 +97,7 @@ def _verify_cifar(source: Source, path: Path) -> list[FileReport]:
 
 def verify(name: str, data_dir: Path | None = None) -> list[FileReport]:
     if name.startswith("idx:"):
-        return _verify_idx_folder(Source(name, "", (), ()), Path(name[4:]))
+        return _verify_idx_folder(DatasetSource(name, "", (), ()), Path(name[4:]))
     if name not in SOURCES:
         raise UserError(f"unknown dataset {name!r} (known: {', '.join(sorted(SOURCES))}, idx:PATH)")
     source = SOURCES[name]

@@ -1,20 +1,24 @@
-"""Deployable artifacts. A `Deployment` names how a compressed model ships; the exporter registered
-for that name writes the files and says how each runtime runs them.
+"""Deployable artifacts. A `Deployment` (variant.py) names how a compressed model ships; the exporter
+registered for that name writes the files and says how each runtime runs them.
 
-Formats: `fp32`/`fp16`/`fp64` (floating.py), `int8` (integer QDQ ONNX, int8.py), `packed` (sub-8-bit
-weights, packed.py), `sparse` (sparse.py) and `dsz` (Deep Compression, dsz.py); the compact ones share
-one container codec (container.py). Adding a format: a module with one `@EXPORTERS.register(name)`
-function, imported below. Every artifact's runtimes are then timed against each other (deploy.py): the
-fastest is what it deploys.
+- formats/: bytes in and out (the container codec, Huffman, .dsparse, .dsq, .dsz, .dsonnx, the ONNX writers);
+- runtimes/: ONNX Runtime, OpenVINO, PyTorch, the sparse kernels, and the load-time graph rewrites;
+- choice.py: every timing-based choice (runtime, ONNX Runtime graph, INT8 mode) under one noise rule;
+- exporters/: one per deployment (`fp32`/`fp16`/`fp64`, `int8`, `dsq`, `sparse`, `dsz`);
+- files.py: opening any file deepshrink wrote, by suffix.
+
+Adding a format: its codec in formats/, an exporter module in exporters/ with one
+`@EXPORTERS.register(name)` function, imported in exporters/__init__.py.
 """
 
 from pathlib import Path
 
 from torch import nn
 
-from deepshrink.export import dsz, floating, int8, packed, sparse  # noqa: F401  (each registers its exporters)
-from deepshrink.export.base import EXPORTERS, Artifact, Deployment, ExportContext, Exporter
-from deepshrink.export.deploy import choose_runtime, tune_onnxruntime
+from deepshrink.export import exporters  # noqa: F401  (importing it registers every exporter)
+from deepshrink.export.base import EXPORTERS, Artifact, ExportContext, Exporter
+from deepshrink.export.choice import choose_runtime, tune_onnxruntime
+from deepshrink.variant import Deployment
 
 __all__ = ["EXPORTERS", "Artifact", "Deployment", "ExportContext", "Exporter", "export"]
 

@@ -1,5 +1,5 @@
-"""What every exporter shares: the `Deployment` a technique asks for, the `Artifact` an exporter
-writes, and the registry that maps one to the other. Formats register themselves (export/__init__)."""
+"""What every exporter shares: the `Artifact` an exporter writes, the context it may use, and the registry
+from a `Deployment` name (variant.py: what a technique asks for) to the exporter that writes it."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,17 +29,6 @@ class Artifact:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """How a model is meant to ship: the exporter's name plus its options."""
-
-    name: str = "fp32"
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def opts(self) -> dict[str, Any]:
-        return dict(self.options)
 
 
 @dataclass

@@ -19,8 +19,8 @@ from deepshrink.checkpoint import Manifest, atomic_write_bytes, read_manifest
 from deepshrink.data.normalize import renormalize
 from deepshrink.errors import UserError
 from deepshrink.export.base import Artifact
-from deepshrink.export.compact import manifest_beside
-from deepshrink.export.runners import ort_runner
+from deepshrink.export.files import manifest_beside
+from deepshrink.export.runtimes import ort_runner
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.arena import plan
 from deepshrink.mcu.emit import emit
@@ -29,7 +29,7 @@ from deepshrink.mcu.graph import Graph, read_graph
 from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import EvalData, HostLibrary, integer_logits, load_eval_data, ort_quantize, pixel_lut
 from deepshrink.mcu.program import Program
-from deepshrink.mcu.source import Source, compact, load_source
+from deepshrink.mcu.source import IntegerModel, is_compressed, load_integer_model
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress, null_progress
 from deepshrink.results import LATENCY_COLUMNS, LATENCY_KEY, RESULTS_COLUMNS, RESULTS_KEY, read_rows, upsert
@@ -62,7 +62,7 @@ class McuOptions:
 class Built:
     """The generated program and what its measurement needs."""
 
-    src: Source
+    src: IntegerModel
     graph: Graph
     prog: Program
     arena: int
@@ -78,10 +78,10 @@ def _normalized(data: EvalData, manifest: Manifest | None) -> EvalData:
 def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None,
              data: EvalData | None = None) -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
-    if compact(artifact) and data is None:  # decoded, then calibrated on training images: the data comes first
+    if is_compressed(artifact) and data is None:  # decoded, then calibrated on training images: the data comes first
         manifest = read_manifest(manifest_beside(artifact))
         data = _normalized(load_eval_data(dataset or manifest.dataset, data_dir), manifest)
-    src = load_source(artifact, data.splits.train_x[:512] if data else None)
+    src = load_integer_model(artifact, data.splits.train_x[:512] if data else None)
     name = dataset or (src.manifest.dataset if src.manifest else None)
     if not name:
         raise UserError(f"{artifact}: no manifest beside it names its dataset; pass --dataset")

@@ -7,7 +7,7 @@ beside the file with the same weights and the same calibration, the logits quant
 layer's calibrated range (the C returns int8 logits). A graph quantized by ONNX Runtime (residuals,
 depthwise convolutions) ships all-INT8 already and is read as it is.
 
-A compact file (`.dsparse` pruned, `.dsq` 2-7-bit weights, `.dsz` pruned and clustered) is decoded and
+A compressed file (`.dsparse` pruned, `.dsq` 2-7-bit weights, `.dsz` pruned and clustered) is decoded and
 quantized the way its weights already are, so the INT8 weights hold exactly its values' structure: a
 clustered layer's few shared values under one scale for the layer (one int8 codebook), a bit-packed layer's
 codes under each channel's own step (the int8 weights are the codes themselves), anything else per channel;
@@ -15,7 +15,6 @@ activations calibrated on the same 512 training images as PTQ. The kernels then 
 (mcu/layouts.py).
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,35 +22,28 @@ import onnx
 import torch
 from torch import nn
 
-from deepshrink.checkpoint import Manifest, load_checkpoint, paths_for, read_manifest
+from deepshrink.checkpoint import Manifest, load_checkpoint, paths_for
 from deepshrink.errors import UserError
-from deepshrink.export.compact import DECODERS, open_compact
-from deepshrink.export.dsonnx import unpack_onnx
-from deepshrink.export.onnx_file import read_onnx
-from deepshrink.export.qdq import build_qdq
-from deepshrink.export.qgraph import expressible, observe_ranges, weight_scales
+from deepshrink.export.files import DECODERS, Opened, open_artifact
+from deepshrink.export.formats.onnx_int8 import build_qdq
+from deepshrink.ingest.onnx_file import read_onnx
 from deepshrink.models import weight_of, weighted_layers
+from deepshrink.quant.plan import expressible, observe_ranges
+from deepshrink.quant.scales import weight_scales
+
+# What the microcontroller target reads: an INT8 ONNX model as shipped, or a compressed file deepshrink wrote.
+SUFFIXES = (".onnx", ".dsonnx", *DECODERS)
+READER = "the microcontroller target reads an INT8 model from quantize:precision=int8, or a compressed file"
 
 
 @dataclass
-class Source:
-    model: onnx.ModelProto  # the all-INT8 QDQ model the C reproduces
+class IntegerModel:
+    """The all-INT8 QDQ model the C reproduces, and where it came from."""
+
+    model: onnx.ModelProto
     variant: str
     manifest: Manifest | None
     notes: list[str] = field(default_factory=list)
-
-
-Reader = Callable[[Path], bytes]
-# Artifact suffix -> the ONNX bytes it holds.
-READERS: dict[str, Reader] = {
-    ".onnx": lambda p: p.read_bytes(),
-    ".dsonnx": lambda p: unpack_onnx(p.read_bytes(), str(p)),
-}
-
-
-def _manifest(path: Path) -> Manifest | None:
-    meta = path.with_name(f"{path.name.split('.')[0]}.json")
-    return read_manifest(meta) if meta.is_file() else None
 
 
 def _integer_input(m: onnx.ModelProto) -> bool:
@@ -59,29 +51,27 @@ def _integer_input(m: onnx.ModelProto) -> bool:
     return any(n.op_type == "QuantizeLinear" and n.input[0] in {i.name for i in m.graph.input} for n in m.graph.node)
 
 
-def compact(path: Path) -> bool:
+def is_compressed(path: Path) -> bool:
+    """A `.dsparse`, `.dsq` or `.dsz`: decoded, then quantized the way its weights are stored."""
     return path.suffix in DECODERS
 
 
-def load_source(path: Path, calib: torch.Tensor | None = None) -> Source:
-    """The all-INT8 model of an artifact; a compact file's activations are calibrated on `calib`."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    if compact(path):
+def load_integer_model(path: Path, calib: torch.Tensor | None = None) -> IntegerModel:
+    """The all-INT8 model of an artifact; a compressed file's activations are calibrated on `calib`."""
+    opened = open_artifact(path, SUFFIXES, READER)
+    if opened.compressed:
         assert calib is not None
-        return _compact(path, calib)
-    if path.suffix not in READERS:
-        raise UserError(f"{path}: the microcontroller target reads {', '.join([*READERS, *DECODERS])} files (an "
-                        "INT8 model from quantize:precision=int8, or a compact file deepshrink wrote)")
-    shipped = read_onnx(READERS[path.suffix](path), str(path))
-    manifest = _manifest(path)
+        return _compressed(opened, calib)
+    assert opened.onnx is not None
+    shipped = read_onnx(opened.onnx, str(path))
+    manifest = opened.manifest
     variant = path.parent.name if manifest else path.stem
     ranges = manifest.info.get("int8_ranges") if manifest else None
     if not ranges:
-        return Source(shipped, variant, manifest)
+        return IntegerModel(shipped, variant, manifest)
     model, manifest = load_checkpoint(paths_for(path.with_name(path.name.split(".")[0]))[0])
     if not expressible(model):
-        return Source(shipped, variant, manifest)
+        return IntegerModel(shipped, variant, manifest)
     try:
         calibrated = {str(name): (float(lo), float(hi)) for name, lo, hi in ranges}
     except (TypeError, ValueError):
@@ -95,7 +85,7 @@ def load_source(path: Path, calib: torch.Tensor | None = None) -> Source:
     if not _integer_input(shipped):
         notes.append("the desktop ships this variant as INT8-stored weights with float compute; the "
                      "microcontroller runs it all-INT8")
-    return Source(full, variant, manifest, notes)
+    return IntegerModel(full, variant, manifest, notes)
 
 
 def _code_steps(flat: torch.Tensor) -> torch.Tensor | None:
@@ -128,8 +118,9 @@ def channel_scales(w: torch.Tensor) -> torch.Tensor:
     return weight_scales(w, 127)
 
 
-def _compact(path: Path, calib: torch.Tensor) -> Source:
-    model, manifest = open_compact(path)
+def _compressed(opened: Opened, calib: torch.Tensor) -> IntegerModel:
+    path, model, manifest = opened.path, opened.model, opened.manifest
+    assert model is not None and manifest is not None
     if not expressible(model):
         raise UserError(f"{path}: in-place weights need a sequential model of Linear/Conv2d/ReLU/MaxPool2d/"
                         "Flatten layers")
@@ -138,9 +129,11 @@ def _compact(path: Path, calib: torch.Tensor) -> Source:
     full = build_qdq(model, ranges, tuple(manifest.input_shape), set(scales), quantize_logits=True, scales=scales)
     note = (f"{path.suffix} decoded and quantized to INT8 as its weights are stored (shared values under one "
             "scale per layer, packed codes under their own steps), activations calibrated on 512 training images")
-    return Source(full, path.parent.name, manifest, [note])
+    return IntegerModel(full, path.parent.name, manifest, [note])
 
 
 def decoded(path: Path) -> nn.Module:
-    """The float model a compact file decodes to (the artifact's own accuracy is measured on it)."""
-    return open_compact(path)[0]
+    """The float model a compressed file decodes to (the artifact's own accuracy is measured on it)."""
+    model = open_artifact(path, tuple(DECODERS), READER).model
+    assert model is not None
+    return model

@@ -14,7 +14,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ import torch
 
 from deepshrink import quiet
 from deepshrink.progress import Progress, null_progress
+from deepshrink.provenance import all_cores
 
 # A runner maps an input batch to logits; a factory makes one per (threads, device).
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -53,10 +54,6 @@ class LatencyConfig:
     repeats: int = 10
     single_calls: int = 1000
     devices: tuple[str, ...] = ("cpu",)  # "cuda" added when present
-
-
-def all_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @contextmanager
@@ -111,19 +108,21 @@ WARMUP_BATCHES = 8
 RACE_ROUNDS = 3
 
 
-def _racing(out: dict[str, list[float]], live: list[str], drop_above: float) -> list[str]:
-    """The runners still in the race: within `drop_above` times the fastest median so far."""
+def _racing(out: dict[str, list[float]], live: list[str], drop_above: float, keep: Collection[str] = ()) -> list[str]:
+    """The runners still in the race: within `drop_above` times the fastest median so far, and those in `keep`
+    (a choice's incumbent: what every challenger is compared with round by round)."""
     medians = {k: statistics.median(out[k]) for k in live}
     fastest = min(medians.values())
-    return [k for k in live if medians[k] <= drop_above * fastest]
+    return [k for k in live if k in keep or medians[k] <= drop_above * fastest]
 
 
 def time_passes(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], batch: int,
-                repeats: int, drop_above: float = math.inf) -> dict[str, list[float]]:
+                repeats: int, drop_above: float = math.inf, keep: Collection[str] = ()) -> dict[str, list[float]]:
     """µs per image of each of `repeats` batched passes per runner, after a warm-up of up to
     `WARMUP_BATCHES` batches each, each pass led by one untimed batch. Passes are interleaved runner by
     runner, so load hits all alike, in an order shuffled every round (`_order`); a runner far behind
-    after `RACE_ROUNDS` rounds stops there (`drop_above`, for choices; the tables time every round)."""
+    after `RACE_ROUNDS` rounds stops there (`drop_above`, for choices, never one in `keep`; the tables time
+    every round)."""
     for k, run in runners.items():
         _pass(run, xs[k][: batch * WARMUP_BATCHES], batch)
     out: dict[str, list[float]] = {k: [] for k in runners}
@@ -136,7 +135,7 @@ def time_passes(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], bat
             runners[k](xs[k][:batch])
             out[k].append(_pass(runners[k], xs[k], batch) / len(xs[k]) * 1e6)
         if r + 1 >= RACE_ROUNDS:
-            live = _racing(out, live, drop_above)
+            live = _racing(out, live, drop_above, keep)
     return out
 
 
@@ -166,16 +165,16 @@ def _singles(run: Runner, x: np.ndarray, calls: int, offset: int) -> list[float]
 
 
 def time_singles(runners: Mapping[str, Runner], xs: Mapping[str, np.ndarray], calls: int,
-                 chunk: int = 100, drop_above: float = math.inf) -> dict[str, list[float]]:
+                 chunk: int = 100, drop_above: float = math.inf, keep: Collection[str] = ()) -> dict[str, list[float]]:
     """µs of each of `calls` batch-1 calls per runner, interleaved in chunks of `chunk` calls; a runner
-    far behind after `RACE_ROUNDS` chunks stops there (`drop_above`, as in `time_passes`)."""
+    far behind after `RACE_ROUNDS` chunks stops there (`drop_above` and `keep`, as in `time_passes`)."""
     out: dict[str, list[float]] = {k: [] for k in runners}
     live = list(runners)
     for r, start in enumerate(range(0, calls, chunk)):
         for k in _order(live, r):
             out[k] += _singles(runners[k], xs[k], min(chunk, calls - start), start)
         if r + 1 >= RACE_ROUNDS:
-            live = _racing(out, live, drop_above)
+            live = _racing(out, live, drop_above, keep)
     return out
 
 

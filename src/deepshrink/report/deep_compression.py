@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepshrink.export.dsz import describe
+from deepshrink.export.formats.dsz import describe
 from deepshrink.report.rundata import Row, RunData
 from deepshrink.report.seeds import groups, pm
 

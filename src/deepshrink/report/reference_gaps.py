@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepshrink.errors import UserError
-from deepshrink.export.container import read_container
-from deepshrink.export.dsonnx import MAGIC as DSONNX_MAGIC
-from deepshrink.export.packed import MAGIC as PACKED_MAGIC
-from deepshrink.export.sparse import MAGIC as SPARSE_MAGIC
+from deepshrink.export.formats.container import read_container
+from deepshrink.export.formats.dsonnx import MAGIC as DSONNX_MAGIC
+from deepshrink.export.formats.dsparse import MAGIC as SPARSE_MAGIC
+from deepshrink.export.formats.dsq import MAGIC as PACKED_MAGIC
 from deepshrink.report.numbers import count, fixed, kib, num, sig
 from deepshrink.report.reference import ref
 from deepshrink.report.rundata import Row, RunData

@@ -120,7 +120,7 @@ class RunData:
                       best.get("reference", ""))
 
     def dense_timing(self, variant: str) -> Timing | None:
-        """ONNX Runtime's time of the file (a sparse or packed file decoded to a dense model), only where
+        """ONNX Runtime's time of the file (a sparse or .dsq file decoded to a dense model), only where
         the file ships on another runtime."""
         shipped = self.timing(variant)
         dense = self.timing(variant, "onnxruntime")

@@ -16,15 +16,7 @@ from deepshrink.report.reference import BEST, ref
 from deepshrink.report.rundata import LayerCount, Row, RunData, Timing, ok
 from deepshrink.report.seeds import column, groups, mean_std, per_seed, pm
 from deepshrink.report.shipped import SLOWER, shipped_table_rows
-from deepshrink.report.specs import (
-    BEST_CHOICE,
-    DS_NAME,
-    FUTURE,
-    LAYER_TABLES,
-    MAIN_TABLES,
-    MODEL_NAME,
-    Spec,
-)
+from deepshrink.report.specs import BEST_CHOICE, DS_NAME, FUTURE, LAYER_TABLES, MAIN_TABLES, MODEL_NAME, Spec
 
 __all__ = ["READING", "Comparison", "RunData", "Table", "build_tables", "cell", "ok"]
 

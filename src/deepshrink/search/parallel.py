@@ -31,9 +31,8 @@ from deepshrink import quiet
 from deepshrink.checkpoint import load_checkpoint
 from deepshrink.data import load_dataset
 from deepshrink.errors import UserError
-from deepshrink.measure.latency import all_cores
 from deepshrink.progress import Progress
-from deepshrink.provenance import cpu_model
+from deepshrink.provenance import all_cores, cpu_model
 from deepshrink.search.budget import Budget
 from deepshrink.search.trial import Env, Outcome, evaluate_trial, validation_view, weights_hash
 from deepshrink.study.cache import failure_reason
@@ -108,7 +107,7 @@ def _build(setup: Setup) -> Env:
     checkpoint, out = Path(setup.checkpoint), Path(setup.out)
     data = load_dataset(setup.dataset, Path(setup.data_dir) if setup.data_dir else None, allow_empty_classes=True)
     model, manifest = load_checkpoint(checkpoint)
-    base = Variant(variant_id(manifest.dataset, manifest.model, []), model, manifest, seed=setup.seed)
+    base = Variant(variant_id(manifest.dataset, manifest.display, []), model, manifest, seed=setup.seed)
     ctx = StepContext(data=data, device=setup.device, seed=setup.seed, progress=Progress(enabled=False),
                       cache_dir=out / "cache" / "steps")
     # Its own folder: workers measure the baseline at the same time (node and pid: nodes may share `out`).

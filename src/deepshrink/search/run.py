@@ -17,7 +17,7 @@ from deepshrink import provenance
 from deepshrink.checkpoint import load_checkpoint, read_manifest
 from deepshrink.data import DataSplits, load_dataset
 from deepshrink.errors import UserError
-from deepshrink.export.int8 import SMALLEST
+from deepshrink.export.exporters.int8 import SMALLEST
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 from deepshrink.report import render_report
@@ -92,7 +92,7 @@ def _run(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions, data:
     # Only the per-layer sparsity templates read the curves (a structured search skips their 3 minutes on resnet8).
     curves = layer_curves(model, data, out) if set(templates) & PER_LAYER else []
     opts = dataclasses.replace(opts, space=_shaped(opts.space, curves, info, budget, found))
-    base = Variant(variant_id(manifest.dataset, manifest.model, []), model, manifest, seed=opts.seed)
+    base = Variant(variant_id(manifest.dataset, manifest.display, []), model, manifest, seed=opts.seed)
     started = time.perf_counter()
     with Progress(enabled=not opts.quiet) as progress:
         ctx = StepContext(data=data, device=device, seed=opts.seed, progress=progress,

@@ -11,6 +11,7 @@ from torch import nn
 from deepshrink.compress.prune.sensitivity import DEFAULT_SPARSITIES, pick_layer_sparsities, plot_sensitivity
 from deepshrink.compress.prune.sensitivity import sensitivity as curves
 from deepshrink.data import DataSplits
+from deepshrink.progress import Progress
 from deepshrink.results import read_rows, write_rows
 from deepshrink.search.space import DEPTHWISE_MAX, ModelInfo, model_info
 
@@ -26,9 +27,10 @@ SHAPE_MARGIN = 0.15
 FLOOR_DROP = 1.0
 
 
-def measure_curves(model: nn.Module, data: DataSplits, out: Path) -> list[dict[str, Any]]:
+def measure_curves(model: nn.Module, data: DataSplits, out: Path,
+                   progress: Progress | None = None) -> list[dict[str, Any]]:
     """The curves, measured and written to `out/sensitivity.csv`."""
-    rows = curves(model, data, sparsities=DEFAULT_SPARSITIES)
+    rows = curves(model, data, sparsities=DEFAULT_SPARSITIES, progress=progress)
     write_rows(out / "sensitivity.csv", rows, COLUMNS)
     return rows
 
@@ -61,10 +63,11 @@ def layer_floors(rows: list[dict[str, Any]], info: ModelInfo) -> dict[str, float
     return suggest(rows, info, FLOOR_DROP)
 
 
-def run_sensitivity(model: nn.Module, data: DataSplits, out: Path, drop: float, title: str = "") -> dict[str, Any]:
+def run_sensitivity(model: nn.Module, data: DataSplits, out: Path, drop: float, title: str = "",
+                    progress: Progress | None = None) -> dict[str, Any]:
     """Curves, plot and the suggested step for `model`; {rows, suggested, step, csv, plot}."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = measure_curves(model, data, out)  # the command always measures anew
+    rows = measure_curves(model, data, out, progress)  # the command always measures anew
     plot = plot_sensitivity(rows, out / "sensitivity.png", title)
     fractions = suggest(rows, model_info(model), drop)
     return {"rows": rows, "suggested": fractions, "step": step_text(fractions), "csv": out / "sensitivity.csv",

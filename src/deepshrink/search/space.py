@@ -193,7 +193,7 @@ def quantize_alone(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str
 
 @template("pq")
 def prune_quantize(draw: Draw, info: ModelInfo, space: SearchSpace) -> tuple[str, ...]:
-    """prune -> INT8: a packed integer file, or the sparse runtime where it is faster."""
+    """prune -> INT8: a sparse integer file (.dsonnx), or the sparse runtime where it is faster."""
     method = draw.choice("method", ("ptq", "qat"))
     return _prune(draw, info, space), f"quantize:precision=int8,method={method}"
 

@@ -95,7 +95,7 @@ class Env:
 
     def _id(self, steps: tuple[str, ...]) -> str:
         m = self.base.manifest
-        return variant_id(m.dataset, m.model, list(steps))
+        return variant_id(m.dataset, m.display, list(steps))
 
     def hopeless_below(self) -> float:
         """The validation accuracy under which a half-done trial cannot end within the drop budget."""

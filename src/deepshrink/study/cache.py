@@ -17,11 +17,10 @@ from filelock import FileLock
 
 from deepshrink.checkpoint import atomic_write_bytes, load_checkpoint, paths_for, save_checkpoint
 from deepshrink.errors import UserError
-from deepshrink.export import Deployment
 from deepshrink.study.plan import step_key
 from deepshrink.study.recipe import BASELINE_PLACEHOLDER
 from deepshrink.train import TrainLog
-from deepshrink.variant import Variant
+from deepshrink.variant import Deployment, Variant
 
 
 def save_cached(folder: Path, v: Variant, seconds: float) -> None:

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 from deepshrink import quiet
 from deepshrink.errors import UserError
-from deepshrink.measure.latency import all_cores
 from deepshrink.progress import Progress
+from deepshrink.provenance import all_cores
 from deepshrink.study.cache import failure_reason
 from deepshrink.study.plan import StudyOptions, Unit, Work, pending
 from deepshrink.study.recipe import Recipe

@@ -24,8 +24,8 @@ from deepshrink import provenance
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.data import DataSplits, load_dataset
 from deepshrink.errors import UserError
-from deepshrink.measure.latency import all_cores
 from deepshrink.progress import Progress
+from deepshrink.provenance import all_cores
 from deepshrink.results import RESULTS_COLUMNS, TABLES, read_rows, upsert, write_rows
 from deepshrink.results import lock as results_lock
 from deepshrink.study import unit as unit_module

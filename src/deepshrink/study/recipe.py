@@ -15,7 +15,7 @@ from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.config import coerce
 from deepshrink.data import check_name
 from deepshrink.errors import UserError, malformed
-from deepshrink.export.deploy import DEFAULT_MARGIN, check_margin
+from deepshrink.export.choice import DEFAULT_MARGIN, check_margin
 from deepshrink.mcu.toolchain import TARGETS
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig
 from deepshrink.models import check_model_name

@@ -1,5 +1,6 @@
 """The one place that knows the whole sequence: config -> data -> baseline -> steps -> export ->
-measure -> result files -> report. `train`, `compress` and `study` (CLI and Python API) call into here.
+measure -> result files -> report. The API's `train`, `compress` and `study` (and through them the CLI's)
+call into here.
 """
 
 import copy
@@ -15,13 +16,14 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from deepshrink import provenance
-from deepshrink.compress import apply, parse_step
+from deepshrink.compress import apply
 from deepshrink.compress.distill import control_of
-from deepshrink.data import DataSplits, check_name, load_dataset
+from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
-from deepshrink.measure.latency import LatencyConfig, all_cores, measure_latency
-from deepshrink.models import check_model_name
+from deepshrink.export.choice import DEFAULT_MARGIN
+from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress
+from deepshrink.provenance import all_cores
 from deepshrink.report import render_report
 from deepshrink.results import TABLES, finished, read_rows, remove_variant
 from deepshrink.study.executor import Executor, LocalExecutor, wait_for_orphans
@@ -29,7 +31,6 @@ from deepshrink.study.plan import StudyOptions, code_version, plan, units
 from deepshrink.study.preflight import check_study
 from deepshrink.study.ray_executor import RayExecutor
 from deepshrink.study.recipe import Recipe, load_recipe
-from deepshrink.study.trained import Source, on_graph, open_source
 from deepshrink.study.variant import Measured, measure_variant, train_baseline, write_measured
 from deepshrink.train import TrainConfig
 from deepshrink.variant import StepContext, Variant, slug, variant_id
@@ -47,25 +48,16 @@ def _latency(device: str, latency: LatencyConfig | None) -> LatencyConfig:
     return latency or LatencyConfig(devices=("cpu", "cuda") if device == "cuda" else ("cpu",))
 
 
-def run_train(dataset: str, model_name: str, cfg: TrainConfig, out: Path, data_dir: Path | None = None,
-              device: str = "auto", latency: LatencyConfig | None = None, quiet: bool = False,
-              model_args: dict[str, Any] | None = None, allow_empty_classes: bool = False) -> dict[str, Any]:
-    """`deepshrink train`: one baseline, exported and measured, written as a run directory."""
-    check_name(dataset)  # fail fast on a bad name or model before loading data
-    check_model_name(model_name)
-    data = load_dataset(dataset, data_dir, allow_empty_classes=allow_empty_classes)
-    return train_measured(model_name, data, cfg, out, device, latency, quiet, model_args)[0].row
-
-
 def train_measured(model: str | nn.Module, data: DataSplits, cfg: TrainConfig, out: Path, device: str = "auto",
                    latency: LatencyConfig | None = None, quiet: bool = False,
-                   model_args: dict[str, Any] | None = None) -> tuple[Measured, Variant]:
+                   model_args: dict[str, Any] | None = None,
+                   choice_margin: float = DEFAULT_MARGIN) -> tuple[Measured, Variant]:
     """Train a baseline (a model name or reference, or a module of the caller's), export and measure it,
     and write its rows and provenance to `out`."""
     device = resolve_device(device)
     with Progress(enabled=not quiet) as progress:
         variant = train_baseline(data.name, model, cfg, data, device, progress, model_args=model_args)
-        measured = measure_variant(variant, data, out)
+        measured = measure_variant(variant, data, out, choice_margin=choice_margin)
         lat = measure_latency([(variant.id, measured.artifact)], data.test_x.numpy(), _latency(device, latency),
                               progress)
     write_measured(out, [measured], lat)
@@ -73,45 +65,52 @@ def train_measured(model: str | nn.Module, data: DataSplits, cfg: TrainConfig, o
     return measured, variant
 
 
-def run_compress(checkpoint: Path | Source, steps: list[str], out: Path, data_dir: Path | None = None,
-                 device: str = "auto", latency: LatencyConfig | None = None, quiet: bool = False,
-                 seed: int = 0) -> dict[str, Any]:
-    """`deepshrink compress`: a chain of steps applied to a trained model (a checkpoint, an `.onnx` file, or a
-    reference with its weights), measured beside it; a distilled student is measured beside its no-teacher
-    control."""
-    src = checkpoint if isinstance(checkpoint, Source) else Source(path=checkpoint)
-    configs = [parse_step(s) for s in steps]  # every step validated before any work starts
-    if src.path is not None and src.path.suffix == ".onnx" and on_graph(configs):
-        src = dataclasses.replace(src, graph=True)  # ONNX Runtime's quantizer on the file as it came
-    base, data = open_source(src, data_dir, seed)
-    measured = compress_measured(base, configs, data, out, device, latency, quiet, seed)
-    main = dict(measured[1][0].row)
-    if len(measured) > 2:
-        main["control"] = measured[2][0].row  # not a results.csv column: the rows are already written
-    return main
-
-
 def compress_measured(base: Variant, configs: list[Any], data: DataSplits, out: Path, device: str = "auto",
-                      latency: LatencyConfig | None = None, quiet: bool = False,
-                      seed: int = 0) -> list[tuple[Measured, Variant]]:
+                      latency: LatencyConfig | None = None, quiet: bool = False, seed: int = 0,
+                      choice_margin: float = DEFAULT_MARGIN) -> list[tuple[Measured, Variant]]:
     """[baseline, compressed, (no-teacher control)], each measured from what ships and timed together."""
     device = resolve_device(device)
     chains = [configs] + [[c] for c in [control_of(configs)] if c is not None]
     with Progress(enabled=not quiet) as progress:
-        base_m = measure_variant(base, data, out)
+        base_m = measure_variant(base, data, out, choice_margin=choice_margin)
         ctx = StepContext(data=data, device=device, seed=seed, progress=progress, cache_dir=out / "cache")
         measured = [(base_m, base)]
         for chain in chains:
             v = Variant(base.id, copy.deepcopy(base.model), copy.deepcopy(base.manifest), seed=seed)
             for cfg in chain:
                 v = apply(v, cfg, ctx)
-            v.id = variant_id(base.manifest.dataset, base.manifest.model, v.manifest.pipeline)
-            measured.append((measure_variant(v, data, out, baseline=(base.id, base_m.row["accuracy_pct"])), v))
+            v.id = variant_id(base.manifest.dataset, base.manifest.display, v.manifest.pipeline)
+            measured.append((measure_variant(v, data, out, baseline=(base.id, base_m.row["accuracy_pct"]),
+                                             choice_margin=choice_margin), v))
         lat = measure_latency([(m.row["variant"], m.artifact) for m, _ in measured], data.test_x.numpy(),
                               _latency(device, latency), progress)
     write_measured(out, [m for m, _ in measured], lat)
     provenance.write(out, data=data, device=device, seeds={"compress": seed})
     return measured
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What a stage may use beside the run directory and the recipe: the study's own options."""
+
+    data_dir: Path | None
+    device: str
+    quiet: bool
+    address: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """Work a recipe section asks for after the study's variants (its `[search]`): `check` validates the
+    section with the recipe, before any work (None: the recipe has no such section), and `run` does it
+    before the report. Packages above this one register theirs in STAGES (search/recipe.py), so every
+    way into a study runs them."""
+
+    check: Callable[[Recipe], Any]
+    run: Callable[[Path, Recipe, Any, StageContext], Any]
+
+
+STAGES: dict[str, Stage] = {}
 
 
 def _clear(run_dir: Path) -> None:
@@ -194,6 +193,7 @@ def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None =
     """`deepshrink study`: validate the recipe and every input it names, run what is not yet done, render the
     report."""
     recipe = load_recipe(recipe_name, list(overrides))  # every problem surfaces before any work
+    staged = {name: stage.check(recipe) for name, stage in STAGES.items()}
     jobs = recipe.jobs if jobs is None else jobs
     runner = create_executor(executor, jobs, address)
     out = out or Path("runs") / slug(recipe.name)
@@ -201,5 +201,9 @@ def run_study(recipe_name: str, out: Path | None = None, data_dir: Path | None =
                         allow_empty_classes=allow_empty_classes)
     check_study(recipe, opts)  # data, model references, checkpoints: exit 2 before anything is trained
     statuses = execute(recipe, opts, runner, jobs=jobs, fresh=fresh)
+    ctx = StageContext(data_dir, opts.device, quiet, address)
+    for name, stage in STAGES.items():
+        if staged[name] is not None:
+            stage.run(out, recipe, staged[name], ctx)
     render_report(out)
     return out, statuses

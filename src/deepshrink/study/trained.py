@@ -16,10 +16,11 @@ from deepshrink.compress.quantize import QuantizeConfig
 from deepshrink.data import DataSplits, check_name, load_dataset
 from deepshrink.data.normalize import Norm, for_channels, parse_normalize, renormalize
 from deepshrink.errors import UserError
-from deepshrink.export.onnx_file import read_onnx
-from deepshrink.export.onnx_graph import REFERENCE as GRAPH_REFERENCE
-from deepshrink.export.onnx_graph import graph_of
-from deepshrink.export.onnx_torch import REFERENCE, convert
+from deepshrink.ingest.onnx_file import read_onnx
+from deepshrink.ingest.onnx_graph import REFERENCE as GRAPH_REFERENCE
+from deepshrink.ingest.onnx_graph import graph_of
+from deepshrink.ingest.onnx_to_torch import REFERENCE, convert
+from deepshrink.ingest.state_dict import load_weights, read_state_dict
 from deepshrink.models import (
     build_unsized,
     canonical,
@@ -30,7 +31,6 @@ from deepshrink.models import (
     reference_of,
 )
 from deepshrink.variant import Variant, variant_id
-from deepshrink.weights import load_weights, read_state_dict
 
 # A trained model brings its own classes: the data is measured against them, not checked for gaps.
 ALLOW_EMPTY = True
@@ -39,8 +39,8 @@ TRAINED = {"trained_by": "the user (weights given, no training run)"}
 
 
 @dataclass(frozen=True)
-class Source:
-    """What `deepshrink compress` was given: a checkpoint or `.onnx` path, or a model reference + weights."""
+class BroughtModel:
+    """What `compress` was given: a checkpoint or `.onnx` path, or a model reference + weights."""
 
     path: Path | None = None
     model: str | None = None
@@ -63,14 +63,15 @@ def _norm(text: str | None) -> Norm | None:
 
 
 def _variant(model: nn.Module, ref: str, args: dict[str, Any], data: DataSplits, norm: Norm | None,
-             seed: int = 0) -> tuple[Variant, DataSplits]:
-    """A baseline Variant of an already trained module, and the data normalized as it was trained."""
+             seed: int = 0, name: str = "") -> tuple[Variant, DataSplits]:
+    """A baseline Variant of an already trained module, and the data normalized as it was trained; `name`: its
+    short name when the reference does not say it (an ONNX file's stem, not the converter's function)."""
     mean, std = for_channels(norm, data.input_shape[0]) if norm else (data.mean, data.std)
     data = renormalize(data, (mean, std))
     check_output(model, ref, data.input_shape, data.num_classes)
     manifest = Manifest(model=ref, dataset=data.name, input_shape=list(data.input_shape), num_classes=data.num_classes,
-                        mean=list(mean), std=list(std), train=dict(TRAINED), model_args=dict(args))
-    return Variant(variant_id(data.name, ref, []), model.eval(), manifest, seed=seed), data
+                        mean=list(mean), std=list(std), train=dict(TRAINED), model_args=dict(args), name=name)
+    return Variant(variant_id(data.name, manifest.display, []), model.eval(), manifest, seed=seed), data
 
 
 def module_variant(model: nn.Module, data: DataSplits, normalize: str | Norm | None = None,
@@ -83,15 +84,19 @@ def module_variant(model: nn.Module, data: DataSplits, normalize: str | Norm | N
     return _variant(model, ref, args, data, norm, seed)
 
 
-def _need_dataset(src: Source, what: str) -> str:
+def _data(src: BroughtModel, what: str, data_dir: Path | None, data: DataSplits | None) -> DataSplits:
+    """The data given as loaded, else by `src.dataset` (which the caller must name)."""
+    if data is not None:
+        return data
     if not src.dataset:
         raise UserError(f"{what}: pass --dataset (the data to measure it on)")
     check_name(src.dataset)
-    return src.dataset
+    return load_dataset(src.dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
 
 
-def open_source(src: Source, data_dir: Path | None = None, seed: int = 0) -> tuple[Variant, DataSplits]:
-    """The baseline and its data for `deepshrink compress`, whichever way the model came."""
+def brought_variant(src: BroughtModel, data_dir: Path | None = None, seed: int = 0,
+                    data: DataSplits | None = None) -> tuple[Variant, DataSplits]:
+    """The baseline and its data for `compress`, whichever way the model came (`data`: already loaded)."""
     if src.model is not None:
         if src.path is not None:
             raise UserError(f"{src.path}: give either a checkpoint/.onnx file or --model with --weights, not both")
@@ -99,7 +104,7 @@ def open_source(src: Source, data_dir: Path | None = None, seed: int = 0) -> tup
             raise UserError(f"--model {src.model}: pass --weights FILE (.safetensors, .pt or .pth state dict)")
         check_model_name(src.model)
         state = read_state_dict(src.weights)  # a refused file is said before any data is looked for
-        data = load_dataset(_need_dataset(src, f"--model {src.model}"), data_dir, allow_empty_classes=ALLOW_EMPTY)
+        data = _data(src, f"--model {src.model}", data_dir, data)
         model = load_weights(create_model(src.model, data, **src.model_args), src.weights, state)
         return _variant(model, canonical(src.model), src.model_args, data, _norm(src.normalize), seed)
     if src.path is None:
@@ -107,16 +112,19 @@ def open_source(src: Source, data_dir: Path | None = None, seed: int = 0) -> tup
     if src.weights is not None:
         raise UserError(f"--weights {src.weights}: needs --model (the architecture the weights fit)")
     if src.path.suffix == ".onnx":
-        return _onnx(src, data_dir, seed)
-    return _checkpoint(src, data_dir, seed)
+        return _onnx(src, data_dir, seed, data)
+    return _checkpoint(src, data_dir, seed, data)
 
 
-def _onnx(src: Source, data_dir: Path | None, seed: int) -> tuple[Variant, DataSplits]:
+def _onnx(src: BroughtModel, data_dir: Path | None, seed: int, data: DataSplits | None) -> tuple[Variant, DataSplits]:
     assert src.path is not None
-    dataset = _need_dataset(src, str(src.path))
+    if data is None and not src.dataset:
+        raise UserError(f"{src.path}: pass --dataset (the data to measure it on)")
+    if data is None:
+        check_name(str(src.dataset))  # a bad name is said before the file is converted
     model, ref = _convert(src.path, src.graph)
-    data = load_dataset(dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
-    return _variant(model, ref, {"path": str(src.path.resolve())}, data, _norm(src.normalize), seed)
+    data = _data(src, str(src.path), data_dir, data)
+    return _variant(model, ref, {"path": str(src.path.resolve())}, data, _norm(src.normalize), seed, src.path.stem)
 
 
 def _convert(path: Path, graph: bool = False) -> tuple[nn.Module, str]:
@@ -133,7 +141,7 @@ def onnx_variant(path: Path, data: DataSplits, normalize: str | Norm | None = No
     """The API's ONNX classifier file as a baseline on `data` (`graph`: kept as its own graph, see on_graph)."""
     norm = _norm(normalize) if isinstance(normalize, str) else normalize
     model, ref = _convert(path, graph)
-    return _variant(model, ref, {"path": str(path.resolve())}, data, norm, seed)
+    return _variant(model, ref, {"path": str(path.resolve())}, data, norm, seed, path.stem)
 
 
 def load_model(ref: str, weights: Path | str | None = None, data: Any = None, **model_args: Any) -> nn.Module:
@@ -143,13 +151,15 @@ def load_model(ref: str, weights: Path | str | None = None, data: Any = None, **
     return load_weights(model, Path(weights)) if weights is not None else model
 
 
-def _checkpoint(src: Source, data_dir: Path | None, seed: int) -> tuple[Variant, DataSplits]:
+def _checkpoint(src: BroughtModel, data_dir: Path | None, seed: int,
+                data: DataSplits | None) -> tuple[Variant, DataSplits]:
     """A deepshrink checkpoint: its manifest's normalization unless `--normalize` overrides it."""
     assert src.path is not None
     read_manifest(src.path)
     model, manifest = load_checkpoint(src.path)
-    data = load_dataset(src.dataset or manifest.dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
+    if data is None:
+        data = load_dataset(src.dataset or manifest.dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
     norm = _norm(src.normalize) or (manifest.mean, manifest.std)
     manifest.mean, manifest.std = for_channels(norm, data.input_shape[0])
     data = renormalize(data, (manifest.mean, manifest.std))
-    return Variant(variant_id(manifest.dataset, manifest.model, manifest.pipeline), model, manifest, seed=seed), data
+    return Variant(variant_id(manifest.dataset, manifest.display, manifest.pipeline), model, manifest, seed=seed), data

@@ -13,7 +13,7 @@ from deepshrink import provenance
 from deepshrink.compress import apply, parse_step, step_names
 from deepshrink.config import default_train
 from deepshrink.data import DataSplits, load_dataset
-from deepshrink.export import Artifact, Deployment, ExportContext, export
+from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.measure import energy
 from deepshrink.measure.latency import measure_latency
 from deepshrink.progress import Progress
@@ -24,7 +24,7 @@ from deepshrink.study.plan import StudyOptions, Unit, Work, baseline_key, pin_co
 from deepshrink.study.recipe import CANONICAL_STEPS, Recipe
 from deepshrink.study.variant import Measured, measure_mcu, measure_variant, record, record_failure, train_baseline
 from deepshrink.train import TrainConfig
-from deepshrink.variant import StepContext, Variant, variant_id
+from deepshrink.variant import Deployment, StepContext, Variant, variant_id
 
 UnitResult = list[tuple[str, str]]  # (variant id, status)
 

@@ -13,7 +13,7 @@ from deepshrink.checkpoint import Manifest, save_checkpoint
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export import Artifact, ExportContext, export
-from deepshrink.export.deploy import DEFAULT_MARGIN
+from deepshrink.export.choice import DEFAULT_MARGIN
 from deepshrink.mcu import McuOptions, build_mcu
 from deepshrink.mcu.measure import eval_data
 from deepshrink.measure import energy, power
@@ -79,7 +79,7 @@ def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float
     sparse = bool(artifact.info.get("sparse"))
     est = energy.estimate(macs_nz if sparse else macs, artifact.size_bytes, artifact.precision, sram_budget)
     row = {
-        "variant": v.id, "dataset": v.manifest.dataset, "model": v.manifest.model,
+        "variant": v.id, "dataset": v.manifest.dataset, "model": v.manifest.name or v.manifest.model,
         "pipeline": " | ".join(v.manifest.pipeline), "precision": artifact.precision,
         "sparsity": 1.0 - nonzero / total if total else 0.0, "params_total": total, "params_nonzero": nonzero,
         "size_bytes": artifact.size_bytes, "size_kb": artifact.size_bytes / 1000.0,

@@ -36,10 +36,9 @@ from deepshrink.compress.distill.teacher import (
 from deepshrink.compress.registry import apply, register_step
 from deepshrink.config import default_train, family_augment, parse_kwargs
 from deepshrink.errors import UserError
-from deepshrink.export.base import Deployment
 from deepshrink.models import MODELS, canonical, check_model_name, create_model, is_reference
 from deepshrink.train import AUGMENTS, Objective, TrainConfig, TrainLog, cross_entropy, evaluate, fit
-from deepshrink.variant import StepContext, Variant, variant_id
+from deepshrink.variant import Deployment, StepContext, Variant, variant_id
 
 __all__ = [
     "CONTROLS",
@@ -285,7 +284,7 @@ def distill_with_control(v: Variant, cfg: DistillConfig, ctx: StepContext) -> tu
     pair = []
     for c in (cfg, control):
         out = apply(v, c, ctx)
-        out.id = variant_id(v.manifest.dataset, v.manifest.model, out.manifest.pipeline)
+        out.id = variant_id(v.manifest.dataset, v.manifest.display, out.manifest.pipeline)
         pair.append(out)
     return pair[0], pair[1]
 
@@ -298,10 +297,10 @@ def distillation_table(teachers: list[Variant], cfg: DistillConfig, ctx: StepCon
         return []
     first = teachers[0]
     scratch = apply(first, scratch_config(cfg), ctx)
-    scratch.id = variant_id(first.manifest.dataset, scratch.manifest.model, ["scratch", *scratch.manifest.pipeline])
+    scratch.id = variant_id(first.manifest.dataset, scratch.manifest.display, ["scratch", *scratch.manifest.pipeline])
     out = [scratch]
     for t in teachers:
         kd = apply(t, dataclasses.replace(cfg, teacher=""), ctx)
-        kd.id = variant_id(t.manifest.dataset, t.manifest.model, kd.manifest.pipeline)
+        kd.id = variant_id(t.manifest.dataset, t.manifest.display, kd.manifest.pipeline)
         out.append(kd)
     return out

@@ -11,6 +11,7 @@ from torch import nn
 
 from deepshrink.compress.prune.masks import apply_masks, compute_masks, prunable_layers
 from deepshrink.data import DataSplits
+from deepshrink.progress import Progress, null_progress
 from deepshrink.train import evaluate
 
 DEFAULT_SPARSITIES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -18,19 +19,24 @@ DEFAULT_SPARSITIES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 def sensitivity(model: nn.Module, data: DataSplits, layers: Sequence[str] | None = None,
                 sparsities: Sequence[float] = DEFAULT_SPARSITIES, saliency: str = "magnitude",
-                split: str = "val") -> list[dict[str, Any]]:
+                split: str = "val", progress: Progress | None = None) -> list[dict[str, Any]]:
     """Rows {layer, sparsity, accuracy_pct, saliency, split}: one layer pruned, the others intact.
 
     Validation split by default: these curves pick per-layer ratios, which is tuning.
     """
     x, y = (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
+    names = list(layers or prunable_layers(model))
+    progress = progress or null_progress()
+    task = progress.add("sensitivity", total=len(names) * len(sparsities))
     rows = []
-    for layer in layers or prunable_layers(model):
+    for layer in names:
         for s in sparsities:
             pruned = copy.deepcopy(model)
             apply_masks(pruned, compute_masks(pruned, saliency, s, "layer", [layer], data))
             rows.append({"layer": layer, "sparsity": s, "accuracy_pct": evaluate(pruned, x, y),
                          "saliency": saliency, "split": split})
+            progress.update(task, advance=1)
+    progress.finish(task)
     return rows
 
 

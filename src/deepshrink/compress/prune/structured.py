@@ -23,8 +23,8 @@ from deepshrink.compress.prune.units import (
 from deepshrink.compress.registry import register_step
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
-from deepshrink.export.qgraph import expressible
 from deepshrink.models import weight_of, weighted_layers
+from deepshrink.quant.plan import expressible
 from deepshrink.train import TrainConfig, fit
 from deepshrink.variant import StepContext, Variant
 

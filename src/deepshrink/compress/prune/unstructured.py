@@ -24,9 +24,9 @@ from deepshrink.compress.prune.masks import (
 from deepshrink.compress.registry import register_step
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
-from deepshrink.export import EXPORTERS, Deployment
+from deepshrink.export import EXPORTERS
 from deepshrink.train import TrainConfig, TrainLog, fit
-from deepshrink.variant import StepContext, Variant
+from deepshrink.variant import Deployment, StepContext, Variant
 
 SCOPES = ("layer", "global")
 

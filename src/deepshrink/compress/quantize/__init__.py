@@ -1,7 +1,7 @@
 """The `quantize` step (SPEC §5): FP64/FP32/FP16 casts, INT8 post-training (static, calibrated) and
 quantization-aware, and sub-8-bit weights with learned clipping (LSQ).
 
-What ships is always a real reduced-precision file (see export/qdq, export/int8, export/packed): an
+What ships is always a real reduced-precision file (export/formats and export/exporters): an
 integer QDQ ONNX model run by ONNX Runtime, an FP16/FP64 ONNX model, or a bit-packed weight file
 whose decoded weights are what gets measured. The variant's checkpoint keeps float weights (for
 INT8 the float weights the integer file is quantized from; for sub-8-bit and FP16 the exact
@@ -28,13 +28,13 @@ from deepshrink.compress.quantize.qat import (
 from deepshrink.compress.registry import register_step
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
-from deepshrink.export.base import Deployment
-from deepshrink.export.int8 import DEPLOY_CHOICES
-from deepshrink.export.qgraph import expressible, observe_ranges, quantize_weight
+from deepshrink.export.exporters.int8 import DEPLOY_CHOICES
 from deepshrink.models import weight_of, weighted_layers
+from deepshrink.quant.plan import expressible, observe_ranges
+from deepshrink.quant.scales import quantize_weight
 from deepshrink.registry import Registry
 from deepshrink.train import Callback, fit
-from deepshrink.variant import StepContext, Variant
+from deepshrink.variant import Deployment, StepContext, Variant
 
 PRECISIONS = ("fp64", "fp32", "fp16", "int8")
 METHODS = ("ptq", "qat")
@@ -183,12 +183,12 @@ def _qat_subbyte_graph(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> tup
 
 @torch.no_grad()
 def _pack(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> Deployment:
-    """Snap the weights onto their grid so the checkpoint holds exactly what the packed file decodes to."""
+    """Snap the weights onto their grid so the checkpoint holds exactly what the .dsq file decodes to."""
     qmax = 2 ** (bits - 1) - 1
     for name, _ in weighted_layers(model):
         w, s = weight_of(model, name), steps[name]
         w.copy_(quantize_weight(w, s, qmax) * s.reshape(-1, *([1] * (w.dim() - 1))))
-    return Deployment("packed", (("bits", bits), ("steps", tuple((k, tuple(s.tolist())) for k, s in steps.items()))))
+    return Deployment("dsq", (("bits", bits), ("steps", tuple((k, tuple(s.tolist())) for k, s in steps.items()))))
 
 
 @QUANTIZERS.register("ptq-subbyte")

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from deepshrink.export.qgraph import INPUT, Op, observe_ranges, plan, run_plan, uint8_params, weight_scales
 from deepshrink.models import weight_of, weighted_layers
+from deepshrink.quant.plan import INPUT, Op, observe_ranges, plan, run_plan
+from deepshrink.quant.scales import uint8_params, weight_scales
 
 
 def _ste_round(x: Tensor) -> Tensor:

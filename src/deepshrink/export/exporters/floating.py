@@ -1,8 +1,6 @@
 """Float ONNX artifacts: FP32 (the baseline deployment), FP16 and FP64 (accuracy measured in that dtype)."""
 
 import copy
-import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +10,10 @@ from torch import nn
 
 from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.onnx_graph import OnnxGraph
-from deepshrink.export.runners import onnx_runners, ort_runner, torch_runner
+from deepshrink.export.formats.onnx_float import export_onnx
+from deepshrink.export.runtimes import onnx_runners, ort_runner, torch_runner
+from deepshrink.ingest.onnx_graph import OnnxGraph
 from deepshrink.measure.latency import RunnerFactory
-
-
-def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, dtype: torch.dtype = torch.float32) -> Path:
-    """ONNX with a dynamic batch axis, checked by onnx.checker before it is kept."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    model = copy.deepcopy(model).eval().to(dtype)  # the caller's model keeps its dtype
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated but exports these graphs in ~0.2 s and compactly;
-        # the dynamo exporter takes seconds per model and adds metadata bytes to every file.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example.to(dtype),), str(tmp), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17)
-    onnx.checker.check_model(onnx.load(str(tmp)))
-    os.replace(tmp, path)
-    return path
 
 
 @EXPORTERS.register("fp32")

@@ -4,6 +4,8 @@ runs. Missing and unexpected keys and shape mismatches are named in one line.
 """
 
 import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,14 +18,24 @@ from deepshrink.errors import UserError
 SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
+SAVE_INSTEAD = ("save the weights alone instead: torch.save(model.state_dict(), 'net.pt') or "
+                "safetensors.torch.save_file(model.state_dict(), 'net.safetensors')")
+
+
 def _torch_state(path: Path) -> object:
     try:
-        # weights_only: torch's restricted unpickler admits tensors and containers, never a callable.
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        # weights_only: torch's restricted unpickler admits tensors and containers, never a callable. Its
+        # warnings (an old pickle protocol) would add lines to the one this refusal prints.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise UserError(f"{path}: not a plain state dict (torch.load with weights_only=True refused it: "
-                        f"{type(e).__name__}: {first})") from None
+        # torch's own text is a page of advice (load it unsafely, allowlist globals); the one fact worth
+        # keeping is which object the file pickles.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it pickles {found.group(1)}" if found else f"torch.load(weights_only=True): {type(e).__name__}"
+        raise UserError(f"{path}: not a plain state dict ({what}, which deepshrink never unpickles); "
+                        f"{SAVE_INSTEAD}") from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Sub-8-bit weights stored bit-packed (`packed` deployment), the decoder that reproduces them
-exactly, and the accuracy-vs-bits figure.
+"""The `.dsq` file: sub-8-bit weights stored as bit-packed codes, and the decoder that reproduces them
+exactly.
 
 On the container codec (container.py, stream codec `none`: packed codes barely compress). The header
 lists, per tensor, its name, shape, kind ("codes", or "f32") and stream; codes are signed integers in
@@ -8,27 +8,20 @@ per-output-channel float32 step ("<name>.step"). Decoded weight = code * step in
 forward of the QAT wrapper, so the measured model is the trained one.
 """
 
-import copy
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
-from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.container import Streams, read_container, reader, shape_of
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.qgraph import quantize_weight
-from deepshrink.export.runners import onnx_runners, torch_runner
-from deepshrink.models import weighted_layers
+from deepshrink.export.formats.container import Streams, read_container, reader, shape_of
+from deepshrink.quant.scales import quantize_weight
 
 MAGIC = b"DSQP0002"
-FORMAT = "deepshrink.packed/2"
+FORMAT = "deepshrink.packed/2"  # the format string files written since 2 carry
+WHAT = "bit-packed weight file (.dsq)"
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -44,20 +37,20 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     return (planes << np.arange(bits, dtype=np.uint8)).sum(1).astype(np.uint8)
 
 
-def encode(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> bytes:
-    """The packed file for `model`: weights of weighted layers as codes, all else float32."""
+def encode(state: dict[str, torch.Tensor], bits: int, steps: dict[str, torch.Tensor]) -> bytes:
+    """The .dsq bytes of a state dict: the tensors `steps` names (a weight key -> its per-output-channel
+    step) as `bits`-bit codes, every other tensor float32."""
     qmax = 2 ** (bits - 1) - 1
-    coded = {f"{name}.weight": name for name, _ in weighted_layers(model)}
     header: list[dict[str, Any]] = []
     streams = Streams("none")
 
     def add(name: str, kind: str, shape: Sequence[int], blob: bytes) -> None:
         header.append({"name": name, "kind": kind, "shape": list(shape), "data": streams.add(blob)})
 
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
         t = t.detach().float().cpu()
-        if name in coded:
-            step = steps[coded[name]].float().cpu()
+        if name in steps:
+            step = steps[name].float().cpu()
             codes = quantize_weight(t, step, qmax).numpy().astype(np.int16) + qmax
             add(name, "codes", t.shape, pack_bits(codes, bits))
             add(f"{name}.step", "f32", step.shape, step.numpy().astype("<f4").tobytes())
@@ -66,11 +59,11 @@ def encode(model: nn.Module, bits: int, steps: dict[str, torch.Tensor]) -> bytes
     return streams.pack(MAGIC, {"format": FORMAT, "bits": bits, "tensors": header})
 
 
-@reader("packed weight file")
+@reader(WHAT)
 def decode(blob: bytes, source: str) -> dict[str, torch.Tensor]:
-    """The state dict a packed file holds, weights dequantized as code * step in float32; every size
+    """The state dict a .dsq file holds, weights dequantized as code * step in float32; every size
     the header claims is checked against the file before anything is allocated."""
-    what = "packed weight file"
+    what = WHAT
     head, read = read_container(blob, MAGIC, source, what)
     bits = head.get("bits")
     if type(bits) is not int or not 2 <= bits <= 8 or not isinstance(head.get("tensors"), list):
@@ -97,20 +90,3 @@ def decode(blob: bytes, source: str) -> dict[str, torch.Tensor]:
         step = torch.from_numpy(np.frombuffer(step_data, "<f4").copy())
         state[name] = codes * step.reshape(-1, *([1] * (len(shape) - 1)))
     return state
-
-
-@EXPORTERS.register("packed")
-def export_packed(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
-    """Writes the packed file; runs the model decoded from it (torch, and ONNX Runtime on a float
-    ONNX copy of the decoded weights: the runtime's working form, not what ships)."""
-    bits = int(opts["bits"])
-    steps = {name: torch.tensor(vals) for name, vals in opts["steps"]}
-    path = stem.with_suffix(".dsq")
-    atomic_write_bytes(path, encode(model, bits, steps))
-    decoded = copy.deepcopy(model).float()
-    decoded.load_state_dict(decode(path.read_bytes(), str(path)))
-    onnx_path = export_onnx(copy.deepcopy(decoded), stem.with_name(f"{stem.name}.decoded.onnx"), ctx.example)
-    return Artifact(path=path, kind=f"packed-int{bits}-weights", precision=f"int{bits}-weights",
-                    files={path.name: path.stat().st_size, onnx_path.name: onnx_path.stat().st_size},
-                    runners={**onnx_runners(onnx_path), "torch": torch_runner(decoded)},
-                    info={"weight_bits": bits, "decoded_onnx_bytes": onnx_path.stat().st_size})

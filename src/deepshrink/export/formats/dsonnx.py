@@ -1,11 +1,11 @@
-"""A packed ONNX file for pruned models in any precision (`.dsonnx`): the model that ships when a
+"""A sparse ONNX file for pruned models in any precision (`.dsonnx`): the model that ships when a
 pruned network is then quantized, so "prune + INT8" is smaller than INT8 alone.
 
 An INT8 model of a pruned network keeps its zeros (symmetric quantization maps 0 to 0), but ONNX
 stores them densely. Here every large initializer is stored as its non-zeros only, with the
 container's gap coding (container.py, as `.dsparse`), and the rest of the graph as the ONNX protobuf
 with those initializers emptied; every stream is then lzma-compressed. Unpacking gives back the very
-ONNX bytes that were packed (tested), which ONNX Runtime then loads.
+ONNX bytes that were encoded (tested), which ONNX Runtime then loads.
 """
 
 import numpy as np
@@ -13,21 +13,14 @@ import onnx
 from onnx import numpy_helper
 
 from deepshrink.errors import UserError
-from deepshrink.export.container import (
-    Streams,
-    count_of,
-    encode_positions,
-    positions_end,
-    read_container,
-    reader,
-    scatter,
-)
+from deepshrink.export.formats import container
 
 MAGIC = b"DSONNX01"
+WHAT = "sparse ONNX file (.dsonnx)"
 MIN_ELEMENTS = 1024  # smaller initializers (biases, scales) stay inside the protobuf
 _BITS = {np.dtype(np.int8): np.uint8, np.dtype(np.uint8): np.uint8, np.dtype(np.float32): np.uint32,
          np.dtype(np.float16): np.uint16}
-_NAMES = {str(d) for d in _BITS}  # the dtypes a packed file may name
+_NAMES = {str(d) for d in _BITS}  # the dtypes a .dsonnx file may name
 
 
 def zero_fraction(model_bytes: bytes) -> float:
@@ -42,9 +35,10 @@ def zero_fraction(model_bytes: bytes) -> float:
     return zeros / total if total else 0.0
 
 
-def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
+def encode(model_bytes: bytes, codec: str = "lzma") -> bytes:
+    """The .dsonnx bytes of a serialized ONNX model."""
     m = onnx.load_from_string(model_bytes)
-    streams = Streams(codec)
+    streams = container.Streams(codec)
     add = streams.add
     entries = []
     for i, init in enumerate(m.graph.initializer):
@@ -52,7 +46,7 @@ def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
         if arr.size < MIN_ELEMENTS or arr.dtype not in _BITS or not init.HasField("raw_data"):
             continue
         flat = np.ascontiguousarray(arr).reshape(-1)
-        gaps, where = encode_positions(flat.view(_BITS[arr.dtype]))
+        gaps, where = container.encode_positions(flat.view(_BITS[arr.dtype]))
         little = np.where(where >= 0, flat[np.maximum(where, 0)], 0).astype(flat.dtype.newbyteorder("<"))
         entries.append({"index": i, "dtype": str(arr.dtype), "size": int(arr.size), "entries": len(gaps),
                         "gaps": add(gaps.tobytes()), "values": add(little.tobytes())})
@@ -61,11 +55,11 @@ def pack_onnx(model_bytes: bytes, codec: str = "lzma") -> bytes:
     return streams.pack(MAGIC, {"graph": graph, "tensors": entries})
 
 
-@reader("packed ONNX file")
-def unpack_onnx(data: bytes, source: str) -> bytes:
-    """The ONNX bytes a packed file holds; every size the header claims is checked before allocating."""
-    what = "packed ONNX file"
-    header, blob = read_container(data, MAGIC, source, what)
+@container.reader(WHAT)
+def decode(data: bytes, source: str) -> bytes:
+    """The ONNX bytes a .dsonnx file holds; every size the header claims is checked before allocating."""
+    what = WHAT
+    header, blob = container.read_container(data, MAGIC, source, what)
     if not isinstance(header.get("tensors"), list):
         raise UserError(f"{source}: corrupt {what} (no tensor list)")
     m = onnx.load_from_string(blob(header.get("graph")))
@@ -73,13 +67,14 @@ def unpack_onnx(data: bytes, source: str) -> bytes:
     for e in header["tensors"]:
         if not isinstance(e, dict) or e.get("dtype") not in _NAMES:
             raise UserError(f"{source}: corrupt {what} (bad tensor entry {str(e)[:60]})")
-        index = count_of(e.get("index"), source, what, len(inits) - 1)
-        size = count_of(e.get("size"), source, what)
-        entries = count_of(e.get("entries"), source, what)
+        index = container.count_of(e.get("index"), source, what, len(inits) - 1)
+        size = container.count_of(e.get("size"), source, what)
+        entries = container.count_of(e.get("entries"), source, what)
         dtype = np.dtype(e["dtype"]).newbyteorder("<")
         gaps = np.frombuffer(blob(e.get("gaps"), entries), np.uint8)
-        if positions_end(gaps) > size:
+        if container.positions_end(gaps) > size:
             raise UserError(f"{source}: corrupt {what} (positions run past the tensor's {size} elements)")
-        flat = scatter(gaps, np.frombuffer(blob(e.get("values"), entries * dtype.itemsize), dtype), size, dtype)
+        values = np.frombuffer(blob(e.get("values"), entries * dtype.itemsize), dtype)
+        flat = container.scatter(gaps, values, size, dtype)
         inits[index].raw_data = flat.tobytes()
     return m.SerializeToString()

@@ -18,10 +18,10 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from deepshrink.errors import UserError
-from deepshrink.export.onnx_file import fixed_batch, read_onnx
+from deepshrink.ingest.onnx_file import fixed_batch, read_onnx
 from deepshrink.measure.params import LayerStats
 
-REFERENCE = "deepshrink.export.onnx_graph:from_onnx_graph"  # what a graph variant's manifest names
+REFERENCE = "deepshrink.ingest.onnx_graph:from_onnx_graph"  # what a graph variant's manifest names
 
 
 class OnnxGraph(nn.Module):

@@ -22,9 +22,9 @@ import scipy.sparse as sp
 from torch import nn
 
 from deepshrink.errors import UserError
-from deepshrink.export import sparse_kernels as k
-from deepshrink.export.qgraph import plan
+from deepshrink.export.runtimes import sparse_kernels as k
 from deepshrink.measure.latency import Runner, RunnerFactory
+from deepshrink.quant.plan import plan
 
 _CALIB_IMAGES = 512  # images that pick the batch-1 background
 

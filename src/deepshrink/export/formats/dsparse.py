@@ -1,4 +1,4 @@
-"""The sparse deployable file of an unstructurally pruned model (`.dsparse`) and its exporter (`sparse`).
+"""The sparse file of an unstructurally pruned model (`.dsparse`).
 
 On the container codec (container.py): each Linear/Conv2d weight is stored as its non-zeros only,
 in flat (row-major) order, as two streams:
@@ -9,19 +9,15 @@ Everything else (biases) is stored dense. Decoding reproduces every tensor bit f
 is decided on the bit pattern, so a -0.0 would be kept as an explicit value.
 """
 
-import copy
-from pathlib import Path
+
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
-from deepshrink.export import sparse_runtime
-from deepshrink.export.base import EXPORTERS, Artifact, ExportContext
-from deepshrink.export.container import (
+from deepshrink.export.formats.container import (
     Streams,
     count_of,
     encode_positions,
@@ -31,9 +27,6 @@ from deepshrink.export.container import (
     scatter,
     shape_of,
 )
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.runners import onnx_runners, torch_runner
-from deepshrink.models import weighted_layers
 
 MAGIC = b"DSPARSE1"
 
@@ -46,7 +39,7 @@ def _unshuffle(data: bytes, n: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(4, n).T.copy().view("<f4").reshape(n)
 
 
-def encode_state(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "lzma") -> bytes:
+def encode(state: dict[str, Tensor], sparse_keys: set[str], codec: str = "lzma") -> bytes:
     streams = Streams(codec)
     add = streams.add
     entries: list[dict[str, Any]] = []
@@ -69,7 +62,7 @@ _DENSE_DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uin
 
 
 @reader("sparse file")
-def decode_state(data: bytes, source: str) -> dict[str, Tensor]:
+def decode(data: bytes, source: str) -> dict[str, Tensor]:
     """The state dict a sparse file holds; every size the header claims is checked against the file first."""
     what = "sparse file"
     header, blob = read_container(data, MAGIC, source, what)
@@ -93,41 +86,4 @@ def decode_state(data: bytes, source: str) -> dict[str, Tensor]:
         else:
             raise UserError(f"{source}: corrupt {what} (tensor {e['key']} of unknown kind)")
         out[e["key"]] = torch.from_numpy(arr)
-    return out
-
-
-def sparse_weight_keys(model: nn.Module) -> set[str]:
-    return {f"{n}.weight" for n, _ in weighted_layers(model)}
-
-
-def write_sparse(model: nn.Module, path: Path, codec: str = "lzma") -> Path:
-    atomic_write_bytes(path, encode_state(model.state_dict(), sparse_weight_keys(model), codec))
-    return path
-
-
-@EXPORTERS.register("sparse")
-def export_sparse(model: nn.Module, stem: Path, ctx: ExportContext, opts: dict[str, Any]) -> Artifact:
-    """Primary file: the sparse file. Every runner runs the model decoded from that file: dense in
-    ONNX Runtime and torch, and on its non-zeros in the sparse runtime when the model is a Linear chain."""
-    path = write_sparse(model, stem.with_suffix(".dsparse"), str(opts.get("codec", "lzma")))
-    decoded = load_sparse_into(model, path)
-    # The zero-filled dense ONNX sits beside the manifest, so `deepshrink bench` can time it.
-    onnx_path = export_onnx(decoded, stem.with_suffix(".onnx"), ctx.example)
-    runners = {**onnx_runners(onnx_path), "torch": torch_runner(decoded)}
-    calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
-    info: dict[str, Any] = {"sparse": True, "sparse_codec": str(opts.get("codec", "lzma"))}
-    net = sparse_runtime.build(decoded, calib)
-    if net is not None:
-        runners["sparse"] = sparse_runtime.sparse_runner(net)
-        info.update(sparse_runtime_nonzeros=net.nnz, sparse_runtime_inputs=len(net.keep))
-    else:
-        info["notes"] = "no sparse runtime (convolutions): runs dense"
-    return Artifact(path=path, kind="sparse", precision="fp32",
-                    files={p.name: p.stat().st_size for p in (path, onnx_path)}, runners=runners, info=info)
-
-
-def load_sparse_into(model: nn.Module, path: Path) -> nn.Module:
-    """A copy of `model` holding the weights decoded from `path` (the model that actually ships)."""
-    out = copy.deepcopy(model).cpu().eval()
-    out.load_state_dict(decode_state(path.read_bytes(), str(path)))
     return out

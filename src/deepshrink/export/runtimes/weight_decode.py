@@ -1,6 +1,6 @@
 """Load-time decode of INT8-stored weights that are computed in float.
 
-A QDQ file's "weight-only" layers (int8 mode "weights", "mixed" mode's float layers, the packed
+A QDQ file's "weight-only" layers (int8 mode "weights", "mixed" mode's float layers, the sparse
 .dsonnx that unpacks to the same graph) hold int8 codes behind a DequantizeLinear whose inputs are
 all initializers, feeding a float Conv/Gemm. Left to ONNX Runtime, that DequantizeLinear runs on
 every call (LeNet-5 at batch 1: 34.8 µs vs FP32's 18.1 µs here), and whether the session option

@@ -22,9 +22,9 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from deepshrink.errors import UserError
-from deepshrink.export.onnx_file import read_onnx
+from deepshrink.ingest.onnx_file import read_onnx
 
-REFERENCE = "deepshrink.export.onnx_torch:from_onnx"  # what a converted model's manifest names
+REFERENCE = "deepshrink.ingest.onnx_to_torch:from_onnx"  # what a converted model's manifest names
 
 
 class _Graph:

@@ -1,4 +1,5 @@
-"""The same integer model in PyTorch's x86 quantized engine (fbgemm/oneDNN kernels), built from the
+"""PyTorch as a runtime: the float model as it is (`torch_runner`), and the same integer model as the ONNX
+file in PyTorch's x86 quantized engine (fbgemm/oneDNN kernels), built from the
 layer plan with the exact scales the ONNX file uses, so the two runtimes can be timed side by side.
 
 PyTorch deprecates its quantized tensor types (issue pytorch#184982); this runner is a second
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deepshrink.export.qdq import Ranges
-from deepshrink.export.qgraph import INPUT, Op, plan, uint8_params, weight_scales
 from deepshrink.measure.latency import Runner, RunnerFactory
+from deepshrink.quant.plan import INPUT, Op, Ranges, plan
+from deepshrink.quant.scales import uint8_params, weight_scales
 
 
 def _qweight(w: Tensor) -> Tensor:
@@ -64,6 +65,25 @@ def torch_int8_runner(model: nn.Module, ranges: Ranges) -> RunnerFactory:
         @torch.inference_mode()
         def run(x: np.ndarray) -> np.ndarray:
             return net(torch.from_numpy(x)).numpy()
+
+        return run
+
+    return make
+
+
+def torch_runner(model: nn.Module, dtype: torch.dtype = torch.float32) -> RunnerFactory:
+    def make(threads: int, device: str) -> Runner:
+        # The caller's model stays put: convert a copy when a conversion is needed (CSR kernels
+        # cannot be deep-copied, and hold no parameters to convert).
+        moves = any(p.dtype != dtype or p.device.type != device for p in model.parameters())
+        m = (copy.deepcopy(model) if moves else model).eval().to(device=device, dtype=dtype)
+
+        @torch.inference_mode()
+        def run(x: np.ndarray) -> np.ndarray:
+            out = m(torch.from_numpy(x).to(device))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out.float().cpu().numpy()
 
         return run
 

@@ -26,10 +26,20 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from deepshrink.export.qgraph import INPUT, Op, plan, quantize_weight, uint8_params, weight_scales
+from deepshrink.quant.plan import INPUT, Op, Ranges, plan
+from deepshrink.quant.scales import quantize_weight, uint8_params, weight_scales
 
-Ranges = dict[str, tuple[float, float]]
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def short_name(n: int) -> str:
+    """The n-th (from 1) short tensor name, in base 52 (`b` ... `Z`, then `ba` ...): the names every INT8
+    writer gives, since a LeNet graph has ~100 tensor references and a ResNet's names are ~10 % of its bytes."""
+    out = ""
+    while n:
+        n, r = divmod(n, len(_ALPHABET))
+        out = _ALPHABET[r] + out
+    return out
 OPSET = 17
 
 
@@ -40,13 +50,8 @@ class _Graph:
     count: int = 0
 
     def name(self) -> str:
-        # Short names: a LeNet graph has ~100 tensor references and every byte counts against 27 %.
         self.count += 1
-        n, out = self.count, ""
-        while n:
-            n, r = divmod(n, len(_ALPHABET))
-            out = _ALPHABET[r] + out
-        return out
+        return short_name(self.count)
 
     def const(self, arr: np.ndarray) -> str:
         n = self.name()

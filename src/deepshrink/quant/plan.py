@@ -1,4 +1,5 @@
-"""The layer plan every quantization path shares, and activation-range observation.
+"""The layer plan every quantization path shares (compress/quantize, the INT8 writers, the sparse runtime,
+the microcontroller target), and activation-range observation.
 
 Models are `nn.Sequential`s of Linear/Conv2d/ReLU/MaxPool2d/Flatten. A plan lists them with each
 ReLU fused into the layer before it, because the integer graph clamps through the output
@@ -16,6 +17,7 @@ from deepshrink.errors import UserError
 from deepshrink.models import WEIGHTED
 
 INPUT = "input"
+Ranges = dict[str, tuple[float, float]]  # quantization point -> calibrated (min, max)
 _PASSTHROUGH = (nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
 
 
@@ -92,10 +94,10 @@ def run_plan(ops: list[Op], x: Tensor, at_point: Callable[[str, Tensor], Tensor]
 
 
 @torch.no_grad()
-def observe_ranges(model: nn.Module, x: Tensor, batch: int = 256) -> dict[str, tuple[float, float]]:
+def observe_ranges(model: nn.Module, x: Tensor, batch: int = 256) -> Ranges:
     """Min/max of every quantization point over `x` (MinMax calibration, as ONNX Runtime's default)."""
     ops = plan(model)
-    ranges: dict[str, tuple[float, float]] = {}
+    ranges: Ranges = {}
 
     def record(name: str, t: Tensor) -> Tensor:
         lo, hi = float(t.min()), float(t.max())
@@ -109,23 +111,3 @@ def observe_ranges(model: nn.Module, x: Tensor, batch: int = 256) -> dict[str, t
         run_plan(ops, x[i : i + batch], record)
     model.train(was_training)
     return ranges
-
-
-def uint8_params(lo: float, hi: float) -> tuple[float, int]:
-    """Asymmetric uint8 (scale, zero point) covering [lo, hi] and always 0 (so ReLU is exact)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    zp = round(-lo / scale)
-    return scale, max(0, min(255, zp))
-
-
-def weight_scales(w: Tensor, qmax: int) -> Tensor:
-    """Symmetric per-output-channel scales: the channel's largest |w| maps to qmax."""
-    absmax = w.detach().abs().reshape(w.shape[0], -1).amax(1)
-    return torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
-
-
-def quantize_weight(w: Tensor, scales: Tensor, qmax: int) -> Tensor:
-    """Integer codes of `w` (as float tensor) for per-channel `scales`, clipped to [-qmax, qmax]."""
-    s = scales.reshape(-1, *([1] * (w.dim() - 1)))
-    return torch.clamp(torch.round(w / s), -qmax, qmax)

@@ -6,7 +6,7 @@ convolutions, global pooling — take this route; ONNX Runtime leaves ops it can
 
 Then two lossless passes keep the file small: constants the exporter shares through Identity nodes
 become initializers again (so every bias is quantized to int32 with its layer), and tensor and node
-names are shortened (a ResNet's names are ~10 % of its INT8 bytes).
+names are shortened as onnx_int8.py names them (`short_name`; a ResNet's names are ~10 % of its INT8 bytes).
 """
 
 import logging
@@ -19,10 +19,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from deepshrink.export.floating import export_onnx
-from deepshrink.export.onnx_graph import OnnxGraph
-
-_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+from deepshrink.export.formats.onnx_float import export_onnx
+from deepshrink.export.formats.onnx_int8 import short_name
+from deepshrink.ingest.onnx_graph import OnnxGraph
 
 
 def _inline_identity_constants(m: onnx.ModelProto) -> None:
@@ -38,15 +37,6 @@ def _inline_identity_constants(m: onnx.ModelProto) -> None:
     m.graph.node.extend(keep)
 
 
-def _short(n: int) -> str:
-    out = ""
-    n += 1
-    while n:
-        n, r = divmod(n - 1, len(_ALPHABET))
-        out = _ALPHABET[r] + out
-    return out
-
-
 def compact_names(m: onnx.ModelProto) -> None:
     """Rename every tensor but the graph's inputs and outputs, and drop node names and doc strings."""
     fixed = {v.name for v in (*m.graph.input, *m.graph.output)}
@@ -55,7 +45,7 @@ def compact_names(m: onnx.ModelProto) -> None:
     def rename(name: str) -> str:
         if not name or name in fixed:
             return name
-        return names.setdefault(name, _short(len(names)))
+        return names.setdefault(name, short_name(len(names) + 1))
 
     for t in m.graph.initializer:
         t.name = rename(t.name)

@@ -1,0 +1,58 @@
+"""ONNX Runtime, the reference runtime of every ONNX file: a runner factory (threads, device) -> runner (batch
+-> logits). The file is loaded as the load-time rewrites leave it: INT8-stored weights of float layers decoded
+once (weight_decode.py), and the conv + max-pool pairs the deploy choice fused (conv_pool.py)."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from deepshrink.export.runtimes import conv_pool
+from deepshrink.export.runtimes.weight_decode import loadable
+from deepshrink.measure.latency import Runner, RunnerFactory
+
+
+@dataclass
+class OrtRunner:
+    """ONNX Runtime runner factory of one file; `config_entries` are session config keys; `fused` conv +
+    max-pool pairs are run as polyphase convolutions (conv_pool.py), as deploy.py chose by timing. INT8-stored
+    weights computed in float are decoded once when the model is loaded (weight_decode.py), so they run at
+    FP32's speed."""
+
+    path: Path
+    config_entries: dict[str, str] = field(default_factory=dict)
+    fused: int = 0
+    _model: list[str | bytes] = field(default_factory=list, init=False, repr=False, compare=False)  # loaded once
+
+    def loaded(self) -> str | bytes:
+        """What the sessions load: the file, decoded and rewritten as configured."""
+        if not self._model:
+            model = loadable(self.path)
+            if self.fused:
+                proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+                model = conv_pool.fuse(proto, self.fused).SerializeToString()
+            self._model.append(model)
+        return self._model[0]
+
+    def __call__(self, threads: int, device: str) -> Runner:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        for key, value in self.config_entries.items():
+            opts.add_session_config_entry(key, value)
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(self.loaded(), opts, providers=providers)
+        name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(sess.run(None, {name: x})[0])
+
+        return run
+
+
+def ort_runner(path: Path, config_entries: dict[str, str] | None = None) -> RunnerFactory:
+    return OrtRunner(path, dict(config_entries or {}))
