@@ -153,7 +153,8 @@ def test_cli_weights_baseline_with_normalize(tmp_path: Path, model_py: Path, mni
     manifest = json.loads((out / base["checkpoint"]).with_suffix(".json").read_text())
     assert manifest["mean"] == [0.5] and manifest["std"] == [0.25] and manifest["train"]["trained_by"]
     data = ds.load_data("mnist", mnist_dir)
-    assert float(base["accuracy_pct"]) == pytest.approx(_own_accuracy(model, data, 0.5, 0.25), abs=1e-6)
+    # abs 1e-5: the row holds a float32 mean (21 of 100 is 20.999999); one image is a whole point
+    assert float(base["accuracy_pct"]) == pytest.approx(_own_accuracy(model, data, 0.5, 0.25), abs=1e-5)
 
 
 class Branchy(nn.Module):
