@@ -195,6 +195,9 @@ def mcu(
                                         "bit with the host build.")] = 100,
     clock_mhz: Annotated[float, typer.Option("--clock-mhz", help="Clock for the estimated milliseconds.")] = 80.0,
     no_time: Annotated[bool, typer.Option("--no-time", help="Skip timing the host build (`c` runtime).")] = False,
+    prefix: Annotated[str, typer.Option("--prefix", help="Prefix of every exported C symbol and macro (NAME_infer, "
+                                        "NAME_ARENA_BYTES): models with different prefixes link into one "
+                                        "image.")] = "ds",
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Turn an INT8 artifact into C99 for a microcontroller (model.h + model.c), build it for this host and
@@ -205,7 +208,7 @@ def mcu(
     from deepshrink.variant import slug
 
     opts = McuOptions(target=target, images=images, clock_mhz=clock_mhz,
-                      latency=None if no_time else HOST_TIMING)
+                      latency=None if no_time else HOST_TIMING, prefix=prefix)
     out = out or Path("runs") / slug(f"mcu-{artifact.parent.name or artifact.stem}")
     with Progress(enabled=not quiet) as progress:
         row = build_mcu(artifact, out, dataset, data_dir, opts, progress)

@@ -10,6 +10,7 @@ import onnx
 import torch
 from torch import nn
 
+from deepshrink.config import default_train
 from deepshrink.export.qdq_graph import quantize_graph
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.arena import plan
@@ -18,6 +19,10 @@ from deepshrink.mcu.graph import Graph, read_graph
 from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import HostLibrary, integer_logits, ort_quantize
 from deepshrink.mcu.program import Program
+from deepshrink.measure.latency import LatencyConfig
+from deepshrink.study.run import run_compress, run_train
+
+LIGHT = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5)
 
 
 @dataclass
@@ -37,12 +42,21 @@ def qdq_model(net: nn.Module, shape: tuple[int, ...], n: int = 64, seed: int = 0
     return quantize_graph(net, x[:1], x), x.numpy()
 
 
-def generate(model: onnx.ModelProto, channels: int = 1) -> Generated:
+def generate(model: onnx.ModelProto, channels: int = 1, prefix: str = "ds") -> Generated:
     graph = read_graph(model, "test.onnx")
     prog = lower(graph)
     arena = plan(prog.buffers)
     lut = np.zeros((channels, 256), np.int8)
-    return Generated(graph, prog, arena, emit(prog, arena, lut, "test"), model)
+    return Generated(graph, prog, arena, emit(prog, arena, lut, "test", prefix), model)
+
+
+def int8_lenet(root: Path, data: Path) -> Path:
+    """A LeNet-5 trained one epoch on the MNIST folder in `data` and quantized (PTQ): its shipped INT8 file."""
+    base = run_train("mnist", "lenet-5", default_train("mnist", "lenet-5", epochs=1), root / "train", data, "cpu",
+                     latency=LIGHT, quiet=True)
+    row = run_compress(root / "train" / base["checkpoint"], ["quantize:precision=int8,method=ptq"], root / "q", data,
+                       "cpu", latency=LIGHT, quiet=True)
+    return root / "q" / row["artifact"]
 
 
 def write(gen: Generated, folder: Path) -> Path:

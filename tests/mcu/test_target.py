@@ -12,34 +12,24 @@ import pytest
 from torch import nn
 
 from deepshrink.cli import main
-from deepshrink.config import default_train
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.measure import ort_quantize
-from deepshrink.measure.latency import LatencyConfig
 from deepshrink.results import read_rows
-from deepshrink.study.run import run_compress, run_train
 
-from conftest import cli_error
+from conftest import cli_error, write_mnist_folder
 from mcu_helpers import Head, generate, qdq_model, write
+from mcu_helpers import int8_lenet as trained_lenet
 
-LIGHT = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5)
 STRICT = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
 
 
 @pytest.fixture(scope="module")
 def int8_lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LeNet-5 trained one epoch on synthetic MNIST and quantized (PTQ): its shipped INT8 file."""
-    from conftest import write_mnist_folder
-
     root = tmp_path_factory.mktemp("mcu")
-    data = root / "data"
-    write_mnist_folder(data / "mnist")
-    base = run_train("mnist", "lenet-5", default_train("mnist", "lenet-5", epochs=1), root / "train", data,
-                     "cpu", latency=LIGHT, quiet=True)
-    row = run_compress(root / "train" / base["checkpoint"], ["quantize:precision=int8,method=ptq"], root / "q", data,
-                       "cpu", latency=LIGHT, quiet=True)
-    return root / "q" / row["artifact"]
+    write_mnist_folder(root / "data" / "mnist")
+    return trained_lenet(root, root / "data")
 
 
 def _mcu(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
