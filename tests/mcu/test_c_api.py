@@ -24,7 +24,7 @@ from deepshrink.mcu.names import Namer, c_identifier
 from deepshrink.mcu.run import Built, generate
 
 from conftest import cli_error, real_data_dir, requires_real_data, write_mnist_folder
-from mcu_helpers import Head, features, int8_lenet, qdq_model
+from mcu_helpers import Head, features, int8_lenet, qdq_model, write
 from mcu_helpers import generate as generate_test_model
 
 STRICT = ("-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror")
@@ -265,3 +265,24 @@ def test_graph_names_become_unique_c_identifiers() -> None:
     assert names.layer("conv", "") == "conv1" and names.layer("maxpool", "") == "pool1"
     assert names.layer("conv", "int") == "int_2"  # a C keyword is never a name
     assert names.layer("conv", "conv1") == "conv1_2" and names.unique("input") == "input_2"
+
+
+def test_harness_and_emulator_run_a_model_under_any_prefix(tmp_path: Path) -> None:
+    """The host harness, the firmware's main and the emulator call the model by its prefix."""
+    if toolchain.cross_compiler() is None:
+        pytest.fail(f"{toolchain.CROSS} not found: {toolchain.INSTALL_HINT}")
+    from deepshrink.mcu.emulate import Firmware
+
+    model, x = qdq_model(Head(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2)), 4 * 5 * 5), (1, 12, 12))
+    gen = generate_test_model(model, prefix="net_b")
+    write(gen, tmp_path)
+    assert "int net_b_infer_arena(void *arena" in gen.sources.header and "ds_infer" not in gen.sources.body
+    lib_path, _ = toolchain.build_host(tmp_path, tmp_path, "net_b")
+    xq = ort_quantize(gen.graph, x[:3])
+    lib = HostLibrary(lib_path, 5, gen.graph.input.size)
+    expected = lib.quantized(xq)[0]
+    assert np.array_equal(lib.arena(xq)[0], expected)
+    elf, warnings = toolchain.build_target(tmp_path, tmp_path / "fw", "cortex-m4", "net_b")
+    assert "warning" not in warnings, warnings
+    fw = Firmware.load(elf, "net_b")
+    assert fw.entry == "net_b_infer" and all(np.array_equal(fw.infer(xq[i], 5)[0], expected[i]) for i in range(3))

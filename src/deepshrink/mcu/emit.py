@@ -4,6 +4,7 @@ designated initializers, the arena plan as named offsets, and the entry points o
 prefix (c/model.h.j2, c/model.c.j2). Everything but the entry points is static, so models with different
 prefixes link into one image."""
 
+import re
 import textwrap
 from dataclasses import dataclass
 from itertools import groupby
@@ -17,7 +18,7 @@ from deepshrink.mcu.names import check_prefix
 from deepshrink.mcu.program import Buffer, Call, CArray, CStruct, Fields, Program, c_float
 from deepshrink.mcu.templates import kernels, render
 
-WIDTH = 116  # a struct initializer's lines, indented 4
+WIDTH = 116  # a struct initializer's lines, indented 4: 120 columns
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ def _const(c: CArray | CStruct) -> str:
 
 
 def _arena_buffers(prog: Program, arena_bytes: int) -> list[Buffer]:
-    """The buffers the calls use in the arena, in the order they are first written; each must have been placed
-    by the planner (an unplaced one would alias whatever sits at offset -1)."""
+    """The arena buffers the calls use, in the order they first appear; each must have been placed by the
+    planner (an unplaced one would alias whatever sits at offset -1)."""
     used = dict.fromkeys(name for call in prog.calls for name, _ in call.args if name)
     out = [prog.buffers[n] for n in used if not prog.buffers[n].external]
     for b in out:
@@ -93,9 +94,9 @@ def _call(prog: Program, call: Call) -> str:
 
 
 def _comment(text: str) -> str:
-    """A block comment of `text`, wrapped to WIDTH."""
-    lines = textwrap.wrap(text, WIDTH - 3)
-    return "/* " + "\n * ".join(lines) + " */"
+    """A block comment of `text` in 120 columns, never broken between a name and its number ("zp -128")."""
+    lines = textwrap.wrap(re.sub(r"(\w) (-?\d)", "\\1\u00a0\\2", text), 114, break_on_hyphens=False)
+    return "/* " + "\n * ".join(lines).replace("\u00a0", " ") + " */"
 
 
 def _arg(prog: Program, name: str, ctype: str) -> str:

@@ -1,5 +1,6 @@
-"""The lowered program (buffers, constant arrays, kernel calls) and the state lowering keeps per tensor;
-the helpers every lowerer shares: requantization multipliers, bias folding, weight row packing."""
+"""The lowered program (buffers, named constant arrays and parameter structs, kernel calls, the specialized
+kernels it needs) and the state lowering keeps per tensor and layer; the helpers every lowerer shares:
+requantization multipliers, bias folding, weight row packing, comments' shapes."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
