@@ -132,4 +132,3 @@ def _lower_avgpool(s: State, i: int, node: Node) -> None:
     s.prog.kernels.add("avgpool")
     s.layout[node.output] = "hwc"
     s.describe(f"average {_geometry(a)}; out int8 {stored_shape(y, 'hwc')}, {quant(y)}")
-

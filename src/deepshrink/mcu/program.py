@@ -88,10 +88,6 @@ class Program:
     macs: int = 0
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def arrays(self) -> list[CArray]:
-        return [c for c in self.consts if isinstance(c, CArray)]
-
 
 @dataclass
 class State:
@@ -106,7 +102,7 @@ class State:
     fused: set[str] = field(default_factory=set)  # nodes already lowered into another node's call
     in_place: bool = True  # may weights be stored sparse (else every layer dense: the reference build)
     names: Namer = field(default_factory=Namer)
-    layer: str = ""
+    layer: str = ""  # the C name of the layer being lowered (conv1), set by lower() before each lowerer
 
     def tensor(self, name: str) -> QTensor:
         return self.graph.tensors[name]
