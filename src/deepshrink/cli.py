@@ -207,11 +207,14 @@ def mcu(
     clock_mhz: Annotated[float, typer.Option("--clock-mhz", help="Clock for the estimated "
                                              "milliseconds.")] = default(api.mcu, "clock_mhz"),
     no_time: Annotated[bool, typer.Option("--no-time", help="Skip timing the host build (`c` runtime).")] = False,
+    prefix: Annotated[str, typer.Option("--prefix", help="Prefix of every exported C symbol and macro (NAME_infer, "
+                                        "NAME_ARENA_BYTES): models with different prefixes link into one "
+                                        "image.")] = default(api.mcu, "prefix"),
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Turn an INT8 artifact into C99 for a microcontroller (model.h + model.c), build it for this host and
     the target, run it in an emulator, and measure flash, RAM, instructions and accuracy."""
-    built = api.mcu(artifact, target, out, dataset, data_dir, images, clock_mhz, not no_time, quiet)
+    built = api.mcu(artifact, target, out, dataset, data_dir, images, clock_mhz, not no_time, prefix, quiet)
     row, c = built.row, console()
     c.print(f"{row['variant']}: C on this host {row['accuracy_pct']:.2f}% "
             f"(ONNX Runtime {row['mcu_ort_accuracy_pct']:.2f}%, same class on {row['mcu_match_ort_pct']:.2f}% "

@@ -10,6 +10,7 @@ import onnx
 import torch
 from torch import nn
 
+import deepshrink as ds
 from deepshrink.export.formats.onnx_int8_ort import quantize_graph
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.arena import plan
@@ -18,6 +19,9 @@ from deepshrink.mcu.graph import Graph, read_graph
 from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import HostLibrary, integer_logits, ort_quantize
 from deepshrink.mcu.program import Program
+from deepshrink.measure.latency import LatencyConfig
+
+LIGHT = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5)
 
 
 @dataclass
@@ -37,12 +41,20 @@ def qdq_model(net: nn.Module, shape: tuple[int, ...], n: int = 64, seed: int = 0
     return quantize_graph(net, x[:1], x), x.numpy()
 
 
-def generate(model: onnx.ModelProto, channels: int = 1) -> Generated:
+def generate(model: onnx.ModelProto, channels: int = 1, prefix: str = "ds") -> Generated:
     graph = read_graph(model, "test.onnx")
     prog = lower(graph)
     arena = plan(prog.buffers)
     lut = np.zeros((channels, 256), np.int8)
-    return Generated(graph, prog, arena, emit(prog, arena, lut, "test"), model)
+    return Generated(graph, prog, arena, emit(prog, arena, lut, "test", prefix), model)
+
+
+def int8_lenet(root: Path, data: Path) -> Path:
+    """A LeNet-5 trained one epoch on the MNIST folder in `data` and quantized (PTQ): its shipped INT8 file."""
+    base = ds.train("lenet-5", "mnist", epochs=1, out=root / "train", data_dir=data, device="cpu", latency=LIGHT).row
+    row = ds.compress(root / "train" / base["checkpoint"], ["quantize:precision=int8,method=ptq"], out=root / "q",
+                      data_dir=data, device="cpu", latency=LIGHT).row
+    return root / "q" / row["artifact"]
 
 
 def write(gen: Generated, folder: Path) -> Path:

@@ -2,6 +2,7 @@
 reference decoder written from the format's description), the generated C equals ONNX Runtime on the same
 INT8 model, and the per-layer choice picks the smallest layout within its instruction bound."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +209,12 @@ def test_in_place_image_equals_host_and_holds_no_dense_copy(tmp_path: Path, case
     fw = Firmware.load(elf)
     for i in range(3):
         assert np.array_equal(fw.infer(xq[i], 5)[0], expected[i])
-    # No layer stored in place has its dense weight array (ds_w*) in the image: only entries, codes, counts.
+    # No layer stored in place has its dense weight array (<layer>_weights) in the image: only entries, codes,
+    # counts; and every kernel it uses is a plain function defined once under its full name (grep finds it).
     with elf.open("rb") as f:
         dense = {s["st_size"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()
-                 if s.name.startswith("ds_w")}
+                 if s.name.endswith("_weights")}
+    defined = re.findall(r"^static void (ds_\w+)\(", gen.sources.body, re.M)
+    assert gen.prog.specs and all(defined.count(name) == 1 for name in gen.prog.specs), (gen.prog.specs, defined)
+    assert "##" not in gen.sources.body
     assert gen.prog.in_place and not dense & set(gen.prog.in_place), (gen.prog.layouts, dense)

@@ -11,33 +11,25 @@ import numpy as np
 import pytest
 from torch import nn
 
-import deepshrink as ds
 from deepshrink.cli import main
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.measure import ort_quantize
-from deepshrink.measure.latency import LatencyConfig
 from deepshrink.results import read_rows
 
-from conftest import cli_error
+from conftest import cli_error, write_mnist_folder
 from mcu_helpers import Head, generate, qdq_model, write
+from mcu_helpers import int8_lenet as trained_lenet
 
-LIGHT = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=1, single_calls=5)
 STRICT = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
 
 
 @pytest.fixture(scope="module")
 def int8_lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LeNet-5 trained one epoch on synthetic MNIST and quantized (PTQ): its shipped INT8 file."""
-    from conftest import write_mnist_folder
-
     root = tmp_path_factory.mktemp("mcu")
-    data = root / "data"
-    write_mnist_folder(data / "mnist")
-    base = ds.train("lenet-5", "mnist", epochs=1, out=root / "train", data_dir=data, device="cpu", latency=LIGHT).row
-    row = ds.compress(root / "train" / base["checkpoint"], ["quantize:precision=int8,method=ptq"], out=root / "q",
-                      data_dir=data, device="cpu", latency=LIGHT).row
-    return root / "q" / row["artifact"]
+    write_mnist_folder(root / "data" / "mnist")
+    return trained_lenet(root, root / "data")
 
 
 def _mcu(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:

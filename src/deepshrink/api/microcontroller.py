@@ -26,13 +26,15 @@ class McuBuild:
 
 def mcu(artifact: str | Path, target: str = "cortex-m4", out: str | Path | None = None, dataset: str | None = None,
         data_dir: str | Path | None = None, images: int = 100, clock_mhz: float = 80.0, time_host: bool = True,
-        quiet: bool = True) -> McuBuild:
+        prefix: str = "ds", quiet: bool = True) -> McuBuild:
     """Turn an INT8 or compressed artifact into C99 (model.h + model.c), build it for this host (accuracy on
     the test set, agreement with ONNX Runtime) and for `target` (flash, RAM), run `images` test images in
-    the emulator (bit for bit against the host build) and count instructions. The folder defaults to
-    runs/mcu-VARIANT."""
+    the emulator (bit for bit against the host build) and count instructions. `prefix` names every exported C
+    symbol and macro (`ds_infer`, `DS_ARENA_BYTES`), so models of other prefixes link into one image. The
+    folder defaults to runs/mcu-VARIANT."""
     path = Path(artifact)
-    opts = McuOptions(target=target, images=images, clock_mhz=clock_mhz, latency=HOST_TIMING if time_host else None)
+    opts = McuOptions(target=target, images=images, clock_mhz=clock_mhz, latency=HOST_TIMING if time_host else None,
+                      prefix=prefix)
     run_dir = Path(out) if out else RUNS / slug(f"mcu-{path.parent.name or path.stem}")
     with Progress(enabled=not quiet) as progress:
         row = build_mcu(path, run_dir, dataset, Path(data_dir) if data_dir else None, opts, progress)

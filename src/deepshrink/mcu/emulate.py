@@ -99,17 +99,19 @@ def price(mnemonic: str, op_str: str) -> tuple[int, str]:
 
 @dataclass
 class Firmware:
-    """A linked image in the emulator, reset and ready: `infer` runs `ds_infer` on one input."""
+    """A linked image in the emulator, reset and ready: `infer` runs the model's `entry` (`prefix`_infer) on
+    one input."""
 
     elf: Path
     symbols: dict[str, int]
     uc: object
     estack: int
     ebss: int
+    entry: str = "ds_infer"
     blocks: dict[tuple[int, int], _Block] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, elf: Path) -> "Firmware":
+    def load(cls, elf: Path, prefix: str = "ds") -> "Firmware":
         from elftools.elf.elffile import ELFFile
         from elftools.elf.sections import SymbolTableSection
         from unicorn import UC_ARCH_ARM, UC_MODE_MCLASS, UC_MODE_THUMB, Uc
@@ -130,7 +132,7 @@ class Firmware:
             uc.mem_map(base, size)
         for addr, data in segments:
             uc.mem_write(addr, data)
-        fw = cls(elf, symbols, uc, symbols["_estack"], symbols["_ebss"])
+        fw = cls(elf, symbols, uc, symbols["_estack"], symbols["_ebss"], f"{prefix}_infer")
         fw._reset()
         return fw
 
@@ -151,22 +153,22 @@ class Firmware:
         uc.mem_write(self.ebss, bytes([STACK_FILL]) * free)  # type: ignore[attr-defined]
 
     def infer(self, x: np.ndarray, logits: int) -> tuple[np.ndarray, int]:
-        """ds_infer on one int8 input: (int8 logits, the class it returned)."""
+        """The entry point on one int8 input: (int8 logits, the class it returned)."""
         uc = self.uc
         inp = self.symbols["ds_fw_input"]
         out = self.symbols["ds_fw_logits"]
         uc.mem_write(inp, x.astype(np.int8).tobytes())  # type: ignore[attr-defined]
-        stop = self.symbols["main"]  # ds_infer returns there (LR); main itself never runs again
+        stop = self.symbols["main"]  # the entry point returns there (LR); main itself never runs again
         for reg, value in (("R0", inp), ("R1", out), ("SP", self.estack), ("LR", stop | 1)):
             uc.reg_write(self._reg(reg), value)  # type: ignore[attr-defined]
         try:
             # A timeout, not an instruction count: counting makes Unicorn check every instruction.
-            uc.emu_start(self.symbols["ds_infer"] | 1, stop, timeout=MAX_SECONDS * 1_000_000)  # type: ignore[attr-defined]
+            uc.emu_start(self.symbols[self.entry] | 1, stop, timeout=MAX_SECONDS * 1_000_000)  # type: ignore[attr-defined]
         except Exception as e:  # a fault in the image: our bug, not the user's input
             pc = uc.reg_read(self._reg("PC"))  # type: ignore[attr-defined]
             raise RuntimeError(f"{self.elf}: the emulated firmware faulted at {pc:#x} ({e})") from None
         if uc.reg_read(self._reg("PC")) != stop:  # type: ignore[attr-defined]
-            raise RuntimeError(f"{self.elf}: ds_infer did not return within {MAX_SECONDS} s")
+            raise RuntimeError(f"{self.elf}: {self.entry} did not return within {MAX_SECONDS} s")
         res = np.frombuffer(bytes(uc.mem_read(out, logits)), np.int8).copy()  # type: ignore[attr-defined]
         return res, int(np.int32(np.uint32(uc.reg_read(self._reg("R0")))))  # type: ignore[attr-defined]
 

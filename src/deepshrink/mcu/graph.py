@@ -47,6 +47,7 @@ class Node:
     inputs: list[str]
     output: str
     attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # the ONNX node's name (often empty), which names its layer in the C
 
 
 @dataclass
@@ -103,7 +104,7 @@ class _Reader:
 
     def add(self, kind: str, node: onnx.NodeProto, inputs: list[QTensor], out: QTensor, **attrs: Any) -> None:
         self.tensors[out.name] = out
-        self.nodes.append(Node(kind, [t.name for t in inputs], out.name, attrs))
+        self.nodes.append(Node(kind, [t.name for t in inputs], out.name, attrs, node.name))
 
 
 def _int8_zero_point(zp: np.ndarray, source: str) -> int:

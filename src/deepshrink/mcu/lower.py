@@ -8,17 +8,18 @@ Choices made here, and why:
 - A max pooling whose input is a convolution's only use is computed inside that convolution (the
   convolution's full output never exists, which is most of LeNet-5's RAM).
 - Weight rows are padded with zeros to a multiple of 4 bytes and interleaved 4 (then 2, then 1) rows at a
-  time, the order the dot-product kernel reads them in (kernels.c, ds_dot).
+  time, the order the dot-product kernel reads them in (kernels.c.j2, ds_dots8 and ds_dots16).
 - Biases absorb the input zero point (b - zp_x * sum(w)): the inner loops multiply raw int8 values.
 - Requantization multipliers are computed in float32 in ONNX Runtime's order, (x_scale * w_scale) / y_scale.
 """
 
+from dataclasses import replace
 from typing import Any
 
 from deepshrink.errors import UserError
 from deepshrink.mcu import lower_simple, lower_weighted  # noqa: F401  (their lowerers register themselves)
 from deepshrink.mcu.graph import Graph, Node
-from deepshrink.mcu.program import LOWERERS, Buffer, Program, State
+from deepshrink.mcu.program import LOWERERS, Buffer, Program, State, stored_shape
 
 
 def lower(graph: Graph, in_place: bool = True) -> Program:
@@ -41,22 +42,30 @@ def lower(graph: Graph, in_place: bool = True) -> Program:
         if node.kind == "conv" and len(nxt) == 1 and _poolable(graph.nodes[nxt[0]]):
             pool = graph.nodes[nxt[0]]
             s.fused.add(pool.output)
-            node = Node("conv", node.inputs, pool.output, {**node.attrs, "pool": pool.attrs})
+            node = replace(node, output=pool.output, attrs={**node.attrs, "pool": pool.attrs})
         elif node.kind == "conv" and len(nxt) == 1 and (residual := _residual(s, consumers, node, nxt[0])):
             add = graph.nodes[nxt[0]]
             s.fused.add(add.output)
             s.root[add.output] = s.buf(residual)  # written over the other operand, in place
-            node = Node("conv", node.inputs, add.output, {**node.attrs, "conv_out": node.output, "add": add})
+            node = replace(node, output=add.output, attrs={**node.attrs, "conv_out": node.output, "add": add})
+        if node.kind != "reshape":  # a view: no layer of its own
+            s.layer = s.names.layer(node.kind, node.name)
         LOWERERS.get(node.kind)(s, i, node)
         if node.kind != "reshape" and node.output not in s.root:
-            size = s.tensor(node.output).size
-            s.prog.buffers[node.output] = Buffer(node.output, -(-size // 4) * 4, i, i)
+            s.prog.buffers[node.output] = _output(s, i, node.output)
     _lifetimes(s)
     out = s.buf(graph.output)
     if out == inp.name or s.order.get(graph.output) is not None:
         raise UserError(f"{graph.source}: the logits must be a vector computed by an operator from the input")
     prog.buffers[out].external = "logits"
     return prog
+
+
+def _output(s: State, i: int, tensor: str) -> Buffer:
+    """The arena buffer of a layer's output, named after the layer (conv1_out)."""
+    t = s.tensor(tensor)
+    return Buffer(tensor, -(-t.size // 4) * 4, i, i, cname=s.names.unique(f"{s.layer}_out"),
+                  what=f"{s.layer} output: int8 {stored_shape(t, s.layout.get(tensor, 'flat'))}")
 
 
 def _residual(s: State, consumers: dict[str, list[int]], conv: Node, at: int) -> str | None:

@@ -1,11 +1,13 @@
 """Lowerers of the operators without weights: reshape/flatten (a view), max, average and global pooling,
 and the addition (ONNX Runtime's QLinearAdd arithmetic, also fused into a convolution)."""
 
+from typing import Any
+
 import numpy as np
 
 from deepshrink.errors import UserError
-from deepshrink.mcu.graph import Node
-from deepshrink.mcu.program import LOWERERS, Call, State, c_float
+from deepshrink.mcu.graph import Node, QTensor
+from deepshrink.mcu.program import LOWERERS, Fields, State, c_float, quant, stored_shape
 
 
 @LOWERERS.register("reshape")
@@ -37,30 +39,42 @@ def _lower_maxpool(s: State, i: int, node: Node) -> None:
     if s.layout[node.inputs[0]] != "hwc" and x.shape[0] > 1:
         raise UserError(f"{s.graph.source}: max pooling straight on a multi-channel network input is not supported")
     a = node.attrs
-    fields = [str(v) for v in (x.shape[1], x.shape[2], x.shape[0], y.shape[1], y.shape[2], *a["kernel"],
-                               *a["strides"], a["pads"][0], a["pads"][1])]
-    s.prog.calls.append(Call("maxpool", "ds_pool_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
-                                                             (node.output, "int8_t *")]))
+    s.call("ds_maxpool", "ds_pool_t", _window(x, y, a), [(s.buf(node.inputs[0]), "const int8_t *"),
+                                                          (node.output, "int8_t *")])
     s.prog.kernels.add("maxpool")
     s.layout[node.output] = "hwc"
+    s.describe(f"max {_geometry(a)}; out int8 {stored_shape(y, 'hwc')}")
 
 
-def add_fields(s: State, node: Node) -> list[str]:
-    """ds_add_t's initializer: ONNX Runtime's scale ratios in float32, zero points in its own domain."""
+def _window(x: QTensor, y: QTensor, a: dict[str, Any]) -> Fields:
+    """A pooling's geometry (ds_pool_t, and ds_avgpool_t's first fields): H x W x C in and out, window,
+    stride, top and left padding."""
+    return {"in_h": x.shape[1], "in_w": x.shape[2], "c": x.shape[0], "out_h": y.shape[1], "out_w": y.shape[2],
+            "kh": a["kernel"][0], "kw": a["kernel"][1], "sh": a["strides"][0], "sw": a["strides"][1],
+            "pt": a["pads"][0], "pl": a["pads"][1]}
+
+
+def _geometry(a: dict[str, Any]) -> str:
+    pads = f", pads {'/'.join(map(str, a['pads']))}" if any(a["pads"]) else ""
+    return f"{a['kernel'][0]}x{a['kernel'][1]}, stride {a['strides'][0]}x{a['strides'][1]}{pads}"
+
+
+def add_fields(s: State, node: Node) -> Fields:
+    """ds_add_t: ONNX Runtime's scale ratios in float32, zero points in its own domain."""
     a, b, y = (s.tensor(n) for n in (*node.inputs, node.output))
     off = s.graph.offset
     ra, rb = np.float32(a.scale) / np.float32(y.scale), np.float32(b.scale) / np.float32(y.scale)
-    return [c_float(ra), c_float(rb), str(a.zp + off), str(b.zp + off), str(y.zp + off), str(off), str(y.size)]
+    return {"ra": c_float(ra), "rb": c_float(rb), "za": a.zp + off, "zb": b.zp + off, "zy": y.zp + off,
+            "off": off, "n": y.size}
 
 
-def fused_add(s: State, node: Node) -> list[str]:
-    """The conv struct's last fields: a pointer to its fused addition's parameters, and which operand it is."""
+def fused_add(s: State, node: Node) -> Fields:
+    """The conv struct's fields of its fused addition: its parameters, and which operand the convolution is."""
     add = node.attrs.get("add")
     if add is None:
-        return ["0", "0"]
-    name = f"ds_add{len(s.prog.definitions)}"
-    s.prog.definitions.append(f"static const ds_add_t {name} = {{{', '.join(add_fields(s, add))}}};")
-    return [f"&{name}", str(int(add.inputs[0] == node.attrs["conv_out"]))]
+        return {}
+    name = s.struct("add", "ds_add_t", add_fields(s, add))
+    return {"add": f"&{name}", "add_first": int(add.inputs[0] == node.attrs["conv_out"])}
 
 
 @LOWERERS.register("add")
@@ -68,13 +82,14 @@ def _lower_add(s: State, i: int, node: Node) -> None:
     if s.layout[node.inputs[0]] != s.layout[node.inputs[1]] or s.order.get(node.inputs[0]) is not None or \
             s.order.get(node.inputs[1]) is not None:
         raise UserError(f"{s.graph.source}: an addition of tensors stored in different orders is not supported")
-    fields = add_fields(s, node)
-    s.prog.calls.append(Call("add", "ds_add_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
-                                                        (s.buf(node.inputs[1]), "const int8_t *"),
-                                                        (node.output, "int8_t *")]))
+    s.call("ds_add", "ds_add_t", add_fields(s, node), [(s.buf(node.inputs[0]), "const int8_t *"),
+                                                       (s.buf(node.inputs[1]), "const int8_t *"),
+                                                       (node.output, "int8_t *")])
     s.prog.kernels.add("add")
     s.layout[node.output] = s.layout[node.inputs[0]]
     s.order[node.output] = None
+    y = s.tensor(node.output)
+    s.describe(f"addition; out int8 {stored_shape(y, s.layout[node.output])}, {quant(y)}")
 
 
 def _global(s: State, i: int, node: Node) -> None:
@@ -83,12 +98,12 @@ def _global(s: State, i: int, node: Node) -> None:
     x, y = s.tensor(node.inputs[0]), s.tensor(node.output)
     c, n = x.shape[0], x.shape[1] * x.shape[2]
     mult = np.float32(x.scale) / (np.float32(y.scale) * np.float32(n))
-    acc = s.scratch(i, 4 * c)
-    s.prog.calls.append(Call("gavgpool", "ds_gavg_t", [c_float(mult), str(n), str(c), str(x.zp), str(y.zp)],
-                             [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *"),
-                              (acc, "int32_t *")]))
+    acc = s.scratch(i, 4 * c, "acc", "int32_t", f"sums: int32 x {c}")
+    s.call("ds_gavgpool", "ds_gavg_t", {"mult": c_float(mult), "n": n, "c": c, "in_zp": x.zp, "zp": y.zp},
+           [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *"), (acc, "int32_t *")])
     s.prog.kernels.add("gavgpool")
     s.layout[node.output] = "hwc"
+    s.describe(f"global average of {x.shape[1]}x{x.shape[2]}x{c}; out int8 {c}, {quant(y)}")
 
 
 @LOWERERS.register("gavgpool")
@@ -110,10 +125,10 @@ def _lower_avgpool(s: State, i: int, node: Node) -> None:
         _global(s, i, node)
         return
     off = s.graph.offset
-    fields = [*map(str, (x.shape[1], x.shape[2], x.shape[0], y.shape[1], y.shape[2], *a["kernel"], *a["strides"],
-                         a["pads"][0], a["pads"][1], a["count_include_pad"], x.zp + off, y.zp + off, off)),
-              c_float(x.scale), c_float(y.scale)]
-    s.prog.calls.append(Call("avgpool", "ds_avgpool_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
-                                                                (node.output, "int8_t *")]))
+    fields = {**_window(x, y, a), "count_pad": a["count_include_pad"], "in_zp": x.zp + off, "zp": y.zp + off,
+              "off": off, "x_scale": c_float(x.scale), "y_scale": c_float(y.scale)}
+    s.call("ds_avgpool", "ds_avgpool_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
+                                                  (node.output, "int8_t *")])
     s.prog.kernels.add("avgpool")
     s.layout[node.output] = "hwc"
+    s.describe(f"average {_geometry(a)}; out int8 {stored_shape(y, 'hwc')}, {quant(y)}")

@@ -7,7 +7,19 @@ from deepshrink.errors import UserError
 from deepshrink.mcu.graph import Node, QTensor
 from deepshrink.mcu.layouts import Layout, choose
 from deepshrink.mcu.lower_simple import fused_add
-from deepshrink.mcu.program import LOWERERS, Call, State, fold_bias, multipliers, pack_rows, q_fields
+from deepshrink.mcu.program import (
+    LOWERERS,
+    Fields,
+    State,
+    fold_bias,
+    multipliers,
+    pack_rows,
+    q_fields,
+    quant,
+    stored_shape,
+)
+
+SHORT = {"int8_t": "i8", "int16_t": "i16", "uint8_t": "u8", "uint16_t": "u16"}  # in kernel names
 
 
 @LOWERERS.register("fc")
@@ -27,18 +39,29 @@ def _lower_fc(s: State, i: int, node: Node) -> None:
     s.prog.macs += w.size
     s.layout[node.output] = "flat"
     s.order[node.output] = None
-    xbuf = s.buf(node.inputs[0])
+    xbuf, shape = s.buf(node.inputs[0]), "x".join(map(str, w.shape))
     if layout.kind.startswith("sparse") and (gathered := _gather(s, i, w, layout, xbuf)) is not None:
         xbuf, w, layout = gathered
+        shape += f" ({w.shape[1]} inputs live)"
     args = [(xbuf, "const int8_t *"), (node.output, "int8_t *")]
+    s.describe(f"{shape} int8 weights ({_scales(node)}){_stored(layout)}; out int8 {y.size}, {quant(y)}")
     if layout.kind == "dense":
-        wname = s.array("w", "int8_t", packed)
-        s.prog.calls.append(Call("fc", "ds_fc_t", [wname, q_fields(s, bias, mult, y), str(kp), str(w.shape[0])],
-                                 args))
+        fields = {"w": s.array("weights", "int8_t", packed), "q": q_fields(s, bias, mult, y), "kp": kp,
+                  "n_out": w.shape[0]}
+        s.call("ds_fc", "ds_fc_t", fields, args)
         s.prog.kernels.add("fc")
         return
     name, struct, fields = _sparse(s, layout, bias, mult, y, w.shape, "int8_t")
-    s.prog.calls.append(Call(name, struct, fields, [*args, ("", "int32_t *")], note=layout.note))
+    s.call(name, struct, fields, [*args, ("", "int32_t *")], note=layout.note)
+
+
+def _scales(node: Node) -> str:
+    ws = node.attrs["w_scale"]
+    return "per-channel scales" if ws.size > 1 and np.any(ws != ws[0]) else "one scale"
+
+
+def _stored(layout: Layout) -> str:
+    return "" if layout.kind == "dense" else f" stored {layout.note}"
 
 
 def _gather(s: State, i: int, w: np.ndarray, layout: Layout, xbuf: str) -> tuple[str, np.ndarray, Layout] | None:
@@ -52,10 +75,10 @@ def _gather(s: State, i: int, w: np.ndarray, layout: Layout, xbuf: str) -> tuple
     compact = choose(w[:, live], layout.dense_bytes)
     if not compact.kind.startswith("sparse") or compact.nbytes + 2 * runs.size >= layout.nbytes:
         return None
-    out = s.scratch(i, -(-int(live.sum()) // 4) * 4)
-    fields = [s.array("runs", "uint8_t", runs), str(runs.size // 2)]
-    s.prog.calls.append(Call("gather", "ds_gather_t", fields, [(xbuf, "const int8_t *"), (out, "int8_t *")],
-                             note=f"{int(live.sum())} of {live.size} inputs live"))
+    out = s.scratch(i, -(-int(live.sum()) // 4) * 4, "live", "int8_t", f"live inputs: int8 x {int(live.sum())}")
+    fields: Fields = {"runs": s.array("runs", "uint8_t", runs), "n": runs.size // 2}
+    s.call("ds_gather", "ds_gather_t", fields, [(xbuf, "const int8_t *"), (out, "int8_t *")],
+           note=f"{int(live.sum())} of {live.size} inputs live", stem="gather")
     s.prog.kernels.add("gather")
     return out, w[:, live], compact
 
@@ -77,51 +100,47 @@ def _runs(live: np.ndarray) -> np.ndarray:
 
 
 def _sparse(s: State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, shape: tuple[int, int],
-            xt: str, instantiate: bool = True) -> tuple[str, str, list[str]]:
-    """(the kernel for this in-place layout and activation type, its struct type, fields); `instantiate`
+            xt: str, specialize: bool = True, stem: str = "") -> tuple[str, str, Fields]:
+    """(the kernel for this in-place layout and activation type, its struct type, fields); `specialize`
     False when another kernel (a convolution's four-column one) runs the layer instead."""
     rows = shape[0]
-    if layout.kind.startswith("packed"):
-        one = bool(np.all(mult == mult[0]))
-        fields = [s.array("e", "uint8_t", layout.entries), q_fields(s, bias, mult[:1] if one else mult, y),
-                  str(rows), str(shape[1]), str(int(not one))]
-        s.prog.kernels.add("packed")
-        s.prog.instantiations.add(f"DS_PACKED({layout.gbits}, {xt})")
-        s.prog.layouts.append(layout.note)
-        s.prog.in_place.append(layout.dense_bytes)
-        return f"packed{layout.gbits}_{xt}", "ds_packed_t", fields
-    count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
-    params = f"{layout.gbits}, {count}, {xt}" if layout.kind in ("sparse12", "sparse10") else f"{count}, {xt}"
-    s.prog.kernels.add(layout.kind)
-    if instantiate:
-        s.prog.instantiations.add(f"DS_{layout.kind.upper()}({params})")
     s.prog.layouts.append(layout.note)
     s.prog.in_place.append(layout.dense_bytes)
-    return (f"{layout.kind}_{params.replace(', ', '_')}", "ds_sparse_t",
-            _sparse_fields(s, layout, bias, mult, y, rows, count))
+    if layout.kind.startswith("packed"):
+        one = bool(np.all(mult == mult[0]))
+        fields: Fields = {"w": s.array("packed", "uint8_t", layout.entries),
+                          "q": q_fields(s, bias, mult[:1] if one else mult, y), "n_out": rows, "k": shape[1],
+                          "per_channel": int(not one)}
+        name = s.use("packed", f"ds_{layout.kind}_{SHORT[xt]}", bits=layout.gbits, xt=xt)
+        return name, "ds_packed_t", fields
+    count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
+    gaps = {"g": layout.gbits} if layout.kind in ("sparse12", "sparse10") else {}
+    name = f"ds_{layout.kind}{''.join(f'_g{v}' for v in gaps.values())}_{SHORT[count]}_{SHORT[xt]}"
+    s.prog.kernels.add(layout.kind)
+    if specialize:
+        s.use(layout.kind, name, ct=count, xt=xt, **gaps)
+    return name, "ds_sparse_t", _sparse_fields(s, layout, bias, mult, y, rows, count, stem)
 
 
 def _sparse_fields(s: State, layout: Layout, bias: np.ndarray, mult: np.ndarray, y: QTensor, rows: int,
-                   count: str) -> list[str]:
-    """ds_sparse_t's initializer; a layer whose rows share one multiplier stores it once, one without fillers
-    no compensation list, and the biases take the fewest bytes they fit (2, 3 or 4)."""
+                   count: str, stem: str) -> Fields:
+    """ds_sparse_t; a layer whose rows share one multiplier stores it once, one without fillers no
+    compensation list, and the biases take the fewest bytes they fit (2, 3 or 4)."""
     one = bool(np.all(mult == mult[0]))
-    entries = s.array("e", "uint8_t", layout.entries)
-    counts = s.array("n", count, layout.counts)
-    cb = s.array("cb", "int8_t", layout.codebook) if layout.codebook.size else "0"
-    comp = s.array("comp", "int16_t", layout.comp) if layout.comp.size > 3 else "0"
+    fields: Fields = {"e": s.array("entries", "uint8_t", layout.entries),
+                      "count": s.array("counts", count, layout.counts)}
+    if layout.codebook.size:
+        fields["cb"] = s.array("codebook", "int8_t", layout.codebook)
+    if layout.comp.size > 3:
+        fields["comp"] = s.array("comp", "int16_t", layout.comp)
     top = int(np.abs(bias.astype(np.int64)).max(initial=0))
     nbytes = 2 if top < 1 << 15 else 3 if top < 1 << 23 else 4
-    if nbytes == 4:
-        stored = s.array("b", "int32_t", bias)
-    elif nbytes == 2:
-        stored = s.array("b", "int16_t", bias.astype(np.int16))
-    else:
-        le = bias.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3]
-        stored = s.array("b", "uint8_t", le.reshape(-1))
-    m = s.array("m", "float", mult[:1] if one else mult)
-    q = f"{{(const int32_t *)(const void *){stored}, {m}, {y.zp}}}"
-    return [entries, counts, cb, comp, q, str(rows), str(int(not one)), str(nbytes)]
+    stored = {4: lambda: bias, 2: lambda: bias.astype(np.int16),
+              3: lambda: bias.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].reshape(-1)}[nbytes]()
+    bias_name = s.array(f"{stem}bias", {4: "int32_t", 2: "int16_t", 3: "uint8_t"}[nbytes], stored)
+    fields["q"] = {"bias": f"(const int32_t *)(const void *){bias_name}",
+                   "mult": s.array(f"{stem}mult", "float", mult[:1] if one else mult), "zp": y.zp}
+    return {**fields, "n_out": rows, "per_channel": int(not one), "bias_bytes": nbytes}
 
 
 @LOWERERS.register("conv")
@@ -138,14 +157,7 @@ def _lower_conv(s: State, i: int, node: Node) -> None:
     conv_w = (x.shape[2] + a["pads"][1] + a["pads"][3] - kw) // a["strides"][1] + 1
     conv_h = (x.shape[1] + a["pads"][0] + a["pads"][2] - kh) // a["strides"][0] + 1
     oh, ow = s.tensor(node.output).shape[1:]
-    if chw:  # column order (kx, c, ky), slices padded to even (kernels.c, ds_slices)
-        slice_ = -(-(cg * kh) // 2) * 2
-        cols = np.zeros((o, kw, slice_), np.int8)
-        cols[:, :, : cg * kh] = w.transpose(0, 3, 1, 2).reshape(o, kw, cg * kh)
-        rows = cols.reshape(o, kw * slice_)
-    else:  # (ky, kx, c)
-        slice_ = 0
-        rows = w.transpose(0, 2, 3, 1).reshape(o, -1)
+    rows, slice_ = _columns(w, chw)
     packed, kps = zip(*(pack_rows(rows[j * (o // g) : (j + 1) * (o // g)], wide=True) for j in range(g)),
                       strict=True)
     kp = kps[0]
@@ -158,35 +170,64 @@ def _lower_conv(s: State, i: int, node: Node) -> None:
     positions = (oh * ow * pk * pk) if pool else conv_h * conv_w
     layout = choose(rows, sum(p.size for p in packed), allow_sparse=s.in_place and g == 1, repeats=positions,
                     wide=True)
-    rows_fn, cols_fn, sparse = "0", "0", "0"
-    if layout.kind == "dense":
-        wname = s.array("w", "int8_t", np.concatenate(packed))
-    else:  # the sparse rows read the column in its natural order: no padding, no block reordering
-        wname = "0"
-        # A 2x2 pooling window's four columns in one pass (immediate offsets: 3 x S bytes <= 4095).
-        four = layout.kind in ("sparse12", "sparse10") and pk == ps == 2 and not chw and 3 * 2 * kp <= 4095
-        kernel, struct, sp_fields = _sparse(s, layout, bias, mult, y, rows.shape, "int16_t", instantiate=not four)
-        name = f"ds_sp{len(s.prog.definitions)}"
-        s.prog.definitions.append(f"static const {struct} {name} = {{{', '.join(sp_fields)}}};")
-        sparse = f"&{name}"
-        rows_fn = "0" if four else f"ds_{kernel}"
-        if four:
-            count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
-            cols_fn = f"ds_{layout.kind}c_{layout.gbits}_{count}_{2 * kp}"
-            s.prog.instantiations.add(f"DS_{layout.kind.upper()}C({layout.gbits}, {count}, {2 * kp})")
-            s.prog.kernels.add(f"{layout.kind}c")
-    fields = [wname, q_fields(s, bias, mult, y),
-              *map(str, (x.shape[1], x.shape[2], x.shape[0], o, kh, kw, *a["strides"], a["pads"][0], a["pads"][1],
-                         g, kp, pk, ps, oh, ow, x.zp, int(chw), slice_, ncols, rowlen)), *fused_add(s, node), sparse]
-    col = s.scratch(i, 2 * (pk * rowlen if chw else kp * (4 if cols_fn != "0" else 1)))
-    acc = s.scratch(i, 4 * pk * pk * (-(-(o // g) // 4) * 4))
+    _describe_conv(s, node, layout, s.tensor(node.output))
+    four = layout.kind in ("sparse12", "sparse10") and pk == ps == 2 and not chw and 3 * 2 * kp <= 4095
+    weights, sparse, fns = _conv_weights(s, layout, np.concatenate(packed), (bias, mult, y), rows, kp, four)
+    fields = {**weights, "q": q_fields(s, bias, mult, y), "in_h": x.shape[1], "in_w": x.shape[2], "in_c": x.shape[0],
+              "out_c": o, "kh": kh, "kw": kw, "sh": a["strides"][0], "sw": a["strides"][1], "pt": a["pads"][0],
+              "pl": a["pads"][1], "groups": g, "kp": kp, "pool_k": pk, "pool_s": ps, "out_h": oh, "out_w": ow,
+              "in_zp": x.zp, "chw": int(chw), "slice": slice_, "ncols": ncols, "rowlen": rowlen,
+              **fused_add(s, node), **sparse}
+    col = s.scratch(i, 2 * (pk * rowlen if chw else kp * (4 if four else 1)), "col", "int16_t",
+                    "im2col " + ("rows" if chw else "columns" if four else "column") + ": int16")
+    acc = s.scratch(i, 4 * pk * pk * (-(-(o // g) // 4) * 4), "acc", "int32_t", "accumulators: int32")
     note = "; ".join(filter(None, [f"max pool {pk}x{pk} fused" if pool else "",
                                    "addition fused, in place" if "add" in a else "",
                                    layout.note if layout.kind != "dense" else ""]))
-    s.prog.calls.append(Call("conv", "ds_conv_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
-                                                          (s.buf(node.output), "int8_t *"), (col, "int16_t *"),
-                                                          (acc, "int32_t *")], note=note,
-                             fn=f"{rows_fn}, {cols_fn}"))
+    s.call("ds_conv", "ds_conv_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"), (s.buf(node.output), "int8_t *"),
+                                            (col, "int16_t *"), (acc, "int32_t *")], note=note, fns=fns)
     s.prog.kernels.add("conv")
     s.prog.macs += o * cg * kh * kw * (oh * ow * pk * pk if pool else conv_h * conv_w)
     s.layout[node.output] = "hwc"
+
+
+def _columns(w: np.ndarray, chw: bool) -> tuple[np.ndarray, int]:
+    """(weight rows in the order the kernel's columns hold the input, slice length): (kx, c, ky) with slices
+    padded to even for a C x H x W input (kernels.c.j2, ds_slices), else (ky, kx, c)."""
+    o, cg, kh, kw = w.shape
+    if not chw:
+        return w.transpose(0, 2, 3, 1).reshape(o, -1), 0
+    slice_ = -(-(cg * kh) // 2) * 2
+    cols = np.zeros((o, kw, slice_), np.int8)
+    cols[:, :, : cg * kh] = w.transpose(0, 3, 1, 2).reshape(o, kw, cg * kh)
+    return cols.reshape(o, kw * slice_), slice_
+
+
+def _conv_weights(s: State, layout: Layout, packed: np.ndarray, q: tuple[np.ndarray, np.ndarray, QTensor],
+                  rows: np.ndarray, kp: int, four: bool) -> tuple[Fields, Fields, tuple[str, str]]:
+    """(the conv struct's dense weights, or its in-place ones, and ds_conv's in-place kernels (rows, four
+    columns)). Stored in place, the
+    rows read the column in its natural order: no padding, no block reordering; with a 2x2 pooling window
+    (immediate offsets: 3 x S bytes <= 4095) one kernel takes its four columns in one pass."""
+    if layout.kind == "dense":
+        return {"w": s.array("weights", "int8_t", packed)}, {}, ("0", "0")
+    kernel, struct, fields = _sparse(s, layout, *q, rows.shape, "int16_t", specialize=not four, stem="rows_")
+    sparse = s.struct("sparse", struct, fields)
+    if not four:
+        return {}, {"sparse": f"&{sparse}"}, (kernel, "0")
+    count = "uint16_t" if layout.counts.max(initial=0) >= 256 else "uint8_t"
+    cols = s.use(f"{layout.kind}c", f"ds_{layout.kind}_cols4_g{layout.gbits}_{SHORT[count]}_s{2 * kp}",
+                 g=layout.gbits, ct=count, s=2 * kp)
+    return {}, {"sparse": f"&{sparse}"}, ("0", cols)
+
+
+def _describe_conv(s: State, node: Node, layout: Layout, y: QTensor) -> None:
+    a = node.attrs
+    geometry = [f"stride {a['strides'][0]}" if max(a["strides"]) > 1 else "",
+                f"pads {'/'.join(map(str, a['pads']))}" if any(a["pads"]) else "",
+                f"{a['group']} groups" if a["group"] > 1 else "",
+                "max pool {0}x{0} fused".format(a["pool"]["kernel"][0]) if "pool" in a else "",
+                "addition fused" if "add" in a else ""]
+    extra = "".join(f", {g}" for g in geometry if g)
+    s.describe(f"{'x'.join(map(str, a['w'].shape))} int8 weights ({_scales(node)}){_stored(layout)}{extra}; "
+               f"out int8 {stored_shape(y, 'hwc')}, {quant(y)}")

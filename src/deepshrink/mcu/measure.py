@@ -108,6 +108,10 @@ class HostLibrary:
     def quantized(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._call("ds_host_quantized", x)
 
+    def arena(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As `quantized`, through the entry point that takes the caller's arena."""
+        return self._call("ds_host_arena", x)
+
     def runner(self) -> RunnerFactory:
         """The `c` runtime: normalized float images in (quantized in C, as ONNX Runtime does), logits out."""
         def make(threads: int, device: str) -> Runner:

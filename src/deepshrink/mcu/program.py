@@ -1,26 +1,39 @@
-"""The lowered program (buffers, constant arrays, kernel calls) and the state lowering keeps per tensor;
-the helpers every lowerer shares: requantization multipliers, bias folding, weight row packing."""
+"""The lowered program (buffers, named constant arrays and parameter structs, kernel calls, the specialized
+kernels it needs) and the state lowering keeps per tensor and layer; the helpers every lowerer shares:
+requantization multipliers, bias folding, weight row packing, comments' shapes."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 
 from deepshrink.errors import UserError
 from deepshrink.mcu.graph import Graph, Node, QTensor
+from deepshrink.mcu.names import Namer
 from deepshrink.registry import Registry
+
+# A C struct's designated initializer: field -> value, or a nested struct's fields (`.q = {.bias = ...}`).
+Fields: TypeAlias = dict[str, "str | int | Fields"]
 
 
 @dataclass
 class Buffer:
     """Bytes one tensor or scratch area needs in the arena from node `first` to node `last`."""
 
-    name: str
+    name: str  # the graph tensor it holds, or the scratch area's C name
     size: int
     first: int
     last: int
     external: str = ""  # "input" or "logits": the caller's memory, not the arena
     offset: int = -1
+    cname: str = ""  # its C name (conv1_out) where it is not `name`
+    ctype: str = "int8_t"  # its elements (an im2col column: int16_t; accumulators: int32_t)
+    what: str = ""  # what it holds, for the arena plan's comment
+
+    @property
+    def c(self) -> str:
+        return self.cname or self.name
 
 
 @dataclass
@@ -28,29 +41,48 @@ class CArray:
     name: str
     ctype: str  # int8_t, int32_t or float
     values: np.ndarray
+    layer: str = ""  # the layer it belongs to (model.c groups each layer's constants under its comment)
+
+
+@dataclass
+class CStruct:
+    """A const struct: a layer's parameters, or a part of them another struct points to."""
+
+    ctype: str
+    name: str
+    fields: Fields
+    layer: str = ""
 
 
 @dataclass
 class Call:
-    """One kernel call: `ds_<kernel>(&<struct>, <args>...)`; args name buffers."""
+    """One kernel call: `<kernel>(&<struct>, <fns>..., <buffers>...)`; args name buffers."""
 
-    kernel: str
-    struct_type: str
-    fields: list[str]  # the const struct's initializer, in declaration order
+    kernel: str  # the C function
+    struct: str  # the const struct of its parameters
     args: list[tuple[str, str]]  # (buffer name, C type of the pointer)
     note: str = ""
-    fn: str = ""  # a function argument before the buffers (a convolution's in-place rows kernel, or 0)
+    fns: tuple[str, ...] = ()  # function arguments before the buffers (a convolution's in-place kernels, or 0)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One rendering of a specialized kernel (kernels.c.j2, `specs.<section>`): its C name and parameters."""
+
+    section: str
+    name: str
+    params: tuple[tuple[str, str | int], ...]
 
 
 @dataclass
 class Program:
     graph: Graph
     calls: list[Call] = field(default_factory=list)
-    arrays: list[CArray] = field(default_factory=list)
+    consts: list[CArray | CStruct] = field(default_factory=list)  # in order: what a struct points to first
+    descriptions: dict[str, str] = field(default_factory=dict)  # layer -> its one-line comment in model.c
     buffers: dict[str, Buffer] = field(default_factory=dict)
     kernels: set[str] = field(default_factory=lambda: {"base", "argmax"})
-    definitions: list[str] = field(default_factory=list)  # const structs a call's fields point to
-    instantiations: set[str] = field(default_factory=set)  # kernel macros expanded for this model
+    specs: dict[str, Spec] = field(default_factory=dict)  # specialized kernels rendered for this model, by name
     layouts: list[str] = field(default_factory=list)  # each in-place layer's weight layout, for notes
     in_place: list[int] = field(default_factory=list)  # and the bytes it would take stored dense
     macs: int = 0
@@ -59,7 +91,8 @@ class Program:
 
 @dataclass
 class State:
-    """What lowering knows about each tensor: its storage (after aliases), layout and flatten order."""
+    """What lowering knows about each tensor: its storage (after aliases), layout and flatten order; and the
+    layer being lowered, whose constants and scratch buffers are named after it."""
 
     graph: Graph
     prog: Program
@@ -68,6 +101,8 @@ class State:
     order: dict[str, np.ndarray | None] = field(default_factory=dict)  # flat tensor -> storage permutation
     fused: set[str] = field(default_factory=set)  # nodes already lowered into another node's call
     in_place: bool = True  # may weights be stored sparse (else every layer dense: the reference build)
+    names: Namer = field(default_factory=Namer)
+    layer: str = ""  # the C name of the layer being lowered (conv1), set by lower() before each lowerer
 
     def tensor(self, name: str) -> QTensor:
         return self.graph.tensors[name]
@@ -76,13 +111,34 @@ class State:
         return self.root.get(name, name)
 
     def array(self, stem: str, ctype: str, values: np.ndarray) -> str:
-        name = f"ds_{stem}{len(self.prog.arrays)}"
-        self.prog.arrays.append(CArray(name, ctype, values))
+        name = self.names.unique(f"{self.layer}_{stem}")
+        self.prog.consts.append(CArray(name, ctype, values, self.layer))
         return name
 
-    def scratch(self, node: int, size: int) -> str:
-        name = f"scratch{node}_{len(self.prog.buffers)}"
-        self.prog.buffers[name] = Buffer(name, size, node, node)
+    def struct(self, stem: str, ctype: str, fields: Fields) -> str:
+        name = self.names.unique(f"{self.layer}_{stem}")
+        self.prog.consts.append(CStruct(ctype, name, fields, self.layer))
+        return name
+
+    def scratch(self, node: int, size: int, stem: str, ctype: str, what: str) -> str:
+        name = self.names.unique(f"{self.layer}_{stem}")
+        self.prog.buffers[name] = Buffer(name, size, node, node, ctype=ctype, what=f"{self.layer} {what}")
+        return name
+
+    def call(self, kernel: str, ctype: str, fields: Fields, args: list[tuple[str, str]], note: str = "",
+             fns: tuple[str, ...] = (), stem: str = "") -> None:
+        """A kernel call whose parameters are a const struct named after the layer (`stem`: a second call's)."""
+        name = self.names.unique(f"{self.layer}_{stem}") if stem else self.layer
+        self.prog.consts.append(CStruct(ctype, name, fields, self.layer))
+        self.prog.calls.append(Call(kernel, name, args, note, fns))
+
+    def describe(self, text: str) -> None:
+        self.prog.descriptions[self.layer] = f"{self.layer}: {text}"
+
+    def use(self, section: str, name: str, **params: str | int) -> str:
+        """Render kernels.c.j2's `section` once more as the function `name` (once per name); returns it."""
+        self.prog.kernels.add(section)
+        self.prog.specs[name] = Spec(section, name, tuple(sorted(params.items())))
         return name
 
 
@@ -105,7 +161,7 @@ def fold_bias(bias: np.ndarray, rows: np.ndarray, x_zp: int, source: str) -> np.
 def pack_rows(rows: np.ndarray, wide: bool = False) -> tuple[np.ndarray, int]:
     """int8 rows (n, k) -> (flash bytes in ds_dot's order, kp): zero-padded to kp = k rounded up to 4, then
     4, 2 or 1 rows at a time interleaved by 4-byte blocks; for int16 activations (`wide`: a convolution's
-    column) each block is stored w0 w2 w1 w3 (kernels.c, ds_dot16)."""
+    column) each block is stored w0 w2 w1 w3 (kernels.c.j2, ds_dots16)."""
     n, k = rows.shape
     kp = -(-k // 4) * 4
     padded = np.zeros((n, kp), np.int8)
@@ -121,12 +177,24 @@ def pack_rows(rows: np.ndarray, wide: bool = False) -> tuple[np.ndarray, int]:
     return np.concatenate(out), kp
 
 
-def q_fields(s: State, bias: np.ndarray, mult: np.ndarray, y: QTensor) -> str:
-    b = s.array("b", "int32_t", bias)
-    m = s.array("m", "float", mult)
-    return f"{{{b}, {m}, {y.zp}}}"
+def q_fields(s: State, bias: np.ndarray, mult: np.ndarray, y: QTensor) -> Fields:
+    """ds_q_t: the layer's biases, requantization multipliers and output zero point."""
+    return {"bias": s.array("bias", "int32_t", bias), "mult": s.array("mult", "float", mult), "zp": y.zp}
 
 
 def c_float(v: float | np.floating) -> str:
     """A float32 as an exact C hexadecimal literal."""
     return f"{float(np.float32(v)).hex()}f"
+
+
+def stored_shape(t: QTensor, layout: str) -> str:
+    """A tensor's shape in the order its C buffer stores it: "12x12x6 HWC", "120"."""
+    if len(t.shape) != 3 or t.shape[1] * t.shape[2] == 1:
+        return str(t.size)
+    c, h, w = t.shape
+    return f"{h}x{w}x{c} HWC" if layout == "hwc" else f"{c}x{h}x{w} CHW"
+
+
+def quant(t: QTensor) -> str:
+    """A tensor's quantization for a comment: int8 values v mean (v - zp) * scale."""
+    return f"scale {t.scale:.4g}, zp {t.zp}"

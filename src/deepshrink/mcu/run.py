@@ -28,6 +28,7 @@ from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.graph import Graph, read_graph
 from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import EvalData, HostLibrary, integer_logits, load_eval_data, ort_quantize, pixel_lut
+from deepshrink.mcu.names import check_prefix
 from deepshrink.mcu.program import Program
 from deepshrink.mcu.source import IntegerModel, is_compressed, load_integer_model
 from deepshrink.measure.latency import LatencyConfig, measure_latency
@@ -48,6 +49,7 @@ class McuOptions:
     clock_mhz: float = 80.0
     latency: LatencyConfig | None = HOST_TIMING  # the `c` runtime beside ONNX Runtime; None: not timed
     dense_reference: bool = True  # with weights in place, also build the all-dense image (flash, instructions)
+    prefix: str = "ds"  # of every exported C symbol and macro: NAME_infer, NAME_ARENA_BYTES (names.check_prefix)
 
     def __post_init__(self) -> None:
         if self.target not in toolchain.TARGET_NAMES:
@@ -56,6 +58,7 @@ class McuOptions:
             raise UserError(f"--images {self.images}: must be at least {self.counted} (the images counted)")
         if not self.clock_mhz > 0:
             raise UserError(f"--clock-mhz {self.clock_mhz}: must be > 0")
+        check_prefix(self.prefix)
 
 
 @dataclass
@@ -76,7 +79,7 @@ def _normalized(data: EvalData, manifest: Manifest | None) -> EvalData:
 
 
 def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None,
-             data: EvalData | None = None) -> Built:
+             data: EvalData | None = None, prefix: str = "ds") -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
     if is_compressed(artifact) and data is None:  # decoded, then calibrated on training images: the data comes first
         manifest = read_manifest(manifest_beside(artifact))
@@ -95,7 +98,7 @@ def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | No
     arena = plan(prog.buffers)
     norm = src.manifest or data.splits  # the model's own normalization where its manifest records it
     lut = pixel_lut(graph, norm.mean, norm.std)
-    sources = emit(prog, arena, lut, f"{artifact.name} ({src.variant}, {name})")
+    sources = emit(prog, arena, lut, f"{artifact.name} ({src.variant}, {name})", prefix)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "model.h", sources.header.encode())
     atomic_write_bytes(out / "model.c", sources.body.encode())
@@ -103,10 +106,11 @@ def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | No
     return Built(src, graph, prog, arena, data)
 
 
-def _host(b: Built, out: Path, work: Path) -> tuple[HostLibrary, dict[str, Any], np.ndarray, np.ndarray]:
+def _host(b: Built, out: Path, work: Path, prefix: str) -> tuple[HostLibrary, dict[str, Any], np.ndarray,
+                                                                 np.ndarray]:
     """Host build: accuracy from raw pixels, agreement with ONNX Runtime. Returns the library, the row's
     facts, and the quantized test inputs with their C logits (the emulator's reference)."""
-    lib_path, warnings = toolchain.build_host(out, work)
+    lib_path, warnings = toolchain.build_host(out, work, prefix)
     lib = HostLibrary(lib_path, b.graph.tensors[b.graph.output].size, b.graph.input.size)
     splits = b.data.splits
     logits, classes = lib.pixels(b.data.pixels)
@@ -128,9 +132,9 @@ def _host(b: Built, out: Path, work: Path) -> tuple[HostLibrary, dict[str, Any],
 def _target(b: Built, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: np.ndarray,
             progress: Progress) -> dict[str, Any]:
     """Target build, emulated: sizes, bit-exactness against the host build, instructions and cycles."""
-    elf, warnings = toolchain.build_target(out, out / "firmware", opts.target)
+    elf, warnings = toolchain.build_target(out, out / "firmware", opts.target, opts.prefix)
     flash, static_ram = toolchain.image_sizes(elf)
-    fw = Firmware.load(elf)
+    fw = Firmware.load(elf, opts.prefix)
     n = min(opts.images, len(xq))
     classes = b.graph.tensors[b.graph.output].size
     task = progress.add(f"emulating {opts.target}", total=n)
@@ -157,23 +161,23 @@ def _target(b: Built, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: 
             "mcu_target_warnings": len([w for w in warnings.splitlines() if "warning:" in w]),
             "mcu_layouts": "; ".join(b.prog.layouts)}
     if b.prog.layouts and opts.dense_reference:
-        row.update(_dense_reference(b, out / "dense", opts.target, xq[0]))
+        row.update(_dense_reference(b, out / "dense", opts.target, xq[0], opts.prefix))
     return row
 
 
-def _dense_reference(b: Built, out: Path, target: str, x: np.ndarray) -> dict[str, Any]:
+def _dense_reference(b: Built, out: Path, target: str, x: np.ndarray, prefix: str) -> dict[str, Any]:
     """The same INT8 model with every layer stored dense, built and counted on one image: what storing the
     weights in place saves."""
     prog = lower(b.graph, in_place=False)
     arena = plan(prog.buffers)
     sources = emit(prog, arena, np.zeros((b.graph.image_shape[0] if len(b.graph.image_shape) == 3 else 1, 256),
-                                         np.int8), "the dense reference build")
+                                         np.int8), "the dense reference build", prefix)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.h").write_text(sources.header)
     (out / "model.c").write_text(sources.body)
-    elf, _ = toolchain.build_target(out, out / "firmware", target)
+    elf, _ = toolchain.build_target(out, out / "firmware", target, prefix)
     flash, static_ram = toolchain.image_sizes(elf)
-    fw = Firmware.load(elf)
+    fw = Firmware.load(elf, prefix)
     _, instructions, cycles = fw.count(x, b.graph.tensors[b.graph.output].size)
     return {"mcu_dense_flash_bytes": flash, "mcu_dense_ram_bytes": static_ram + fw.stack_bytes(),
             "mcu_dense_instructions": instructions, "mcu_dense_cycles_est": cycles}
@@ -194,7 +198,7 @@ def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: P
     `data`: the test set already in memory (a study's), else `dataset` is loaded."""
     opts = options or McuOptions()
     progress = progress or null_progress()
-    b = generate(artifact, out, dataset, data_dir, data)
+    b = generate(artifact, out, dataset, data_dir, data, opts.prefix)
     notes = list(b.src.notes)
     m = b.src.manifest
     row: dict[str, Any] = {
@@ -205,7 +209,7 @@ def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: P
         "mcu_kernels": " ".join(sorted(b.prog.kernels - {"base", "argmax"})),
         "artifact_accuracy_pct": _artifact_accuracy(artifact, b.src.variant)}
     with tempfile.TemporaryDirectory() as tmp:
-        lib, facts, xq, host_logits = _host(b, out, Path(tmp))
+        lib, facts, xq, host_logits = _host(b, out, Path(tmp), opts.prefix)
         row.update(facts)
         if opts.target != "host" and toolchain.cross_compiler() is None:
             notes.append(f"no target build: {toolchain.CROSS} not found ({toolchain.INSTALL_HINT})")

@@ -9,8 +9,9 @@ from importlib import resources
 from pathlib import Path
 
 from deepshrink.errors import UserError
+from deepshrink.mcu.templates import render
 
-WARNINGS = ("-std=c99", "-Wall", "-Wextra")
+WARNINGS = ("-std=c99", "-Wall", "-Wextra", "-Wpedantic")
 # Loops GCC would turn into memcpy/memset calls stay loops: the image links no C library.
 FIRMWARE = ("-Os", "-ffunction-sections", "-fdata-sections", "-fno-tree-loop-distribute-patterns",
             "-nostartfiles", "-nostdlib", "-Wl,--gc-sections")
@@ -51,9 +52,10 @@ def host_compiler() -> str:
     raise UserError("no C compiler (cc, gcc or clang) on PATH for the host build")
 
 
-def build_host(src: Path, out: Path) -> tuple[Path, str]:
-    """model.c + the host harness as a shared library: (library, compiler warnings)."""
-    (out / "host.c").write_text(support_file("host.c"))
+def build_host(src: Path, out: Path, prefix: str = "ds") -> tuple[Path, str]:
+    """model.c + the host harness (calling the model's `prefix`_infer...) as a shared library: (library,
+    compiler warnings)."""
+    (out / "host.c").write_text(render("host.c.j2", p=prefix, P=prefix.upper()))
     lib = out / "libmodel.so"
     # -O3 for this machine: the test set runs through it; integers are exact however they are vectorized,
     # and -std=c99 keeps float expressions uncontracted (no FMA but the written ones).
@@ -66,14 +68,16 @@ def cross_compiler() -> str | None:
     return shutil.which(CROSS)
 
 
-def build_target(src: Path, firmware: Path, target: str) -> tuple[Path, str]:
-    """The firmware image (start-up, an inference loop, the model), linked for `target`: (ELF, warnings)."""
+def build_target(src: Path, firmware: Path, target: str, prefix: str = "ds") -> tuple[Path, str]:
+    """The firmware image (start-up, an inference loop calling `prefix`_infer, the model), linked for `target`:
+    (ELF, warnings)."""
     cc = cross_compiler()
     if cc is None:
         raise UserError(f"{CROSS} not found: {INSTALL_HINT}")
     firmware.mkdir(parents=True, exist_ok=True)
-    for name in ("startup.c", "main.c", "link.ld"):
+    for name in ("startup.c", "link.ld"):
         (firmware / name).write_text(support_file(name))
+    (firmware / "main.c").write_text(render("main.c.j2", p=prefix, P=prefix.upper()))
     elf = src / "firmware.elf"
     cmd = [cc, *TARGETS[target].cpu_flags, *WARNINGS, *FIRMWARE, "-I", str(src), "-T", str(firmware / "link.ld"),
            "-o", str(elf), str(firmware / "startup.c"), str(firmware / "main.c"), str(src / "model.c"), "-lgcc"]
