@@ -91,7 +91,8 @@ def compress(
                      choice_margin=choice_margin)
     for m in (r.control, r) if r.control else (r,):
         console().print(f"{m.row['variant']}: accuracy {m.row['accuracy_pct']:.2f}% (baseline "
-                        f"{float(m.row['baseline_accuracy_pct']):.2f}%), {m.row['size_bytes']} bytes -> {m.out}")
+                        f"{float(m.row['baseline_accuracy_pct']):.2f}%), {m.row['size_bytes']} bytes -> "
+                        f"{m.out / m.row['artifact']}")
 
 
 @app.command("load-model")
