@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-CHOICES = ("deployed_runtime", "deployed_runtime_b1", "int8_mode", "ort_conv_pool_fused")
+CHOICES = ("deployed_runtime", "deployed_runtime_b1", "int8_mode", "ort_conv_pool_fused", "ort_conv_pool_fused_b1")
 SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 
 

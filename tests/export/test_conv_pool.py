@@ -78,24 +78,30 @@ def test_inexpressible_pairs_are_left(tmp_path: Path, net: nn.Module) -> None:
     assert find_pairs(onnx.load(str(path))) == []
 
 
-def _tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, us: dict[str, float]) -> tuple[dict, dict]:
+def _tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, us: dict[int, dict[str, float]]) -> tuple[dict, dict]:
     path = export_onnx(_net(nn.ReLU()), tmp_path / "m.onnx", torch.zeros(1, 1, 28, 28))
-    monkeypatch.setattr(deploy, "time_runtimes", lambda runners, x, keep=(): {b: {k: [v] * 30 for k, v in us.items()}
-                                                                    for b in (256, 1)})
+    monkeypatch.setattr(deploy, "time_runtimes", lambda runners, x, keep=(): {b: {k: [v] * 30 for k, v in t.items()}
+                                                                              for b, t in us.items()})
     runners: dict = {"onnxruntime": OrtRunner(path)}
     info = deploy.tune_onnxruntime(runners, np.zeros((4, 1, 28, 28), np.float32), 0.03)
     return runners, info
 
 
-def test_faster_rewrite_replaces_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runners, info = _tune(tmp_path, monkeypatch, {"0": 10.0, "1": 6.0, "2": 8.0})
-    assert runners["onnxruntime"].fused == 1 and info["ort_conv_pool_fused"] == 1
-    assert "1 of 2" in info["notes"] and "1.67x" in info["notes"]
+def test_faster_rewrite_replaces_the_runner_at_each_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runners, info = _tune(tmp_path, monkeypatch, {256: {"0": 10.0, "1": 6.0, "2": 8.0}, 1: {"0": 10.0, "1": 10.5,
+                                                                                             "2": 8.0}})
+    ort = runners["onnxruntime"]
+    assert (ort.fused, ort.fused_b1) == (1, 2)
+    assert (info["ort_conv_pool_fused"], info["ort_conv_pool_fused_b1"]) == (1, 2)
+    assert "1 at batch 256 (1.67x" in info["notes"] and "2 at batch 1 (1.25x" in info["notes"]
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    run, plain = ort(1, "cpu"), OrtRunner(ort.path)(1, "cpu")
+    assert np.allclose(run(x), plain(x), atol=1e-4) and np.allclose(run(x[:1]), plain(x[:1]), atol=1e-4)
 
 
 def test_file_graph_kept_within_the_margin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runners, info = _tune(tmp_path, monkeypatch, {"0": 10.0, "1": 9.8, "2": 11.0})
-    assert runners["onnxruntime"].fused == 0 and info["ort_conv_pool_fused"] == 0
+    runners, info = _tune(tmp_path, monkeypatch, {b: {"0": 10.0, "1": 9.8, "2": 11.0} for b in (256, 1)})
+    assert runners["onnxruntime"].fused == 0 and info["ort_conv_pool_fused"] == info["ort_conv_pool_fused_b1"] == 0
 
 
 def test_no_pair_no_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,19 +33,34 @@ def test_equal_runtimes_are_tied_within_noise_and_the_incumbent_stays() -> None:
         {256: {"onnxruntime": _noisy(2.5), "openvino": _noisy(2.45, seed=7)}}, "onnxruntime", 0.03))
 
 
+def test_the_verdict_names_the_chosen_challenger() -> None:
+    """A rival closer on its worst batch but not clearly faster is not what the note reports as chosen."""
+    rounds = {1: {"ort": _noisy(10.0), "fast": _noisy(5.0, seed=1), "close": [4.0] * 5}}  # 5 rounds: too few
+    d = decide(rounds, "ort", 0.03)
+    assert d.chosen == d.rival == "fast" and verdict(d).startswith("fast (")
+
+
 def test_a_slower_rival_is_reported_as_kept() -> None:
     d = decide({1: {"onnxruntime": _noisy(20.0), "openvino": _noisy(35.0, seed=3)}}, "onnxruntime", 0.03)
     assert d.chosen == "onnxruntime" and not d.tied
     assert "kept: openvino 0.5" in verdict(d)
+    assert "kept: full 0.9" in verdict(decide({256: {"weights": [10.0] * 30, "full": [5.0] * 30},
+                                                1: {"weights": [9.0] * 30, "full": [9.5] * 30}}, "weights", 0.03))
 
 
 def test_both_batches_must_be_won() -> None:
-    # full INT8 2.3x faster at batch 256 but no faster at batch 1 -> "weights" stays.
+    # full INT8 2.3x faster at batch 256 but level at batch 1 -> "weights" stays (one file ships for both).
     rounds = {256: {"weights": _noisy(20.0), "full": _noisy(8.7, seed=1)},
               1: {"weights": _noisy(9.0, seed=2), "full": _noisy(9.2, seed=3)}}
-    assert decide(rounds, "weights", 0.03).chosen == "weights"
+    kept = decide(rounds, "weights", 0.03)
+    assert kept.chosen == "weights" and not kept.tied and "kept: full 0.9" in verdict(kept)
     rounds[1]["full"] = _noisy(6.0, seed=4)
     assert decide(rounds, "weights", 0.03).chosen == "full"
+
+
+def test_of_several_clear_the_largest_lead_at_batch_256_wins() -> None:
+    rounds = {256: {"0": _noisy(8.0), "1": _noisy(4.1, seed=1), "2": _noisy(3.5, seed=2)}}
+    assert decide(rounds, "0", 0.1).chosen == "2"
 
 
 def test_the_lead_must_exceed_the_margin_even_without_noise() -> None:

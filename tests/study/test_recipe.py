@@ -124,8 +124,8 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o" / "results.csv").exists()
 
 
-def test_choice_margin_defaults_to_3_percent_and_is_settable(tmp_path: Path) -> None:
-    assert load_recipe(str(_write(tmp_path, GOOD))).measure.choice_margin == 0.03
+def test_choice_margin_defaults_to_10_percent_and_is_settable(tmp_path: Path) -> None:
+    assert load_recipe(str(_write(tmp_path, GOOD))).measure.choice_margin == 0.10
     assert load_recipe(str(_write(tmp_path, GOOD)), ["measure.choice_margin=0"]).measure.choice_margin == 0.0
     with pytest.raises(UserError, match="choice_margin"):
         load_recipe(str(_write(tmp_path, GOOD)), ["measure.choice_margin=1.5"])

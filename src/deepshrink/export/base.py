@@ -13,6 +13,10 @@ from torch import nn
 from deepshrink.measure.latency import RunnerFactory
 from deepshrink.registry import Registry
 
+# The least lead a timed challenger needs, whatever the noise (a fraction of the incumbent's time); why 10 %:
+# export/choice.py.
+DEFAULT_MARGIN = 0.10
+
 
 @dataclass
 class Artifact:
@@ -37,9 +41,9 @@ class ExportContext:
 
     example: torch.Tensor  # (1, C, H, W) float32
     calib: torch.Tensor | None = None
-    # Timing-based choices (runtime, INT8 mode) keep their incumbent unless a challenger is this much
-    # faster ([measure] choice_margin; export/deploy.py `keep_unless`).
-    choice_margin: float = 0.03
+    # Timing-based choices (runtime, ONNX Runtime graph, INT8 mode) keep their incumbent unless a challenger
+    # is faster by more than the noise and this fraction ([measure] choice_margin; export/choice.py).
+    choice_margin: float = DEFAULT_MARGIN
 
 
 Exporter = Callable[[nn.Module, Path, ExportContext, dict[str, Any]], Artifact]

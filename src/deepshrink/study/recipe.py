@@ -65,8 +65,8 @@ class MeasureSpec(LatencyConfig):
     images: int = 0  # test images used for timing; 0 = the whole test set (the study's method)
     sram_kb: int = 0  # on-chip budget for the energy estimate; 0 = the default
     mcu: str = ""  # a microcontroller target (SPEC §12): every INT8 and compact variant built and emulated
-    # Timing-based choices (deployed runtime, INT8 mode) keep their incumbent unless a challenger is
-    # this fraction faster (export/deploy.py `keep_unless`): what ships must not flip on noise.
+    # Timing-based choices (deployed runtime, ONNX Runtime graph, INT8 mode) keep their incumbent unless a
+    # challenger is faster beyond the noise and by this fraction (export/choice.py): what ships must not flip.
     choice_margin: float = DEFAULT_MARGIN
 
     def latency(self, device: str) -> LatencyConfig:

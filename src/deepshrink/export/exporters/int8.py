@@ -74,7 +74,7 @@ def mode_runners(model: nn.Module, ranges: Ranges, mode: str, path: Path,
 def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext) -> tuple[str, dict[str, Any]]:
     """Time FP32 and every INT8 mode in each of its runtimes side by side (choice.py). The incumbent is
     "weights" (INT8-stored, decoded at load, FP32 compute: FP32's speed): another mode ships only when it is
-    faster beyond the noise at both batches, so the choice is never slower than FP32 and does not flip."""
+    faster beyond the noise at a batch and slower at none, so it is never slower than FP32 and does not flip."""
     shape = tuple(ctx.example.shape[1:])
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
     work = stem.with_name(f".{stem.name}-timing")
@@ -158,7 +158,7 @@ def _graph(model: nn.Module, stem: Path, ctx: ExportContext,
            opts: dict[str, Any]) -> tuple[bytes, dict[str, Any], str]:
     """Any other graph: ONNX Runtime's quantize_static; all INT8 ("full"), or its weights alone in INT8
     ("weights": the activations' Q/DQ pairs taken out, float compute on weights decoded at load). deploy=auto
-    times both and keeps "weights" unless "full" is the margin faster at both batches: all-INT8 LeNet-5
+    times both and keeps "weights" unless "full" is faster beyond the noise (choice.py): all-INT8 LeNet-5
     from an .onnx ran 3x slower than FP32 (QLinearConv on a 1-channel input)."""
     calib = ctx.calib if ctx.calib is not None else ctx.example
     sample = calib[: int(opts.get("calib", len(calib)))]
