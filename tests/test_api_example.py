@@ -40,7 +40,7 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     rows = list(csv.DictReader((tmp_path / "runs" / "mine" / "results.csv").open()))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     small = next(r for r in rows if r["pipeline"])
-    # all INT8, or INT8 weights computed in float: whichever timing picked (export/int8.py)
+    # all INT8, or INT8 weights computed in float: whichever timing picked (export/exporters/int8.py)
     assert small["precision"] == {"full": "int8", "weights": "int8-weights"}[small["int8_mode"]]
     assert float(small["sparsity"]) > 0.3
     assert tmp_path / "runs" / "mine" / small["artifact"] == tmp_path / printed[2]

@@ -156,7 +156,7 @@ def test_structured_retraining_defaults_follow_the_graph(bases: dict[str, ds.Res
 
 
 # A graph's INT8 ships all-INT8 ("full") or its weights alone in INT8 ("weights", float compute), whichever
-# timing picks (export/int8.py `_graph`); both store the same INT8 weights.
+# timing picks (export/exporters/int8.py `_graph`); both store the same INT8 weights.
 _INT8 = {"full": "int8", "weights": "int8-weights"}
 
 

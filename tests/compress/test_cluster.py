@@ -117,7 +117,7 @@ def test_encode_ships_an_exact_dsz(data: DataSplits, pruned: Variant, tmp_path: 
     back = dsz.decode(art.path.read_bytes(), str(art.path))
     assert all(torch.equal(t, back[k]) for k, t in v.model.state_dict().items())
     assert "encode:" not in art.info["notes"] and art.info["sparse"]  # nothing it could not exploit
-    assert "deployed: " in art.info["notes"]  # the runtime choice (export/deploy.py)
+    assert "deployed: " in art.info["notes"]  # the runtime choice (export/choice.py)
     x = data.test_x[:64].numpy()
     ort, tch = art.runners["onnxruntime"](1, "cpu")(x), art.runners["torch"](1, "cpu")(x)
     assert np.allclose(ort, tch, atol=1e-4)

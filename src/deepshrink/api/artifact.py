@@ -1,6 +1,6 @@
 """`bench`: time one artifact on its dataset's test set. Every format deepshrink writes opens
 here — `.onnx`, `.dsonnx`, `.dsparse`, `.dsq`, checkpoints (`.safetensors` / `.json`) — plus any ONNX
-classifier given `dataset`. A compact file is decoded first: what is timed is the model it holds.
+classifier given `dataset`. A compressed file is decoded first: what is timed is the model it holds.
 """
 
 import tempfile

@@ -1,4 +1,4 @@
-"""The `encode` step (SPEC §5): the model ships as a `.dsz` file (export/dsz.py), Deep Compression's
+"""The `encode` step (SPEC §5): the model ships as a `.dsz` file (export/formats/dsz.py), Deep Compression's
 lossless last stage: Huffman-coded relative indices and codebook indices. It changes no weight; what
 it could not exploit (no zeros, too many distinct values) is said in the variant's `notes`.
 """

@@ -1,7 +1,7 @@
 """A user's ONNX classifier kept as its own graph (`OnnxGraph`), for the steps that need no PyTorch module:
-INT8 post-training quantization is ONNX Runtime's `quantize_static` on the original graph (qdq_graph.py),
-so a graph with ops the converter (onnx_torch.py) lacks still gets INT8 PTQ, and the FP32 baseline ships
-the user's own file rather than a re-export of a conversion.
+INT8 post-training quantization is ONNX Runtime's `quantize_static` on the original graph
+(export/formats/onnx_int8_ort.py), so a graph with ops the converter (onnx_to_torch.py) lacks still gets INT8
+PTQ, and the FP32 baseline ships the user's own file rather than a re-export of a conversion.
 
 The module holds the file's bytes as a uint8 buffer (so a checkpoint is the graph itself, reloaded by
 `from_onnx_graph`) and runs them in ONNX Runtime when called, for the few checks that call a model

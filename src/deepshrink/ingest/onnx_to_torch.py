@@ -4,7 +4,7 @@ onnx2torch needs torchvision, which does not install beside the pinned torch, so
 converter for the ops a classifier exported by `torch.onnx.export` uses: Conv, Gemm, MatMul (+ Add of a
 bias), Relu, Clip (0..6), Sigmoid, HardSigmoid, HardSwish, MaxPool, AveragePool, GlobalAveragePool,
 Flatten, Reshape (to N x -1), BatchNormalization, Add, Mul, Concat, Identity and Dropout. Any other op is
-one UserError naming it. A chain of layers becomes an `nn.Sequential` (so the compact INT8 writer and its
+one UserError naming it. A chain of layers becomes an `nn.Sequential` (so deepshrink's own INT8 writer and its
 deployment modes apply, as to a registry model); any other graph becomes an `OnnxNet` that runs the nodes
 in the file's order. Layers are named by kind and position (conv1, fc2, ...): the same file always gives
 the same names, which checkpoints rely on to rebuild the module (`from_onnx`).

@@ -106,7 +106,7 @@ def _code_steps(flat: torch.Tensor) -> torch.Tensor | None:
 
 
 def channel_scales(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel int8 scales that keep a decoded compact layer's weights exact where they can be: a
+    """Per-output-channel int8 scales that keep a decoded compressed layer's weights exact where they can be: a
     bit-packed layer's own steps (every weight is code x step: the int8 weights are the codes); one scale
     for a layer of at most 256 distinct values (clustered: one codebook); else the channel's max|w| / 127."""
     flat = w.detach().float().reshape(w.shape[0], -1)

@@ -31,7 +31,7 @@ Runner = Callable[[np.ndarray], np.ndarray]
 RunnerFactory = Callable[[int, str], Runner]
 
 # Runtimes an artifact may offer: "sparse" is deepshrink's own kernels for unstructured-pruned Linear
-# chains (export/sparse_runtime.py), "c" the microcontroller target's C built for this host (deepshrink.mcu);
+# chains (export/runtimes/sparse.py), "c" the microcontroller target's C built for this host (deepshrink.mcu);
 # both CPU only.
 RUNTIMES = ("torch", "onnxruntime", "openvino", "sparse", "c")
 CPU_ONLY = frozenset({"sparse", "c", "openvino"})

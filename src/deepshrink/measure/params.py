@@ -21,7 +21,7 @@ class LayerStats:
 @torch.no_grad()
 def layer_stats(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerStats]:
     """Per-layer counts; MACs from output sizes seen by forward hooks on one example image. A model that
-    counts its own layers (a user's ONNX graph kept as it came: export/onnx_graph.py) is asked instead."""
+    counts its own layers (a user's ONNX graph kept as it came: ingest/onnx_graph.py) is asked instead."""
     own = getattr(model, "layer_stats", None)
     if callable(own):
         return list(own())

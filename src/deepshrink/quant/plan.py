@@ -60,8 +60,8 @@ def plan(model: nn.Module) -> list[Op]:
 
 
 def expressible(model: nn.Module) -> bool:
-    """Whether the compact sequential writers (qdq.py, QAT's FakeQuantNet) can express the model;
-    any other graph takes the ONNX Runtime route (qdq_graph.py)."""
+    """Whether deepshrink's sequential writers (export/formats/onnx_int8.py, QAT's FakeQuantNet) can express the model;
+    any other graph takes the ONNX Runtime route (export/formats/onnx_int8_ort.py)."""
     try:
         plan(model)
     except UserError:

@@ -1,7 +1,7 @@
 """Deep Compression laid out as Han, Mao & Dally (ICLR 2016) lay it out in their Tables 2 (LeNet-300-100)
 and 3 (LeNet-5, the Caffe one: our `lenet-5-caffe`): per layer of each `.dsz` file, the weights, the share
 kept, bits per kept weight and per position index before and after Huffman coding, and bytes, with Han's
-published row beside ours. Ours are read from the files' headers (export/dsz.py `describe`), never
+published row beside ours. Ours are read from the files' headers (export/formats/dsz.py `describe`), never
 estimated: bits after Huffman are the coded stream's bytes (code table included) x 8 / kept weights.
 """
 

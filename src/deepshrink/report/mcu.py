@@ -38,7 +38,7 @@ def mcu_table(data: RunData) -> Table:
                      _ints(seeds, "mcu_dense_instructions") if in_place else "(itself)",
                      seeds[0].get("mcu_layouts") or "dense"])
     rows += _tflm_rows(data)
-    note = ("Each INT8 or compact variant as C99 for the target (deepshrink mcu, docs/mcu.md): flash and RAM of "
+    note = ("Each INT8 or compressed variant as C99 for the target (deepshrink mcu, docs/mcu.md): flash and RAM of "
             "the linked image, instructions per inference counted in the emulator (exact), cycles and ms "
             "estimated from Arm's Cortex-M4 timings at zero wait states (at the recipe's clock, 80 MHz unless "
             "set). Weights of pruned and clustered "

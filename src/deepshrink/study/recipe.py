@@ -33,7 +33,7 @@ _TOP_KEYS = {"name": str, "description": str, "expected_minutes": float,
 _STUDY_KEYS: dict[str, Any] = {"datasets": ["mnist"], "models": ["lenet-5"], "seeds": [0], "val_size": 5000,
                                "jobs": 1, "cpus_per_task": 1.0, "gpus_per_task": 0.0}
 # `[search]` (SPEC §13): after the baselines, a search per baseline; values are checked by the search's
-# own types (api_search.recipe_searches) before any work, the types and keys here.
+# own types (search/recipe.py `recipe_search`) before any work, the types and keys here.
 SEARCH_KEYS: dict[str, Any] = {"budget": "", "minimize": "", "pareto": "", "trials": 40, "seed": 0,
                                "templates": [""], "sparsity": [0.0], "bits": [0], "prune_epochs": [0],
                                "prune_rounds": [0], "cluster_epochs": [0], "structured": [0.0],

@@ -65,7 +65,7 @@ def ship(v: Variant, data: DataSplits, out: Path, choice_margin: float = DEFAULT
 def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float] | None,
              sram_budget: int, choice_margin: float) -> Measured:
     artifact, ckpt = ship(v, data, out, choice_margin)
-    # Accuracy from what deploys: the runtime measured fastest at batch 256 (export/deploy.py).
+    # Accuracy from what deploys: the runtime measured fastest at batch 256 (export/choice.py).
     runtime = str(artifact.info.get("deployed_runtime") or next(iter(artifact.runners)))
     acc = artifact_accuracy(artifact, data, runtime)
     acc_torch = artifact_accuracy(artifact, data, "torch") if "torch" in artifact.runners else float("nan")

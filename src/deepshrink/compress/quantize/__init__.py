@@ -77,7 +77,7 @@ QUANTIZERS: Registry[Quantizer] = Registry("quantizer")
 
 def _key(cfg: QuantizeConfig, model: nn.Module) -> str:
     """The quantizer: by precision, method and bits; INT8 of a graph the compact writers cannot
-    express (residuals, depthwise, global pooling) goes through ONNX Runtime (export/qdq_graph.py)."""
+    express (residuals, depthwise, global pooling) goes through ONNX Runtime (export/formats/onnx_int8_ort.py)."""
     if cfg.precision != "int8":
         return cfg.precision
     if not expressible(model) and (cfg.bits == 8 or cfg.method == "qat"):

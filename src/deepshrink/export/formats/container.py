@@ -1,4 +1,4 @@
-"""The one container codec of deepshrink's compact files (`.dsparse`, `.dsonnx`, `.dsq`):
+"""The one container codec of deepshrink's compressed files (`.dsparse`, `.dsonnx`, `.dsq`):
 
     magic | u32 little-endian header length | JSON header | byte streams
 

@@ -1,7 +1,7 @@
 """INT8 for any graph: the FP32 ONNX export (the exporter folds batch norm into the convolutions in
 eval mode) quantized by ONNX Runtime's own `quantize_static` (QDQ: int8 per-channel symmetric weights,
-uint8 per-tensor activations, MinMax calibration on training images). Models that the compact
-sequential writer (qdq.py) cannot express — residual additions, concatenations, depthwise
+uint8 per-tensor activations, MinMax calibration on training images). Models that deepshrink's own
+sequential writer (onnx_int8.py) cannot express — residual additions, concatenations, depthwise
 convolutions, global pooling — take this route; ONNX Runtime leaves ops it cannot quantize in float.
 
 Then two lossless passes keep the file small: constants the exporter shares through Identity nodes
@@ -37,7 +37,7 @@ def _inline_identity_constants(m: onnx.ModelProto) -> None:
     m.graph.node.extend(keep)
 
 
-def compact_names(m: onnx.ModelProto) -> None:
+def shorten_names(m: onnx.ModelProto) -> None:
     """Rename every tensor but the graph's inputs and outputs, and drop node names and doc strings."""
     fixed = {v.name for v in (*m.graph.input, *m.graph.output)}
     names: dict[str, str] = {}
@@ -121,7 +121,7 @@ def quantize_graph(model: nn.Module, example: torch.Tensor, calib: torch.Tensor,
         finally:
             logging.disable(quiet)
         q = onnx.load(str(out))
-    compact_names(q)
+    shorten_names(q)
     onnx.checker.check_model(q)
     return q
 

@@ -14,7 +14,7 @@ original kernel shifted by (a, b), and s*s times the output channels; the pool i
 max over the s*s channel groups (Reshape, ReduceMax). The activation runs before the Max, as before the pool, so
 any elementwise one stays exact. The block is filled by s*s*C channels instead of C, and the tensor
 reordered is the pooled size. Whether it pays depends on the channel counts (a 16-channel layer becomes
-64 and gets slower), so deploy.py times the graph with 0, 1, ... such pairs rewritten and keeps the
+64 and gets slower), so export/choice.py times the graph with 0, 1, ... such pairs rewritten and keeps the
 file's own graph unless one is faster. The shipped file is unchanged: its runner rewrites it at load.
 """
 

@@ -1,6 +1,6 @@
 """ONNX Runtime, the reference runtime of every ONNX file: a runner factory (threads, device) -> runner (batch
 -> logits). The file is loaded as the load-time rewrites leave it: INT8-stored weights of float layers decoded
-once (weight_decode.py), and the conv + max-pool pairs the deploy choice fused (conv_pool.py)."""
+once (weight_decode.py), and the conv + max-pool pairs the timing choice fused (conv_pool.py, export/choice.py)."""
 
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Numba kernels of the sparse runtime (sparse_runtime.py): a chain of sparse Linear layers run on
+"""Numba kernels of the sparse runtime (sparse.py): a chain of sparse Linear layers run on
 the non-zeros only, in one compiled call per batch.
 
 The network is held flat, so one call runs every layer without Python in between (at batch 1 a
