@@ -147,10 +147,14 @@ def _table(title: str, cols: list[tuple[str, str]], rows: list[dict[str, Any]]) 
     console().print(table)
 
 
+# What a .dsz stores per tensor (export/formats/dsz.py `describe`).
+DSZ_COLUMNS = [("tensor", "tensor"), ("shape", "shape"), ("kind", "kind"), ("nonzero", "non-zero"),
+               ("codebook", "codebook"), ("gap_bits", "gap bits"), ("position_bytes", "position B"),
+               ("value_bytes", "value B"), ("index_bytes", "of which index B"), ("codebook_bytes", "codebook B")]
+
+
 def _show_dsz(path: Path, rows: list[dict[str, Any]]) -> None:
-    headings = ("tensor", "shape", "kind", "non-zero", "codebook", "gap bits", "position B", "value B",
-                "of which index B", "codebook B")
-    _table(str(path), list(zip(rows[0] if rows else headings, headings, strict=True)), rows)
+    _table(str(path), DSZ_COLUMNS, rows)
     streams = sum(r["position_bytes"] + r["value_bytes"] for r in rows)
     size = path.stat().st_size
     console().print(f"{size} bytes: {streams} in streams, {size - streams} header, magic and checksum")

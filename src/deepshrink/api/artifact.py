@@ -18,7 +18,7 @@ from deepshrink.export import Artifact
 from deepshrink.export.files import OPENERS, Opened, find_manifest, open_artifact
 from deepshrink.export.formats.onnx_float import export_onnx
 from deepshrink.export.runtimes import onnx_runners, sparse, torch_runner
-from deepshrink.ingest.onnx_file import fixed_batch, read_onnx
+from deepshrink.ingest.onnx_file import fixed_batch
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig, measure_latency
 from deepshrink.progress import Progress
 
@@ -28,8 +28,8 @@ READER = "a file deepshrink writes, or any ONNX classifier with --dataset"
 def _onnx_file(opened: Opened, tmp: Path) -> Path:
     """The ONNX file the runtimes load: the file itself, or what a .dsonnx decodes to. A fixed batch size is
     refused (the study's method times batches of 256)."""
-    assert opened.onnx is not None
-    if (fixed := fixed_batch(read_onnx(opened.onnx, str(opened.path)))) is not None:
+    assert opened.onnx is not None and opened.graph is not None
+    if (fixed := fixed_batch(opened.graph)) is not None:
         raise UserError(f"{opened.path}: input {fixed[0]!r} has a fixed batch size of {fixed[1]}; export it with a "
                         "dynamic batch axis (torch.onnx.export(..., dynamic_axes={NAME: {0: 'batch'}}))")
     if opened.path.suffix == ".onnx":

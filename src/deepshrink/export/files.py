@@ -1,10 +1,10 @@
 """Opening a file deepshrink wrote, by its suffix: the one table `deepshrink bench`, the microcontroller
 target and the API read artifacts through.
 
-An ONNX file (`.onnx`, `.dsonnx`) opens as the ONNX bytes it holds; a compressed file (`.dsparse`, `.dsq`,
-`.dsz`) as the model its manifest names, rebuilt to the decoded tensors' shapes and holding them; a
-checkpoint (`.safetensors` / `.json`) as its model. The manifest beside the file (model.json: dataset,
-model, normalization) comes along where there is one; a foreign ONNX file has none.
+An ONNX file (`.onnx`, `.dsonnx`) opens as the ONNX bytes it holds, parsed and checked once; a compressed
+file (`.dsparse`, `.dsq`, `.dsz`) as the model its manifest names, rebuilt to the decoded tensors' shapes and
+holding them; a checkpoint (`.safetensors` / `.json`) as its model. The manifest beside the file (model.json:
+dataset, model, normalization) comes along where there is one; a foreign ONNX file has none.
 """
 
 from collections.abc import Callable
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from onnx import ModelProto
 from torch import nn
 
 from deepshrink.checkpoint import Manifest, load_checkpoint, read_manifest
@@ -23,10 +24,12 @@ from deepshrink.models import create_model, shrink_to
 
 @dataclass
 class Opened:
-    """What a file holds: ONNX bytes or a decoded model, and the manifest beside it (None for a foreign file)."""
+    """What a file holds: ONNX bytes (and the model they parse to) or a decoded model, and the manifest beside
+    it (None for a foreign file)."""
 
     path: Path
     onnx: bytes | None = None
+    graph: ModelProto | None = None
     model: nn.Module | None = None
     manifest: Manifest | None = None
 
@@ -64,16 +67,17 @@ def _manifest(path: Path) -> Manifest | None:
     return read_manifest(found) if found else None
 
 
+def _onnx_bytes(path: Path, data: bytes) -> Opened:
+    # any malformation: one line naming the file
+    return Opened(path, onnx=data, graph=read_onnx(data, str(path)), manifest=_manifest(path))
+
+
 def _onnx(path: Path) -> Opened:
-    data = path.read_bytes()
-    read_onnx(data, str(path))  # any malformation: one line naming the file
-    return Opened(path, onnx=data, manifest=_manifest(path))
+    return _onnx_bytes(path, path.read_bytes())
 
 
 def _dsonnx(path: Path) -> Opened:
-    data = dsonnx.decode(path.read_bytes(), str(path))
-    read_onnx(data, str(path))
-    return Opened(path, onnx=data, manifest=_manifest(path))
+    return _onnx_bytes(path, dsonnx.decode(path.read_bytes(), str(path)))
 
 
 def decoded_model(path: Path, state: dict[str, torch.Tensor]) -> tuple[nn.Module, Manifest]:

@@ -26,7 +26,6 @@ from deepshrink.checkpoint import Manifest, load_checkpoint, paths_for
 from deepshrink.errors import UserError
 from deepshrink.export.files import DECODERS, Opened, open_artifact
 from deepshrink.export.formats.onnx_int8 import build_qdq
-from deepshrink.ingest.onnx_file import read_onnx
 from deepshrink.models import weight_of, weighted_layers
 from deepshrink.quant.plan import expressible, observe_ranges
 from deepshrink.quant.scales import weight_scales
@@ -62,8 +61,8 @@ def load_integer_model(path: Path, calib: torch.Tensor | None = None) -> Integer
     if opened.compressed:
         assert calib is not None
         return _compressed(opened, calib)
-    assert opened.onnx is not None
-    shipped = read_onnx(opened.onnx, str(path))
+    assert opened.graph is not None
+    shipped = opened.graph
     manifest = opened.manifest
     variant = path.parent.name if manifest else path.stem
     ranges = manifest.info.get("int8_ranges") if manifest else None

@@ -84,33 +84,34 @@ def module_variant(model: nn.Module, data: DataSplits, normalize: str | Norm | N
     return _variant(model, ref, args, data, norm, seed)
 
 
-def _data(src: BroughtModel, what: str, data_dir: Path | None, data: DataSplits | None) -> DataSplits:
-    """The data given as loaded, else by `src.dataset` (which the caller must name)."""
-    if data is not None:
-        return data
+def _dataset(src: BroughtModel, what: str) -> str:
+    """`src.dataset`, which the caller must name, checked before any file is read or converted."""
     if not src.dataset:
         raise UserError(f"{what}: pass --dataset (the data to measure it on)")
     check_name(src.dataset)
-    return load_dataset(src.dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
+    return src.dataset
+
+
+def _data(src: BroughtModel, what: str, data_dir: Path | None, data: DataSplits | None) -> DataSplits:
+    """The data given as loaded, else by `src.dataset`."""
+    if data is not None:
+        return data
+    return load_dataset(_dataset(src, what), data_dir, allow_empty_classes=ALLOW_EMPTY)
 
 
 def brought_variant(src: BroughtModel, data_dir: Path | None = None, seed: int = 0,
                     data: DataSplits | None = None) -> tuple[Variant, DataSplits]:
-    """The baseline and its data for `compress`, whichever way the model came (`data`: already loaded)."""
+    """The baseline and its data for `compress`, whichever way the model came (`data`: already loaded): a
+    `model` reference with its `weights`, else a checkpoint or .onnx `path` (which flags combine is the CLI's
+    to check)."""
     if src.model is not None:
-        if src.path is not None:
-            raise UserError(f"{src.path}: give either a checkpoint/.onnx file or --model with --weights, not both")
-        if src.weights is None:
-            raise UserError(f"--model {src.model}: pass --weights FILE (.safetensors, .pt or .pth state dict)")
+        assert src.weights is not None
         check_model_name(src.model)
         state = read_state_dict(src.weights)  # a refused file is said before any data is looked for
         data = _data(src, f"--model {src.model}", data_dir, data)
         model = load_weights(create_model(src.model, data, **src.model_args), src.weights, state)
         return _variant(model, canonical(src.model), src.model_args, data, _norm(src.normalize), seed)
-    if src.path is None:
-        raise UserError("compress: give a checkpoint, an .onnx file, or --model with --weights")
-    if src.weights is not None:
-        raise UserError(f"--weights {src.weights}: needs --model (the architecture the weights fit)")
+    assert src.path is not None
     if src.path.suffix == ".onnx":
         return _onnx(src, data_dir, seed, data)
     return _checkpoint(src, data_dir, seed, data)
@@ -118,10 +119,8 @@ def brought_variant(src: BroughtModel, data_dir: Path | None = None, seed: int =
 
 def _onnx(src: BroughtModel, data_dir: Path | None, seed: int, data: DataSplits | None) -> tuple[Variant, DataSplits]:
     assert src.path is not None
-    if data is None and not src.dataset:
-        raise UserError(f"{src.path}: pass --dataset (the data to measure it on)")
     if data is None:
-        check_name(str(src.dataset))  # a bad name is said before the file is converted
+        _dataset(src, str(src.path))  # a missing or bad name is said before the file is converted
     model, ref = _convert(src.path, src.graph)
     data = _data(src, str(src.path), data_dir, data)
     return _variant(model, ref, {"path": str(src.path.resolve())}, data, _norm(src.normalize), seed, src.path.stem)

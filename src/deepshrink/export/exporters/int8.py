@@ -5,7 +5,8 @@ ONNX file (.dsonnx)."""
 
 import copy
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,10 @@ def mode_runners(model: nn.Module, ranges: Ranges, mode: str, path: Path,
 def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext) -> tuple[str, dict[str, Any]]:
     """Time FP32 and every INT8 mode in each of its runtimes side by side (choice.py). The incumbent is
     "weights" (INT8-stored, decoded at load, FP32 compute: FP32's speed): another mode ships only when it is
-    faster beyond the noise at a batch and slower at none, so it is never slower than FP32 and does not flip."""
+    faster beyond the noise at both batches, so it is never slower than FP32 and does not flip."""
     shape = tuple(ctx.example.shape[1:])
     calib = (ctx.calib if ctx.calib is not None else ctx.example).numpy().astype(np.float32)
-    work = stem.with_name(f".{stem.name}-timing")
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with _timing_dir(stem) as work:
         fp32 = ort_runner(export_onnx(copy.deepcopy(model), work / "fp32.onnx", ctx.example))
         candidates = {}
         for mode in distinct_modes(model):  # the incumbent always timed
@@ -87,6 +86,15 @@ def choose_mode(model: nn.Module, ranges: Ranges, stem: Path, ctx: ExportContext
             onnx.save(build_qdq(model, ranges, shape, MODES[mode](model)), str(path))
             candidates[mode] = mode_runners(model, ranges, mode, path, calib)
         return choice.choose_mode(candidates, calib, INCUMBENT, ctx.choice_margin, fp32)
+
+
+@contextmanager
+def _timing_dir(stem: Path) -> Iterator[Path]:
+    """A folder beside the artifact for the candidate files a timed choice loads, removed afterwards."""
+    work = stem.with_name(f".{stem.name}-timing")
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -186,15 +194,11 @@ def _graph(model: nn.Module, stem: Path, ctx: ExportContext,
 
 def _graph_mode(built: dict[str, bytes], stem: Path, calib: np.ndarray, ctx: ExportContext,
                 info: dict[str, Any]) -> str:
-    work = stem.with_name(f".{stem.name}-timing")
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with _timing_dir(stem) as work:
         for mode, raw in built.items():
             (work / f"{mode}.onnx").write_bytes(raw)
         candidates = {m: onnx_runners(work / f"{m}.onnx") for m in built}
         mode, timing = choice.choose_mode(candidates, calib, INCUMBENT, ctx.choice_margin)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     info.update(timing)
     return mode
 
