@@ -29,7 +29,7 @@ class Sources:
 
 def _format(values: np.ndarray, ctype: str) -> str:
     flat = values.reshape(-1)
-    if ctype == "float":
+    if ctype == "float" or (ctype == "ds_mult_t" and values.dtype.kind == "f"):
         items = [f"{float(v).hex()}f" for v in flat.astype(np.float32)]
         per = 4
     else:

@@ -139,7 +139,7 @@ def _sparse_fields(s: State, layout: Layout, bias: np.ndarray, mult: np.ndarray,
               3: lambda: bias.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].reshape(-1)}[nbytes]()
     bias_name = s.array(f"{stem}bias", {4: "int32_t", 2: "int16_t", 3: "uint8_t"}[nbytes], stored)
     fields["q"] = {"bias": f"(const int32_t *)(const void *){bias_name}",
-                   "mult": s.array(f"{stem}mult", "float", mult[:1] if one else mult), "zp": y.zp}
+                   "mult": s.array(f"{stem}mult", "ds_mult_t", mult[:1] if one else mult), "zp": y.zp}
     return {**fields, "n_out": rows, "per_channel": int(not one), "bias_bytes": nbytes}
 
 

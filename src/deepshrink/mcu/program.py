@@ -179,7 +179,7 @@ def pack_rows(rows: np.ndarray, wide: bool = False) -> tuple[np.ndarray, int]:
 
 def q_fields(s: State, bias: np.ndarray, mult: np.ndarray, y: QTensor) -> Fields:
     """ds_q_t: the layer's biases, requantization multipliers and output zero point."""
-    return {"bias": s.array("bias", "int32_t", bias), "mult": s.array("mult", "float", mult), "zp": y.zp}
+    return {"bias": s.array("bias", "int32_t", bias), "mult": s.array("mult", "ds_mult_t", mult), "zp": y.zp}
 
 
 def c_float(v: float | np.floating) -> str:
