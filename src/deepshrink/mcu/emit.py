@@ -32,6 +32,9 @@ def _format(values: np.ndarray, ctype: str) -> str:
     if ctype == "float" or (ctype == "ds_mult_t" and values.dtype.kind == "f"):
         items = [f"{float(v).hex()}f" for v in flat.astype(np.float32)]
         per = 4
+    elif ctype == "ds_mult_t":  # fixed-point rows: (m, shift, lo, hi)
+        items = ["{" + ", ".join(str(int(v)) for v in row) + "}" for row in values.reshape(-1, 4)]
+        per = 3
     else:
         items = [str(int(v)) for v in flat]
         per = 20 if ctype in ("int8_t", "uint8_t") else 12
@@ -41,7 +44,8 @@ def _format(values: np.ndarray, ctype: str) -> str:
 
 def _array(a: CArray) -> str:
     align = " DS_ALIGN4" if a.ctype in ("int8_t", "uint8_t") else ""
-    return f"static const {a.ctype} {a.name}[{max(a.values.size, 1)}]{align} = {{\n{_format(a.values, a.ctype)}\n}};"
+    n = a.values.shape[0] if a.ctype == "ds_mult_t" and a.values.dtype.kind != "f" else a.values.size
+    return f"static const {a.ctype} {a.name}[{max(n, 1)}]{align} = {{\n{_format(a.values, a.ctype)}\n}};"
 
 
 def _value(v: str | int | Fields) -> str:

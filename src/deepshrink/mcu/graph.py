@@ -59,6 +59,8 @@ class Graph:
     nodes: list[Node]
     source: str
     offset: int = 128  # ONNX Runtime's activation value = ours + offset (uint8: 128)
+    arith: str = "float"  # requantization: "float" (ONNX Runtime's float32) or "fixed" (TFLite's, mcu/fixed.py)
+    input_layout: str = "chw"  # how the caller stores an image input: C x H x W (ONNX) or H x W x C (TFLite)
 
 
 @dataclass

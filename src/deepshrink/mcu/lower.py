@@ -10,7 +10,8 @@ Choices made here, and why:
 - Weight rows are padded with zeros to a multiple of 4 bytes and interleaved 4 (then 2, then 1) rows at a
   time, the order the dot-product kernel reads them in (kernels.c.j2, ds_dots8 and ds_dots16).
 - Biases absorb the input zero point (b - zp_x * sum(w)): the inner loops multiply raw int8 values.
-- Requantization multipliers are computed in float32 in ONNX Runtime's order, (x_scale * w_scale) / y_scale.
+- Requantization multipliers are computed in float32 in ONNX Runtime's order, (x_scale * w_scale) / y_scale,
+  or, with the graph's `fixed` arithmetic, as TensorFlow Lite's Q31 multipliers and shifts (mcu/fixed.py).
 """
 
 from dataclasses import replace
@@ -28,7 +29,7 @@ def lower(graph: Graph, in_place: bool = True) -> Program:
     prog = Program(graph)
     s = State(graph, prog, in_place=in_place)
     inp = graph.input
-    s.layout[inp.name] = "chw" if len(inp.shape) == 3 else "flat"
+    s.layout[inp.name] = graph.input_layout if len(inp.shape) == 3 else "flat"
     s.order[inp.name] = None
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(graph.nodes):

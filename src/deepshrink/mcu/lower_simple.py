@@ -6,8 +6,9 @@ from typing import Any
 import numpy as np
 
 from deepshrink.errors import UserError
+from deepshrink.mcu.fixed import INT8, add_params, softmax_params
 from deepshrink.mcu.graph import Node, QTensor
-from deepshrink.mcu.program import LOWERERS, Fields, State, c_float, quant, stored_shape
+from deepshrink.mcu.program import LOWERERS, Fields, State, c_float, mult_value, quant, stored_shape
 
 
 @LOWERERS.register("reshape")
@@ -26,7 +27,9 @@ def _lower_reshape(s: State, i: int, node: Node) -> None:
         s.layout[node.output] = layout
         return
     s.layout[node.output] = "flat"
-    if layout == "hwc" and len(src.shape) == 3 and src.shape[1] * src.shape[2] > 1:
+    if node.attrs.get("hwc_order"):  # TFLite's RESHAPE flattens H x W x C: the storage order already
+        s.order[node.output] = None
+    elif layout == "hwc" and len(src.shape) == 3 and src.shape[1] * src.shape[2] > 1:
         c, h, w = src.shape  # storage index of each ONNX (C, H, W)-order element
         s.order[node.output] = np.arange(c * h * w).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
     else:
@@ -60,8 +63,12 @@ def _geometry(a: dict[str, Any]) -> str:
 
 
 def add_fields(s: State, node: Node) -> Fields:
-    """ds_add_t: ONNX Runtime's scale ratios in float32, zero points in its own domain."""
+    """ds_add_t: ONNX Runtime's scale ratios in float32, zero points in its own domain; or with fixed
+    arithmetic TFLite's int8 ADD multipliers (mcu/fixed.py)."""
     a, b, y = (s.tensor(n) for n in (*node.inputs, node.output))
+    if s.graph.arith == "fixed":
+        clamp = node.attrs.get("clamp", INT8)
+        return {**add_params((a.scale, a.zp), (b.scale, b.zp), (y.scale, y.zp), clamp), "n": y.size}
     off = s.graph.offset
     ra, rb = np.float32(a.scale) / np.float32(y.scale), np.float32(b.scale) / np.float32(y.scale)
     return {"ra": c_float(ra), "rb": c_float(rb), "za": a.zp + off, "zb": b.zp + off, "zy": y.zp + off,
@@ -98,8 +105,10 @@ def _global(s: State, i: int, node: Node) -> None:
     x, y = s.tensor(node.inputs[0]), s.tensor(node.output)
     c, n = x.shape[0], x.shape[1] * x.shape[2]
     mult = np.float32(x.scale) / (np.float32(y.scale) * np.float32(n))
+    if s.graph.arith == "fixed":
+        mult = np.float64(x.scale) / (np.float64(y.scale) * n)
     acc = s.scratch(i, 4 * c, "acc", "int32_t", f"sums: int32 x {c}")
-    s.call("ds_gavgpool", "ds_gavg_t", {"mult": c_float(mult), "n": n, "c": c, "in_zp": x.zp, "zp": y.zp},
+    s.call("ds_gavgpool", "ds_gavg_t", {"mult": mult_value(s, float(mult), node), "n": n, "c": c, "in_zp": x.zp, "zp": y.zp},
            [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *"), (acc, "int32_t *")])
     s.prog.kernels.add("gavgpool")
     s.layout[node.output] = "hwc"
@@ -124,6 +133,9 @@ def _lower_avgpool(s: State, i: int, node: Node) -> None:
     if tuple(a["kernel"]) == tuple(x.shape[1:]) and not any(a["pads"]):
         _global(s, i, node)
         return
+    if s.graph.arith == "fixed":
+        raise UserError(f"{s.graph.source}: --arith fixed: average pooling over part of the image is computed in "
+                        "float only; use --arith float")
     off = s.graph.offset
     fields = {**_window(x, y, a), "count_pad": a["count_include_pad"], "in_zp": x.zp + off, "zp": y.zp + off,
               "off": off, "x_scale": c_float(x.scale), "y_scale": c_float(y.scale)}
@@ -132,3 +144,32 @@ def _lower_avgpool(s: State, i: int, node: Node) -> None:
     s.prog.kernels.add("avgpool")
     s.layout[node.output] = "hwc"
     s.describe(f"average {_geometry(a)}; out int8 {stored_shape(y, 'hwc')}, {quant(y)}")
+
+
+@LOWERERS.register("avgpool_tfl")
+def _lower_avgpool_tfl(s: State, i: int, node: Node) -> None:
+    """TFLite's AVERAGE_POOL_2D (input and output share a quantization: a rounded mean of raw values)."""
+    x, y = s.tensor(node.inputs[0]), s.tensor(node.output)
+    a = node.attrs
+    lo, hi = a.get("clamp", INT8)
+    acc = s.scratch(i, 4 * x.shape[0], "acc", "int32_t", f"sums: int32 x {x.shape[0]}")
+    s.call("ds_avgpool_tfl", "ds_avgpool_tfl_t", {**_window(x, y, a), "lo": lo, "hi": hi},
+           [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *"), (acc, "int32_t *")])
+    s.prog.kernels.add("avgpool_tfl")
+    s.layout[node.output] = "hwc"
+    s.describe(f"average {_geometry(a)} (TFLite rounding); out int8 {stored_shape(y, 'hwc')}, {quant(y)}")
+
+
+@LOWERERS.register("softmax")
+def _lower_softmax(s: State, i: int, node: Node) -> None:
+    """int8 SOFTMAX over a vector, as CMSIS-NN computes it in TensorFlow Lite Micro."""
+    x = s.tensor(node.inputs[0])
+    if len(x.shape) != 1 or s.order.get(node.inputs[0]) is not None:
+        raise UserError(f"{s.graph.source}: SOFTMAX over a {len(x.shape)}-D tensor; the target takes a vector")
+    fields = {**softmax_params(node.attrs["beta"], x.scale), "n": x.size}
+    s.call("ds_softmax", "ds_softmax_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
+                                                  (node.output, "int8_t *")])
+    s.prog.kernels.add("softmax")
+    s.layout[node.output] = "flat"
+    s.order[node.output] = None
+    s.describe(f"softmax of {x.size} (beta {node.attrs['beta']:g}); out int8 {x.size}, scale 1/256, zp -128")

@@ -34,7 +34,7 @@ def _lower_fc(s: State, i: int, node: Node) -> None:
         w = permuted
     packed, kp = pack_rows(w)
     bias = fold_bias(node.attrs["bias"], w, x.zp, s.graph.source)
-    mult = multipliers(x, node.attrs["w_scale"], y, w.shape[0])
+    mult = multipliers(s, x, node.attrs["w_scale"], y, w.shape[0], node)
     layout = choose(w, packed.size, allow_sparse=s.in_place)
     s.prog.macs += w.size
     s.layout[node.output] = "flat"
@@ -163,7 +163,7 @@ def _lower_conv(s: State, i: int, node: Node) -> None:
     kp = kps[0]
     # The input zero point folds into the bias over the real weights only (slice padding multiplies zeros).
     bias = fold_bias(a["bias"], w.reshape(o, -1), x.zp, s.graph.source)
-    mult = multipliers(x, a["w_scale"], y, o)
+    mult = multipliers(s, x, a["w_scale"], y, o, node)
     ncols = x.shape[2] + a["pads"][1] + a["pads"][3]
     rowlen = max(ncols * slice_, (conv_w - 1) * a["strides"][1] * slice_ + kp) if chw else 0
     rowlen = -(-rowlen // 2) * 2

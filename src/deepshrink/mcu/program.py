@@ -9,6 +9,7 @@ from typing import TypeAlias
 import numpy as np
 
 from deepshrink.errors import UserError
+from deepshrink.mcu.fixed import INT8, requant_table
 from deepshrink.mcu.graph import Graph, Node, QTensor
 from deepshrink.mcu.names import Namer
 from deepshrink.registry import Registry
@@ -146,9 +147,22 @@ Lowerer = Callable[[State, int, Node], None]
 LOWERERS: Registry[Lowerer] = Registry("integer operator")
 
 
-def multipliers(x: QTensor, w_scale: np.ndarray, y: QTensor, n: int) -> np.ndarray:
+def multipliers(s: "State", x: QTensor, w_scale: np.ndarray, y: QTensor, n: int, node: Node) -> np.ndarray:
+    """Per output channel: float32 (x_scale * w_scale) / y_scale as ONNX Runtime computes it, or with fixed
+    arithmetic TFLite's (m, shift, lo, hi) rows from the same ratio in float64 (the node's fused clamp)."""
+    if s.graph.arith == "fixed":
+        ws = np.broadcast_to(w_scale.astype(np.float64), (n,))
+        return requant_table(np.float64(x.scale) * ws / np.float64(y.scale), node.attrs.get("clamp", INT8))
     ws = np.broadcast_to(w_scale.astype(np.float32), (n,))
     return (np.float32(x.scale) * ws) / np.float32(y.scale)
+
+
+def mult_value(s: "State", real: float, node: Node) -> "str | Fields":
+    """One ds_mult_t initializer (a pooling's): a float literal, or the fixed-point struct's fields."""
+    if s.graph.arith == "fixed":
+        m, shift, lo, hi = (int(v) for v in requant_table(np.array([real]), node.attrs.get("clamp", INT8))[0])
+        return {"m": m, "shift": shift, "lo": lo, "hi": hi}
+    return c_float(real)
 
 
 def fold_bias(bias: np.ndarray, rows: np.ndarray, x_zp: int, source: str) -> np.ndarray:

@@ -65,4 +65,4 @@ def kernels(prog: Program) -> str:
     specs: dict[str, list[dict[str, Any]]] = {n: [] for n in sections}
     for spec in sorted(prog.specs.values(), key=lambda s: s.name):
         specs[spec.section].append({"name": spec.name, **dict(spec.params)})
-    return ENV.from_string(text).render(specs=specs)
+    return ENV.from_string(text).render(specs=specs, fixed=prog.graph.arith == "fixed")
