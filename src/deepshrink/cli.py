@@ -200,9 +200,10 @@ def bench(
 def mcu(
     artifact: Annotated[Path, typer.Argument(help="An INT8 model deepshrink shipped (model.onnx or model.dsonnx "
                                              "of quantize:precision=int8), a compressed file (.dsparse, .dsq, "
-                                             ".dsz), or any INT8 QDQ ONNX classifier.")],
-    target: Annotated[str, typer.Option("--target", help="cortex-m4, cortex-m7, or host (C and host build "
-                                        "only).")] = default(api.mcu, "target"),
+                                             ".dsz), any INT8 QDQ ONNX classifier, or a full-integer .tflite "
+                                             "model (run with TensorFlow Lite's arithmetic).")],
+    target: Annotated[str, typer.Option("--target", help="cortex-m0plus, cortex-m3, cortex-m33, cortex-m4, "
+                                        "cortex-m7, or host (C and host build only).")] = default(api.mcu, "target"),
     dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to measure on (default: the "
                                                 "manifest beside the file).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where model.h, model.c, firmware.elf and the "
@@ -215,21 +216,38 @@ def mcu(
     prefix: Annotated[str, typer.Option("--prefix", help="Prefix of every exported C symbol and macro (NAME_infer, "
                                         "NAME_ARENA_BYTES): models with different prefixes link into one "
                                         "image.")] = default(api.mcu, "prefix"),
+    arith: Annotated[str, typer.Option("--arith", help="Requantization: float (ONNX Runtime's, bit-exact with it) "
+                                       "or fixed (TensorFlow Lite's integer-only multipliers: no FPU needed). "
+                                       "Default: fixed on cores without an FPU (cortex-m0plus, cortex-m3), and "
+                                       "always for a .tflite.")] = default(api.mcu, "arith"),
+    energy_nj_per_cycle: Annotated[float, typer.Option("--energy-nj-per-cycle", help="Energy per cycle for the "
+                                                       "energy estimate (default: NUCLEO-L4R5ZI at 120 MHz, MLPerf "
+                                                       "Tiny's measured power).")] = default(api.mcu,
+                                                                                        "energy_nj_per_cycle"),
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
-    """Turn an INT8 artifact into C99 for a microcontroller (model.h + model.c), build it for this host and
-    the target, run it in an emulator, and measure flash, RAM, instructions and accuracy."""
-    built = api.mcu(artifact, target, out, dataset, data_dir, images, clock_mhz, not no_time, prefix, quiet)
+    """Turn an INT8 artifact or a full-integer .tflite model into C99 for a microcontroller (model.h +
+    model.c), build it for this host and the target, run it in an emulator, and measure flash, RAM,
+    instructions, estimated cycles and energy, and accuracy."""
+    built = api.mcu(artifact, target, out, dataset, data_dir, images, clock_mhz, not no_time, prefix, quiet, arith,
+                    energy_nj_per_cycle)
     row, c = built.row, console()
-    c.print(f"{row['variant']}: C on this host {row['accuracy_pct']:.2f}% "
-            f"(ONNX Runtime {row['mcu_ort_accuracy_pct']:.2f}%, same class on {row['mcu_match_ort_pct']:.2f}% "
-            f"of the test set) -> {built.model_c}")
+    acc = f" {row['accuracy_pct']:.2f}%" if row.get("accuracy_pct") is not None else ""
+    if "mcu_tflm_identical_pct" in row:
+        c.print(f"{row['variant']}: C on this host{acc}; outputs identical to TensorFlow Lite Micro's on "
+                f"{row['mcu_tflm_identical_pct']:.2f}% of {row['mcu_tflm_compared']} inputs ({row['mcu_inputs']}) "
+                f"-> {built.model_c}")
+    else:
+        c.print(f"{row['variant']}: C on this host{acc} "
+                f"(ONNX Runtime {row['mcu_ort_accuracy_pct']:.2f}%, same class on {row['mcu_match_ort_pct']:.2f}% "
+                f"of the test set) -> {built.model_c}")
     if "mcu_flash_bytes" in row:
         c.print(f"{target}: flash {row['mcu_flash_bytes']} B, RAM {row['mcu_ram_bytes']} B, "
                 f"{row['mcu_instructions']} instructions ({row['mcu_instructions_per_mac']:.2f} per MAC), "
-                f"~{row['mcu_ms_est']:.2f} ms at {row['mcu_clock_mhz']:g} MHz (estimate); "
-                f"{row['mcu_emulated_identical']}/{row['mcu_emulated_images']} emulated images identical "
-                "to the host build")
+                f"~{row['mcu_cycles_per_mac']:.2f} cycles per MAC, ~{row['mcu_ms_est']:.2f} ms at "
+                f"{row['mcu_clock_mhz']:g} MHz, ~{row['mcu_energy_uj_est']:.1f} µJ per inference "
+                f"({row['mcu_energy_source']}); {row['mcu_emulated_identical']}/{row['mcu_emulated_images']} "
+                "emulated inputs identical to the host build")
     if row.get("notes"):
         c.print(f"notes: {row['notes']}")
 

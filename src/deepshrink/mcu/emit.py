@@ -134,7 +134,7 @@ def emit(prog: Program, arena_bytes: int, lut: np.ndarray, title: str, prefix: s
                   buffers=[{"enum": _enum(b), "pointer": _pointer(b)} for b in buffers],
                   arena_words=max(-(-arena_bytes // 4), 1), calls=[_call(prog, c) for c in prog.calls],
                   lut=[_format(row, "int8_t").replace("\n", "\n    ").join(["    ", ""]) for row in lut],
-                  plane=g.input.size // len(lut))
+                  plane=g.input.size // len(lut), hwc=g.input_layout == "hwc" and len(lut) > 1)
     return Sources(header, body)
 
 
@@ -143,4 +143,6 @@ def _header_values(g: Graph, arena_bytes: int) -> dict[str, object]:
     out = g.tensors[g.output]
     return {"channels": c, "height": h, "width": w, "input_size": g.input.size, "classes": out.size,
             "arena_bytes": arena_bytes, "input_scale": c_float(g.input.scale), "input_zp": g.input.zp,
-            "output_scale": c_float(out.scale), "output_zp": out.zp}
+            "output_scale": c_float(out.scale), "output_zp": out.zp,
+            "input_order": "H x W x C" if g.input_layout == "hwc" and len(g.image_shape) == 3 else "C x H x W",
+            "output_what": "the logits" if g.arith == "float" else "TFLite's output tensor, byte for byte"}

@@ -9,7 +9,7 @@
 """
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,12 @@ from deepshrink.results import LATENCY_COLUMNS, LATENCY_KEY, RESULTS_COLUMNS, RE
 # is timed lighter than SPEC §6's full protocol: 1,000 test images, 5 passes, 200 batch-1 calls.
 HOST_TIMING = LatencyConfig(runtimes=("c",), threads=(1,), repeats=5, single_calls=200)
 TIMED_IMAGES = 1000
+# Energy per cycle of MLPerf Tiny's reference Cortex-M4 board, NUCLEO-L4R5ZI at 120 MHz: 33.06 mW measured in
+# its published runs (3 V, SMPS) / 120 MHz = 0.28 nJ per cycle (../shared/mlperf-tiny/README.md).
+ENERGY_NJ_PER_CYCLE = 0.28
+ENERGY_SOURCE = "estimate: estimated cycles x {nj} nJ/cycle ({where})"
+ENERGY_DEFAULT_WHERE = "NUCLEO-L4R5ZI at 120 MHz, MLPerf Tiny's measured power"
+NO_FPU = ("cortex-m0plus", "cortex-m3")  # cores whose C gets integer-only (fixed) requantization by default
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class McuOptions:
     latency: LatencyConfig | None = HOST_TIMING  # the `c` runtime beside ONNX Runtime; None: not timed
     dense_reference: bool = True  # with weights in place, also build the all-dense image (flash, instructions)
     prefix: str = "ds"  # of every exported C symbol and macro: NAME_infer, NAME_ARENA_BYTES (names.check_prefix)
+    arith: str = ""  # requantization: "float" (ONNX Runtime's) or "fixed" (TFLite's); "": fixed where no FPU
+    energy_nj_per_cycle: float = ENERGY_NJ_PER_CYCLE
 
     def __post_init__(self) -> None:
         if self.target not in toolchain.TARGET_NAMES:
@@ -59,6 +67,15 @@ class McuOptions:
         if not self.clock_mhz > 0:
             raise UserError(f"--clock-mhz {self.clock_mhz}: must be > 0")
         check_prefix(self.prefix)
+        if self.arith not in ("", "float", "fixed"):
+            raise UserError(f"--arith {self.arith!r}: expected float or fixed")
+        if not self.energy_nj_per_cycle > 0:
+            raise UserError(f"--energy-nj-per-cycle {self.energy_nj_per_cycle}: must be > 0")
+
+    @property
+    def arithmetic(self) -> str:
+        """The arithmetic the C uses: as asked, else integer-only on a core without an FPU."""
+        return self.arith or ("fixed" if self.target in NO_FPU else "float")
 
 
 @dataclass
@@ -79,7 +96,7 @@ def _normalized(data: EvalData, manifest: Manifest | None) -> EvalData:
 
 
 def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None,
-             data: EvalData | None = None, prefix: str = "ds") -> Built:
+             data: EvalData | None = None, prefix: str = "ds", arith: str = "float") -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
     if is_compressed(artifact) and data is None:  # decoded, then calibrated on training images: the data comes first
         manifest = read_manifest(manifest_beside(artifact))
@@ -89,6 +106,8 @@ def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | No
     if not name:
         raise UserError(f"{artifact}: no manifest beside it names its dataset; pass --dataset")
     graph = read_graph(src.model, str(artifact))
+    if arith == "fixed":
+        graph = replace(graph, arith="fixed")
     data = data or _normalized(load_eval_data(name, data_dir), src.manifest)
     if tuple(data.pixels.shape[1:]) != tuple(graph.image_shape if len(graph.image_shape) == 3 else ()) and \
             int(np.prod(data.pixels.shape[1:])) != graph.input.size:
@@ -129,14 +148,14 @@ def _host(b: Built, out: Path, work: Path, prefix: str) -> tuple[HostLibrary, di
     return lib, facts, xq, logits
 
 
-def _target(b: Built, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: np.ndarray,
-            progress: Progress) -> dict[str, Any]:
-    """Target build, emulated: sizes, bit-exactness against the host build, instructions and cycles."""
+def target_row(graph: Graph, prog: Program, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: np.ndarray,
+               progress: Progress) -> dict[str, Any]:
+    """Target build, emulated: sizes, bit-exactness against the host build, instructions, cycles, energy."""
     elf, warnings = toolchain.build_target(out, out / "firmware", opts.target, opts.prefix)
     flash, static_ram = toolchain.image_sizes(elf)
     fw = Firmware.load(elf, opts.prefix)
     n = min(opts.images, len(xq))
-    classes = b.graph.tensors[b.graph.output].size
+    classes = graph.tensors[graph.output].size
     task = progress.add(f"emulating {opts.target}", total=n)
     identical = 0
     counts: list[tuple[int, int]] = []
@@ -155,22 +174,27 @@ def _target(b: Built, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: 
     row = {"mcu_flash_bytes": flash, "mcu_ram_bytes": static_ram + stack, "mcu_static_ram_bytes": static_ram,
             "mcu_stack_bytes": stack, "mcu_instructions": instructions, "mcu_cycles_est": cycles,
             "mcu_ms_est": cycles / (opts.clock_mhz * 1e3), "mcu_clock_mhz": opts.clock_mhz,
-            "mcu_instructions_per_mac": instructions / max(b.prog.macs, 1),
+            "mcu_instructions_per_mac": instructions / max(prog.macs, 1),
+            "mcu_cycles_per_mac": cycles / max(prog.macs, 1),
+            "mcu_energy_uj_est": cycles * opts.energy_nj_per_cycle / 1000.0,
+            "mcu_energy_source": ENERGY_SOURCE.format(
+                nj=opts.energy_nj_per_cycle, where=ENERGY_DEFAULT_WHERE if opts.energy_nj_per_cycle ==
+                ENERGY_NJ_PER_CYCLE else "--energy-nj-per-cycle"), "mcu_arith": graph.arith,
             "mcu_emulated_images": n, "mcu_emulated_identical": identical,
             "mcu_compiler": toolchain.compiler_version(toolchain.CROSS),
             "mcu_target_warnings": len([w for w in warnings.splitlines() if "warning:" in w]),
-            "mcu_layouts": "; ".join(b.prog.layouts)}
-    if b.prog.layouts and opts.dense_reference:
-        row.update(_dense_reference(b, out / "dense", opts.target, xq[0], opts.prefix))
+            "mcu_layouts": "; ".join(prog.layouts)}
+    if prog.layouts and opts.dense_reference:
+        row.update(_dense_reference(graph, out / "dense", opts.target, xq[0], opts.prefix))
     return row
 
 
-def _dense_reference(b: Built, out: Path, target: str, x: np.ndarray, prefix: str) -> dict[str, Any]:
+def _dense_reference(graph: Graph, out: Path, target: str, x: np.ndarray, prefix: str) -> dict[str, Any]:
     """The same INT8 model with every layer stored dense, built and counted on one image: what storing the
     weights in place saves."""
-    prog = lower(b.graph, in_place=False)
+    prog = lower(graph, in_place=False)
     arena = plan(prog.buffers)
-    sources = emit(prog, arena, np.zeros((b.graph.image_shape[0] if len(b.graph.image_shape) == 3 else 1, 256),
+    sources = emit(prog, arena, np.zeros((graph.image_shape[0] if len(graph.image_shape) == 3 else 1, 256),
                                          np.int8), "the dense reference build", prefix)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.h").write_text(sources.header)
@@ -178,7 +202,7 @@ def _dense_reference(b: Built, out: Path, target: str, x: np.ndarray, prefix: st
     elf, _ = toolchain.build_target(out, out / "firmware", target, prefix)
     flash, static_ram = toolchain.image_sizes(elf)
     fw = Firmware.load(elf, prefix)
-    _, instructions, cycles = fw.count(x, b.graph.tensors[b.graph.output].size)
+    _, instructions, cycles = fw.count(x, graph.tensors[graph.output].size)
     return {"mcu_dense_flash_bytes": flash, "mcu_dense_ram_bytes": static_ram + fw.stack_bytes(),
             "mcu_dense_instructions": instructions, "mcu_dense_cycles_est": cycles}
 
@@ -198,7 +222,7 @@ def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: P
     `data`: the test set already in memory (a study's), else `dataset` is loaded."""
     opts = options or McuOptions()
     progress = progress or null_progress()
-    b = generate(artifact, out, dataset, data_dir, data, opts.prefix)
+    b = generate(artifact, out, dataset, data_dir, data, opts.prefix, opts.arithmetic)
     notes = list(b.src.notes)
     m = b.src.manifest
     row: dict[str, Any] = {
@@ -206,7 +230,7 @@ def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: P
         "pipeline": " | ".join(m.pipeline) if m else "", "precision": "int8", "size_bytes": artifact.stat().st_size,
         "size_kb": artifact.stat().st_size / 1000.0, "artifact": str(artifact.resolve()), "status": "ok",
         "macs": b.prog.macs, "mcu_target": opts.target, "mcu_arena_bytes": b.arena,
-        "mcu_kernels": " ".join(sorted(b.prog.kernels - {"base", "argmax"})),
+        "mcu_kernels": " ".join(sorted(b.prog.kernels - {"base", "argmax"})), "mcu_arith": b.graph.arith,
         "artifact_accuracy_pct": _artifact_accuracy(artifact, b.src.variant)}
     with tempfile.TemporaryDirectory() as tmp:
         lib, facts, xq, host_logits = _host(b, out, Path(tmp), opts.prefix)
@@ -214,7 +238,7 @@ def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: P
         if opts.target != "host" and toolchain.cross_compiler() is None:
             notes.append(f"no target build: {toolchain.CROSS} not found ({toolchain.INSTALL_HINT})")
         elif opts.target != "host":
-            row.update(_target(b, out, opts, xq, host_logits, progress))
+            row.update(target_row(b.graph, b.prog, out, opts, xq, host_logits, progress))
         x = b.data.splits.test_x[:TIMED_IMAGES].numpy()
         latency = [] if opts.latency is None else time_host(lib, out / "model.int8.onnx", b.src.variant, x,
                                                             opts.latency, progress)
