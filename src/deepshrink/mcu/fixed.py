@@ -59,10 +59,11 @@ def requant_table(real: np.ndarray, clamp: tuple[int, int] = INT8) -> np.ndarray
 def add_params(a: tuple[float, int], b: tuple[float, int], y: tuple[float, int],
                clamp: tuple[int, int] = INT8) -> dict[str, int]:
     """ds_add_t's fields for int8 ADD of (scale, zero point) a + b -> y, as add_common.cc prepares them."""
-    twice_max = 2.0 * float(max(np.float32(a[0]), np.float32(b[0])))
-    ma, sa = quantize_multiplier(float(a[0]) / twice_max)
-    mb, sb = quantize_multiplier(float(b[0]) / twice_max)
-    my, sy = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * float(y[0])))
+    sa_, sb_, sy_ = (float(np.float32(t[0])) for t in (a, b, y))  # TFLite's scales are float32
+    twice_max = 2.0 * max(sa_, sb_)
+    ma, sa = quantize_multiplier(sa_ / twice_max)
+    mb, sb = quantize_multiplier(sb_ / twice_max)
+    my, sy = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * sy_))
     return {"ma": ma, "mb": mb, "my": my, "sa": sa, "sb": sb, "sy": sy, "za": a[1], "zb": b[1], "zy": y[1],
             "lo": clamp[0], "hi": clamp[1]}
 
