@@ -32,7 +32,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
 
 def _round_away(v: float) -> int:
     """std::round: halves away from zero (Python's round() goes to even)."""
-    return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
+    return math.floor(abs(v) + 0.5) * (1 if v >= 0 else -1)
 
 
 def activation_range(fused: str, scale: float, zp: int) -> tuple[int, int]:

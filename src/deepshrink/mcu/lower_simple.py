@@ -104,11 +104,11 @@ def _global(s: State, i: int, node: Node) -> None:
     runs that one on the same code)."""
     x, y = s.tensor(node.inputs[0]), s.tensor(node.output)
     c, n = x.shape[0], x.shape[1] * x.shape[2]
-    mult = np.float32(x.scale) / (np.float32(y.scale) * np.float32(n))
+    mult = float(np.float32(x.scale) / (np.float32(y.scale) * np.float32(n)))
     if s.graph.arith == "fixed":
-        mult = np.float64(x.scale) / (np.float64(y.scale) * n)
+        mult = float(np.float64(x.scale) / (np.float64(y.scale) * n))
     acc = s.scratch(i, 4 * c, "acc", "int32_t", f"sums: int32 x {c}")
-    s.call("ds_gavgpool", "ds_gavg_t", {"mult": mult_value(s, float(mult), node), "n": n, "c": c, "in_zp": x.zp, "zp": y.zp},
+    s.call("ds_gavgpool", "ds_gavg_t", {"mult": mult_value(s, mult, node), "n": n, "c": c, "in_zp": x.zp, "zp": y.zp},
            [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *"), (acc, "int32_t *")])
     s.prog.kernels.add("gavgpool")
     s.layout[node.output] = "hwc"
@@ -166,7 +166,7 @@ def _lower_softmax(s: State, i: int, node: Node) -> None:
     x = s.tensor(node.inputs[0])
     if len(x.shape) != 1 or s.order.get(node.inputs[0]) is not None:
         raise UserError(f"{s.graph.source}: SOFTMAX over a {len(x.shape)}-D tensor; the target takes a vector")
-    fields = {**softmax_params(node.attrs["beta"], x.scale), "n": x.size}
+    fields: Fields = {**softmax_params(node.attrs["beta"], x.scale), "n": x.size}
     s.call("ds_softmax", "ds_softmax_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"),
                                                   (node.output, "int8_t *")])
     s.prog.kernels.add("softmax")
