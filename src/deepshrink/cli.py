@@ -126,7 +126,8 @@ def show(path: Annotated[Path, typer.Argument(help="A run directory holding resu
             ("baseline_accuracy_pct", "base %"), ("energy_nj_est", "nJ/img"), ("status", "status")]
     _table(str(path / "results.csv"), cols, rows)
     if any(r.get("mcu_flash_bytes") for r in rows):
-        _table("On the microcontroller (instructions exact; cycles and ms estimated, zero wait states)", MCU_COLUMNS,
+        _table("On the microcontroller (instructions exact; cycles, ms and µJ estimated: zero wait states, energy per "
+               "cycle as mcu_energy_source says)", MCU_COLUMNS,
                [r for r in rows if r.get("mcu_flash_bytes")])
 
 
@@ -134,7 +135,8 @@ def show(path: Annotated[Path, typer.Argument(help="A run directory holding resu
 MCU_COLUMNS = [("variant", "variant"), ("mcu_target", "target"), ("mcu_flash_bytes", "flash B"),
                ("mcu_ram_bytes", "RAM B"), ("mcu_instructions", "instructions"),
                ("mcu_instructions_per_mac", "instr/MAC"), ("mcu_cycles_est", "cycles (est)"),
-               ("mcu_ms_est", "ms (est)"), ("accuracy_pct", "acc %"), ("mcu_match_ort_pct", "= ORT %"),
+               ("mcu_ms_est", "ms (est)"), ("mcu_energy_uj_est", "µJ (est)"), ("accuracy_pct", "acc %"),
+               ("mcu_match_ort_pct", "= ORT %"), ("mcu_tflm_identical_pct", "= TFLM %"),
                ("mcu_emulated_identical", "emulated = host")]
 
 

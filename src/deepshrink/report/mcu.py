@@ -15,7 +15,7 @@ from deepshrink.report.tables import Table
 from deepshrink.results import read_rows
 
 Row = dict[str, str]
-COLUMNS = ["variant", "seeds", "target", "flash (B)", "RAM (B)", "instructions", "ms (est.)",
+COLUMNS = ["variant", "seeds", "target", "flash (B)", "RAM (B)", "instructions", "ms (est.)", "energy (µJ, est.)",
            "accuracy (C, %)", "dense INT8 flash (B)", "dense INT8 instructions", "weights"]
 
 
@@ -33,7 +33,8 @@ def mcu_table(data: RunData) -> Table:
         in_place = any(r.get("mcu_dense_flash_bytes") for r in seeds)
         rows.append([f"{ds} {model} {label}", str(len(seeds)), seeds[0].get("mcu_target", ""),
                      _ints(seeds, "mcu_flash_bytes"), _ints(seeds, "mcu_ram_bytes"), _ints(seeds, "mcu_instructions"),
-                     pm(column(seeds, "mcu_ms_est"), 2), pm(column(seeds, "mcu_accuracy_pct")),
+                     pm(column(seeds, "mcu_ms_est"), 2), pm(column(seeds, "mcu_energy_uj_est"), 1),
+                     pm(column(seeds, "mcu_accuracy_pct")),
                      _ints(seeds, "mcu_dense_flash_bytes") if in_place else "(itself)",
                      _ints(seeds, "mcu_dense_instructions") if in_place else "(itself)",
                      seeds[0].get("mcu_layouts") or "dense"])
@@ -41,7 +42,8 @@ def mcu_table(data: RunData) -> Table:
     note = ("Each INT8 or compressed variant as C99 for the target (deepshrink mcu, docs/mcu.md): flash and RAM of "
             "the linked image, instructions per inference counted in the emulator (exact), cycles and ms "
             "estimated from Arm's Cortex-M4 timings at zero wait states (at the recipe's clock, 80 MHz unless "
-            "set). Weights of pruned and clustered "
+            "set). Energy per inference is an estimate too: estimated cycles x an operating point's energy per "
+            f"cycle ({_energy_source(data)}). Weights of pruned and clustered "
             "layers run in place (their layout in the last column); the dense INT8 columns are the same model "
             "with every layer stored dense. " + ("TensorFlow Lite Micro rows come from bench_mcu.py's tflm.csv "
                                                   "(flatbuffer + its ~48 kB runtime)." if _tflm(data) else
@@ -50,13 +52,19 @@ def mcu_table(data: RunData) -> Table:
     return Table("mcu", "On a microcontroller", COLUMNS, rows, note)
 
 
+def _energy_source(data: RunData) -> str:
+    sources = {r["mcu_energy_source"] for r in data.results if r.get("mcu_energy_source")}
+    return "; ".join(sorted(sources)) or "not measured in this run"
+
+
 def _tflm(data: RunData) -> list[Row]:
     return read_rows(data.run_dir / "tflm.csv") if data.run_dir is not None else []
 
 
 def _tflm_rows(data: RunData) -> list[list[str]]:
     return [[f"{r['model']} (TensorFlow Lite Micro, dense INT8)", "1", "-", r["tflm_flash_est_bytes"],
-             f"{r['tflm_arena_bytes']} (arena)", "-", "-", f"{float(r['tflm_accuracy_pct']):.2f}", "-", "-", "dense"]
+             f"{r['tflm_arena_bytes']} (arena)", "-", "-", "-", f"{float(r['tflm_accuracy_pct']):.2f}", "-", "-",
+             "dense"]
             for r in _tflm(data)]
 
 
