@@ -270,6 +270,36 @@ def test_data_stored_after_the_flatbuffer_is_read_when_inside_the_file() -> None
     assert "holds 3 bytes" in _refused(_handmade(offset=end, size=3) + bytes(4))
 
 
+def test_aliased_tables_cannot_blow_a_small_file_up() -> None:
+    """5,000 tensors sharing one table with a 10 kB name: 50 MB of names from a 30 kB file is refused, fast."""
+    b = flatbuffers.Builder(1024)
+    name = b.CreateString("x" * 10_000)
+    tflite.TensorStart(b)
+    tflite.TensorAddName(b, name)
+    tensor = tflite.TensorEnd(b)
+    b.StartVector(4, 5000, 4)
+    for _ in range(5000):
+        b.PrependUOffsetTRelative(tensor)
+    tensors = b.EndVector()
+    tflite.SubGraphStart(b)
+    tflite.SubGraphAddTensors(b, tensors)
+    graph = tflite.SubGraphEnd(b)
+    tflite.BufferStart(b)
+    buffer = tflite.BufferEnd(b)
+    vectors = []
+    for item in (graph, buffer):
+        b.StartVector(4, 1, 4)
+        b.PrependUOffsetTRelative(item)
+        vectors.append(b.EndVector())
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    tflite.ModelAddSubgraphs(b, vectors[0])
+    tflite.ModelAddBuffers(b, vectors[1])
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    data = bytes(b.Output())
+    assert len(data) < 40_000 and "overlap" in _refused(data)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_random_bytes_and_mutations_never_crash(data: st.DataObject) -> None:

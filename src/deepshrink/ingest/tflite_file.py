@@ -262,7 +262,7 @@ def _indices(indices: tuple[int, ...], n_tensors: int, where: str, optional: boo
 
 def _tensor(t: Any, index: int, buffers: list[Any], f: _File) -> TfTensor:
     name = f.text(t.Name())
-    label = f"{f.source}: tensor {index} ({name!r})"
+    label = f"{f.source}: tensor {index} ({name if len(name) <= 60 else name[:57] + '...'!r})"  # converters' are long
     shape = f.ints(t.ShapeAsNumpy())
     if any(d < 0 for d in shape):
         raise UserError(f"{label} has shape {shape} with a negative dimension")
