@@ -36,6 +36,8 @@ from deepshrink.export.exporters.dsz import coded_weight_keys
 from deepshrink.export.formats import dsonnx, dsparse, dsq, dsz
 from deepshrink.export.formats.onnx_float import export_onnx
 from deepshrink.ingest.onnx_file import read_onnx
+from deepshrink.ingest.tflite_file import TfModel, TfOperator, TfTensor, read_tflite
+from deepshrink.ingest.tflite_write import write_tflite
 from deepshrink.models import create_model
 from deepshrink.study.recipe import load_recipe
 
@@ -241,6 +243,36 @@ def _onnx_bytes(model: nn.Module) -> bytes:
 @target("onnx", lambda tmp: [_onnx_bytes(_tiny_model())])
 def _read_onnx(data: bytes, tmp: Path) -> object:
     return read_onnx(data, "fuzz.onnx", session=True)
+
+
+_MLPERF_KWS = Path(__file__).resolve().parents[2].parent / "shared" / "mlperf-tiny" / "kws_ref_model.tflite"
+
+
+def _tiny_tflite() -> bytes:
+    """DEPTHWISE_CONV_2D (per-channel int8 weights, int32 bias) -> RESHAPE -> SOFTMAX, written without TensorFlow."""
+    def t(i: int, shape: tuple[int, ...], dtype: str = "int8", scales: int = 1, dim: int = 0,
+          data: np.ndarray | None = None) -> TfTensor:
+        scale = np.full(scales, 0.02, np.float32) if dtype == "int8" or scales > 1 else np.zeros(0, np.float32)
+        return TfTensor(i, f"t{i}", shape, dtype, scale, np.zeros(len(scale), np.int64), dim, data)
+
+    tensors = (t(0, (1, 3, 3, 2)), t(1, (1, 2, 2, 2), scales=2, dim=3, data=np.arange(8, dtype=np.int8)),
+               t(2, (2,), "int32", scales=2, data=np.array([3, -3], np.int32)), t(3, (1, 3, 3, 2)),
+               t(4, (2,), "int32", data=np.array([1, 18], np.int32)), t(5, (1, 18)), t(6, (1, 18)))
+    dw = {"padding": "SAME", "stride_w": 1, "stride_h": 1, "depth_multiplier": 1, "fused_activation_function": "RELU6"}
+    ops = (TfOperator(0, "DEPTHWISE_CONV_2D", 3, (0, 1, 2), (3,), dw),
+           TfOperator(1, "RESHAPE", 1, (3, 4), (5,), {"new_shape": (1, 18)}),
+           TfOperator(2, "SOFTMAX", 2, (5,), (6,), {"beta": 1.0}))
+    return write_tflite(TfModel("tiny.tflite", 3, "fuzz seed", tensors, ops, (0,), (6,)))
+
+
+def _tflite_seeds(tmp: Path) -> list[bytes]:
+    # The smallest MLPerf Tiny model where ../shared has it; the generated one always.
+    return [_tiny_tflite(), *([_MLPERF_KWS.read_bytes()] if _MLPERF_KWS.is_file() else [])]
+
+
+@target("tflite", _tflite_seeds)
+def _read_tflite(data: bytes, tmp: Path) -> object:
+    return read_tflite(data, "fuzz.tflite")
 
 
 # ---- deepshrink's compact files ----------------------------------------------------------------------

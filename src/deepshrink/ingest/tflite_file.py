@@ -262,7 +262,7 @@ def _indices(indices: tuple[int, ...], n_tensors: int, where: str, optional: boo
 
 def _tensor(t: Any, index: int, buffers: list[Any], f: _File) -> TfTensor:
     name = f.text(t.Name())
-    label = f"{f.source}: tensor {index} ({name!r})"
+    label = f"{f.source}: tensor {index} ({name if len(name) <= 60 else name[:57] + '...'!r})"  # converters' are long
     shape = f.ints(t.ShapeAsNumpy())
     if any(d < 0 for d in shape):
         raise UserError(f"{label} has shape {shape} with a negative dimension")
@@ -351,7 +351,7 @@ def _options(kind: int, table: Table | None, union: type, f: _File, label: str) 
     obj = cls()
     obj._tab = _Checked(table.Bytes, table.Pos)
     out: dict[str, Any] = {}
-    for getter, key, vector in _getters(cls):
+    for getter, key, vector in option_getters(cls):
         value = _vector(obj, getter, f) if vector else getattr(obj, getter)()
         if isinstance(value, bytes):
             value = f.text(value)
@@ -363,19 +363,17 @@ def _options(kind: int, table: Table | None, union: type, f: _File, label: str) 
 
 
 def _vector(obj: Any, getter: str, f: _File) -> tuple[Any, ...] | None:
-    """A vector field as a tuple of numbers (() when absent); None for vectors of tables or strings."""
+    """A vector field as a tuple of numbers; None (left out) when absent, or of tables or strings."""
     as_numpy = getattr(obj, f"{getter}AsNumpy", None)
-    if as_numpy is None:
-        return None
-    value = as_numpy()
+    value = as_numpy() if as_numpy is not None else None
     if not isinstance(value, np.ndarray):
-        return ()
+        return None
     f.spend(len(value))
     return tuple(value.tolist())
 
 
 @cache
-def _getters(cls: type) -> tuple[tuple[str, str, bool], ...]:
+def option_getters(cls: type) -> tuple[tuple[str, str, bool], ...]:
     """(getter, snake_case key, is a vector) for every field of a generated options class."""
     out = []
     for name, fn in vars(cls).items():
