@@ -118,7 +118,8 @@ def _head(n: Net, x: int, hwc: tuple[int, int, int], seed: int) -> TfModel:
     flat = n.op("RESHAPE", (x, shape), n.tensor((1, size), scale=t.scale, zp=t.zero_point), {})
     classes = int(n.rng.integers(2, 11))
     ws = np.float32(n.rng.uniform(0.002, 0.02))
-    wt = n.tensor((classes, size), scale=np.array([ws]), data=n.rng.integers(-127, 128, (classes, size)).astype(np.int8))
+    weights = n.rng.integers(-127, 128, (classes, size)).astype(np.int8)
+    wt = n.tensor((classes, size), scale=np.array([ws]), data=weights)
     b = n.tensor((classes,), "int32", scale=np.array([np.float32(np.float64(n.scale(flat)) * ws)]),
                  data=n.rng.integers(-3000, 3000, classes).astype(np.int32))
     logits = n.op("FULLY_CONNECTED", (flat, wt, b), n.act((1, classes)), {"fused_activation_function": "NONE"})
