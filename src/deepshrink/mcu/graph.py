@@ -4,7 +4,9 @@ ONNX Runtime fuses a QDQ graph (DequantizeLinear -> Conv -> QuantizeLinear, ...)
 (QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool, ...) when it loads it. We read that fused graph
 (saved at ORT_ENABLE_EXTENDED, before any CPU-specific layout change) rather than matching QDQ patterns
 ourselves: each fused operator is exactly the integer arithmetic whose results the C must reproduce, and
-whatever ONNX Runtime left in float is named as unsupported instead of being silently approximated.
+whatever ONNX Runtime left in float is named as unsupported instead of being silently approximated, but
+for one island the C reproduces exactly: DequantizeLinear -> MaxPool -> QuantizeLinear (a max pooling the
+quantizer gave an output range of its own), read as a max pooling that requantizes.
 
 Activations become int8 here whatever ONNX Runtime used: a uint8 tensor's values and zero point both move
 down by 128, which changes no result (every kernel works on value - zero point) and lets one set of signed

@@ -3,8 +3,10 @@
 Choices made here, and why:
 - Activations are stored H x W x C (channels last) except the network input, which arrives C x H x W as
   the dataset stores it: a convolution's receptive field is then a few contiguous runs of channels, and a
-  1x1 convolution none at all. A flatten of an H x W x C tensor costs nothing: the next fully connected
-  layer's weight columns are permuted once, here, to the storage order.
+  1x1 convolution none at all. A pooling or an addition on a multi-channel input reads a copy turned
+  H x W x C once, first (hwc_input); a convolution there keeps reading C x H x W. A flatten of an
+  H x W x C tensor costs nothing: the next fully connected layer's weight columns are permuted once, here,
+  to the storage order.
 - A max pooling whose input is a convolution's only use is computed inside that convolution (the
   convolution's full output never exists, which is most of LeNet-5's RAM).
 - Weight rows are padded with zeros to a multiple of 4 bytes and interleaved 4 (then 2, then 1) rows at a
