@@ -11,7 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from mcu_helpers import Head, features, generate, host_logits, qdq_model
+from deepshrink.mcu import toolchain
+from deepshrink.mcu.emulate import Firmware
+from deepshrink.mcu.measure import ort_quantize
+
+from mcu_helpers import Head, features, generate, host_logits, qdq_model, write
 
 NETS = 36  # seeded: the same networks every run
 
@@ -88,3 +92,24 @@ def test_random_network_compiles_and_equals_onnx_runtime(tmp_path: Path, seed: i
     gen = generate(model, channels=shape[0])
     c, ort = host_logits(gen, tmp_path, x)
     assert np.array_equal(c, ort), f"{net}: {(c != ort).sum()} of {c.size} logits differ"
+
+
+# 18: a residual addition on a 3-channel input (the convolution adds in place over ds_hwc's copy); 32: an
+# average pooling on the input (ds_hwc) and a max pooling that requantizes (ds_maxpoolq).
+@pytest.mark.parametrize("seed", [18, 32])
+def test_random_network_on_the_cortex_m4_equals_onnx_runtime(tmp_path: Path, seed: int) -> None:
+    if toolchain.cross_compiler() is None:
+        pytest.fail(f"{toolchain.CROSS} not found: {toolchain.INSTALL_HINT}")
+    net, shape = random_net(seed)
+    model, x = qdq_model(net, shape, n=32, seed=seed)
+    gen = generate(model, channels=shape[0])
+    kernels = {c.kernel for c in gen.prog.calls}
+    assert "ds_hwc" in kernels and (seed != 32 or "ds_maxpoolq" in kernels)
+    folder = write(gen, tmp_path)
+    elf, warnings = toolchain.build_target(folder, folder / "fw", "cortex-m4")
+    assert "warning" not in warnings, warnings
+    _, ort = host_logits(gen, tmp_path, x[:4])
+    fw = Firmware.load(elf)
+    xq = ort_quantize(gen.graph, x[:4])
+    for i in range(4):
+        assert np.array_equal(fw.infer(xq[i], ort.shape[1])[0], ort[i])
