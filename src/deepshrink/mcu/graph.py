@@ -4,7 +4,9 @@ ONNX Runtime fuses a QDQ graph (DequantizeLinear -> Conv -> QuantizeLinear, ...)
 (QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool, ...) when it loads it. We read that fused graph
 (saved at ORT_ENABLE_EXTENDED, before any CPU-specific layout change) rather than matching QDQ patterns
 ourselves: each fused operator is exactly the integer arithmetic whose results the C must reproduce, and
-whatever ONNX Runtime left in float is named as unsupported instead of being silently approximated.
+whatever ONNX Runtime left in float is named as unsupported instead of being silently approximated, but
+for one island the C reproduces exactly: DequantizeLinear -> MaxPool -> QuantizeLinear (a max pooling the
+quantizer gave an output range of its own), read as a max pooling that requantizes.
 
 Activations become int8 here whatever ONNX Runtime used: a uint8 tensor's values and zero point both move
 down by 128, which changes no result (every kernel works on value - zero point) and lets one set of signed
@@ -72,6 +74,9 @@ class _Reader:
     float_input: str = ""
     float_views: set[str] = field(default_factory=set)  # the float input and its reshapes, before quantization
     output: str = ""
+    # float tensors of an island ONNX Runtime runs in float between integer ones (DequantizeLinear -> MaxPool
+    # -> QuantizeLinear): name -> (the integer tensor dequantized, the max pooling's geometry or None)
+    islands: dict[str, tuple[QTensor, dict[str, Any] | None]] = field(default_factory=dict)
     offset: int | None = None  # 128 when ONNX Runtime's activations are uint8, 0 when int8
 
     def const(self, node: onnx.NodeProto, i: int, what: str) -> np.ndarray:
@@ -174,6 +179,9 @@ def read_graph(model: onnx.ModelProto, source: str) -> Graph:
 
 @READERS.register("QuantizeLinear")
 def _quantize(r: _Reader, node: onnx.NodeProto) -> None:
+    if node.input[0] in r.islands:
+        _island(r, node)
+        return
     if node.input[0] not in r.float_views or r.nodes:
         raise UserError(f"{r.source}: QuantizeLinear of {node.input[0]!r} inside the graph: part of it runs in "
                         "float in ONNX Runtime")
@@ -182,15 +190,27 @@ def _quantize(r: _Reader, node: onnx.NodeProto) -> None:
     r.add("quantize", node, [src], QTensor(node.output[0], src.shape, scale, zp))
 
 
+def _island(r: _Reader, node: onnx.NodeProto) -> None:
+    """The end of a float island: DequantizeLinear -> MaxPool -> QuantizeLinear with other parameters (the
+    quantizer gave the pooling a range of its own), read as one max pooling that requantizes what it takes
+    exactly as ONNX Runtime's float operators compute it (kernels.c.j2, ds_maxpoolq)."""
+    src, geo = r.islands[node.input[0]]
+    if geo is None:
+        raise UserError(f"{r.source}: {node.input[0]!r} is dequantized and quantized again with nothing between")
+    scale, zp = r.qparams(node, 1, "output")
+    r.add("maxpool", node, [src], QTensor(node.output[0], geo["out"], scale, zp),
+          **{k: v for k, v in geo.items() if k != "out"})
+
+
 @READERS.register("DequantizeLinear")
 def _dequantize(r: _Reader, node: onnx.NodeProto) -> None:
-    if node.output[0] != r.output:
-        raise UserError(f"{r.source}: DequantizeLinear of {node.input[0]!r} feeds float operators; the "
-                        "microcontroller target runs integer graphs only")
     x = r.act(node, 0)
     scale, zp = r.qparams(node, 1, "output")
     if (scale, zp) != (x.scale, x.zp):
-        raise UserError(f"{r.source}: the logits are dequantized with other parameters than they were quantized")
+        raise UserError(f"{r.source}: {node.input[0]!r} is dequantized with other parameters than it was quantized")
+    if node.output[0] != r.output:  # the start of a float island; what reads it must be one (else refused)
+        r.islands[node.output[0]] = (x, None)
+        return
     r.output = x.name
 
 
@@ -294,9 +314,13 @@ def _pool_geometry(r: _Reader, node: onnx.NodeProto, x: QTensor) -> dict[str, An
 
 @READERS.register("MaxPool")
 def _maxpool(r: _Reader, node: onnx.NodeProto) -> None:
-    x = r.act(node, 0)
     if len(node.output) > 1 and node.output[1]:
         raise UserError(f"{r.source}: MaxPool with an indices output is not supported")
+    island = r.islands.get(node.input[0])
+    if island is not None and island[1] is None:  # a max pooling in float, between integer tensors
+        r.islands[node.output[0]] = (island[0], _pool_geometry(r, node, island[0]))
+        return
+    x = r.act(node, 0)
     geo = _pool_geometry(r, node, x)
     r.add("maxpool", node, [x], QTensor(node.output[0], geo.pop("out"), x.scale, x.zp), **geo)
 

@@ -3,8 +3,10 @@
 Choices made here, and why:
 - Activations are stored H x W x C (channels last) except the network input, which arrives C x H x W as
   the dataset stores it: a convolution's receptive field is then a few contiguous runs of channels, and a
-  1x1 convolution none at all. A flatten of an H x W x C tensor costs nothing: the next fully connected
-  layer's weight columns are permuted once, here, to the storage order.
+  1x1 convolution none at all. A pooling or an addition on a multi-channel input reads a copy turned
+  H x W x C once, first (hwc_input); a convolution there keeps reading C x H x W. A flatten of an
+  H x W x C tensor costs nothing: the next fully connected layer's weight columns are permuted once, here,
+  to the storage order.
 - A max pooling whose input is a convolution's only use is computed inside that convolution (the
   convolution's full output never exists, which is most of LeNet-5's RAM).
 - Weight rows are padded with zeros to a multiple of 4 bytes and interleaved 4 (then 2, then 1) rows at a
@@ -26,6 +28,7 @@ from deepshrink.mcu.program import LOWERERS, Buffer, Program, State, stored_shap
 def lower(graph: Graph, in_place: bool = True) -> Program:
     """The kernel calls of `graph`; `in_place` False stores every layer dense (the reference an in-place
     build is compared with)."""
+    graph = hwc_input(graph)
     prog = Program(graph)
     s = State(graph, prog, in_place=in_place)
     inp = graph.input
@@ -40,7 +43,7 @@ def lower(graph: Graph, in_place: bool = True) -> Program:
         if node.output in s.fused:
             continue
         nxt = consumers.get(node.output, [])
-        if node.kind == "conv" and len(nxt) == 1 and _poolable(graph.nodes[nxt[0]]):
+        if node.kind == "conv" and len(nxt) == 1 and _poolable(s, graph.nodes[nxt[0]]):
             pool = graph.nodes[nxt[0]]
             s.fused.add(pool.output)
             node = replace(node, output=pool.output, attrs={**node.attrs, "pool": pool.attrs})
@@ -60,6 +63,22 @@ def lower(graph: Graph, in_place: bool = True) -> Program:
         raise UserError(f"{graph.source}: the logits must be a vector computed by an operator from the input")
     prog.buffers[out].external = "logits"
     return prog
+
+
+def hwc_input(graph: Graph) -> Graph:
+    """`graph` with the input turned H x W x C once, first (ds_hwc), when an operator that reads channels last
+    (a pooling, an addition) takes the input of several channels; those read the copy. A convolution (the
+    fast path: it reads C x H x W directly) and a flatten keep reading the input as it arrives."""
+    inp = graph.input
+    direct = ("conv", "reshape")
+    if len(inp.shape) != 3 or inp.shape[0] == 1 or \
+            not any(inp.name in n.inputs and n.kind not in direct for n in graph.nodes):
+        return graph
+    name = f"{inp.name}:hwc"
+    nodes = [Node("hwc", [inp.name], name)] + [
+        n if n.kind in direct else replace(n, inputs=[name if t == inp.name else t for t in n.inputs])
+        for n in graph.nodes]
+    return replace(graph, nodes=nodes, tensors={**graph.tensors, name: replace(inp, name=name)})
 
 
 def _output(s: State, i: int, tensor: str) -> Buffer:
@@ -86,10 +105,10 @@ def _residual(s: State, consumers: dict[str, list[int]], conv: Node, at: int) ->
     return other
 
 
-def _poolable(node: Node) -> bool:
-    a = node.attrs
+def _poolable(s: State, node: Node) -> bool:
+    a, x, y = node.attrs, s.tensor(node.inputs[0]), s.tensor(node.output)
     return node.kind == "maxpool" and a["kernel"][0] == a["kernel"][1] == a["strides"][0] == a["strides"][1] \
-        and not any(a["pads"])
+        and not any(a["pads"]) and (x.scale, x.zp) == (y.scale, y.zp)  # else it requantizes (ds_maxpoolq)
 
 
 def _lifetimes(s: State) -> None:

@@ -36,16 +36,41 @@ def _lower_reshape(s: State, i: int, node: Node) -> None:
         s.order[node.output] = s.order.get(node.inputs[0])
 
 
+@LOWERERS.register("hwc")
+def _lower_hwc(s: State, i: int, node: Node) -> None:
+    """The network input copied H x W x C (lower.hwc_input puts it where an operator needs it)."""
+    x = s.tensor(node.inputs[0])
+    s.call("ds_hwc", "ds_hwc_t", {"c": x.shape[0], "hw": x.shape[1] * x.shape[2]},
+           [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *")])
+    s.prog.kernels.add("hwc")
+    s.layout[node.output] = "hwc"
+    s.order[node.output] = None
+    s.describe(f"the input turned channels last; out int8 {stored_shape(x, 'hwc')}")
+
+
+def storage(s: State, name: str) -> str:
+    """A tensor's layout, a one-channel image's C x H x W being H x W x C too."""
+    t, layout = s.tensor(name), s.layout[name]
+    return "hwc" if layout == "chw" and len(t.shape) == 3 and t.shape[0] == 1 else layout
+
+
 @LOWERERS.register("maxpool")
 def _lower_maxpool(s: State, i: int, node: Node) -> None:
     x, y = s.tensor(node.inputs[0]), s.tensor(node.output)
     if s.layout[node.inputs[0]] != "hwc" and x.shape[0] > 1:
         raise UserError(f"{s.graph.source}: max pooling straight on a multi-channel network input is not supported")
     a = node.attrs
-    s.call("ds_maxpool", "ds_pool_t", _window(x, y, a), [(s.buf(node.inputs[0]), "const int8_t *"),
-                                                          (node.output, "int8_t *")])
-    s.prog.kernels.add("maxpool")
+    args = [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *")]
     s.layout[node.output] = "hwc"
+    if (x.scale, x.zp) != (y.scale, y.zp):  # a float island in ONNX Runtime (graph.py, _island)
+        s.call("ds_maxpoolq", "ds_maxpoolq_t", {"pool": _window(x, y, a), "in_zp": x.zp, "zp": y.zp,
+                                                "x_scale": c_float(x.scale), "y_scale": c_float(y.scale)}, args)
+        s.prog.kernels.add("maxpoolq")
+        s.describe(f"max {_geometry(a)}, requantized as ONNX Runtime's float operators; out int8 "
+                   f"{stored_shape(y, 'hwc')}, {quant(y)}")
+        return
+    s.call("ds_maxpool", "ds_pool_t", _window(x, y, a), args)
+    s.prog.kernels.add("maxpool")
     s.describe(f"max {_geometry(a)}; out int8 {stored_shape(y, 'hwc')}")
 
 
@@ -86,14 +111,15 @@ def fused_add(s: State, node: Node) -> Fields:
 
 @LOWERERS.register("add")
 def _lower_add(s: State, i: int, node: Node) -> None:
-    if s.layout[node.inputs[0]] != s.layout[node.inputs[1]] or s.order.get(node.inputs[0]) is not None or \
+    if storage(s, node.inputs[0]) != storage(s, node.inputs[1]) or s.order.get(node.inputs[0]) is not None or \
             s.order.get(node.inputs[1]) is not None:
         raise UserError(f"{s.graph.source}: an addition of tensors stored in different orders is not supported")
     s.call("ds_add", "ds_add_t", add_fields(s, node), [(s.buf(node.inputs[0]), "const int8_t *"),
                                                        (s.buf(node.inputs[1]), "const int8_t *"),
                                                        (node.output, "int8_t *")])
     s.prog.kernels.add("add")
-    s.layout[node.output] = s.layout[node.inputs[0]]
+    s.layout[node.output] = s.layout[node.inputs[0]] if s.layout[node.inputs[0]] == s.layout[node.inputs[1]] \
+        else "hwc"
     s.order[node.output] = None
     y = s.tensor(node.output)
     s.describe(f"addition; out int8 {stored_shape(y, s.layout[node.output])}, {quant(y)}")

@@ -9,7 +9,7 @@ PREFIX = re.compile(r"[a-z_][a-z0-9_]*")
 # A layer's name by the kind of its node when the graph names none (ONNX Runtime's quantizer and deepshrink's
 # exporter leave node names empty).
 LABELS = {"conv": "conv", "fc": "fc", "maxpool": "pool", "avgpool": "avgpool", "gavgpool": "gavgpool",
-          "add": "add"}
+          "add": "add", "hwc": "hwc"}
 _C_WORDS = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum", "extern",
     "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return", "short", "signed",

@@ -30,7 +30,7 @@ from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import EvalData, HostLibrary, integer_logits, load_eval_data, ort_quantize, pixel_lut
 from deepshrink.mcu.names import check_prefix
 from deepshrink.mcu.program import Program
-from deepshrink.mcu.source import IntegerModel, is_compressed, load_integer_model
+from deepshrink.mcu.source import IntegerModel, calibrated_here, load_integer_model
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress, null_progress
 from deepshrink.results import LATENCY_COLUMNS, LATENCY_KEY, RESULTS_COLUMNS, RESULTS_KEY, read_rows, upsert
@@ -98,7 +98,7 @@ def _normalized(data: EvalData, manifest: Manifest | None) -> EvalData:
 def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None,
              data: EvalData | None = None, prefix: str = "ds", arith: str = "float") -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
-    if is_compressed(artifact) and data is None:  # decoded, then calibrated on training images: the data comes first
+    if calibrated_here(artifact) and data is None:  # calibrated on training images here: the data comes first
         manifest = read_manifest(manifest_beside(artifact))
         data = _normalized(load_eval_data(dataset or manifest.dataset, data_dir), manifest)
     src = load_integer_model(artifact, data.splits.train_x[:512] if data else None)

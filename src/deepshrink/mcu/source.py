@@ -22,10 +22,11 @@ import onnx
 import torch
 from torch import nn
 
-from deepshrink.checkpoint import Manifest, load_checkpoint, paths_for
+from deepshrink.checkpoint import Manifest, load_checkpoint, paths_for, read_manifest
 from deepshrink.errors import UserError
-from deepshrink.export.files import DECODERS, Opened, open_artifact
+from deepshrink.export.files import DECODERS, Opened, find_manifest, open_artifact
 from deepshrink.export.formats.onnx_int8 import build_qdq
+from deepshrink.export.formats.onnx_int8_ort import quantize_graph
 from deepshrink.models import weight_of, weighted_layers
 from deepshrink.quant.plan import expressible, observe_ranges
 from deepshrink.quant.scales import weight_scales
@@ -67,6 +68,9 @@ def load_integer_model(path: Path, calib: torch.Tensor | None = None) -> Integer
     variant = path.parent.name if manifest else path.stem
     ranges = manifest.info.get("int8_ranges") if manifest else None
     if not ranges:
+        if manifest and manifest.info.get("int8_calib") and not _integer_input(shipped):
+            assert calib is not None
+            return _requantized(path, variant, calib[: int(manifest.info["int8_calib"])])
         return IntegerModel(shipped, variant, manifest)
     model, manifest = load_checkpoint(paths_for(path.with_name(path.name.split(".")[0]))[0])
     if not expressible(model):
@@ -84,6 +88,26 @@ def load_integer_model(path: Path, calib: torch.Tensor | None = None) -> Integer
     if not _integer_input(shipped):
         notes.append("the desktop ships this variant as INT8-stored weights with float compute; the "
                      "microcontroller runs it all-INT8")
+    return IntegerModel(full, variant, manifest, notes)
+
+
+def calibrated_here(path: Path) -> bool:
+    """Whether the target calibrates the model itself (it needs the training images): a compressed file, or
+    a graph ONNX Runtime quantized that ships with float compute (its manifest's `int8_calib`)."""
+    if is_compressed(path):
+        return True
+    found = find_manifest(path)
+    return found is not None and bool(read_manifest(found).info.get("int8_calib"))
+
+
+def _requantized(path: Path, variant: str, calib: torch.Tensor) -> IntegerModel:
+    """A graph the quantize step quantized with ONNX Runtime, shipped as INT8 weights with float compute: its
+    checkpoint quantized again by the same quantizer on the same calibration images (the step's first N
+    training images), which is the all-INT8 model the step would have shipped with deploy=full."""
+    model, manifest = load_checkpoint(paths_for(path.with_name(path.name.split(".")[0]))[0])
+    full = quantize_graph(model.eval().float(), calib[:1], calib)
+    notes = [f"all-INT8 model rebuilt from the checkpoint, quantized by ONNX Runtime on the step's {len(calib)} "
+             "calibration images; the desktop ships this variant as INT8-stored weights with float compute"]
     return IntegerModel(full, variant, manifest, notes)
 
 

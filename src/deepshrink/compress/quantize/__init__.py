@@ -216,10 +216,15 @@ def apply_quantize(v: Variant, cfg: QuantizeConfig, ctx: StepContext) -> Variant
     v.deployment = deployment
     if cfg.precision not in ("fp32", "fp64"):
         v.manifest.info.update({"quantized": True, "quant_precision": label})
-    if ranges := deployment.opts().get("ranges"):
+    opts = deployment.opts()
+    if ranges := opts.get("ranges"):
         # The calibration travels with the checkpoint: the microcontroller target rebuilds the all-INT8
         # model from it whatever mode the desktop ships (deepshrink.mcu.source).
         v.manifest.info["int8_ranges"] = [list(r) for r in ranges]
+    elif deployment.name == "int8" and "calib" in opts:
+        # A graph ONNX Runtime quantizes: its calibration images (the first N training images) travel
+        # instead, and the target quantizes the checkpoint again on them, as this step did.
+        v.manifest.info["int8_calib"] = int(opts["calib"])
     v.info.update({"quant_precision": label, "quant_method": cfg.method if cfg.precision == "int8" else "cast",
                    "quant_bits": cfg.bits if cfg.precision == "int8" else int(cfg.precision[2:]),
                    "quant_seconds": round(time.perf_counter() - t0, 2), **info})

@@ -98,9 +98,13 @@ def quantize_graph(model: nn.Module, example: torch.Tensor, calib: torch.Tensor,
                    keep_activations: bool = False) -> onnx.ModelProto:
     """The INT8 QDQ model of any exportable graph, or of a user's own graph (OnnxGraph: the file as it came),
     calibrated on `calib`. The quantizer drops a Relu/Clip whose work the next QuantizeLinear's range does
-    (a uint8 zero point of 0 clips at 0); `keep_activations` keeps them, as `weights_only` needs."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    (a uint8 zero point of 0 clips at 0); `keep_activations` keeps them, as `weights_only` needs.
 
+    A pooling or a ReLU straight on the network input is one the quantizer leaves in float (it quantizes
+    those only behind an already quantized tensor): such a graph is quantized again with the input quantized
+    first (`ForceQuantizeNoInputCheck`), so they run in integers like the rest (ONNX Runtime fuses an average
+    pooling into QLinearAveragePool; a ReLU becomes the input quantization's clamp) and the whole graph runs
+    on an integer-only target."""
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         if isinstance(model, OnnxGraph):
@@ -109,21 +113,42 @@ def quantize_graph(model: nn.Module, example: torch.Tensor, calib: torch.Tensor,
             m, name = onnx.load(str(export_onnx(model, fp32, example))), "input"
         _inline_identity_constants(m)
         onnx.save(m, str(fp32))
-        out = Path(tmp) / "int8.onnx"
-        quiet = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger, once per call
-        try:
-            quantize_static(str(fp32), str(out), _Reader(calib.numpy().astype(np.float32), name),
-                            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
-                                           "QDQKeepRemovableActivations": keep_activations})
-        finally:
-            logging.disable(quiet)
-        q = onnx.load(str(out))
+        x = calib.numpy().astype(np.float32)
+        q = _quantize_static(fp32, Path(tmp) / "int8.onnx", x, name, keep_activations, force=False)
+        if _float_on_input(q):
+            q = _quantize_static(fp32, Path(tmp) / "int8.onnx", x, name, keep_activations, force=True)
     shorten_names(q)
     onnx.checker.check_model(q)
     return q
+
+
+def _quantize_static(fp32: Path, out: Path, x: np.ndarray, name: str, keep_activations: bool,
+                     force: bool) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    options = {"WeightSymmetric": True, "ActivationSymmetric": False,
+               "QDQKeepRemovableActivations": keep_activations}
+    if force:
+        options["ForceQuantizeNoInputCheck"] = True
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger, once per call
+    try:
+        quantize_static(str(fp32), str(out), _Reader(x, name), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax, extra_options=options)
+    finally:
+        logging.disable(quiet)
+    return onnx.load(str(out))
+
+
+# Operators the quantizer quantizes only behind an already quantized tensor: on the float input it leaves them.
+_AFTER_QUANTIZED = {"AveragePool", "GlobalAveragePool", "MaxPool", "GlobalMaxPool", "Relu", "Clip"}
+
+
+def _float_on_input(q: onnx.ModelProto) -> bool:
+    """Whether a pooling or activation reads the float network input (the quantizer left it in float)."""
+    inputs = {i.name for i in q.graph.input} - {t.name for t in q.graph.initializer}
+    return any(n.op_type in _AFTER_QUANTIZED and n.input[0] in inputs for n in q.graph.node)
 
 
 def weights_only(q: onnx.ModelProto) -> onnx.ModelProto:
