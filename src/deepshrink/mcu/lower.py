@@ -71,7 +71,7 @@ def hwc_input(graph: Graph) -> Graph:
     fast path: it reads C x H x W directly) and a flatten keep reading the input as it arrives."""
     inp = graph.input
     direct = ("conv", "reshape")
-    if len(inp.shape) != 3 or inp.shape[0] == 1 or \
+    if len(inp.shape) != 3 or inp.shape[0] == 1 or graph.input_layout == "hwc" or \
             not any(inp.name in n.inputs and n.kind not in direct for n in graph.nodes):
         return graph
     name = f"{inp.name}:hwc"

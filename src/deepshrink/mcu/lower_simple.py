@@ -63,6 +63,9 @@ def _lower_maxpool(s: State, i: int, node: Node) -> None:
     args = [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *")]
     s.layout[node.output] = "hwc"
     if (x.scale, x.zp) != (y.scale, y.zp):  # a float island in ONNX Runtime (graph.py, _island)
+        if s.graph.arith == "fixed":
+            raise UserError(f"{s.graph.source}: --arith fixed: this max pooling requantizes in float (ONNX "
+                            "Runtime's float island); use --arith float")
         s.call("ds_maxpoolq", "ds_maxpoolq_t", {"pool": _window(x, y, a), "in_zp": x.zp, "zp": y.zp,
                                                 "x_scale": c_float(x.scale), "y_scale": c_float(y.scale)}, args)
         s.prog.kernels.add("maxpoolq")
