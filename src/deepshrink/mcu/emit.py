@@ -40,7 +40,7 @@ def _format(values: np.ndarray, ctype: str) -> str:
 
 
 def _array(a: CArray) -> str:
-    align = " DS_ALIGN4" if a.ctype in ("int8_t", "uint8_t") else ""
+    align = " DS_ALIGN4" if a.ctype in ("int8_t", "uint8_t", "int16_t") else ""
     return f"static const {a.ctype} {a.name}[{max(a.values.size, 1)}]{align} = {{\n{_format(a.values, a.ctype)}\n}};"
 
 
