@@ -41,3 +41,28 @@ def test_depthwise_3x3_any_channels_stride_and_padding(tmp_path: Path, c: int, s
                                                        size: int) -> None:
     body = nn.Sequential(nn.Conv2d(2, c, 1), nn.ReLU(), nn.Conv2d(c, c, 3, stride, pad, groups=c), nn.ReLU())
     assert "ds_dwconv_c" in _exact_everywhere(body, (2, size, size), tmp_path)
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "stride", "size"), [(8, 12, 1, 1, 5), (8, 6, 3, 1, 7), (6, 9, 3, 2, 8),
+                                                                  (4, 7, 3, 1, 6)])
+def test_convolution_two_columns_at_a_time(tmp_path: Path, cin: int, cout: int, k: int, stride: int,
+                                           size: int) -> None:
+    """Pointwise and 3 x 3 on H x W x C (odd widths leave a last column alone; 6 channels are not whole
+    blocks of 4), behind a first convolution on the C x H x W input."""
+    body = nn.Sequential(nn.Conv2d(3, cin, 3, 1, 1), nn.ReLU(), nn.Conv2d(cin, cout, k, stride, k // 2), nn.ReLU())
+    assert "ds_dots16x2(" in _exact_everywhere(body, (3, size, size), tmp_path)
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1), nn.ReLU())
+        self.b = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        y = self.a(x)
+        return nn.functional.relu(self.b(y) + y)
+
+
+def test_convolution_with_a_fused_residual_addition(tmp_path: Path) -> None:
+    _exact_everywhere(_Residual(8), (3, 7, 7), tmp_path)
