@@ -66,3 +66,8 @@ class _Residual(nn.Module):
 
 def test_convolution_with_a_fused_residual_addition(tmp_path: Path) -> None:
     _exact_everywhere(_Residual(8), (3, 7, 7), tmp_path)
+
+
+def test_grouped_convolution_with_whole_blocks_per_group(tmp_path: Path) -> None:
+    body = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 6, 3, 1, 1, groups=2), nn.ReLU())
+    assert "ds_dots16x2(" in _exact_everywhere(body, (3, 5, 5), tmp_path)

@@ -28,7 +28,7 @@ def lower_depthwise(s: State, i: int, node: Node) -> bool:
     w = a["w"]
     o, cg, kh, kw = w.shape
     if (s.layout[node.inputs[0]] != "hwc" or cg != 1 or a["group"] != o or o != x.shape[0] or (kh, kw) != (3, 3)
-            or "pool" in a or "add" in a):
+            or "pool" in a or "add" in a or 8 * o + 4 > 4095):  # taps at immediate offsets up to 8 C (LDR: 4095)
         return False
     oh, ow = y.shape[1:]
     sh, sw = a["strides"]
