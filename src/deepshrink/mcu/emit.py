@@ -43,7 +43,7 @@ def _format(values: np.ndarray, ctype: str) -> str:
 
 
 def _array(a: CArray) -> str:
-    align = " DS_ALIGN4" if a.ctype in ("int8_t", "uint8_t") else ""
+    align = " DS_ALIGN4" if a.ctype in ("int8_t", "uint8_t", "int16_t") else ""
     n = a.values.shape[0] if a.ctype == "ds_mult_t" and a.values.dtype.kind != "f" else a.values.size
     return f"static const {a.ctype} {a.name}[{max(n, 1)}]{align} = {{\n{_format(a.values, a.ctype)}\n}};"
 

@@ -6,6 +6,7 @@ import numpy as np
 from deepshrink.errors import UserError
 from deepshrink.mcu.graph import Node, QTensor
 from deepshrink.mcu.layouts import Layout, choose
+from deepshrink.mcu.lower_fast import lower_depthwise
 from deepshrink.mcu.lower_simple import fused_add
 from deepshrink.mcu.program import (
     LOWERERS,
@@ -152,6 +153,9 @@ def _lower_conv(s: State, i: int, node: Node) -> None:
     chw = s.layout[node.inputs[0]] == "chw"
     if s.layout[node.inputs[0]] == "flat":
         raise UserError(f"{s.graph.source}: a convolution on a flattened tensor is not supported")
+    if lower_depthwise(s, i, node):
+        _describe_conv(s, node, Layout("dense", w.size, 0), s.tensor(node.output))
+        return
     pool = a.get("pool")
     pk, ps = (pool["kernel"][0], pool["strides"][0]) if pool else (1, 1)
     conv_w = (x.shape[2] + a["pads"][1] + a["pads"][3] - kw) // a["strides"][1] + 1
@@ -171,21 +175,28 @@ def _lower_conv(s: State, i: int, node: Node) -> None:
     layout = choose(rows, sum(p.size for p in packed), allow_sparse=s.in_place and g == 1, repeats=positions,
                     wide=True)
     _describe_conv(s, node, layout, s.tensor(node.output))
+    perm = layout.kind == "dense" and not chw and cg % 4 == 0  # kernels.c.j2, ds_widen4
+    if perm:
+        packed = tuple(pack_rows(rows[j * (o // g) : (j + 1) * (o // g)])[0] for j in range(g))
     four = layout.kind in ("sparse12", "sparse10") and pk == ps == 2 and not chw and 3 * 2 * kp <= 4095
     weights, sparse, fns = _conv_weights(s, layout, np.concatenate(packed), (bias, mult, y), rows, kp, four)
     fields = {**weights, "q": q_fields(s, bias, mult, y), "in_h": x.shape[1], "in_w": x.shape[2], "in_c": x.shape[0],
               "out_c": o, "kh": kh, "kw": kw, "sh": a["strides"][0], "sw": a["strides"][1], "pt": a["pads"][0],
               "pl": a["pads"][1], "groups": g, "kp": kp, "pool_k": pk, "pool_s": ps, "out_h": oh, "out_w": ow,
-              "in_zp": x.zp, "chw": int(chw), "slice": slice_, "ncols": ncols, "rowlen": rowlen,
+              "in_zp": x.zp, "chw": int(chw), "perm": int(perm), "slice": slice_, "ncols": ncols, "rowlen": rowlen,
               **fused_add(s, node), **sparse}
-    col = s.scratch(i, 2 * (pk * rowlen if chw else kp * (4 if four else 1)), "col", "int16_t",
-                    "im2col " + ("rows" if chw else "columns" if four else "column") + ": int16")
-    acc = s.scratch(i, 4 * pk * pk * (-(-(o // g) // 4) * 4), "acc", "int32_t", "accumulators: int32")
+    two = layout.kind == "dense" and not pool  # ds_conv takes two output columns at a time (ds_dots16x2)
+    col = s.scratch(i, 2 * (pk * rowlen if chw else kp * (4 if four else 2 if two else 1)), "col", "int16_t",
+                    "im2col " + ("rows" if chw else "columns" if four or two else "column") + ": int16")
+    pairs = s.scratch(i, 4 * kp if two else 4, "pairs", "int16_t", "two columns interleaved: int16")
+    acc = s.scratch(i, 4 * max(pk * pk, 1 + two) * (-(-(o // g) // 4) * 4), "acc", "int32_t",
+                    "accumulators: int32")
     note = "; ".join(filter(None, [f"max pool {pk}x{pk} fused" if pool else "",
                                    "addition fused, in place" if "add" in a else "",
                                    layout.note if layout.kind != "dense" else ""]))
     s.call("ds_conv", "ds_conv_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"), (s.buf(node.output), "int8_t *"),
-                                            (col, "int16_t *"), (acc, "int32_t *")], note=note, fns=fns)
+                                            (col, "int16_t *"), (pairs, "int16_t *"),
+                                            (acc, "int32_t *")], note=note, fns=fns)
     s.prog.kernels.add("conv")
     s.prog.macs += o * cg * kh * kw * (oh * ow * pk * pk if pool else conv_h * conv_w)
     s.layout[node.output] = "hwc"
