@@ -35,7 +35,7 @@ def lower_depthwise(s: State, i: int, node: Node) -> bool:
     cols = (ow - 1) * sw + 3
     bias = fold_bias(a["bias"], w.reshape(o, -1), x.zp, s.graph.source)
     fields = {"w": s.array("weights", "int16_t", depthwise_weights(w)),
-              "q": q_fields(s, bias, multipliers(x, a["w_scale"], y, o), y), "in_h": x.shape[1],
+              "q": q_fields(s, bias, multipliers(s, x, a["w_scale"], y, o, node), y), "in_h": x.shape[1],
               "in_w": x.shape[2], "c": o, "out_h": oh, "out_w": ow, "sh": sh, "sw": sw, "pt": a["pads"][0],
               "pl": a["pads"][1], "cols": cols, "in_zp": x.zp}
     rows = s.scratch(i, 3 * cols * o, "rows", "int8_t", "padded input rows: int8")
