@@ -201,8 +201,9 @@ def mcu(
     artifact: Annotated[Path, typer.Argument(help="An INT8 model deepshrink shipped (model.onnx or model.dsonnx "
                                              "of quantize:precision=int8), a compressed file (.dsparse, .dsq, "
                                              ".dsz), or any INT8 QDQ ONNX classifier.")],
-    target: Annotated[str, typer.Option("--target", help="cortex-m4, cortex-m7, or host (C and host build "
-                                        "only).")] = default(api.mcu, "target"),
+    target: Annotated[str, typer.Option("--target", help="cortex-m0plus, cortex-m3, cortex-m4, cortex-m7, "
+                                        "cortex-m33 (each built and emulated as that core), or host (C and host "
+                                        "build only).")] = default(api.mcu, "target"),
     dataset: Annotated[str | None, typer.Option("--dataset", help="Test set to measure on (default: the "
                                                 "manifest beside the file).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where model.h, model.c, firmware.elf and the "

@@ -134,7 +134,7 @@ def _target(b: Built, out: Path, opts: McuOptions, xq: np.ndarray, host_logits: 
     """Target build, emulated: sizes, bit-exactness against the host build, instructions and cycles."""
     elf, warnings = toolchain.build_target(out, out / "firmware", opts.target, opts.prefix)
     flash, static_ram = toolchain.image_sizes(elf)
-    fw = Firmware.load(elf, opts.prefix)
+    fw = Firmware.load(elf, opts.prefix, opts.target)
     n = min(opts.images, len(xq))
     classes = b.graph.tensors[b.graph.output].size
     task = progress.add(f"emulating {opts.target}", total=n)
@@ -177,7 +177,7 @@ def _dense_reference(b: Built, out: Path, target: str, x: np.ndarray, prefix: st
     (out / "model.c").write_text(sources.body)
     elf, _ = toolchain.build_target(out, out / "firmware", target, prefix)
     flash, static_ram = toolchain.image_sizes(elf)
-    fw = Firmware.load(elf, prefix)
+    fw = Firmware.load(elf, prefix, target)
     _, instructions, cycles = fw.count(x, b.graph.tensors[b.graph.output].size)
     return {"mcu_dense_flash_bytes": flash, "mcu_dense_ram_bytes": static_ram + fw.stack_bytes(),
             "mcu_dense_instructions": instructions, "mcu_dense_cycles_est": cycles}
