@@ -128,7 +128,8 @@ def tf_python(venv_dir: Path) -> Path:
     return py
 
 
-def checkpoint_models(checkpoint: Path, out: Path, py: Path, core: str) -> tuple[str, Path, dict[str, Any]]:
+def checkpoint_models(checkpoint: Path, out: Path, py: Path, core: str,
+                      images: int | None = None) -> tuple[str, Path, dict[str, Any]]:
     """(name, TFLM's .tflite, our measured row) for an FP32 checkpoint."""
     import deepshrink as ds
     from deepshrink.checkpoint import read_manifest
@@ -147,13 +148,15 @@ def checkpoint_models(checkpoint: Path, out: Path, py: Path, core: str) -> tuple
     if not tflite.exists():
         data = load_dataset(manifest.dataset)
         npz = work / "tflm-data.npz"
-        np.savez(npz, calib=data.train_x[:512].numpy(), test_x=data.test_x[:256].numpy(),
-                 test_y=data.test_y[:256].numpy())
+        n = images or len(data.test_x)
+        np.savez(npz, calib=data.train_x[:512].numpy(), test_x=data.test_x[:n].numpy(), test_y=data.test_y[:n].numpy())
         proc = subprocess.run([str(py), str(HERE / "tflm_side.py"), str(checkpoint.with_name("model.onnx")), str(npz),
                                str(tflite)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"tflm_side.py failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-        ours["tflm_python_accuracy_pct_256"] = json.loads(proc.stdout.strip().splitlines()[-1])["tflm_accuracy_pct"]
+        npz.unlink()
+        (work / "tflm-accuracy.json").write_text(proc.stdout.strip().splitlines()[-1])
+    ours["tflm_accuracy_pct"] = json.loads((work / "tflm-accuracy.json").read_text())["tflm_accuracy_pct"]
     return manifest.model.rsplit(":", 1)[-1], tflite, ours
 
 
@@ -165,7 +168,8 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
     inputs, source = model_inputs(tflite, info, args.inputs, args.data_dir)
     work = args.out / name / core
     t0 = time.time()
-    tflm = tflm_run.tflm_side(tflite, core, args.cache, work / "tflm", inputs, args.counted, args.tflm, args.jobs)
+    tflm = tflm_run.tflm_side(tflite, core, args.cache, work / "tflm", inputs, args.counted, args.tflm, args.jobs,
+                              args.lean)
     build_s = (args.cache / core / "build_seconds.txt")
     d: dict[str, Any] = {
         "model": name, "target": core, "inputs": len(inputs), "input_source": source, "ops": " ".join(info.ops),
@@ -183,7 +187,10 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
     if ours_row is not None:  # a checkpoint: ours is deepshrink's own quantization, measured by `deepshrink mcu`
         d.update(ds_flash_bytes=ours_row.get("mcu_flash_bytes"), ds_ram_bytes=ours_row.get("mcu_ram_bytes"),
                  ds_instructions=ours_row.get("mcu_instructions"), ds_cycles_est=ours_row.get("mcu_cycles_est"),
-                 identical_pct=None, ds_note="deepshrink's own INT8 PTQ of the same weights (not bit-comparable)")
+                 identical_pct=None, ds_accuracy_pct=ours_row.get("accuracy_pct"),
+                 tflm_accuracy_pct=ours_row.get("tflm_accuracy_pct"),
+                 ds_note="deepshrink's own INT8 PTQ of the same weights (not bit-comparable); accuracies: ours on "
+                         "the whole test set, TFLM's by the tflite_micro Python interpreter")
     elif not args.no_ds:
         try:
             ours = ds_side(tflite, core, work / "ds", inputs, args.counted)
@@ -262,10 +269,15 @@ def main() -> None:
     ap.add_argument("--tflm", type=Path, default=tflm_build.DEFAULT_TFLM, help="the TFLM source tree")
     ap.add_argument("--cache", type=Path, default=None, help="TFLM library cache (default OUT/tflm-cache)")
     ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--lean", action="store_true", help="build TFLM without its signal library (tflm_build.LEAN_SKIP)")
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEEPSHRINK_DATA", "../shared/data")))
     ap.add_argument("--no-ds", action="store_true", help="TFLM's side only")
     ap.add_argument("--tf-venv", type=Path, default=Path.home() / ".cache" / "deepshrink" / "tflm-venv",
                     help="TensorFlow environment for checkpoints (created when missing)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="a checkpoint's test images for TFLM's accuracy (default: the whole test set)")
+    ap.add_argument("--run", type=Path, default=None, help="a study's run directory: write tflm.csv there too, so "
+                    "its report shows TensorFlow Lite Micro beside its own microcontroller builds")
     args = ap.parse_args()
     args.cache = args.cache or args.out / "tflm-cache"
     cores = [c.strip() for c in args.targets.split(",") if c.strip()]
@@ -278,11 +290,13 @@ def main() -> None:
             if model.suffix == ".tflite":
                 rows.append(bench_tflite(model, model.stem, core, args))
             else:
-                name, tflite, ours = checkpoint_models(model, args.out, tf_python(args.tf_venv), core)
+                name, tflite, ours = checkpoint_models(model, args.out, tf_python(args.tf_venv), core, args.images)
                 rows.append(bench_tflite(tflite, name, core, args, ours))
             write_summary(rows, args.out)  # after every row: a long run leaves what it measured
             print(json.dumps({k: v for k, v in rows[-1].items() if k in SUMMARY_COLUMNS or k.startswith("tflm_")}),
                   flush=True)
+    if args.run is not None:
+        (args.run / "tflm.csv").write_text((args.out / "details.csv").read_text())
     print((args.out / "summary.md").read_text())
 
 

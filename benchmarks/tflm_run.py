@@ -162,10 +162,10 @@ class TflmApp:
 
 
 def build_app(tflite: Path, core: str, cache: Path, work: Path, tflm: Path = tflm_build.DEFAULT_TFLM,
-              jobs: int = 2) -> tuple[Path, ModelInfo, int]:
+              jobs: int = 2, lean: bool = False) -> tuple[Path, ModelInfo, int]:
     """The library (cached), then the app linked twice: once with a large arena to read arena_used_bytes, then
     with that (16-byte aligned; grown in 16-byte steps should AllocateTensors need more). (ELF, info, arena)."""
-    lib = tflm_build.build(core, cache, tflm, jobs)
+    lib = tflm_build.build(core, cache, tflm, jobs, lean=lean)
     info = model_info(tflite)
     probe = link(tflite, info, core, lib, work / "probe", ARENA_PROBE, tflm)
     used = TflmApp.load(probe, core, info).arena_used
@@ -195,10 +195,10 @@ class SideResult:
 
 
 def tflm_side(tflite: Path, core: str, cache: Path, work: Path, inputs: np.ndarray, counted: int = 2,
-              tflm: Path = tflm_build.DEFAULT_TFLM, jobs: int = 2) -> SideResult:
+              tflm: Path = tflm_build.DEFAULT_TFLM, jobs: int = 2, lean: bool = False) -> SideResult:
     """Build, link and run TFLM on `inputs` ((N, input size) int8), instructions counted on the first
     `counted`."""
-    elf, info, arena = build_app(tflite, core, cache, work, tflm, jobs)
+    elf, info, arena = build_app(tflite, core, cache, work, tflm, jobs, lean)
     flash, static_ram = image_sizes(elf)
     app = TflmApp.load(elf, core, info)
     outs = np.zeros((len(inputs), info.output.size), np.int8)
