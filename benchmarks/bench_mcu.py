@@ -110,7 +110,7 @@ def ds_side(tflite: Path, core: str, out: Path, inputs: np.ndarray, counted: int
     import deepshrink as ds
 
     info = tflm_run.model_info(tflite)
-    build = ds.mcu(tflite, target=core, out=out, images=max(counted, 1), time_host=False)
+    build = ds.mcu(tflite, target=core, out=out, images=max(counted, 3), time_host=False)
     res = ds_measure(build.out / "firmware.elf", core, inputs, info.output.size, counted)
     res["row"] = build.row
     return res
@@ -169,14 +169,15 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
     work = args.out / name / core
     t0 = time.time()
     tflm = tflm_run.tflm_side(tflite, core, args.cache, work / "tflm", inputs, args.counted, args.tflm, args.jobs,
-                              args.lean)
+                              args.lean, not args.generic_kernels)
     build_s = (args.cache / core / "build_seconds.txt")
     d: dict[str, Any] = {
         "model": name, "target": core, "inputs": len(inputs), "input_source": source, "ops": " ".join(info.ops),
         "tflm_flash_bytes": tflm.flash, "tflm_ram_bytes": tflm.ram, "tflm_static_ram_bytes": tflm.static_ram,
         "tflm_stack_bytes": tflm.stack, "tflm_arena_bytes": tflm.arena, "tflm_arena_used_bytes": tflm.arena_used,
         "tflm_instructions": tflm.instructions, "tflm_cycles_est": tflm.cycles,
-        "tflm_model_bytes": tflite.stat().st_size, "tflm_seconds": round(time.time() - t0, 1),
+        "tflm_model_bytes": tflite.stat().st_size,
+        "tflm_registrations": "generic" if args.generic_kernels else "int8 (Register_*_INT8 where TFLM has one)", "tflm_seconds": round(time.time() - t0, 1),
         "tflm_library_build_seconds": float(build_s.read_text()) if build_s.exists() else None}
     k = min(args.reference, len(inputs))
     if k:  # CMSIS-NN (the image) against TFLM's reference kernels (the Python interpreter)
@@ -269,6 +270,8 @@ def main() -> None:
     ap.add_argument("--tflm", type=Path, default=tflm_build.DEFAULT_TFLM, help="the TFLM source tree")
     ap.add_argument("--cache", type=Path, default=None, help="TFLM library cache (default OUT/tflm-cache)")
     ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--generic-kernels", action="store_true",
+                    help="register TFLM's generic kernels (int8/int16/int4 dispatch) instead of the int8-only ones")
     ap.add_argument("--lean", action="store_true", help="build TFLM without its signal library (tflm_build.LEAN_SKIP)")
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEEPSHRINK_DATA", "../shared/data")))
     ap.add_argument("--no-ds", action="store_true", help="TFLM's side only")

@@ -31,6 +31,15 @@ RESOLVER = {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "
             "LOGISTIC": "AddLogistic", "RELU": "AddRelu", "RELU6": "AddRelu6", "TANH": "AddTanh",
             "STRIDED_SLICE": "AddStridedSlice", "TRANSPOSE": "AddTranspose", "SQUEEZE": "AddSqueeze"}
 
+# The int8-only registrations TFLM offers (kernels/*.h): an all-int8 model needs nothing else, and they leave out
+# the int16/int4 CMSIS-NN paths the generic registrations dispatch to (~40 kB of text). What a size-conscious
+# TFLM application registers; `int8_kernels=False` measures the generic ones.
+INT8_REGISTRATION = {"CONV_2D": "Register_CONV_2D_INT8", "DEPTHWISE_CONV_2D": "Register_DEPTHWISE_CONV_2D_INT8",
+                     "FULLY_CONNECTED": "Register_FULLY_CONNECTED_INT8", "ADD": "Register_ADD_INT8",
+                     "AVERAGE_POOL_2D": "Register_AVERAGE_POOL_2D_INT8", "MAX_POOL_2D": "Register_MAX_POOL_2D_INT8",
+                     "SOFTMAX": "Register_SOFTMAX_INT8", "MUL": "Register_MUL_INT8", "PAD": "Register_PAD_INT8",
+                     "TRANSPOSE": "Register_TRANSPOSE_INT8"}
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -85,32 +94,37 @@ def _c_array(name: str, data: bytes) -> str:
             f"alignas(16) const unsigned char {name}[{len(data)}] = {{\n" + ",\n".join(rows) + "\n};\n")
 
 
-def write_app(tflite: Path, info: ModelInfo, work: Path, arena: int) -> list[Path]:
+def write_app(tflite: Path, info: ModelInfo, work: Path, arena: int, int8_kernels: bool = True) -> list[Path]:
     """app.cc (the resolver for the model's operators, the arena) and model_data.cc: the app's sources."""
     missing = [op for op in info.ops if op not in RESOLVER]
     if missing:
         raise ValueError(f"{tflite}: no resolver entry for {', '.join(missing)}")
     work.mkdir(parents=True, exist_ok=True)
-    adds = "\n".join(f"    resolver.{RESOLVER[op]}();" for op in info.ops)
+    adds = "\n".join(f"    resolver.{RESOLVER[op]}("
+                     f"{'tflite::' + INT8_REGISTRATION[op] + '()' if int8_kernels and op in INT8_REGISTRATION else ''});"
+                     for op in info.ops)
     app = ((APP / "app.cc.in").read_text().replace("@ARENA@", str(arena)).replace("@NOPS@", str(len(info.ops)))
            .replace("@ADD_OPS@", adds).replace("@IN_BYTES@", str(info.input.size))
            .replace("@OUT_BYTES@", str(info.output.size)))
     (work / "app.cc").write_text(app)
     data = work / "model_data.cc"
-    if not data.exists():
+    if not data.exists():  # a folder per model (bench_mcu.py: OUT/<model>/<core>/tflm)
         data.write_text(_c_array("tflm_model", tflite.read_bytes()))
     return [work / "app.cc", data, APP / "startup.c"]
 
 
 def link(tflite: Path, info: ModelInfo, core: str, lib: Path, work: Path, arena: int,
-         tflm: Path = tflm_build.DEFAULT_TFLM) -> Path:
+         tflm: Path = tflm_build.DEFAULT_TFLM, int8_kernels: bool = True) -> Path:
     """The app linked for `core` with `arena` bytes of arena: work/tflm.elf (and its map)."""
-    srcs = write_app(tflite, info, work, arena)
+    srcs = write_app(tflite, info, work, arena, int8_kernels)
     elf = work / "tflm.elf"
     inc = [f"-I{(tflm / i).resolve()}" for i in tflm_build.INCLUDES]
     objs = []
     for src in srcs:  # compiled as the library is (-Os, the core's flags), then linked by g++
         obj = work / (src.name + ".o")
+        if src.name != "app.cc" and obj.exists():  # the model's bytes and the start-up do not change between links
+            objs.append(str(obj))
+            continue
         cc, lang = (tflm_build.CXX, tflm_build.CXXFLAGS) if src.suffix == ".cc" else (tflm_build.CC, tflm_build.CFLAGS)
         _run([cc, *tflm_build.core_flags(core), *lang, "-Os", *inc, "-c", str(src), "-o", str(obj)], f"compile {src.name}")
         objs.append(str(obj))
@@ -162,16 +176,17 @@ class TflmApp:
 
 
 def build_app(tflite: Path, core: str, cache: Path, work: Path, tflm: Path = tflm_build.DEFAULT_TFLM,
-              jobs: int = 2, lean: bool = False) -> tuple[Path, ModelInfo, int]:
+              jobs: int = 2, lean: bool = False, int8_kernels: bool = True) -> tuple[Path, ModelInfo, int]:
     """The library (cached), then the app linked twice: once with a large arena to read arena_used_bytes, then
     with that (16-byte aligned; grown in 16-byte steps should AllocateTensors need more). (ELF, info, arena)."""
     lib = tflm_build.build(core, cache, tflm, jobs, lean=lean)
     info = model_info(tflite)
-    probe = link(tflite, info, core, lib, work / "probe", ARENA_PROBE, tflm)
+    probe = link(tflite, info, core, lib, work, ARENA_PROBE, tflm, int8_kernels)
+    probe = probe.rename(work / "probe.elf")
     used = TflmApp.load(probe, core, info).arena_used
     arena = -(-used // 16) * 16
     for _ in range(64):
-        elf = link(tflite, info, core, lib, work, arena, tflm)
+        elf = link(tflite, info, core, lib, work, arena, tflm, int8_kernels)
         try:
             TflmApp.load(elf, core, info)
             return elf, info, arena
@@ -195,10 +210,11 @@ class SideResult:
 
 
 def tflm_side(tflite: Path, core: str, cache: Path, work: Path, inputs: np.ndarray, counted: int = 2,
-              tflm: Path = tflm_build.DEFAULT_TFLM, jobs: int = 2, lean: bool = False) -> SideResult:
+              tflm: Path = tflm_build.DEFAULT_TFLM, jobs: int = 2, lean: bool = False,
+              int8_kernels: bool = True) -> SideResult:
     """Build, link and run TFLM on `inputs` ((N, input size) int8), instructions counted on the first
     `counted`."""
-    elf, info, arena = build_app(tflite, core, cache, work, tflm, jobs, lean)
+    elf, info, arena = build_app(tflite, core, cache, work, tflm, jobs, lean, int8_kernels)
     flash, static_ram = image_sizes(elf)
     app = TflmApp.load(elf, core, info)
     outs = np.zeros((len(inputs), info.output.size), np.int8)
