@@ -170,6 +170,8 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
     t0 = time.time()
     tflm = tflm_run.tflm_side(tflite, core, args.cache, work / "tflm", inputs, args.counted, args.tflm, args.jobs,
                               args.lean, not args.generic_kernels)
+    np.save(work / "inputs.npy", inputs)
+    np.save(work / "tflm_outputs.npy", tflm.outputs)
     build_s = (args.cache / core / "build_seconds.txt")
     d: dict[str, Any] = {
         "model": name, "target": core, "inputs": len(inputs), "input_source": source, "ops": " ".join(info.ops),
