@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tflm_build  # noqa: E402
-import tflm_run  # noqa: E402
+import tflm_build
+import tflm_run
 
 HERE = Path(__file__).resolve().parent
 SUMMARY_COLUMNS = ("model", "target", "ds_flash_bytes", "tflm_flash_bytes", "ds_ram_bytes", "tflm_ram_bytes",
@@ -179,13 +179,14 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
         "tflm_stack_bytes": tflm.stack, "tflm_arena_bytes": tflm.arena, "tflm_arena_used_bytes": tflm.arena_used,
         "tflm_instructions": tflm.instructions, "tflm_cycles_est": tflm.cycles,
         "tflm_model_bytes": tflite.stat().st_size,
-        "tflm_registrations": "generic" if args.generic_kernels else "int8 (Register_*_INT8 where TFLM has one)", "tflm_seconds": round(time.time() - t0, 1),
+        "tflm_registrations": "generic" if args.generic_kernels else "int8 (Register_*_INT8 where TFLM has one)",
+        "tflm_seconds": round(time.time() - t0, 1),
         "tflm_library_build_seconds": float(build_s.read_text()) if build_s.exists() else None}
     k = min(args.reference, len(inputs))
     if k:  # CMSIS-NN (the image) against TFLM's reference kernels (the Python interpreter)
         ref = tflm_run.reference_outputs(tflite, inputs[:k])
         d["tflm_vs_reference_identical_pct"] = 100.0 * float(np.mean([np.array_equal(a, b) for a, b in
-                                                                      zip(ref, tflm.outputs[:k])]))
+                                                                      zip(ref, tflm.outputs[:k], strict=True)]))
         d["tflm_vs_reference_max_diff"] = int(np.abs(ref.astype(np.int16) - tflm.outputs[:k]).max())
     if ours_row is not None:  # a checkpoint: ours is deepshrink's own quantization, measured by `deepshrink mcu`
         d.update(ds_flash_bytes=ours_row.get("mcu_flash_bytes"), ds_ram_bytes=ours_row.get("mcu_ram_bytes"),
@@ -197,7 +198,7 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
     elif not args.no_ds:
         try:
             ours = ds_side(tflite, core, work / "ds", inputs, args.counted)
-            same = [np.array_equal(a, b) for a, b in zip(ours["outputs"], tflm.outputs)]
+            same = [np.array_equal(a, b) for a, b in zip(ours["outputs"], tflm.outputs, strict=True)]
             d.update(ds_flash_bytes=ours["flash"], ds_ram_bytes=ours["ram"], ds_static_ram_bytes=ours["static_ram"],
                      ds_stack_bytes=ours["stack"], ds_instructions=ours["instructions"], ds_cycles_est=ours["cycles"],
                      identical_pct=100.0 * float(np.mean(same)))
@@ -238,7 +239,7 @@ def write_summary(rows: list[dict[str, Any]], out: Path) -> None:
         return f"{r[a] / r[b]:.2f}" if r.get(a) and r.get(b) else "n/a"
 
     head = ["model", "target"]
-    for label, a, b in RATIOS:
+    for label, _, _ in RATIOS:
         head += [f"ds {label}", f"TFLM {label}", "ds/TFLM"]
     head.append("identical %")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import tflm_build
+
 from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.toolchain import image_sizes
 
@@ -100,9 +100,10 @@ def write_app(tflite: Path, info: ModelInfo, work: Path, arena: int, int8_kernel
     if missing:
         raise ValueError(f"{tflite}: no resolver entry for {', '.join(missing)}")
     work.mkdir(parents=True, exist_ok=True)
-    adds = "\n".join(f"    resolver.{RESOLVER[op]}("
-                     f"{'tflite::' + INT8_REGISTRATION[op] + '()' if int8_kernels and op in INT8_REGISTRATION else ''});"
-                     for op in info.ops)
+    def registration(op: str) -> str:
+        return f"tflite::{INT8_REGISTRATION[op]}()" if int8_kernels and op in INT8_REGISTRATION else ""
+
+    adds = "\n".join(f"    resolver.{RESOLVER[op]}({registration(op)});" for op in info.ops)
     app = ((APP / "app.cc.in").read_text().replace("@ARENA@", str(arena)).replace("@NOPS@", str(len(info.ops)))
            .replace("@ADD_OPS@", adds).replace("@IN_BYTES@", str(info.input.size))
            .replace("@OUT_BYTES@", str(info.output.size)))
@@ -126,7 +127,8 @@ def link(tflite: Path, info: ModelInfo, core: str, lib: Path, work: Path, arena:
             objs.append(str(obj))
             continue
         cc, lang = (tflm_build.CXX, tflm_build.CXXFLAGS) if src.suffix == ".cc" else (tflm_build.CC, tflm_build.CFLAGS)
-        _run([cc, *tflm_build.core_flags(core), *lang, "-Os", *inc, "-c", str(src), "-o", str(obj)], f"compile {src.name}")
+        _run([cc, *tflm_build.core_flags(core), *lang, "-Os", *inc, "-c", str(src), "-o", str(obj)],
+             f"compile {src.name}")
         objs.append(str(obj))
     cpu = tflm_build.CORES[core][0]
     _run([tflm_build.CXX, *cpu, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",

@@ -46,13 +46,15 @@ _REGLIST = re.compile(r"\{([^}]*)\}")
 _SUFFIX = re.compile(r"\.(w|n|f32|f64|s32|u32|f32\.s32|s32\.f32|32|8|16)$")
 # The DSP extension's instructions (ARMv7E-M): SIMD add/subtract, saturating arithmetic, packing, the dual and
 # long multiply-accumulates. UMULL/SMULL/UMLAL/SMLAL are plain ARMv7-M and stay out.
-_DSP = frozenset("""
+_DSP = frozenset(
+    """
 sadd16 sadd8 ssub16 ssub8 sasx ssax qadd16 qadd8 qsub16 qsub8 qasx qsax shadd16 shadd8 shsub16 shsub8 shasx shsax
 uadd16 uadd8 usub16 usub8 uasx usax uqadd16 uqadd8 uqsub16 uqsub8 uqasx uqsax uhadd16 uhadd8 uhsub16 uhsub8 uhasx
 uhsax qadd qsub qdadd qdsub sel usad8 usada8 ssat16 usat16 sxtb16 uxtb16 sxtab16 uxtab16 sxtab sxtah uxtab uxtah
 pkhbt pkhtb smlabb smlabt smlatb smlatt smlawb smlawt smulbb smulbt smultb smultt smulwb smulwt smlad smladx smlsd
 smlsdx smlald smlaldx smlsld smlsldx smlalbb smlalbt smlaltb smlaltt smuad smuadx smusd smusdx smmla smmlar smmls
-smmlsr smmul smmulr umaal""".split())
+smmlsr smmul smmulr umaal""".split()  # noqa: SIM905
+)
 _CONDS = ("eq", "ne", "cs", "hs", "cc", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le", "al")
 
 
