@@ -1,44 +1,122 @@
-"""deepshrink's microcontroller C beside TensorFlow Lite Micro, in one run, on the same trained weights.
+"""deepshrink's microcontroller C beside TensorFlow Lite Micro, both measured: the same model, built for the same
+Cortex-M core, run in the same emulator (SPEC §12.1).
 
-    DEEPSHRINK_DATA=../shared/data .venv/bin/python benchmarks/bench_mcu.py \
-        runs/l5/artifacts/mnist-lenet-5/model.safetensors runs/r8/artifacts/cifar10-resnet8/model.safetensors \
-        --out runs/bench-mcu
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_mcu.py ../shared/mlperf-tiny/kws_ref_model.tflite \\
+        ../shared/mlperf-tiny/pretrainedResnet_quant.tflite --targets cortex-m4,cortex-m0plus --out runs/bench-mcu
 
-For each FP32 checkpoint: INT8 PTQ through `deepshrink compress`'s code path, then `deepshrink mcu` (ours:
-flash and RAM of the linked Cortex-M4 image, accuracy of the C on the whole test set). TensorFlow Lite
-Micro's side runs in a virtual environment this bench creates (TensorFlow and tflite-micro are never
-deepshrink dependencies): the same FP32 weights (deepshrink's FP32 ONNX export, batch norm folded) rebuilt
-in Keras, converted by TensorFlow's converter to a full-integer .tflite calibrated on the same 512 training
-images, run by the tflite-micro interpreter on the same test images; its flatbuffer bytes and its recording
-allocator's arena bytes. TFLM's own code size cannot be built here: the published figure (about 48 kB of
-text with a mutable op resolver, tensorflow/tensorflow#32345) stands in for it, and the summary says so.
-Writes summary.csv and summary.md.
+Each MODEL is a full-integer .tflite or an FP32 checkpoint (.safetensors). Per model and core:
+
+- TFLM: ../shared/tflm (TFLM + CMSIS-NN at a pinned commit) built once per core into OUT/tflm-cache/<core>/
+  libtflm.a (tflm_build.py), an app registering only the model's operators linked against it, its arena sized to
+  what AllocateTensors uses, run in deepshrink's emulator as that core (tflm_run.py): flash, RAM (data + bss +
+  the stack's high-water mark), arena, instructions and estimated cycles of Invoke(), the int8 outputs.
+  Checked on a few inputs against the tflite_micro Python interpreter (TFLM's reference kernels on this host).
+- deepshrink: `deepshrink.api.mcu` on the same .tflite for the same core, its firmware.elf run on the same inputs
+  (`ds_side`); identical_pct is the share of inputs whose whole output vector equals TFLM's.
+- A checkpoint: INT8 PTQ and `deepshrink mcu` as `deepshrink compress` does it (ours), and TensorFlow's converter
+  on the same FP32 weights in a TensorFlow environment this bench creates (tflm_side.py) for TFLM's .tflite, then
+  measured as above. The two are different quantizations of one network, so identical_pct stays empty there.
+
+Inputs: the CIFAR-10 test images for the ResNet-8 (raw pixels quantized with the input tensor's scale and zero
+point), seeded random int8 near the input zero point otherwise. Writes summary.csv (one row per model and core),
+summary.md (with ds/TFLM ratios) and details.csv (every measured fact).
 """
 
 import argparse
 import csv
 import json
-import re
+import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-import deepshrink as ds
-from deepshrink.checkpoint import read_manifest
-from deepshrink.data import load_dataset
-from deepshrink.mcu import McuOptions, build_mcu
-from deepshrink.measure.latency import LatencyConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tflm_build
+import tflm_run
 
 HERE = Path(__file__).resolve().parent
-TFLM_RUNTIME_TEXT_BYTES = 48_000  # tensorflow/tensorflow#32345: TFLM's text with a mutable op resolver
+SUMMARY_COLUMNS = ("model", "target", "ds_flash_bytes", "tflm_flash_bytes", "ds_ram_bytes", "tflm_ram_bytes",
+                   "ds_instructions", "tflm_instructions", "ds_cycles_est", "tflm_cycles_est", "identical_pct")
+RATIOS = (("flash", "ds_flash_bytes", "tflm_flash_bytes"), ("RAM", "ds_ram_bytes", "tflm_ram_bytes"),
+          ("instructions", "ds_instructions", "tflm_instructions"), ("cycles", "ds_cycles_est", "tflm_cycles_est"))
 TF_PACKAGES = ["tensorflow-cpu", "tflite-micro", "onnx"]
-_ARENA = re.compile(r"Arena allocation total (\d+) bytes")
 
+
+# ---- inputs -------------------------------------------------------------------------------------------------
+
+def cifar10_pixels(n: int, data_dir: Path | None) -> np.ndarray:
+    """The first n CIFAR-10 test images as uint8 N x H x W x C (the order deepshrink's loader gives)."""
+    from deepshrink.data import load_arrays
+
+    arrays, _ = load_arrays("cifar10", data_dir, allow_download=False)
+    return np.ascontiguousarray(arrays["test_x"][:n].transpose(0, 2, 3, 1))
+
+
+def quantize_pixels(pixels: np.ndarray, t: tflm_run.TensorInfo) -> np.ndarray:
+    """Raw 0-255 pixels as the input tensor takes them: q = round(p / scale) + zero point, clamped to int8."""
+    q = np.round(pixels.astype(np.float64) / t.scale) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8).reshape(len(pixels), -1)
+
+
+def random_inputs(n: int, t: tflm_run.TensorInfo, seed: int = 0) -> np.ndarray:
+    """Seeded int8 inputs near the zero point (a real input's spread: +-48 codes, clamped)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(t.zero_point, 48.0, size=(n, t.size)).round()
+    return np.clip(x, -128, 127).astype(np.int8)
+
+
+def model_inputs(tflite: Path, info: tflm_run.ModelInfo, n: int, data_dir: Path | None) -> tuple[np.ndarray, str]:
+    if tuple(info.input.shape[1:]) == (32, 32, 3):  # the CIFAR-10 classifier
+        try:
+            return quantize_pixels(cifar10_pixels(n, data_dir), info.input), "CIFAR-10 test images"
+        except Exception as e:  # no data here: random inputs, said in the notes
+            print(f"{tflite.name}: CIFAR-10 not loaded ({e}); random inputs", flush=True)
+    return random_inputs(n, info.input), "random int8 (seed 0)"
+
+
+# ---- deepshrink's side --------------------------------------------------------------------------------------
+
+def ds_measure(elf: Path, core: str, inputs: np.ndarray, out_size: int, counted: int = 2) -> dict[str, Any]:
+    """A deepshrink firmware.elf (entry ds_infer(const int8_t *input, int8_t *output)) on `inputs` in the
+    emulator as `core`: flash, RAM (static + stack high-water mark), mean instructions and cycles over the first
+    `counted` inputs, and the int8 outputs."""
+    from deepshrink.mcu.emulate import Firmware
+    from deepshrink.mcu.toolchain import image_sizes
+
+    flash, static_ram = image_sizes(elf)
+    fw = Firmware.load(elf, "ds", core)
+    outs = np.zeros((len(inputs), out_size), np.int8)
+    counts = []
+    for i, x in enumerate(inputs):
+        if i < counted:
+            outs[i], n, c = fw.count(x, out_size)
+            counts.append((n, c))
+        else:
+            outs[i] = fw.infer(x, out_size)[0]
+    stack = fw.stack_bytes()
+    return {"flash": flash, "ram": static_ram + stack, "static_ram": static_ram, "stack": stack,
+            "instructions": round(float(np.mean([c[0] for c in counts]))) if counts else None,
+            "cycles": round(float(np.mean([c[1] for c in counts]))) if counts else None, "outputs": outs}
+
+
+def ds_side(tflite: Path, core: str, out: Path, inputs: np.ndarray, counted: int = 2) -> dict[str, Any]:
+    """`deepshrink.api.mcu` on the .tflite for `core` (model.c and firmware.elf under `out`), then its image run
+    on the same inputs as TFLM's. Raises what the API raises (the .tflite route may be missing)."""
+    import deepshrink as ds
+
+    info = tflm_run.model_info(tflite)
+    build = ds.mcu(tflite, target=core, out=out, images=max(counted, 3), time_host=False)
+    res = ds_measure(build.out / "firmware.elf", core, inputs, info.output.size, counted)
+    res["row"] = build.row
+    return res
+
+
+# ---- a checkpoint: the TensorFlow converter's .tflite of the same weights -----------------------------------
 
 def tf_python(venv_dir: Path) -> Path:
     """The TensorFlow environment's interpreter, created (and its packages installed) on first use."""
@@ -50,90 +128,182 @@ def tf_python(venv_dir: Path) -> Path:
     return py
 
 
-def tflm(py: Path, fp32_onnx: Path, data: Any, out: Path, images: int) -> dict[str, Any]:
-    """TensorFlow Lite Micro on the same weights and images: accuracy, flatbuffer and arena bytes."""
-    npz = out / "tflm-data.npz"
-    np.savez(npz, calib=data.train_x[:512].numpy(), test_x=data.test_x[:images].numpy(),
-             test_y=data.test_y[:images].numpy())
-    tflite = out / "model.tflite"
-    proc = subprocess.run([str(py), str(HERE / "tflm_side.py"), str(fp32_onnx), str(npz), str(tflite)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tflm_side.py failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    arena = _ARENA.search(proc.stderr)
-    res["tflm_arena_bytes"] = int(arena.group(1)) if arena else None
-    # The Keras rebuild must hold the same FP32 network: its logits against ONNX Runtime's.
-    sess = ort.InferenceSession(str(fp32_onnx), providers=["CPUExecutionProvider"])
-    ref = sess.run(None, {sess.get_inputs()[0].name: data.test_x[:256].numpy()})[0]
-    res["keras_vs_onnx_max_abs_diff"] = float(np.abs(np.load(f"{tflite}.keras.npy") - ref).max())
-    npz.unlink()
-    return res
+def checkpoint_models(checkpoint: Path, out: Path, py: Path, core: str,
+                      images: int | None = None) -> tuple[str, Path, dict[str, Any]]:
+    """(name, TFLM's .tflite, our measured row) for an FP32 checkpoint."""
+    import deepshrink as ds
+    from deepshrink.checkpoint import read_manifest
+    from deepshrink.data import load_dataset
+    from deepshrink.mcu import McuOptions, build_mcu
+    from deepshrink.measure.latency import LatencyConfig
 
-
-def bench_one(checkpoint: Path, out: Path, py: Path, images: int | None) -> dict[str, Any]:
     manifest = read_manifest(checkpoint)
     name = f"{manifest.dataset}-{Path(manifest.model).name.replace('.py:', '-')}"
     work = out / name
-    light = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=3, single_calls=100)  # not what is compared
+    light = LatencyConfig(runtimes=("onnxruntime",), threads=(1,), repeats=3, single_calls=100)
     row = ds.compress(checkpoint, ["quantize:precision=int8,method=ptq"], out=work / "compress", latency=light).row
-    artifact = work / "compress" / row["artifact"]
-    ours = build_mcu(artifact, work / "mcu", options=McuOptions(latency=None))
-    data = load_dataset(manifest.dataset)
-    theirs = tflm(py, checkpoint.with_name("model.onnx"), data, work, images or len(data.test_x))
-    short = manifest.model.rsplit(":", 1)[-1]  # a file reference's callable, not the path it was trained from
-    return {"int8_artifact_accuracy_pct": float(row["accuracy_pct"]), **ours, **theirs, "model": short}
+    ours = build_mcu(work / "compress" / row["artifact"], work / f"mcu-{core}",
+                     options=McuOptions(target=core, latency=None))
+    tflite = work / "model.tflite"
+    if not tflite.exists():
+        data = load_dataset(manifest.dataset)
+        npz = work / "tflm-data.npz"
+        n = images or len(data.test_x)
+        np.savez(npz, calib=data.train_x[:512].numpy(), test_x=data.test_x[:n].numpy(), test_y=data.test_y[:n].numpy())
+        proc = subprocess.run([str(py), str(HERE / "tflm_side.py"), str(checkpoint.with_name("model.onnx")), str(npz),
+                               str(tflite)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"tflm_side.py failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
+        npz.unlink()
+        (work / "tflm-accuracy.json").write_text(proc.stdout.strip().splitlines()[-1])
+    ours["tflm_accuracy_pct"] = json.loads((work / "tflm-accuracy.json").read_text())["tflm_accuracy_pct"]
+    return manifest.model.rsplit(":", 1)[-1], tflite, ours
 
 
-def summarize(r: dict[str, Any]) -> dict[str, Any]:
-    tflm_flash = r["tflm_flatbuffer_bytes"] + TFLM_RUNTIME_TEXT_BYTES
-    s = {"model": r["model"], "ours_flash_bytes": r["mcu_flash_bytes"], "ours_ram_bytes": r["mcu_ram_bytes"],
-         "ours_accuracy_pct": r["accuracy_pct"], "ours_instructions": r["mcu_instructions"],
-         "ours_ms_est_80mhz": round(r["mcu_ms_est"], 3), "ort_match_pct": r["mcu_match_ort_pct"],
-         "tflm_flatbuffer_bytes": r["tflm_flatbuffer_bytes"], "tflm_flash_est_bytes": tflm_flash,
-         "tflm_arena_bytes": r["tflm_arena_bytes"], "tflm_accuracy_pct": r["tflm_accuracy_pct"],
-         "tflm_images": r["tflm_images"], "keras_vs_onnx_max_abs_diff": r["keras_vs_onnx_max_abs_diff"]}
-    s["ram_ratio"] = round(s["ours_ram_bytes"] / s["tflm_arena_bytes"], 3) if s["tflm_arena_bytes"] else None
-    s["flash_ratio"] = round(s["ours_flash_bytes"] / tflm_flash, 3)
-    s["accuracy_delta_pt"] = round(s["ours_accuracy_pct"] - s["tflm_accuracy_pct"], 3)
-    s["pass"] = bool(s["ram_ratio"] is not None and s["ram_ratio"] <= 0.7 and s["flash_ratio"] <= 0.7
-                     and abs(s["accuracy_delta_pt"]) <= 0.2)
-    return s
+# ---- one model on one core ----------------------------------------------------------------------------------
+
+def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
+                 ours_row: dict[str, Any] | None = None) -> dict[str, Any]:
+    info = tflm_run.model_info(tflite)
+    inputs, source = model_inputs(tflite, info, args.inputs, args.data_dir)
+    work = args.out / name / core
+    t0 = time.time()
+    tflm = tflm_run.tflm_side(tflite, core, args.cache, work / "tflm", inputs, args.counted, args.tflm, args.jobs,
+                              args.lean, not args.generic_kernels)
+    np.save(work / "inputs.npy", inputs)
+    np.save(work / "tflm_outputs.npy", tflm.outputs)
+    build_s = (args.cache / core / "build_seconds.txt")
+    d: dict[str, Any] = {
+        "model": name, "target": core, "inputs": len(inputs), "input_source": source, "ops": " ".join(info.ops),
+        "tflm_flash_bytes": tflm.flash, "tflm_ram_bytes": tflm.ram, "tflm_static_ram_bytes": tflm.static_ram,
+        "tflm_stack_bytes": tflm.stack, "tflm_arena_bytes": tflm.arena, "tflm_arena_used_bytes": tflm.arena_used,
+        "tflm_instructions": tflm.instructions, "tflm_cycles_est": tflm.cycles,
+        "tflm_model_bytes": tflite.stat().st_size,
+        "tflm_registrations": "generic" if args.generic_kernels else "int8 (Register_*_INT8 where TFLM has one)",
+        "tflm_seconds": round(time.time() - t0, 1),
+        "tflm_library_build_seconds": float(build_s.read_text()) if build_s.exists() else None}
+    k = min(args.reference, len(inputs))
+    if k:  # CMSIS-NN (the image) against TFLM's reference kernels (the Python interpreter)
+        ref = tflm_run.reference_outputs(tflite, inputs[:k])
+        d["tflm_vs_reference_identical_pct"] = 100.0 * float(np.mean([np.array_equal(a, b) for a, b in
+                                                                      zip(ref, tflm.outputs[:k], strict=True)]))
+        d["tflm_vs_reference_max_diff"] = int(np.abs(ref.astype(np.int16) - tflm.outputs[:k]).max())
+    if ours_row is not None:  # a checkpoint: ours is deepshrink's own quantization, measured by `deepshrink mcu`
+        d.update(ds_flash_bytes=ours_row.get("mcu_flash_bytes"), ds_ram_bytes=ours_row.get("mcu_ram_bytes"),
+                 ds_instructions=ours_row.get("mcu_instructions"), ds_cycles_est=ours_row.get("mcu_cycles_est"),
+                 identical_pct=None, ds_accuracy_pct=ours_row.get("accuracy_pct"),
+                 tflm_accuracy_pct=ours_row.get("tflm_accuracy_pct"),
+                 ds_note="deepshrink's own INT8 PTQ of the same weights (not bit-comparable); accuracies: ours on "
+                         "the whole test set, TFLM's by the tflite_micro Python interpreter")
+    elif not args.no_ds:
+        try:
+            ours = ds_side(tflite, core, work / "ds", inputs, args.counted)
+            same = [np.array_equal(a, b) for a, b in zip(ours["outputs"], tflm.outputs, strict=True)]
+            d.update(ds_flash_bytes=ours["flash"], ds_ram_bytes=ours["ram"], ds_static_ram_bytes=ours["static_ram"],
+                     ds_stack_bytes=ours["stack"], ds_instructions=ours["instructions"], ds_cycles_est=ours["cycles"],
+                     identical_pct=100.0 * float(np.mean(same)))
+        except Exception as e:  # e.g. no .tflite route in this deepshrink yet: TFLM's side still stands
+            d["ds_note"] = f"deepshrink side failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            print(f"{name} {core}: {d['ds_note']}", flush=True)
+    return d
+
+
+# ---- summary ------------------------------------------------------------------------------------------------
+
+def _fmt(v: Any) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def write_summary(rows: list[dict[str, Any]], out: Path) -> None:
+    """summary.csv (SUMMARY_COLUMNS exactly, empty where not measured), summary.md (with ds/TFLM ratios) and
+    details.csv (every key any row has)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "summary.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SUMMARY_COLUMNS)
+        for r in rows:
+            w.writerow([_fmt(r.get(c)) for c in SUMMARY_COLUMNS])
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with (out / "details.csv").open("w", newline="") as f:
+        dw = csv.DictWriter(f, fieldnames=keys)
+        dw.writeheader()
+        dw.writerows([{k: _fmt(r.get(k)) for k in keys} for r in rows])
+
+    def ratio(r: dict[str, Any], a: str, b: str) -> str:
+        return f"{r[a] / r[b]:.2f}" if r.get(a) and r.get(b) else "n/a"
+
+    head = ["model", "target"]
+    for label, _, _ in RATIOS:
+        head += [f"ds {label}", f"TFLM {label}", "ds/TFLM"]
+    head.append("identical %")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["target"]]
+        for _, a, b in RATIOS:
+            cells += [_fmt(r.get(a)) or "n/a", _fmt(r.get(b)), ratio(r, a, b)]
+        cells.append(_fmt(r.get("identical_pct")) or "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "TFLM: TensorFlow Lite Micro + CMSIS-NN (../shared/tflm) built for the same core, an app registering "
+              "only the model's operators, linked with newlib-nano and --gc-sections, run in the same emulator. "
+              "Flash = text + rodata + data of each linked image; RAM = data + bss (TFLM's arena included) + the "
+              "stack's measured high-water mark; instructions and cycles (an estimate from the core's cycle table) "
+              "of one inference (TFLM: Invoke() only), the mean over the counted inputs. identical % = inputs whose "
+              "whole int8 output equals TFLM's. details.csv holds the arena, stack, and the check of TFLM's image "
+              "against the tflite_micro Python interpreter."]
+    notes = sorted({f"{r['model']} {r['target']}: {r['ds_note']}" for r in rows if r.get("ds_note")})
+    lines += ["", *(f"- {n}" for n in notes)] if notes else []
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="+", type=Path, help="FP32 checkpoints (.safetensors) to compare on")
+    ap.add_argument("models", nargs="+", type=Path, help=".tflite files (full-integer) or FP32 checkpoints")
+    ap.add_argument("--targets", default="cortex-m4", help="comma-separated cores (default cortex-m4)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-mcu"))
+    ap.add_argument("--inputs", type=int, default=1000, help="inputs whose outputs are compared (default 1000)")
+    ap.add_argument("--counted", type=int, default=2, help="of those, inputs whose instructions are counted")
+    ap.add_argument("--reference", type=int, default=3,
+                    help="inputs checked against the tflite_micro Python interpreter (0: none)")
+    ap.add_argument("--tflm", type=Path, default=tflm_build.DEFAULT_TFLM, help="the TFLM source tree")
+    ap.add_argument("--cache", type=Path, default=None, help="TFLM library cache (default OUT/tflm-cache)")
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--generic-kernels", action="store_true",
+                    help="register TFLM's generic kernels (int8/int16/int4 dispatch) instead of the int8-only ones")
+    ap.add_argument("--lean", action="store_true", help="build TFLM without its signal library (tflm_build.LEAN_SKIP)")
+    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEEPSHRINK_DATA", "../shared/data")))
+    ap.add_argument("--no-ds", action="store_true", help="TFLM's side only")
     ap.add_argument("--tf-venv", type=Path, default=Path.home() / ".cache" / "deepshrink" / "tflm-venv",
-                    help="TensorFlow + tflite-micro virtual environment (created when missing)")
-    ap.add_argument("--images", type=int, default=None, help="test images for TFLM (default: the whole test set)")
+                    help="TensorFlow environment for checkpoints (created when missing)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="a checkpoint's test images for TFLM's accuracy (default: the whole test set)")
     ap.add_argument("--run", type=Path, default=None, help="a study's run directory: write tflm.csv there too, so "
                     "its report shows TensorFlow Lite Micro beside its own microcontroller builds")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    py = tf_python(args.tf_venv)
-    rows = [summarize(bench_one(c, args.out, py, args.images)) for c in args.checkpoints]
-    with (args.out / "summary.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    lines = ["| model | ours flash B | TFLM flatbuffer + 48 kB runtime | ratio | ours RAM B | TFLM arena B | ratio | "
-             "ours acc % | TFLM acc % | pass |", "|" + "---|" * 10]
-    lines += [f"| {r['model']} | {r['ours_flash_bytes']} | {r['tflm_flash_est_bytes']} | {r['flash_ratio']} | "
-              f"{r['ours_ram_bytes']} | {r['tflm_arena_bytes']} | {r['ram_ratio']} | {r['ours_accuracy_pct']:.2f} | "
-              f"{r['tflm_accuracy_pct']:.2f} | {'yes' if r['pass'] else 'NO'} |" for r in rows]
-    kb = TFLM_RUNTIME_TEXT_BYTES // 1000
-    lines += ["", f"TFLM's runtime code is not built here: its flash adds the published ~{kb} kB of text with a "
-              "mutable op resolver (tensorflow/tensorflow#32345) to the flatbuffer. Ours is the "
-              "whole linked Cortex-M4 image (code, weights, start-up). RAM: ours is .data + .bss + the measured stack "
-              "(input buffer included); TFLM's is its recording allocator's arena total (input and output tensors "
-              "included, its stack not)."]
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    args.cache = args.cache or args.out / "tflm-cache"
+    cores = [c.strip() for c in args.targets.split(",") if c.strip()]
+    unknown = [c for c in cores if c not in tflm_build.CORES]
+    if unknown:
+        ap.error(f"--targets: {', '.join(unknown)} (expected {', '.join(tflm_build.CORES)})")
+    rows = []
+    for model in args.models:
+        for core in cores:
+            if model.suffix == ".tflite":
+                rows.append(bench_tflite(model, model.stem, core, args))
+            else:
+                name, tflite, ours = checkpoint_models(model, args.out, tf_python(args.tf_venv), core, args.images)
+                rows.append(bench_tflite(tflite, name, core, args, ours))
+            write_summary(rows, args.out)  # after every row: a long run leaves what it measured
+            print(json.dumps({k: v for k, v in rows[-1].items() if k in SUMMARY_COLUMNS or k.startswith("tflm_")}),
+                  flush=True)
     if args.run is not None:
-        (args.run / "tflm.csv").write_text((args.out / "summary.csv").read_text())
-    print("\n".join(lines))
-    sys.exit(0 if all(r["pass"] for r in rows) else 1)
+        (args.run / "tflm.csv").write_text((args.out / "details.csv").read_text())
+    print((args.out / "summary.md").read_text())
 
 
 if __name__ == "__main__":

@@ -124,3 +124,16 @@ def test_bad_artifacts_are_refused_in_one_line_without_a_partial_model_c(
     dsz.write_bytes(b"x")
     assert ".dsz" in cli_error(monkeypatch, capsys, "mcu", str(dsz), "--out", str(out))
     assert not (out / "model.c").exists()
+
+
+def test_cli_targets_a_core_without_fpu_or_dsp(int8_lenet: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--target cortex-m0plus`: soft float, portable kernels, emulated as a Cortex-M0 (ARMv6-M), bit-identical."""
+    data = int8_lenet.parents[3] / "data"
+    out = tmp_path / "m0"
+    _mcu(monkeypatch, str(int8_lenet), "--out", str(out), "--images", "3", "--data-dir", str(data),
+         "--target", "cortex-m0plus", "--no-time")
+    row = read_rows(out / "results.csv")[0]
+    assert row["mcu_target"] == "cortex-m0plus" and int(row["mcu_target_warnings"]) == 0
+    assert int(row["mcu_emulated_identical"]) == int(row["mcu_emulated_images"]) == 3
+    assert int(row["mcu_cycles_est"]) > int(row["mcu_instructions"]) > int(row["macs"])

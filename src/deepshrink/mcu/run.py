@@ -44,7 +44,6 @@ TIMED_IMAGES = 1000
 ENERGY_NJ_PER_CYCLE = 0.28
 ENERGY_SOURCE = "estimate: estimated cycles x {nj} nJ/cycle ({where})"
 ENERGY_DEFAULT_WHERE = "NUCLEO-L4R5ZI at 120 MHz, MLPerf Tiny's measured power"
-NO_FPU = ("cortex-m0plus", "cortex-m3")  # cores whose C gets integer-only (fixed) requantization by default
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,8 @@ class McuOptions:
     @property
     def arithmetic(self) -> str:
         """The arithmetic the C uses: as asked, else integer-only on a core without an FPU."""
-        return self.arith or ("fixed" if self.target in NO_FPU else "float")
+        core = toolchain.TARGETS.get(self.target)
+        return self.arith or ("fixed" if core is not None and not core.has_fpu else "float")
 
 
 @dataclass
@@ -153,7 +153,7 @@ def target_row(graph: Graph, prog: Program, out: Path, opts: McuOptions, xq: np.
     """Target build, emulated: sizes, bit-exactness against the host build, instructions, cycles, energy."""
     elf, warnings = toolchain.build_target(out, out / "firmware", opts.target, opts.prefix)
     flash, static_ram = toolchain.image_sizes(elf)
-    fw = Firmware.load(elf, opts.prefix)
+    fw = Firmware.load(elf, opts.prefix, opts.target)
     n = min(opts.images, len(xq))
     classes = graph.tensors[graph.output].size
     task = progress.add(f"emulating {opts.target}", total=n)
@@ -201,7 +201,7 @@ def _dense_reference(graph: Graph, out: Path, target: str, x: np.ndarray, prefix
     (out / "model.c").write_text(sources.body)
     elf, _ = toolchain.build_target(out, out / "firmware", target, prefix)
     flash, static_ram = toolchain.image_sizes(elf)
-    fw = Firmware.load(elf, prefix)
+    fw = Firmware.load(elf, prefix, target)
     _, instructions, cycles = fw.count(x, graph.tensors[graph.output].size)
     return {"mcu_dense_flash_bytes": flash, "mcu_dense_ram_bytes": static_ram + fw.stack_bytes(),
             "mcu_dense_instructions": instructions, "mcu_dense_cycles_est": cycles}

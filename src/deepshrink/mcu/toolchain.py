@@ -19,14 +19,31 @@ FIRMWARE = ("-Os", "-ffunction-sections", "-fdata-sections", "-fno-tree-loop-dis
 
 @dataclass(frozen=True)
 class Target:
+    """A Cortex-M core: its GCC flags and the facts the emulator and the kernels need."""
+
     name: str
     cpu_flags: tuple[str, ...]
+    has_fpu: bool = False  # single-precision FPU, used (hard-float ABI)
+    has_dsp: bool = False  # the DSP extension (SMLAD, SXTB16, ...): __ARM_FEATURE_DSP, the kernels' DS_DSP path
+    unicorn_cpu: str = "UC_CPU_ARM_CORTEX_M4"  # the CPU model the image runs as (unicorn.arm_const)
+    cycle_table: str = "cortex-m4"  # emulate.CYCLE_TABLES: the per-instruction timings its cycles are priced with
 
 
+# Cortex-M33: GCC's plain -mcpu=cortex-m33 includes the (optional) DSP extension, as the M33 parts sold with an
+# FPU (STM32L5/U5, nRF5340, LPC55S) all have it, so it is chosen deliberately: DSP and FPU on.
 TARGETS: dict[str, Target] = {
-    "cortex-m4": Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
-    "cortex-m7": Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16")),
+    "cortex-m0plus": Target("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"),
+                            unicorn_cpu="UC_CPU_ARM_CORTEX_M0", cycle_table="cortex-m0plus"),
+    "cortex-m3": Target("cortex-m3", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
+                        unicorn_cpu="UC_CPU_ARM_CORTEX_M3"),
+    "cortex-m4": Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+                        has_fpu=True, has_dsp=True),
+    "cortex-m7": Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"),
+                        has_fpu=True, has_dsp=True, unicorn_cpu="UC_CPU_ARM_CORTEX_M7"),
+    "cortex-m33": Target("cortex-m33", ("-mcpu=cortex-m33", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"),
+                         has_fpu=True, has_dsp=True, unicorn_cpu="UC_CPU_ARM_CORTEX_M33"),
 }
+DEFAULT_TARGET = "cortex-m4"
 TARGET_NAMES = (*TARGETS, "host")
 CROSS = "arm-none-eabi-gcc"
 INSTALL_HINT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi (or `make setup` as root)"

@@ -46,7 +46,8 @@ def mcu_table(data: RunData) -> Table:
             f"cycle ({_energy_source(data)}). Weights of pruned and clustered "
             "layers run in place (their layout in the last column); the dense INT8 columns are the same model "
             "with every layer stored dense. " + ("TensorFlow Lite Micro rows come from bench_mcu.py's tflm.csv "
-                                                  "(flatbuffer + its ~48 kB runtime)." if _tflm(data) else
+                                                  "(its linked image measured the same way; RAM: data + bss + "
+                                                  "stack, the arena included)." if _tflm(data) else
                                                   "TensorFlow Lite Micro: run benchmarks/bench_mcu.py --run "
                                                   "RUN_DIR to add its figures for the dense models."))
     return Table("mcu", "On a microcontroller", COLUMNS, rows, note)
@@ -62,10 +63,17 @@ def _tflm(data: RunData) -> list[Row]:
 
 
 def _tflm_rows(data: RunData) -> list[list[str]]:
-    return [[f"{r['model']} (TensorFlow Lite Micro, dense INT8)", "1", "-", r["tflm_flash_est_bytes"],
-             f"{r['tflm_arena_bytes']} (arena)", "-", "-", "-", f"{float(r['tflm_accuracy_pct']):.2f}", "-", "-",
-             "dense"]
-            for r in _tflm(data)]
+    rows = []
+    for r in _tflm(data):
+        acc = r.get("tflm_accuracy_pct")
+        if "tflm_flash_bytes" in r:  # measured: the linked TFLM image in the emulator
+            flash, ram = r["tflm_flash_bytes"], r["tflm_ram_bytes"]
+            instr = r.get("tflm_instructions") or "-"
+        else:  # an older tflm.csv: flatbuffer + the published runtime estimate, and the arena
+            flash, ram, instr = r["tflm_flash_est_bytes"], f"{r['tflm_arena_bytes']} (arena)", "-"
+        rows.append([f"{r['model']} (TensorFlow Lite Micro, dense INT8)", "1", r.get("target") or "-", flash, ram,
+                     instr, "-", "-", f"{float(acc):.2f}" if acc else "-", "-", "-", "dense"])
+    return rows
 
 
 def mcu_figure(data: RunData, out: Path) -> Figure | None:

@@ -1,4 +1,5 @@
-/* A minimal Cortex-M start-up: vector table, .data copied from flash, .bss zeroed, FPU enabled, main().
+/* A minimal Cortex-M start-up: vector table, .data copied from flash, .bss zeroed, FPU enabled (where the
+ * image uses one), main().
  * No C library, no semihosting: what is measured is the model and this, nothing else. */
 #include <stdint.h>
 
@@ -30,9 +31,12 @@ void Reset_Handler(void)
     for (dst = &_sbss; dst < &_ebss;) {
         *dst++ = 0;
     }
-    /* CP10 and CP11 full access (SCB->CPACR): the kernels' requantization uses the FPU. */
+#if defined(__ARM_FP)
+    /* CP10 and CP11 full access (SCB->CPACR): the kernels' requantization uses the FPU. A core built without
+     * one (soft float: Cortex-M0+, M3) has no CPACR to write. */
     *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;
     __asm__ volatile("dsb\n\tisb" ::: "memory");
+#endif
     main();
     for (;;) {
     }
