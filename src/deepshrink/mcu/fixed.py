@@ -50,10 +50,20 @@ def activation_range(fused: str, scale: float, zp: int) -> tuple[int, int]:
     return lo, hi
 
 
+MULT_FIELDS = ("m", "shift", "rs", "lo", "hi", "k")  # ds_mult_t's, in order
+
+
 def requant_table(real: np.ndarray, clamp: tuple[int, int] = INT8) -> np.ndarray:
-    """ds_mult_t values (m, shift, lo, hi) per channel, from real multipliers (float64)."""
-    rows = [(*quantize_multiplier(float(r)), *clamp) for r in np.asarray(real, np.float64).reshape(-1)]
-    return np.array(rows, np.int64).reshape(-1, 4)
+    """ds_mult_t values (m, shift, rs, lo, hi, k) per channel, from real multipliers (float64): rs and k are
+    what the C's one-rounding path (ds_fixmul_r) takes for a right shift, rs = -1 sends it to ds_fixmul."""
+    rows = []
+    for r in np.asarray(real, np.float64).reshape(-1):
+        m, shift = quantize_multiplier(float(r))
+        if m == 0:
+            shift = -1  # a zero multiplier gives 0 under any shift: let it take the fast path
+        rs, k = (-shift - 1, (1 << 30) + (1 << (30 - shift))) if shift < 0 else (-1, 0)
+        rows.append((m, shift, rs, *clamp, k))
+    return np.array(rows, np.int64).reshape(-1, len(MULT_FIELDS))
 
 
 def add_params(a: tuple[float, int], b: tuple[float, int], y: tuple[float, int],

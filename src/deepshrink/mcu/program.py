@@ -9,7 +9,7 @@ from typing import TypeAlias
 import numpy as np
 
 from deepshrink.errors import UserError
-from deepshrink.mcu.fixed import INT8, requant_table
+from deepshrink.mcu.fixed import INT8, MULT_FIELDS, requant_table
 from deepshrink.mcu.graph import Graph, Node, QTensor
 from deepshrink.mcu.names import Namer
 from deepshrink.registry import Registry
@@ -160,8 +160,8 @@ def multipliers(s: "State", x: QTensor, w_scale: np.ndarray, y: QTensor, n: int,
 def mult_value(s: "State", real: float, node: Node) -> "str | Fields":
     """One ds_mult_t initializer (a pooling's): a float literal, or the fixed-point struct's fields."""
     if s.graph.arith == "fixed":
-        m, shift, lo, hi = (int(v) for v in requant_table(np.array([real]), node.attrs.get("clamp", INT8))[0])
-        return {"m": m, "shift": shift, "lo": lo, "hi": hi}
+        row = requant_table(np.array([real]), node.attrs.get("clamp", INT8))[0]
+        return {f: f"{int(v)}LL" if f == "k" else int(v) for f, v in zip(MULT_FIELDS, row, strict=True)}
     return c_float(real)
 
 
