@@ -78,6 +78,23 @@ def add_params(a: tuple[float, int], b: tuple[float, int], y: tuple[float, int],
             "lo": clamp[0], "hi": clamp[1]}
 
 
+def fixmul(x: int, m: int, shift: int) -> int:
+    """MultiplyByQuantizedMultiplier on an int32, exactly as the C's ds_fixmul computes it."""
+    left, right = max(shift, 0), max(-shift, 0)
+    x = ((x << left) + 2**31) % 2**32 - 2**31  # the C shifts as uint32: wraps
+    high = (x * m + (1 << 30)) >> 31
+    mask = (1 << right) - 1
+    return (high >> right) + int((high & mask) > (mask >> 1) + int(high < 0))
+
+
+def add_tables(p: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """ds_add_t's input terms by int8 value + 128: ((v - z) << 20) times each input's multiplier."""
+    def table(m: int, shift: int, z: int) -> np.ndarray:
+        return np.array([fixmul((v - z) << ADD_LEFT_SHIFT, m, shift) for v in range(-128, 128)], np.int32)
+
+    return table(p["ma"], p["sa"], p["za"]), table(p["mb"], p["sb"], p["zb"])
+
+
 def softmax_params(beta: float, input_scale: float) -> dict[str, int]:
     """ds_softmax_t's fields: PreprocessSoftmaxScaling and CalculateInputRadius for 5 integer bits."""
     real = min(beta * float(input_scale) * (1 << (31 - SOFTMAX_INTEGER_BITS)), float((1 << 31) - 1))
