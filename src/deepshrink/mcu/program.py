@@ -193,7 +193,10 @@ def pack_rows(rows: np.ndarray, wide: bool = False) -> tuple[np.ndarray, int]:
 
 def q_fields(s: State, bias: np.ndarray, mult: np.ndarray, y: QTensor) -> Fields:
     """ds_q_t: the layer's biases, requantization multipliers and output zero point."""
-    return {"bias": s.array("bias", "int32_t", bias), "mult": s.array("mult", "ds_mult_t", mult), "zp": y.zp}
+    fast = s.graph.arith == "fixed" and bool(np.all(mult[:, 2] >= 0) and np.all(mult[:, 3] == INT8[0])
+                                             and np.all(mult[:, 4] == INT8[1]))
+    return {"bias": s.array("bias", "int32_t", bias), "mult": s.array("mult", "ds_mult_t", mult), "zp": y.zp,
+            "fast": int(fast)}
 
 
 def c_float(v: float | np.floating) -> str:
