@@ -13,6 +13,7 @@ import numpy as np
 
 from deepshrink._version import __version__
 from deepshrink.errors import UserError
+from deepshrink.mcu.fixed import MULT_FIELDS
 from deepshrink.mcu.graph import Graph
 from deepshrink.mcu.names import check_prefix
 from deepshrink.mcu.program import Buffer, Call, CArray, CStruct, Fields, Program, c_float
@@ -32,8 +33,9 @@ def _format(values: np.ndarray, ctype: str) -> str:
     if ctype == "float" or (ctype == "ds_mult_t" and values.dtype.kind == "f"):
         items = [f"{float(v).hex()}f" for v in flat.astype(np.float32)]
         per = 4
-    elif ctype == "ds_mult_t":  # fixed-point rows: (m, shift, lo, hi)
-        items = ["{" + ", ".join(str(int(v)) for v in row) + "}" for row in values.reshape(-1, 4)]
+    elif ctype == "ds_mult_t":  # fixed-point rows: fixed.MULT_FIELDS
+        items = ["{" + ", ".join(str(int(v)) for v in row[:-1]) + f", {int(row[-1])}LL}}"
+                 for row in values.reshape(-1, len(MULT_FIELDS))]
         per = 3
     else:
         items = [str(int(v)) for v in flat]

@@ -50,10 +50,20 @@ def activation_range(fused: str, scale: float, zp: int) -> tuple[int, int]:
     return lo, hi
 
 
+MULT_FIELDS = ("m", "shift", "rs", "lo", "hi", "k")  # ds_mult_t's, in order
+
+
 def requant_table(real: np.ndarray, clamp: tuple[int, int] = INT8) -> np.ndarray:
-    """ds_mult_t values (m, shift, lo, hi) per channel, from real multipliers (float64)."""
-    rows = [(*quantize_multiplier(float(r)), *clamp) for r in np.asarray(real, np.float64).reshape(-1)]
-    return np.array(rows, np.int64).reshape(-1, 4)
+    """ds_mult_t values (m, shift, rs, lo, hi, k) per channel, from real multipliers (float64): rs and k are
+    what the C's one-rounding path (ds_fixmul_r) takes for a right shift, rs = -1 sends it to ds_fixmul."""
+    rows = []
+    for r in np.asarray(real, np.float64).reshape(-1):
+        m, shift = quantize_multiplier(float(r))
+        if m == 0:
+            shift = -1  # a zero multiplier gives 0 under any shift: let it take the fast path
+        rs, k = (-shift - 1, (1 << 30) + (1 << (30 - shift))) if shift < 0 else (-1, 0)
+        rows.append((m, shift, rs, *clamp, k))
+    return np.array(rows, np.int64).reshape(-1, len(MULT_FIELDS))
 
 
 def add_params(a: tuple[float, int], b: tuple[float, int], y: tuple[float, int],
@@ -66,6 +76,23 @@ def add_params(a: tuple[float, int], b: tuple[float, int], y: tuple[float, int],
     my, sy = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * sy_))
     return {"ma": ma, "mb": mb, "my": my, "sa": sa, "sb": sb, "sy": sy, "za": a[1], "zb": b[1], "zy": y[1],
             "lo": clamp[0], "hi": clamp[1]}
+
+
+def fixmul(x: int, m: int, shift: int) -> int:
+    """MultiplyByQuantizedMultiplier on an int32, exactly as the C's ds_fixmul computes it."""
+    left, right = max(shift, 0), max(-shift, 0)
+    x = ((x << left) + 2**31) % 2**32 - 2**31  # the C shifts as uint32: wraps
+    high = (x * m + (1 << 30)) >> 31
+    mask = (1 << right) - 1
+    return (high >> right) + int((high & mask) > (mask >> 1) + int(high < 0))
+
+
+def add_tables(p: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """ds_add_t's input terms by int8 value + 128: ((v - z) << 20) times each input's multiplier."""
+    def table(m: int, shift: int, z: int) -> np.ndarray:
+        return np.array([fixmul((v - z) << ADD_LEFT_SHIFT, m, shift) for v in range(-128, 128)], np.int32)
+
+    return table(p["ma"], p["sa"], p["za"]), table(p["mb"], p["sb"], p["zb"])
 
 
 def softmax_params(beta: float, input_scale: float) -> dict[str, int]:

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from deepshrink.errors import UserError
-from deepshrink.mcu.fixed import INT8, add_params, softmax_params
+from deepshrink.mcu.fixed import INT8, MULT_FIELDS, add_params, add_tables, requant_table, softmax_params
 from deepshrink.mcu.graph import Node, QTensor
 from deepshrink.mcu.program import LOWERERS, Fields, State, c_float, mult_value, quant, stored_shape
 
@@ -96,7 +96,14 @@ def add_fields(s: State, node: Node) -> Fields:
     a, b, y = (s.tensor(n) for n in (*node.inputs, node.output))
     if s.graph.arith == "fixed":
         clamp = node.attrs.get("clamp", INT8)
-        return {**add_params((a.scale, a.zp), (b.scale, b.zp), (y.scale, y.zp), clamp), "n": y.size}
+        p = add_params((a.scale, a.zp), (b.scale, b.zp), (y.scale, y.zp), clamp)
+        ta, tb = add_tables(p)
+        row = requant_table(np.array([0.0]), clamp)[0]
+        row[:3] = p["my"], p["sy"], -p["sy"] - 1 if p["sy"] < 0 else -1
+        row[5] = (1 << 30) + (1 << (30 - p["sy"])) if p["sy"] < 0 else 0
+        my: Fields = {f: f"{int(v)}LL" if f == "k" else int(v) for f, v in zip(MULT_FIELDS, row, strict=True)}
+        return {"ta": s.array("add_ta", "int32_t", ta), "tb": s.array("add_tb", "int32_t", tb), "my": my,
+                "zy": p["zy"], "n": y.size}
     off = s.graph.offset
     ra, rb = np.float32(a.scale) / np.float32(y.scale), np.float32(b.scale) / np.float32(y.scale)
     return {"ra": c_float(ra), "rb": c_float(rb), "za": a.zp + off, "zb": b.zp + off, "zy": y.zp + off,

@@ -9,7 +9,7 @@ from typing import TypeAlias
 import numpy as np
 
 from deepshrink.errors import UserError
-from deepshrink.mcu.fixed import INT8, requant_table
+from deepshrink.mcu.fixed import INT8, MULT_FIELDS, requant_table
 from deepshrink.mcu.graph import Graph, Node, QTensor
 from deepshrink.mcu.names import Namer
 from deepshrink.registry import Registry
@@ -160,8 +160,8 @@ def multipliers(s: "State", x: QTensor, w_scale: np.ndarray, y: QTensor, n: int,
 def mult_value(s: "State", real: float, node: Node) -> "str | Fields":
     """One ds_mult_t initializer (a pooling's): a float literal, or the fixed-point struct's fields."""
     if s.graph.arith == "fixed":
-        m, shift, lo, hi = (int(v) for v in requant_table(np.array([real]), node.attrs.get("clamp", INT8))[0])
-        return {"m": m, "shift": shift, "lo": lo, "hi": hi}
+        row = requant_table(np.array([real]), node.attrs.get("clamp", INT8))[0]
+        return {f: f"{int(v)}LL" if f == "k" else int(v) for f, v in zip(MULT_FIELDS, row, strict=True)}
     return c_float(real)
 
 
@@ -193,7 +193,10 @@ def pack_rows(rows: np.ndarray, wide: bool = False) -> tuple[np.ndarray, int]:
 
 def q_fields(s: State, bias: np.ndarray, mult: np.ndarray, y: QTensor) -> Fields:
     """ds_q_t: the layer's biases, requantization multipliers and output zero point."""
-    return {"bias": s.array("bias", "int32_t", bias), "mult": s.array("mult", "ds_mult_t", mult), "zp": y.zp}
+    fast = s.graph.arith == "fixed" and bool(np.all(mult[:, 2] >= 0) and np.all(mult[:, 3] == INT8[0])
+                                             and np.all(mult[:, 4] == INT8[1]))
+    return {"bias": s.array("bias", "int32_t", bias), "mult": s.array("mult", "ds_mult_t", mult), "zp": y.zp,
+            "fast": int(fast)}
 
 
 def c_float(v: float | np.floating) -> str:
