@@ -55,7 +55,7 @@ def keras_model(path: str) -> tf.keras.Model:
     consts = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     inp = next(i for i in m.graph.input if i.name not in consts)
     c, h, w = (d.dim_value for d in inp.type.tensor_type.shape.dim[1:])
-    x_in = tf.keras.Input((h, w, c))
+    x_in = tf.keras.Input((h, w, c), batch_size=1)  # a fixed batch: Flatten converts to RESHAPE, not SHAPE + PACK
     env = {inp.name: x_in}
     for node in m.graph.node:
         ins = [env.get(i) for i in node.input]
