@@ -167,7 +167,9 @@ class Bench:
         delta = float(r["ds_accuracy_pct"]) - float(r["tflm_accuracy_pct"])
         return [("LeNet-5 on a Cortex-M4: RAM <= 0.7x TFLM's (both measured)", f"{ram:.3f}x", ram <= 0.7),
                 ("LeNet-5 on a Cortex-M4: flash <= 0.7x TFLM's (both linked images)", f"{flash:.3f}x", flash <= 0.7),
-                ("LeNet-5: accuracy within 0.2 pt of TFLM's", f"{delta:+.2f} pt", abs(delta) <= 0.2)]
+                # TFLM runs TensorFlow's converter's quantization of the same weights, ours deepshrink's: a goal
+                # that ours loses no more than 0.2 pt (being more accurate is no failure).
+                ("LeNet-5: accuracy no more than 0.2 pt below TFLM's", f"{delta:+.2f} pt", delta >= -0.2)]
 
 
 BENCHES: dict[str, Callable[[Bench], list[Row]]] = {

@@ -37,8 +37,7 @@ RESOLVER = {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "
 INT8_REGISTRATION = {"CONV_2D": "Register_CONV_2D_INT8", "DEPTHWISE_CONV_2D": "Register_DEPTHWISE_CONV_2D_INT8",
                      "FULLY_CONNECTED": "Register_FULLY_CONNECTED_INT8", "ADD": "Register_ADD_INT8",
                      "AVERAGE_POOL_2D": "Register_AVERAGE_POOL_2D_INT8", "MAX_POOL_2D": "Register_MAX_POOL_2D_INT8",
-                     "SOFTMAX": "Register_SOFTMAX_INT8", "MUL": "Register_MUL_INT8", "PAD": "Register_PAD_INT8",
-                     "TRANSPOSE": "Register_TRANSPOSE_INT8"}
+                     "SOFTMAX": "Register_SOFTMAX_INT8", "MUL": "Register_MUL_INT8", "PAD": "Register_PAD_INT8"}
 
 
 @dataclass(frozen=True)
