@@ -12,11 +12,9 @@ import pytest
 from deepshrink.cli import main
 from deepshrink.ingest.tflite_file import read_tflite_file
 from deepshrink.mcu import toolchain
-from deepshrink.mcu.arena import plan
-from deepshrink.mcu.emit import emit
 from deepshrink.mcu.fixed import activation_range, add_params, quantize_multiplier, softmax_params
-from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import HostLibrary
+from deepshrink.mcu.run import write_c
 from deepshrink.mcu.run_tflite import pixel_table, tflm_outputs
 from deepshrink.mcu.tflite_graph import read_tflite_graph
 from deepshrink.results import read_rows
@@ -36,11 +34,7 @@ def _mlperf(name: str) -> Path:
 def host_outputs(path: Path, x: np.ndarray, out: Path) -> np.ndarray:
     """The generated C, built for this host, on int8 inputs (TFLM's input tensor bytes)."""
     g = read_tflite_graph(read_tflite_file(path))
-    prog = lower(g)
-    sources = emit(prog, plan(prog.buffers), pixel_table(g), path.name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.h").write_text(sources.header)
-    (out / "model.c").write_text(sources.body)
+    write_c(g, out, pixel_table(g), path.name, "ds")
     lib_path, warnings = toolchain.build_host(out, out)
     assert "warning:" not in warnings
     return HostLibrary(lib_path, g.tensors[g.output].size, g.input.size).quantized(x)[0]

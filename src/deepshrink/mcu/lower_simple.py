@@ -140,9 +140,9 @@ def _global(s: State, i: int, node: Node) -> None:
     runs that one on the same code)."""
     x, y = s.tensor(node.inputs[0]), s.tensor(node.output)
     c, n = x.shape[0], x.shape[1] * x.shape[2]
-    mult = float(np.float32(x.scale) / (np.float32(y.scale) * np.float32(n)))
-    if s.graph.arith == "fixed":
-        mult = float(np.float64(x.scale) / (np.float64(y.scale) * n))
+    # ONNX Runtime's float32 ratio; TFLite-style fixed point starts from the same ratio in double
+    mult = float(np.float64(x.scale) / (np.float64(y.scale) * n)) if s.graph.arith == "fixed" else \
+        float(np.float32(x.scale) / (np.float32(y.scale) * np.float32(n)))
     acc = s.scratch(i, 4 * c, "acc", "int32_t", f"sums: int32 x {c}")
     s.call("ds_gavgpool", "ds_gavg_t", {"mult": mult_value(s, mult, node), "n": n, "c": c, "in_zp": x.zp, "zp": y.zp},
            [(s.buf(node.inputs[0]), "const int8_t *"), (node.output, "int8_t *"), (acc, "int32_t *")])

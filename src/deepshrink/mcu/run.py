@@ -113,16 +113,22 @@ def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | No
             int(np.prod(data.pixels.shape[1:])) != graph.input.size:
         raise UserError(f"{artifact}: takes {list(graph.image_shape)} inputs; {name} images are "
                         f"{list(data.pixels.shape[1:])}")
-    prog = lower(graph)
-    arena = plan(prog.buffers)
     norm = src.manifest or data.splits  # the model's own normalization where its manifest records it
     lut = pixel_lut(graph, norm.mean, norm.std)
-    sources = emit(prog, arena, lut, f"{artifact.name} ({src.variant}, {name})", prefix)
+    prog, arena = write_c(graph, out, lut, f"{artifact.name} ({src.variant}, {name})", prefix)
+    atomic_write_bytes(out / "model.int8.onnx", src.model.SerializeToString())
+    return Built(src, graph, prog, arena, data)
+
+
+def write_c(graph: Graph, out: Path, lut: np.ndarray, title: str, prefix: str) -> tuple[Program, int]:
+    """Lower `graph`, plan its arena and write model.h and model.c into `out`: (the program, arena bytes)."""
+    prog = lower(graph)
+    arena = plan(prog.buffers)
+    sources = emit(prog, arena, lut, title, prefix)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "model.h", sources.header.encode())
     atomic_write_bytes(out / "model.c", sources.body.encode())
-    atomic_write_bytes(out / "model.int8.onnx", src.model.SerializeToString())
-    return Built(src, graph, prog, arena, data)
+    return prog, arena
 
 
 def _host(b: Built, out: Path, work: Path, prefix: str) -> tuple[HostLibrary, dict[str, Any], np.ndarray,
@@ -144,7 +150,7 @@ def _host(b: Built, out: Path, work: Path, prefix: str) -> tuple[HostLibrary, di
              "mcu_match_ort_pct": 100.0 * float((classes == ref.argmax(1)).mean()),
              "mcu_logits_exact_pct": 100.0 * float((diff == 0).mean()), "mcu_logits_max_diff": int(diff.max()),
              "mcu_host_compiler": toolchain.compiler_version(toolchain.host_compiler()),
-             "mcu_host_warnings": len([w for w in warnings.splitlines() if "warning:" in w])}
+             "mcu_host_warnings": toolchain.warning_count(warnings)}
     return lib, facts, xq, logits
 
 
@@ -182,7 +188,7 @@ def target_row(graph: Graph, prog: Program, out: Path, opts: McuOptions, xq: np.
                 ENERGY_NJ_PER_CYCLE else "--energy-nj-per-cycle"), "mcu_arith": graph.arith,
             "mcu_emulated_images": n, "mcu_emulated_identical": identical,
             "mcu_compiler": toolchain.compiler_version(toolchain.CROSS),
-            "mcu_target_warnings": len([w for w in warnings.splitlines() if "warning:" in w]),
+            "mcu_target_warnings": toolchain.warning_count(warnings),
             "mcu_layouts": "; ".join(prog.layouts)}
     if prog.layouts and opts.dense_reference:
         row.update(_dense_reference(graph, out / "dense", opts.target, xq[0], opts.prefix))

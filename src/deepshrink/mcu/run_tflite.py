@@ -14,16 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from deepshrink.checkpoint import atomic_write_bytes
 from deepshrink.errors import UserError
 from deepshrink.ingest.tflite_file import read_tflite_file
 from deepshrink.mcu import toolchain
-from deepshrink.mcu.arena import plan
-from deepshrink.mcu.emit import emit
 from deepshrink.mcu.graph import Graph
-from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import HostLibrary, load_eval_data
-from deepshrink.mcu.run import McuOptions, target_row
+from deepshrink.mcu.run import McuOptions, target_row, write_c
 from deepshrink.mcu.tflite_graph import read_tflite_graph
 from deepshrink.progress import Progress
 from deepshrink.results import RESULTS_COLUMNS, RESULTS_KEY, upsert
@@ -71,16 +67,6 @@ def _inputs(g: Graph, path: Path, dataset: str | None, data_dir: Path | None,
     return x, data.splits.test_y.numpy(), f"the {dataset} test set"
 
 
-def _write(g: Graph, path: Path, out: Path, prefix: str) -> tuple[Any, int]:
-    prog = lower(g)
-    arena = plan(prog.buffers)
-    sources = emit(prog, arena, pixel_table(g), f"{path.name} (TFLite, full integer)", prefix)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "model.h", sources.header.encode())
-    atomic_write_bytes(out / "model.c", sources.body.encode())
-    return prog, arena
-
-
 def _host(g: Graph, path: Path, out: Path, x: np.ndarray, labels: np.ndarray | None,
           prefix: str) -> tuple[dict[str, Any], np.ndarray]:
     """Host build: outputs on every input, against TFLM's interpreter on the first REFERENCE_INPUTS."""
@@ -95,7 +81,7 @@ def _host(g: Graph, path: Path, out: Path, x: np.ndarray, labels: np.ndarray | N
         "mcu_tflm_compared": k, "mcu_tflm_identical_pct": 100.0 * float(same.mean()),
         "mcu_logits_max_diff": int(np.abs(outputs[:k].astype(np.int16) - ref).max(initial=0)),
         "mcu_host_compiler": toolchain.compiler_version(toolchain.host_compiler()),
-        "mcu_host_warnings": len([w for w in warnings.splitlines() if "warning:" in w])}
+        "mcu_host_warnings": toolchain.warning_count(warnings)}
     if labels is not None:
         facts["accuracy_pct"] = 100.0 * float((classes == labels).mean())
         facts["mcu_tflm_accuracy_pct"] = 100.0 * float((ref.argmax(1) == labels[:k]).mean())
@@ -110,7 +96,7 @@ def build_tflite(path: Path, out: Path, dataset: str | None, data_dir: Path | No
         raise UserError(f"{path}: --arith float: a TFLite model computes TFLite's fixed-point arithmetic")
     n = max(opts.images, REFERENCE_INPUTS) if dataset is None else 0
     x, labels, what = _inputs(g, path, dataset, data_dir, n)
-    prog, arena = _write(g, path, out, opts.prefix)
+    prog, arena = write_c(g, out, pixel_table(g), f"{path.name} (TFLite, full integer)", opts.prefix)
     row: dict[str, Any] = {
         "variant": path.stem, "dataset": dataset or "", "model": path.stem, "pipeline": "tflite",
         "precision": "int8", "size_bytes": path.stat().st_size, "size_kb": path.stat().st_size / 1000.0,

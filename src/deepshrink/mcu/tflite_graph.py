@@ -30,15 +30,12 @@ class _Reader:
         self.nodes: list[Node] = []
         self.ordinals: dict[str, int] = {}
 
-    def name(self, i: int) -> str:
-        return f"t{i}"
-
     def act(self, op: TfOperator, k: int) -> QTensor:
         i = op.inputs[k] if k < len(op.inputs) else -1
-        if i < 0 or self.name(i) not in self.tensors:
+        if i < 0 or tensor_name(i) not in self.tensors:
             raise UserError(f"{self.source}: {op.op} (operator {op.index}) reads tensor {i}, which is not an int8 "
                             "activation computed before it")
-        return self.tensors[self.name(i)]
+        return self.tensors[tensor_name(i)]
 
     def const(self, op: TfOperator, k: int, what: str, dtype: str) -> TfTensor:
         t = self.m.tensors[op.inputs[k]] if k < len(op.inputs) and op.inputs[k] >= 0 else None
@@ -66,6 +63,11 @@ LABELS = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "
           "AVERAGE_POOL_2D": "avgpool", "MAX_POOL_2D": "maxpool", "SOFTMAX": "softmax"}
 
 
+def tensor_name(index: int) -> str:
+    """The Graph's name of TFLite tensor `index` (its own names may repeat or be empty)."""
+    return f"t{index}"
+
+
 def qtensor(source: str, t: TfTensor, shape: tuple[int, ...] | None = None) -> QTensor:
     """An int8 activation: per-tensor scale and zero point; `shape` in the Graph's (C, H, W) or (N,) form."""
     if t.dtype != "int8":
@@ -73,7 +75,7 @@ def qtensor(source: str, t: TfTensor, shape: tuple[int, ...] | None = None) -> Q
                         "int8 models (convert with full-integer quantization, int8 input and output)")
     if t.scale.size != 1 or t.zero_point.size != 1:
         raise UserError(f"{source}: activation {t.name!r} is not quantized per tensor")
-    return QTensor(f"t{t.index}", shape if shape is not None else image_shape(source, t), float(t.scale[0]),
+    return QTensor(tensor_name(t.index), shape if shape is not None else image_shape(source, t), float(t.scale[0]),
                    int(t.zero_point[0]))
 
 
@@ -270,7 +272,7 @@ def read_tflite_graph(model: TfModel) -> Graph:
         if len(op.outputs) != 1:
             raise UserError(f"{model.source}: {op.op} (operator {op.index}) has {len(op.outputs)} outputs")
         HANDLERS.get(op.op)(r, op)
-    out = r.name(model.outputs[0])
+    out = tensor_name(model.outputs[0])
     if out not in r.tensors or out == inp.name:
         raise UserError(f"{model.source}: its output is not computed from its input by the supported operators")
     return Graph(inp, inp.shape, out, r.tensors, r.nodes, model.source, offset=0, arith="fixed",

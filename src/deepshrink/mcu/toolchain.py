@@ -106,6 +106,11 @@ def compiler_version(cc: str) -> str:
     return (proc.stdout.splitlines() or [cc])[0]
 
 
+def warning_count(output: str) -> int:
+    """The warnings a compiler printed (its stderr, as build_host and build_target return it)."""
+    return len([w for w in output.splitlines() if "warning:" in w])
+
+
 def image_sizes(elf: Path) -> tuple[int, int]:
     """(flash, static RAM) of a linked image: flash holds code, constants and .data's initial values
     (text + rodata + data); RAM holds .data and .bss."""
