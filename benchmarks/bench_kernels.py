@@ -10,7 +10,6 @@ Prints a table and writes kernels_bench.csv to --out.
 """
 
 import argparse
-import csv
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from deepshrink.mcu.emulate import Firmware
 from deepshrink.mcu.graph import read_graph
 from deepshrink.mcu.lower import lower
 from deepshrink.mcu.measure import integer_logits, ort_quantize
+from deepshrink.results import write_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.models import resnet8
@@ -100,10 +100,7 @@ def main() -> None:
             rows.append(measure(name, Path(tmp)))
             print("  ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "kernels_bench.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out / "kernels_bench.csv", rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ on the same geometries, built from ../shared/tflm/third_party/cmsis_nn with -Os 
 """
 
 import argparse
-import csv
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from torch import nn
 
 from deepshrink.mcu import toolchain
 from deepshrink.mcu.emulate import Firmware
+from deepshrink.results import write_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import measure_net
@@ -88,10 +88,7 @@ def main() -> None:
             rows.append(row)
             print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "layers_bench.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out / "layers_bench.csv", rows, COLUMNS)
 
 
 if __name__ == "__main__":

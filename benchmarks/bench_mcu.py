@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from deepshrink.mcu.run_tflite import tflm_outputs
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tflm_build
 import tflm_run
@@ -184,7 +186,7 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
         "tflm_library_build_seconds": float(build_s.read_text()) if build_s.exists() else None}
     k = min(args.reference, len(inputs))
     if k:  # CMSIS-NN (the image) against TFLM's reference kernels (the Python interpreter)
-        ref = tflm_run.reference_outputs(tflite, inputs[:k])
+        ref = tflm_outputs(tflite, inputs[:k])
         d["tflm_vs_reference_identical_pct"] = 100.0 * float(np.mean([np.array_equal(a, b) for a, b in
                                                                       zip(ref, tflm.outputs[:k], strict=True)]))
         d["tflm_vs_reference_max_diff"] = int(np.abs(ref.astype(np.int16) - tflm.outputs[:k]).max())

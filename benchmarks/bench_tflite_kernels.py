@@ -7,10 +7,10 @@ the host, and run in the emulator on 3 inputs. Prints a table and writes tflite_
 """
 
 import argparse
-import csv
 from pathlib import Path
 
 from deepshrink.api import mcu
+from deepshrink.results import write_rows
 
 MODELS = {"resnet8": "pretrainedResnet_quant.tflite", "kws": "kws_ref_model.tflite", "vww": "vww_96_int8.tflite"}
 COLUMNS = ("mcu_instructions", "mcu_instructions_per_mac", "mcu_cycles_per_mac", "mcu_tflm_identical_pct",
@@ -31,10 +31,7 @@ def main() -> None:
         rows.append({"model": name, **{k: row.get(k, "") for k in COLUMNS}})
         print(name, *(f"{k}={rows[-1][k]}" for k in COLUMNS[:5]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "tflite_kernels_bench.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", *COLUMNS])
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(args.out / "tflite_kernels_bench.csv", rows, ["model", *COLUMNS])
     print(f"-> {args.out / 'tflite_kernels_bench.csv'}")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import tflm_build
 
 from deepshrink.mcu.emulate import Firmware
-from deepshrink.mcu.toolchain import image_sizes
+from deepshrink.mcu.toolchain import image_sizes, support_file
 
 HERE = Path(__file__).resolve().parent
 APP = HERE / "tflm_app"
@@ -110,7 +110,9 @@ def write_app(tflite: Path, info: ModelInfo, work: Path, arena: int, int8_kernel
     data = work / "model_data.cc"
     if not data.exists():  # a folder per model (bench_mcu.py: OUT/<model>/<core>/tflm)
         data.write_text(_c_array("tflm_model", tflite.read_bytes()))
-    return [work / "app.cc", data, APP / "startup.c"]
+    startup = work / "startup.c"  # deepshrink's own start-up (built with DS_CONSTRUCTORS: link())
+    startup.write_text(support_file("startup.c"))
+    return [work / "app.cc", data, startup]
 
 
 def link(tflite: Path, info: ModelInfo, core: str, lib: Path, work: Path, arena: int,
@@ -126,7 +128,8 @@ def link(tflite: Path, info: ModelInfo, core: str, lib: Path, work: Path, arena:
             objs.append(str(obj))
             continue
         cc, lang = (tflm_build.CXX, tflm_build.CXXFLAGS) if src.suffix == ".cc" else (tflm_build.CC, tflm_build.CFLAGS)
-        _run([cc, *tflm_build.core_flags(core), *lang, "-Os", *inc, "-c", str(src), "-o", str(obj)],
+        defs = ["-DDS_CONSTRUCTORS"] if src.name == "startup.c" else []  # C++ constructors run before main()
+        _run([cc, *tflm_build.core_flags(core), *lang, "-Os", *defs, *inc, "-c", str(src), "-o", str(obj)],
              f"compile {src.name}")
         objs.append(str(obj))
     cpu = tflm_build.CORES[core][0]
@@ -228,17 +231,3 @@ def tflm_side(tflite: Path, core: str, cache: Path, work: Path, inputs: np.ndarr
     n_mean = round(float(np.mean([c[0] for c in counts]))) if counts else 0
     c_mean = round(float(np.mean([c[1] for c in counts]))) if counts else 0
     return SideResult(flash, static_ram + stack, static_ram, stack, arena, app.arena_used, n_mean, c_mean, outs)
-
-
-def reference_outputs(tflite: Path, inputs: np.ndarray) -> np.ndarray:
-    """The tflite_micro Python interpreter's outputs (TFLM's reference kernels, on this host) for `inputs`."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    info = model_info(tflite)
-    interp = runtime.Interpreter.from_file(str(tflite))
-    outs = np.zeros((len(inputs), info.output.size), np.int8)
-    for i, x in enumerate(inputs):
-        interp.set_input(np.asarray(x, np.int8).reshape(info.input.shape), 0)
-        interp.invoke()
-        outs[i] = np.asarray(interp.get_output(0)).reshape(-1)
-    return outs
