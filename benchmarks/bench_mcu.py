@@ -65,6 +65,19 @@ def quantize_pixels(pixels: np.ndarray, t: tflm_run.TensorInfo) -> np.ndarray:
     return np.clip(q, -128, 127).astype(np.int8).reshape(len(pixels), -1)
 
 
+def tflm_accuracy(tflite: Path, info: tflm_run.ModelInfo, n: int | None, data_dir: Path | None) -> dict[str, Any]:
+    """TFLM's accuracy on the first n CIFAR-10 test images (all by default), by its Python interpreter (the reference
+    kernels, which the emulated image equals on the `--reference` inputs): the anchor a study's report plots."""
+    from deepshrink.data import load_arrays
+
+    arrays, _ = load_arrays("cifar10", data_dir, allow_download=False)
+    x = quantize_pixels(np.ascontiguousarray(arrays["test_x"][:n].transpose(0, 2, 3, 1)), info.input)
+    t0 = time.time()
+    pred = tflm_outputs(tflite, x).argmax(1)
+    return {"tflm_accuracy_pct": round(100.0 * float(np.mean(pred == np.asarray(arrays["test_y"][:n]))), 2),
+            "tflm_accuracy_images": len(x), "tflm_accuracy_seconds": round(time.time() - t0, 1)}
+
+
 def random_inputs(n: int, t: tflm_run.TensorInfo, seed: int = 0) -> np.ndarray:
     """Seeded int8 inputs near the zero point (a real input's spread: +-48 codes, clamped)."""
     rng = np.random.default_rng(seed)
@@ -190,6 +203,8 @@ def bench_tflite(tflite: Path, name: str, core: str, args: argparse.Namespace,
         d["tflm_vs_reference_identical_pct"] = 100.0 * float(np.mean([np.array_equal(a, b) for a, b in
                                                                       zip(ref, tflm.outputs[:k], strict=True)]))
         d["tflm_vs_reference_max_diff"] = int(np.abs(ref.astype(np.int16) - tflm.outputs[:k]).max())
+    if source == "CIFAR-10 test images" and ours_row is None:
+        d.update(tflm_accuracy(tflite, info, args.images, args.data_dir))
     if ours_row is not None:  # a checkpoint: ours is deepshrink's own quantization, measured by `deepshrink mcu`
         d.update(ds_flash_bytes=ours_row.get("mcu_flash_bytes"), ds_ram_bytes=ours_row.get("mcu_ram_bytes"),
                  ds_instructions=ours_row.get("mcu_instructions"), ds_cycles_est=ours_row.get("mcu_cycles_est"),
@@ -283,7 +298,8 @@ def main() -> None:
     ap.add_argument("--tf-venv", type=Path, default=Path.home() / ".cache" / "deepshrink" / "tflm-venv",
                     help="TensorFlow environment for checkpoints (created when missing)")
     ap.add_argument("--images", type=int, default=None,
-                    help="a checkpoint's test images for TFLM's accuracy (default: the whole test set)")
+                    help="test images for TFLM's accuracy: a checkpoint's, or a CIFAR-10 .tflite's (default: the "
+                         "whole test set)")
     ap.add_argument("--run", type=Path, default=None, help="a study's run directory: write tflm.csv there too, so "
                     "its report shows TensorFlow Lite Micro beside its own microcontroller builds")
     args = ap.parse_args()

@@ -59,7 +59,8 @@ def train(
 @app.command()
 def compress(
     checkpoint: Annotated[Path | None, typer.Argument(help="A .safetensors checkpoint (its .json manifest beside it), "
-                                                      "or an FP32 .onnx classifier (with --dataset).")] = None,
+                                                      "or an FP32 .onnx or float .tflite classifier (with "
+                                                      "--dataset).")] = None,
     step: Annotated[list[str] | None, typer.Option("--step", help="NAME:key=value,... ; repeat to chain "
                                                    "steps.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Your trained model's architecture: PATH.py:CALLABLE "
@@ -67,20 +68,22 @@ def compress(
     model_arg: ModelArg = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="A state dict: .safetensors, or .pt/.pth (read "
                                                  "with torch.load(weights_only=True) only).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Data to measure on (with --model or an "
-                                                ".onnx; default a checkpoint's own).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Data to measure on (with --model, an "
+                                                ".onnx or a .tflite; default a checkpoint's own).")] = None,
     normalize: Annotated[str | None, typer.Option("--normalize", help="The model's preprocessing: mean=M,std=S (per "
-                                                  "channel M1+M2+M3), or none for pixels/255; default the data's "
-                                                  "own statistics.")] = None,
+                                                  "channel M1+M2+M3), none for pixels/255, raw for 0-255 "
+                                                  "pixel values; default the data's own statistics (a .tflite: "
+                                                  "its metadata's, else required).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/compress-BASELINE).")] = None,
     choice_margin: ChoiceMargin = default(api.compress, "choice_margin"),
     data_dir: DataDir = None, device: Device = "auto", seed: Seed = 0, quiet: Quiet = False,
 ) -> None:
     """Apply a chain of compression steps to a trained model and measure it beside the original."""
     if model is not None and checkpoint is not None:
-        raise UserError(f"{checkpoint}: give either a checkpoint/.onnx file or --model with --weights, not both")
+        raise UserError(f"{checkpoint}: give either a checkpoint/.onnx/.tflite file or --model with --weights, not "
+                        "both")
     if model is None and checkpoint is None:
-        raise UserError("compress: give a checkpoint, an .onnx file, or --model with --weights")
+        raise UserError("compress: give a checkpoint, an .onnx or .tflite file, or --model with --weights")
     if model is not None and weights is None:
         raise UserError(f"--model {model}: pass --weights FILE (.safetensors, .pt or .pth state dict)")
     if model is None and weights is not None:

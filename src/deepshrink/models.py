@@ -53,8 +53,20 @@ def reference_file(ref: str) -> Path | None:
     return Path(target).expanduser().resolve() if target.endswith(".py") else None
 
 
+# A study's model may be a trained file (SPEC §4 "Already trained?"): its baseline is the file, not a training run.
+TRAINED_FILES = (".tflite", ".onnx", ".safetensors")
+
+
+def is_trained_file(name: str) -> bool:
+    """A path to a trained model (float .tflite, FP32 .onnx, deepshrink checkpoint), not a name or reference."""
+    return not is_reference(name) and name.endswith(TRAINED_FILES)
+
+
 def display_name(model: str) -> str:
-    """A model's short name for ids and tables: the registry name, or a reference's callable."""
+    """A model's short name for ids and tables: the registry name, a reference's callable, a file's stem."""
+    if is_trained_file(model):  # a checkpoint is always model.safetensors: its folder names it
+        path = Path(model)
+        return path.parent.name if path.suffix == ".safetensors" and path.parent.name else path.stem
     return model.rpartition(":")[2] if is_reference(model) else model
 
 
@@ -86,8 +98,9 @@ def canonical(model: str) -> str:
 
 
 def source_sha256(ref: str) -> str:
-    """The sha256 of a file reference's source ("" for registry names and module references)."""
-    path = reference_file(ref) if is_reference(ref) else None
+    """The sha256 of a file reference's source, or of a trained model file ("" for registry names and module
+    references)."""
+    path = reference_file(ref) if is_reference(ref) else Path(ref) if is_trained_file(ref) else None
     return hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else ""
 
 
@@ -281,8 +294,11 @@ def create_model(name: str, dataset: Any, num_classes: int | None = None, **mode
 
 
 def check_model_name(name: str) -> None:
-    """A registry name, or a reference whose file/module and callable exist (nothing is built)."""
-    if is_reference(name):
+    """A registry name, a reference whose file/module and callable exist (nothing is built), or a trained file."""
+    if is_trained_file(name):
+        if not Path(name).is_file():
+            raise UserError(f"{name}: no such file (a trained model: .tflite, .onnx or a .safetensors checkpoint)")
+    elif is_reference(name):
         resolve_reference(name)
     else:
         MODELS.get(name)

@@ -37,6 +37,7 @@ from deepshrink.export.formats import dsonnx, dsparse, dsq, dsz
 from deepshrink.export.formats.onnx_float import export_onnx
 from deepshrink.ingest.onnx_file import read_onnx
 from deepshrink.ingest.tflite_file import TfModel, TfOperator, TfTensor, read_tflite
+from deepshrink.ingest.tflite_to_torch import convert_tflite
 from deepshrink.ingest.tflite_write import write_tflite
 from deepshrink.models import create_model
 from deepshrink.study.recipe import load_recipe
@@ -273,6 +274,46 @@ def _tflite_seeds(tmp: Path) -> list[bytes]:
 @target("tflite", _tflite_seeds)
 def _read_tflite(data: bytes, tmp: Path) -> object:
     return read_tflite(data, "fuzz.tflite")
+
+
+def _float_tflite(residual: bool) -> bytes:
+    """A float classifier on 4 x 4 x 2 images: CONV_2D (stride 2, uneven SAME pads, RELU6) -> DEPTHWISE_CONV_2D
+    (multiplier 2) -> RESHAPE -> FULLY_CONNECTED (no bias) -> SOFTMAX; or (`residual`) x + CONV_2D(x) ->
+    AVERAGE_POOL_2D -> MAX_POOL_2D (SAME) -> FULLY_CONNECTED on the 4-D map."""
+    rng, none, no_zp = np.random.default_rng(int(residual)), np.zeros(0, np.float32), np.zeros(0, np.int64)
+
+    def t(i: int, shape: tuple[int, ...], consts: tuple[int, ...]) -> TfTensor:
+        data = rng.standard_normal(shape).astype(np.float32) if i in consts else None
+        return TfTensor(i, f"t{i}", shape, "float32", none, no_zp, 0, data)
+
+    conv = {"stride_h": 2, "stride_w": 2, "dilation_h_factor": 1, "dilation_w_factor": 1}
+    pool = {"fused_activation_function": "NONE", "stride_h": 1, "stride_w": 1}
+    if residual:
+        shapes = [(1, 4, 4, 2), (2, 1, 1, 2), (2,), (1, 4, 4, 2), (1, 4, 4, 2), (1, 2, 2, 2), (1, 2, 2, 2), (3, 8),
+                  (3,), (1, 3)]
+        tensors = [t(i, s, (1, 2, 7, 8)) for i, s in enumerate(shapes)]
+        ops = [("CONV_2D", (0, 1, 2), 3, {**conv, "stride_h": 1, "stride_w": 1, "padding": "VALID"}),
+               ("ADD", (0, 3), 4, {"fused_activation_function": "RELU"}),
+               ("AVERAGE_POOL_2D", (4,), 5, {**pool, "padding": "VALID", "stride_h": 2, "stride_w": 2,
+                                             "filter_height": 2, "filter_width": 2}),
+               ("MAX_POOL_2D", (5,), 6, {**pool, "padding": "SAME", "filter_height": 3, "filter_width": 3}),
+               ("FULLY_CONNECTED", (6, 7, 8), 9, {"fused_activation_function": "RELU_N1_TO_1"})]
+    else:
+        shapes = [(1, 4, 4, 2), (3, 3, 3, 2), (3,), (1, 2, 2, 3), (1, 2, 2, 6), (6,), (1, 1, 1, 6), (2,), (1, 6),
+                  (3, 6), (1, 3), (1, 3)]
+        tensors = [t(i, s, (1, 2, 4, 5, 9)) for i, s in enumerate(shapes)]
+        tensors[7] = TfTensor(7, "t7", (2,), "int32", none, no_zp, 0, np.array([1, 6], np.int32))  # RESHAPE's
+        ops = [("CONV_2D", (0, 1, 2), 3, {**conv, "padding": "SAME", "fused_activation_function": "RELU6"}),
+               ("DEPTHWISE_CONV_2D", (3, 4, 5), 6, {**conv, "padding": "VALID", "depth_multiplier": 2}),
+               ("RESHAPE", (6, 7), 8, {}), ("FULLY_CONNECTED", (8, 9, -1), 10, {}),
+               ("SOFTMAX", (10,), 11, {"beta": 1.0})]
+    operators = tuple(TfOperator(k, op, 1, ins, (out,), opts) for k, (op, ins, out, opts) in enumerate(ops))
+    return write_tflite(TfModel("float.tflite", 3, "fuzz seed", tuple(tensors), operators, (0,), (len(shapes) - 1,)))
+
+
+@target("tflite_float", lambda tmp: [_float_tflite(False), _float_tflite(True)])
+def _read_tflite_float(data: bytes, tmp: Path) -> object:
+    return convert_tflite(read_tflite(data, "fuzz.tflite"))
 
 
 # ---- deepshrink's compact files ----------------------------------------------------------------------

@@ -4,7 +4,7 @@ runs it. Adding a technique: a subpackage with a config dataclass and a function
 `@register_step(name, Config)`, imported below.
 """
 
-from deepshrink.compress import cluster, distill, encode, prune, quantize  # noqa: F401  (each registers its steps)
+from deepshrink.compress import cluster, distill, encode, finetune, prune, quantize  # noqa: F401  (each registers)
 from deepshrink.compress.registry import STEP_CONFIGS, apply, format_step, parse_step, register_step, step_names
 
 __all__ = ["STEP_CONFIGS", "apply", "format_step", "parse_step", "register_step", "step_names"]

@@ -22,13 +22,18 @@ def _floats(text: str, key: str, source: str) -> list[float]:
         raise UserError(f"{source}: {key}={text!r} is not a number or numbers joined by '+'") from None
 
 
+RAW_STD = 1.0 / 255.0
+
+
 def parse_normalize(text: str, source: str = "--normalize") -> Norm:
     """(mean, std) per channel (one value each means every channel) from the option's text."""
     if text.strip().lower() == "none":
         return [0.0], [1.0]
+    if text.strip().lower() == "raw":  # the 0-255 pixel values themselves (MLPerf Tiny's ResNet-8)
+        return [0.0], [RAW_STD]
     parts = dict(p.partition("=")[::2] for p in text.split(","))
     if set(parts) != {"mean", "std"}:
-        raise UserError(f"{source} {text!r}: expected mean=M[+M...],std=S[+S...] or none")
+        raise UserError(f"{source} {text!r}: expected mean=M[+M...],std=S[+S...], none or raw")
     mean, std = _floats(parts["mean"], "mean", source), _floats(parts["std"], "std", source)
     if any(s <= 0 for s in std):
         raise UserError(f"{source}: std={parts['std']!r} must be positive")
@@ -65,8 +70,11 @@ def renormalize(data: DataSplits, norm: Norm | None) -> DataSplits:
     new_m = np.asarray(mean, np.float32)[None, :, None, None]
     new_s = np.asarray(std, np.float32)[None, :, None, None]
 
+    raw = not any(mean) and all(s == RAW_STD for s in std)  # exactly the pixel values, not within an ulp
+
     def again(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy((_pixels(x, old_m, old_s) / np.float32(255.0) - new_m) / new_s)
+        pixels = _pixels(x, old_m, old_s)
+        return torch.from_numpy(pixels if raw else (pixels / np.float32(255.0) - new_m) / new_s)
 
     return dataclasses.replace(data, train_x=again(data.train_x), val_x=again(data.val_x), test_x=again(data.test_x),
                                mean=mean, std=std)

@@ -175,7 +175,7 @@ Step = tuple[str, str, list[str]]  # (output name, layer name or merge op, input
 
 
 class OnnxNet(nn.Module):
-    """The file's graph: named layers, and the nodes in the file's (topological) order."""
+    """A converted file's graph (ONNX or TFLite): named layers, and the steps in the file's (topological) order."""
 
     def __init__(self, layers: dict[str, nn.Module], steps: list[Step], inp: str, out: str) -> None:
         super().__init__()
@@ -231,7 +231,7 @@ def _convert(g: _Graph) -> tuple[dict[str, nn.Module], list[Step], dict[str, str
     return layers, steps, alias
 
 
-def _sequential(layers: dict[str, nn.Module], steps: list[Step], inp: str, out: str) -> nn.Sequential | None:
+def sequential(layers: dict[str, nn.Module], steps: list[Step], inp: str, out: str) -> nn.Sequential | None:
     """The layers as an nn.Sequential when each step takes the previous step's output (a chain)."""
     prev = inp
     for o, op, ins in steps:
@@ -248,7 +248,7 @@ def convert(model: onnx.ModelProto, source: str) -> nn.Module:
     with torch.no_grad():
         for layer in layers.values():  # the module holds the file's floats as float32, whatever they were
             layer.float()
-    net = _sequential(layers, steps, g.input, out) or OnnxNet(layers, steps, g.input, out)
+    net = sequential(layers, steps, g.input, out) or OnnxNet(layers, steps, g.input, out)
     return net.eval()
 
 

@@ -11,7 +11,7 @@ caught once, at the top, and reported as a corrupt file."""
 import inspect
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,9 @@ class TfModel:
     operators: tuple[TfOperator, ...]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    # Model.metadata: each entry's name and its buffer's bytes (TFLITE_METADATA, min_runtime_version, ...);
+    # last and defaulted so that models built in code need not name it.
+    metadata: dict[str, bytes] = field(default_factory=dict)
 
 
 class _Corrupt(Exception):
@@ -249,7 +252,24 @@ def _model(f: _File) -> TfModel:
                 for i, op in enumerate(_items(graph, "Operators", f, "operators")))
     inputs = _indices(f.ints(graph.InputsAsNumpy()), len(tensors), f"{f.source}: the subgraph's inputs")
     outputs = _indices(f.ints(graph.OutputsAsNumpy()), len(tensors), f"{f.source}: the subgraph's outputs")
-    return TfModel(f.source, SCHEMA_VERSION, f.text(model.Description()), tensors, ops, inputs, outputs)
+    return TfModel(f.source, SCHEMA_VERSION, f.text(model.Description()), tensors, ops, inputs, outputs,
+                   _metadata(model, buffers, f))
+
+
+def _metadata(model: Any, buffers: list[Any], f: _File) -> dict[str, bytes]:
+    """The model's metadata entries, name -> a copy of its buffer's bytes (small tables read later by name);
+    of two entries of one name the first is kept, so that a file reads one way."""
+    out: dict[str, bytes] = {}
+    for k, entry in enumerate(_items(model, "Metadata", f, "metadata entries")):
+        name, index = f.text(entry.Name()), int(entry.Buffer())
+        if index >= len(buffers):
+            raise UserError(f"{f.source}: metadata {k} ({name[:60]!r}) names buffer {index}, outside the file's "
+                            f"{len(buffers)} buffers")
+        span = _buffer_span(buffers[index], f, f"{f.source}: buffer {index}")
+        if span is not None:
+            f.spend(span[1])  # a copy: entries sharing one large buffer must not multiply it
+        out.setdefault(name, f.data[span[0] : span[0] + span[1]] if span else b"")
+    return out
 
 
 def _indices(indices: tuple[int, ...], n_tensors: int, where: str, optional: bool = False) -> tuple[int, ...]:

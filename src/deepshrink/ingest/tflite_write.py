@@ -12,6 +12,8 @@ OPTIONS = {
     "CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
     "FULLY_CONNECTED": "FullyConnectedOptions", "ADD": "AddOptions", "AVERAGE_POOL_2D": "Pool2DOptions",
     "MAX_POOL_2D": "Pool2DOptions", "RESHAPE": "ReshapeOptions", "SOFTMAX": "SoftmaxOptions",
+    # Operators the converters refuse, written with their options so tests see the refusal name them.
+    "MUL": "MulOptions", "CONCATENATION": "ConcatenationOptions",
 }
 _ENUMS = {"padding": tflite.Padding, "fused_activation_function": tflite.ActivationFunctionType,
           "weights_format": tflite.FullyConnectedOptionsWeightsFormat, "quantized_bias_type": tflite.TensorType}

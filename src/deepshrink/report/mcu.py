@@ -8,6 +8,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from deepshrink.models import display_name
+from deepshrink.report.numbers import num
 from deepshrink.report.plots import Figure, save
 from deepshrink.report.rundata import RunData
 from deepshrink.report.seeds import column, groups, mean_std, pm
@@ -27,18 +29,52 @@ def _ints(rows: list[Row], key: str) -> str:
     return pm(column(rows, key), 0)
 
 
+# Steps that train a model further without compressing it: a pipeline of these (and quantize) is a dense control.
+CONTROL_STEPS = frozenset({"finetune", "quantize"})
+
+
+def _is_control(seeds: list[Row]) -> bool:
+    names = {s.strip().partition(":")[0] for s in seeds[0].get("recipe_steps", "").split("|") if s.strip()}
+    return "finetune" in names and names <= CONTROL_STEPS
+
+
+def _accuracy(seeds: list[Row]) -> float | None:
+    return mean_std(column(seeds, "mcu_accuracy_pct"))[0]
+
+
+def _anchors(data: RunData) -> dict[tuple[str, str], float]:
+    """(dataset, model) -> the C accuracy of its dense control (the model fine-tuned as long, uncompressed)."""
+    return {(ds, model): acc for (ds, model, _), seeds in _mcu_groups(data).items()
+            if _is_control(seeds) and (acc := _accuracy(seeds)) is not None}
+
+
+def _tflm_accuracy(data: RunData) -> float | None:
+    accs = [float(r["tflm_accuracy_pct"]) for r in _tflm(data) if r.get("tflm_accuracy_pct")]
+    return accs[0] if len(accs) == 1 else None  # several TFLM models: no one reference to compare with
+
+
+def _delta(acc: float | None, ref: float | None) -> str:
+    return "-" if acc is None or ref is None else f"{acc - ref:+.2f}"
+
+
 def mcu_table(data: RunData) -> Table:
     rows = []
+    controls, tflm_acc = _anchors(data), _tflm_accuracy(data)
+    compare = bool(controls) or tflm_acc is not None
     for (ds, model, label), seeds in _mcu_groups(data).items():
         in_place = any(r.get("mcu_dense_flash_bytes") for r in seeds)
-        rows.append([f"{ds} {model} {label}", str(len(seeds)), seeds[0].get("mcu_target", ""),
+        rows.append([f"{ds} {display_name(model)} {label}", str(len(seeds)), seeds[0].get("mcu_target", ""),
                      _ints(seeds, "mcu_flash_bytes"), _ints(seeds, "mcu_ram_bytes"), _ints(seeds, "mcu_instructions"),
                      pm(column(seeds, "mcu_ms_est"), 2), pm(column(seeds, "mcu_energy_uj_est"), 1),
                      pm(column(seeds, "mcu_accuracy_pct")),
                      _ints(seeds, "mcu_dense_flash_bytes") if in_place else "(itself)",
                      _ints(seeds, "mcu_dense_instructions") if in_place else "(itself)",
-                     seeds[0].get("mcu_layouts") or "dense"])
-    rows += _tflm_rows(data)
+                     seeds[0].get("mcu_layouts") or "dense"]
+                    + ([_delta(_accuracy(seeds), tflm_acc), _delta(_accuracy(seeds), controls.get((ds, model)))]
+                       if compare else []))
+    rows += [r + ([_delta(num(t.get("tflm_accuracy_pct")), tflm_acc), "-"] if compare else [])
+             for r, t in zip(_tflm_rows(data), _tflm(data), strict=True)]  # "-" unless it is the one reference
+    columns = COLUMNS + (["vs TFLM reference (pt)", "vs dense control (pt)"] if compare else [])
     note = ("Each INT8 or compressed variant as C99 for the target (deepshrink mcu, docs/mcu.md): flash and RAM of "
             "the linked image, instructions per inference counted in the emulator (exact), cycles and ms "
             "estimated from Arm's Cortex-M4 timings at zero wait states (at the recipe's clock, 80 MHz unless "
@@ -50,7 +86,12 @@ def mcu_table(data: RunData) -> Table:
                                                   "stack, the arena included)." if _tflm(data) else
                                                   "TensorFlow Lite Micro: run benchmarks/bench_mcu.py --run "
                                                   "RUN_DIR to add its figures for the dense models."))
-    return Table("mcu", "On a microcontroller", COLUMNS, rows, note)
+    if compare:
+        note += (" The last two columns: accuracy points against TensorFlow Lite Micro running the reference model "
+                 "(its accuracy in tflm.csv), and against the dense control (a pipeline of `finetune` and "
+                 "`quantize` only: the model trained as long, uncompressed), so what compression costs is not hidden "
+                 "by what fine-tuning on this data gains.")
+    return Table("mcu", "On a microcontroller", columns, rows, note)
 
 
 def _energy_source(data: RunData) -> str:
@@ -87,15 +128,32 @@ def mcu_figure(data: RunData, out: Path) -> Figure | None:
             points.setdefault((ds, model), []).append((flash, acc, err or 0.0, label))
     if not points:
         return None
+    tflm = [(float(r["tflm_flash_bytes"]) / 1000, float(r["tflm_accuracy_pct"]), r["model"]) for r in _tflm(data)
+            if r.get("tflm_flash_bytes") and r.get("tflm_accuracy_pct")]
     fig, axes = plt.subplots(1, len(points), figsize=(5.5 * len(points), 4.4), squeeze=False)
     for ax, ((ds, model), pts) in zip(axes[0], sorted(points.items()), strict=True):
         for x, y, e, label in pts:
             ax.errorbar([x], [y], yerr=[e], fmt="o", capsize=3, label=label)
+        front = _frontier([(x, y) for x, y, _, _ in pts])
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="0.6", lw=1, label="frontier")
+        for x, y, name in tflm:  # the anchor: TensorFlow Lite Micro running the reference model
+            ax.plot([x], [y], marker="*", ms=14, color="black", ls="none", label=f"TFLM: {name}")
         ax.set_xscale("log")
         ax.set_xlabel("flash of the Cortex-M image (kB, log scale)")
         ax.set_ylabel("accuracy of the C on the test set (%)")
-        ax.set_title(f"{ds} {model}")
+        ax.set_title(f"{ds} {display_name(model)}")
         ax.legend(fontsize=7)
     path = save(fig, out / "mcu_flash_accuracy.png")
     return Figure(path, "On a microcontroller: flash of the linked image against the accuracy of its C, per "
-                        "variant (mean over seeds, error bar one standard deviation).")
+                        "variant (mean over seeds, error bar one standard deviation); the grey steps join the "
+                        "variants no other beats on both; a star marks TensorFlow Lite Micro running the reference "
+                        "model (bench_mcu.py's tflm.csv) where the run has one.")
+
+
+def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other has both less flash and more accuracy than, by flash."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):  # of equal flash, the most accurate first
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front

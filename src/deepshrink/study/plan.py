@@ -11,7 +11,7 @@ from deepshrink import provenance
 from deepshrink.codehash import code_version as code_version
 from deepshrink.codehash import pin_code_version as pin_code_version
 from deepshrink.errors import UserError
-from deepshrink.models import is_reference, source_sha256
+from deepshrink.models import is_reference, is_trained_file, source_sha256
 from deepshrink.study.recipe import PipelineSpec, Recipe
 from deepshrink.variant import slug, variant_id
 
@@ -146,7 +146,8 @@ def pending(works: Iterable[Work], done: set[str]) -> frozenset[BaseKey]:
 def baseline_key(dataset: str, model: str, train: dict[str, object], fingerprint: str, val_size: int,
                  model_args: dict[str, object] | None = None) -> str:
     """A referenced model's source file is part of its key: editing it retrains the baseline."""
-    extra = {"model_args": model_args, "model_source": source_sha256(model)} if is_reference(model) else {}
+    extra = {"model_args": model_args, "model_source": source_sha256(model)} \
+        if is_reference(model) or is_trained_file(model) else {}
     return provenance.config_hash({"dataset": dataset, "model": model, "train": train, "data": fingerprint,
                                    "val_size": val_size, "code": code_version(), **extra}, 16)
 

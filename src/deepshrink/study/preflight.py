@@ -11,9 +11,10 @@ from deepshrink.checkpoint import load_checkpoint
 from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.compress.distill.teacher import split_teacher_spec
 from deepshrink.errors import UserError
-from deepshrink.models import create_model, is_reference
+from deepshrink.models import create_model, is_reference, is_trained_file
 from deepshrink.study.plan import StudyOptions
 from deepshrink.study.recipe import BASELINE_PLACEHOLDER, Recipe
+from deepshrink.study.trained import file_baseline
 from deepshrink.study.unit import study_data
 
 _CHECKPOINT_SUFFIXES = (".safetensors", ".json")
@@ -27,11 +28,13 @@ def check_study(recipe: Recipe, opts: StudyOptions) -> None:
         except UserError as e:
             raise UserError(f"{recipe.source}: study.datasets: {e}") from None
         for model in recipe.models_for(name):
-            if is_reference(model):  # imported, called and run once on this data's shape
-                try:
+            try:
+                if is_trained_file(model):  # read, converted and run once on this data
+                    file_baseline(model, data, recipe.model_args.get(model, {}))
+                elif is_reference(model):  # imported, called and run once on this data's shape
                     create_model(model, data, **recipe.model_args.get(model, {}))
-                except UserError as e:
-                    raise UserError(f"{recipe.source}: study.models: {e}") from None
+            except UserError as e:
+                raise UserError(f"{recipe.source}: study.models: {e}") from None
     checked: set[str] = set()
     for spec in recipe.pipelines:
         for text in spec.steps:

@@ -14,11 +14,12 @@ from typing import Any
 from deepshrink.compress import STEP_CONFIGS, parse_step
 from deepshrink.config import coerce
 from deepshrink.data import check_name
+from deepshrink.data.normalize import parse_normalize
 from deepshrink.errors import UserError, malformed
 from deepshrink.export.choice import DEFAULT_MARGIN, check_margin
 from deepshrink.mcu.toolchain import TARGETS
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig
-from deepshrink.models import check_model_name
+from deepshrink.models import check_model_name, is_trained_file
 from deepshrink.train import TrainConfig
 
 # SPEC §5 names every technique; a recipe may name one whose implementation has not landed yet:
@@ -65,6 +66,7 @@ class MeasureSpec(LatencyConfig):
     images: int = 0  # test images used for timing; 0 = the whole test set (the study's method)
     sram_kb: int = 0  # on-chip budget for the energy estimate; 0 = the default
     mcu: str = ""  # a microcontroller target (SPEC §12): every INT8 and compact variant built and emulated
+    mcu_clock_mhz: float = 80.0  # the clock its estimated milliseconds assume
     # Timing-based choices (deployed runtime, ONNX Runtime graph, INT8 mode) keep their incumbent unless a
     # challenger is faster beyond the noise and by this fraction (export/choice.py): what ships must not flip.
     choice_margin: float = DEFAULT_MARGIN
@@ -253,13 +255,23 @@ def _models_per(raw: Any, source: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+FILE_ARGS = ("normalize",)  # what a study's trained file takes in [model_args."PATH"]
+
+
 def _model_args(raw: dict[str, Any], models: tuple[str, ...], source: str) -> dict[str, dict[str, Any]]:
-    """`[model_args."examples/models.py:resnet8"]` width = 16: keyword arguments of a referenced model."""
+    """`[model_args."examples/models.py:resnet8"]` width = 16: keyword arguments of a referenced model; a trained
+    file's (`[model_args."m.tflite"]` normalize = "raw"): its preprocessing."""
     for model, args in raw.items():
         if model not in models:
             raise UserError(f"{source}: model_args.{model}: not one of study.models")
         if not isinstance(args, dict):
             raise UserError(f"{source}: model_args.{model}: expected a table of keyword arguments")
+        if is_trained_file(model):
+            unknown = sorted(set(args) - set(FILE_ARGS))
+            if unknown:
+                raise UserError(f"{source}: model_args.{model}.{unknown[0]}: unknown (a trained file takes "
+                                f"{', '.join(FILE_ARGS)})")
+            parse_normalize(str(args.get("normalize", "none")), f"{source}: model_args.{model}.normalize")
     return {m: dict(a) for m, a in raw.items()}
 
 
@@ -293,6 +305,8 @@ def _check_measure(m: MeasureSpec, source: str) -> None:
     check_margin(m.choice_margin, f"{source}: measure.choice_margin")
     if m.mcu and m.mcu not in TARGETS:
         raise UserError(f"{source}: measure.mcu: unknown target {m.mcu!r} (known: {', '.join(TARGETS)})")
+    if not m.mcu_clock_mhz > 0:
+        raise UserError(f"{source}: measure.mcu_clock_mhz: must be > 0")
 
 
 def _pipelines(raw: Any, source: str) -> tuple[PipelineSpec, ...]:
@@ -340,6 +354,7 @@ def check_step(text: str, where: str) -> bool:
 
 
 def describe(name: str) -> tuple[str, str, float]:
-    """(name, description, expected minutes) of a built-in recipe, for `deepshrink recipes`."""
-    r = load_recipe(name)
-    return r.name, r.description, r.expected_minutes
+    """(name, description, expected minutes) of a built-in recipe, for `deepshrink recipes`: read off the TOML
+    alone, so listing does not need the files a recipe names (mlperf-ic's model lives in ../shared)."""
+    raw = tomllib.loads(resolve_path(name).read_text())
+    return str(raw.get("name", name)), str(raw.get("description", "")), float(raw.get("expected_minutes", 0.0))

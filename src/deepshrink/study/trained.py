@@ -1,8 +1,8 @@
 """Already trained models as baselines (SPEC §4 "Already trained?"): a model reference with a weights file,
 an FP32 ONNX classifier, or a trained `nn.Module` handed to the API. Each becomes what `compress` takes
 from a checkpoint: a Variant with a manifest (no training run: train_seconds 0) and the data normalized
-as the model was trained (`--normalize`, recorded in the manifest, so every technique, `bench` and the
-microcontroller's pixel entry point use it).
+as the model was trained (`--normalize`, else what a .tflite file's metadata states; recorded in the
+manifest, so every technique, `bench` and the microcontroller's pixel entry point use it).
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +21,10 @@ from deepshrink.ingest.onnx_graph import REFERENCE as GRAPH_REFERENCE
 from deepshrink.ingest.onnx_graph import graph_of
 from deepshrink.ingest.onnx_to_torch import REFERENCE, convert
 from deepshrink.ingest.state_dict import load_weights, read_state_dict
+from deepshrink.ingest.tflite_file import read_tflite_file
+from deepshrink.ingest.tflite_metadata import stated_normalization
+from deepshrink.ingest.tflite_to_torch import REFERENCE as TFLITE_REFERENCE
+from deepshrink.ingest.tflite_to_torch import convert_tflite
 from deepshrink.models import (
     build_unsized,
     canonical,
@@ -40,7 +44,7 @@ TRAINED = {"trained_by": "the user (weights given, no training run)"}
 
 @dataclass(frozen=True)
 class BroughtModel:
-    """What `compress` was given: a checkpoint or `.onnx` path, or a model reference + weights."""
+    """What `compress` was given: a checkpoint, `.onnx` or `.tflite` path, or a model reference + weights."""
 
     path: Path | None = None
     model: str | None = None
@@ -112,34 +116,61 @@ def brought_variant(src: BroughtModel, data_dir: Path | None = None, seed: int =
         model = load_weights(create_model(src.model, data, **src.model_args), src.weights, state)
         return _variant(model, canonical(src.model), src.model_args, data, _norm(src.normalize), seed)
     assert src.path is not None
-    if src.path.suffix == ".onnx":
+    if src.path.suffix in (".onnx", ".tflite"):
         return _onnx(src, data_dir, seed, data)
     return _checkpoint(src, data_dir, seed, data)
+
+
+def file_baseline(model: str, data: DataSplits, args: dict[str, Any], seed: int = 0) -> tuple[Variant, DataSplits]:
+    """A study's trained model file (`models = ["PATH.tflite"]`) as its baseline on `data`, with the
+    preprocessing its `[model_args."PATH"] normalize` names."""
+    src = BroughtModel(path=Path(model), dataset=data.name, normalize=args.get("normalize"))
+    try:
+        return brought_variant(src, seed=seed, data=data)
+    except UserError as e:  # the compress path's messages name its flag; a recipe names the key
+        raise UserError(str(e).replace("--normalize", f'[model_args."{model}"] normalize')) from None
 
 
 def _onnx(src: BroughtModel, data_dir: Path | None, seed: int, data: DataSplits | None) -> tuple[Variant, DataSplits]:
     assert src.path is not None
     if data is None:
         _dataset(src, str(src.path))  # a missing or bad name is said before the file is converted
-    model, ref = _convert(src.path, src.graph)
+    given = _norm(src.normalize)
+    model, ref, norm = _convert(src.path, src.graph, given)
+    if ref == TFLITE_REFERENCE and norm is None:
+        raise UserError(f"{src.path}: the file does not say how its input is normalized (no normalization in its "
+                        "metadata): pass --normalize (raw for 0-255 pixel values, mean=0,std=1 for 0-1, or the mean "
+                        "and std it was trained with)")
     data = _data(src, str(src.path), data_dir, data)
-    return _variant(model, ref, {"path": str(src.path.resolve())}, data, _norm(src.normalize), seed, src.path.stem)
+    stated = given is None and norm is not None  # the file's own metadata said it
+    if stated and norm is not None:  # checked here so that a wrong count names the file, not --normalize
+        norm = for_channels(norm, data.input_shape[0], f"{src.path}: its metadata's input normalization")
+    variant, data = _variant(model, ref, {"path": str(src.path.resolve())}, data, norm, seed, src.path.stem)
+    if stated:
+        variant.manifest.train["normalize"] = "the file's metadata (TFLite NormalizationOptions)"
+    return variant, data
 
 
-def _convert(path: Path, graph: bool = False) -> tuple[nn.Module, str]:
-    """The module of an ONNX file and the reference that rebuilds it: its own graph, or the conversion."""
+def _convert(path: Path, graph: bool = False, norm: Norm | None = None) -> tuple[nn.Module, str, Norm | None]:
+    """The module of an ONNX or TFLite file, the reference that rebuilds it (an ONNX file's own graph, or the
+    conversion), and its input's normalization: `norm` where the caller gives one, else what a TFLite file's
+    metadata states, else None."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if path.suffix == ".tflite":
+        tf = read_tflite_file(path)
+        # The metadata is read only without `norm`: a given normalization wins, even over unreadable metadata.
+        return convert_tflite(tf), TFLITE_REFERENCE, norm if norm is not None else stated_normalization(tf)
     if graph:
-        return graph_of(path.read_bytes(), str(path)), GRAPH_REFERENCE
-    return convert(read_onnx(path.read_bytes(), str(path), session=True), str(path)), REFERENCE
+        return graph_of(path.read_bytes(), str(path)), GRAPH_REFERENCE, norm
+    return convert(read_onnx(path.read_bytes(), str(path), session=True), str(path)), REFERENCE, norm
 
 
 def onnx_variant(path: Path, data: DataSplits, normalize: str | Norm | None = None, seed: int = 0,
                  graph: bool = False) -> tuple[Variant, DataSplits]:
     """The API's ONNX classifier file as a baseline on `data` (`graph`: kept as its own graph, see on_graph)."""
     norm = _norm(normalize) if isinstance(normalize, str) else normalize
-    model, ref = _convert(path, graph)
+    model, ref, norm = _convert(path, graph, norm)
     return _variant(model, ref, {"path": str(path.resolve())}, data, norm, seed, path.stem)
 
 

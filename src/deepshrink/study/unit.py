@@ -13,15 +13,18 @@ from deepshrink import provenance
 from deepshrink.compress import apply, parse_step, step_names
 from deepshrink.config import default_train
 from deepshrink.data import DataSplits, load_dataset
+from deepshrink.data.normalize import renormalize
 from deepshrink.export import Artifact, ExportContext, export
 from deepshrink.measure import energy
 from deepshrink.measure.latency import measure_latency
+from deepshrink.models import is_trained_file
 from deepshrink.progress import Progress
 from deepshrink.results import lock as results_lock
 from deepshrink.results import read_rows
 from deepshrink.study.cache import Prefixes, cached_or_compute, failure_reason, realize, substitute
 from deepshrink.study.plan import StudyOptions, Unit, Work, baseline_key, pin_code_version
 from deepshrink.study.recipe import CANONICAL_STEPS, Recipe
+from deepshrink.study.trained import file_baseline
 from deepshrink.study.variant import Measured, measure_mcu, measure_variant, record, record_failure, train_baseline
 from deepshrink.train import TrainConfig
 from deepshrink.variant import Deployment, StepContext, Variant, variant_id
@@ -62,15 +65,20 @@ def baseline_config(recipe: Recipe, base_work: Work, fingerprint: str) -> tuple[
 
 
 def _baseline(recipe: Recipe, opts: StudyOptions, base_work: Work, data: DataSplits,
-              progress: Progress) -> tuple[Variant, str, bool]:
+              progress: Progress) -> tuple[Variant, str, bool, DataSplits]:
+    """The baseline (trained, or a trained file loaded), its cache key, whether it was computed now, and the
+    data normalized as the baseline takes it (a trained file's own preprocessing)."""
     cfg, key = baseline_config(recipe, base_work, data.fingerprint)
     cached = (opts.out / "cache" / key / "variant.json").exists()
-    v, _ = cached_or_compute(
-        opts.out / "cache" / key, base_work.vid,
-        lambda: train_baseline(data.name, base_work.model, cfg, data, opts.device, progress, base_work.vid,
-                               recipe.model_args.get(base_work.model)),
-        fresh=False)
-    return v, key, not cached
+    args = recipe.model_args.get(base_work.model)
+    if is_trained_file(base_work.model):
+        def compute() -> Variant:
+            return file_baseline(base_work.model, data, args or {}, base_work.seed)[0]
+    else:
+        def compute() -> Variant:
+            return train_baseline(data.name, base_work.model, cfg, data, opts.device, progress, base_work.vid, args)
+    v, _ = cached_or_compute(opts.out / "cache" / key, base_work.vid, compute, fresh=False)
+    return v, key, not cached, renormalize(data, (v.manifest.mean, v.manifest.std))
 
 
 class _Group:
@@ -151,7 +159,7 @@ class _Group:
                 m = measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram,
                                     choice_margin=self.margin)
                 if self.recipe.measure.mcu:
-                    measure_mcu(m, data, out, self.recipe.measure.mcu)
+                    measure_mcu(m, data, out, self.recipe.measure.mcu, self.recipe.measure.mcu_clock_mhz)
                 measured.append((w, m, seconds))
             except Exception as e:  # a failed variant is a result too; the study goes on
                 self.fail(w, e)
@@ -198,7 +206,7 @@ def run_unit(recipe: Recipe, opts: StudyOptions, unit: Unit, done: frozenset[str
     group.say(f"{base_work.vid}: baseline")
     try:
         data = study_data(base_work.dataset, opts, recipe.val_size)
-        base, key, retrained = _baseline(recipe, opts, base_work, data, group.progress)
+        base, key, retrained, data = _baseline(recipe, opts, base_work, data, group.progress)
     except Exception as e:  # no baseline: every variant of the group is recorded as failed
         for w in [base_work] * need_base + todo:
             group.fail(w, e)

@@ -4,6 +4,7 @@
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,3 +32,12 @@ def distill_objective(teacher: Tensor | Callable[[Tensor], Tensor], temperature:
         return hinton_loss(s, t, y, temperature, alpha)
 
     return objective
+
+
+def frozen_teacher(teacher: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The teacher run on each batch without gradients (a model as it was before a step changed it)."""
+    def run(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return teacher(x)
+
+    return run

@@ -3,13 +3,11 @@ Torch-Pruning's dependency graph), then the smaller dense model is retrained."""
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from deepshrink.compress.distill.loss import distill_objective
+from deepshrink.compress.distill.loss import distill_objective, frozen_teacher
 from deepshrink.compress.prune.layers import RETRAIN_LR_FACTOR, check_fraction, parse_layers, resolve_layers
 from deepshrink.compress.prune.units import (
     IMPORTANCES,
@@ -109,13 +107,6 @@ def retraining(cfg: PruneStructuredConfig, coupled: bool, v: Variant, seed: int)
     return run, auto.alpha if cfg.alpha == -1.0 else cfg.alpha
 
 
-def _frozen(teacher: nn.Module) -> Callable[[Tensor], Tensor]:
-    def run(x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return teacher(x)
-
-    return run
-
 
 @register_step("prune.structured", PruneStructuredConfig)
 def apply_prune_structured(v: Variant, cfg: PruneStructuredConfig, ctx: StepContext) -> Variant:
@@ -130,7 +121,7 @@ def apply_prune_structured(v: Variant, cfg: PruneStructuredConfig, ctx: StepCont
         prune_units(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1], "prune.structured.ratio")
     log = v.log
     if run.epochs:
-        objective = distill_objective(_frozen(teacher), cfg.temperature, alpha) if teacher else None
+        objective = distill_objective(frozen_teacher(teacher), cfg.temperature, alpha) if teacher else None
         log = fit(model, ctx.data, run, objective=objective,
                   progress=ctx.progress, label="retrain structured", device=ctx.device)
     model.cpu()
