@@ -57,13 +57,13 @@ def test_both_anchors_give_signed_points(tmp_path: Path) -> None:
     rows = _by_label(table)
     deltas = {name: (r[NEW[0]], r[NEW[1]]) for name, r in rows.items() if not name.startswith("mnist")}
     assert deltas == {
-        "cifar10 resnet.tflite dense-ft": ("+3.50", "+0.00"),  # the mean of its seeds (80.0) is the anchor
-        "cifar10 resnet.tflite inner50": ("+0.75", "-2.75"),
-        "cifar10 resnet.tflite int8": ("-1.50", "-5.00"),
+        "cifar10 resnet dense-ft": ("+3.50", "+0.00"),  # the mean of its seeds (80.0) is the anchor
+        "cifar10 resnet inner50": ("+0.75", "-2.75"),
+        "cifar10 resnet int8": ("-1.50", "-5.00"),
         "resnet_quant (TensorFlow Lite Micro, dense INT8)": ("+0.00", "-"),
     }
     assert rows["mnist mlp-50 int8"][NEW[1]] == "-"  # no dense control of this (dataset, model)
-    assert rows["cifar10 resnet.tflite dense-ft"]["seeds"] == "2"
+    assert rows["cifar10 resnet dense-ft"]["seeds"] == "2"
     assert "dense control" in table.note and "finetune" in table.note
 
 
@@ -74,9 +74,9 @@ def test_without_anchors_the_columns_are_absent(tmp_path: Path) -> None:
     assert "dense control" not in table.note
     # A control alone, or tflm.csv alone, is enough for both columns ("-" where one is missing).
     alone = _by_label(mcu_table(_data(tmp_path, RESULTS)))
-    assert (alone["cifar10 resnet.tflite int8"][NEW[0]], alone["cifar10 resnet.tflite int8"][NEW[1]]) == ("-", "-5.00")
+    assert (alone["cifar10 resnet int8"][NEW[0]], alone["cifar10 resnet int8"][NEW[1]]) == ("-", "-5.00")
     tflm_only = _by_label(mcu_table(_data(tmp_path / "t", no_control, [TFLM])))
-    assert (tflm_only["cifar10 resnet.tflite int8"][NEW[0]], tflm_only["cifar10 resnet.tflite int8"][NEW[1]]) == \
+    assert (tflm_only["cifar10 resnet int8"][NEW[0]], tflm_only["cifar10 resnet int8"][NEW[1]]) == \
         ("-1.50", "-")
 
 
@@ -84,7 +84,7 @@ def test_two_tflm_models_are_no_one_reference(tmp_path: Path) -> None:
     """Several TFLM rows with an accuracy: no variant is compared with any, and no TFLM row claims +0.00."""
     other = {**TFLM, "model": "other_quant", "tflm_accuracy_pct": "70.0"}
     rows = _by_label(mcu_table(_data(tmp_path, RESULTS, [TFLM, other])))
-    assert rows["cifar10 resnet.tflite int8"][NEW[0]] == "-" and rows["cifar10 resnet.tflite int8"][NEW[1]] == "-5.00"
+    assert rows["cifar10 resnet int8"][NEW[0]] == "-" and rows["cifar10 resnet int8"][NEW[1]] == "-5.00"
     assert rows["resnet_quant (TensorFlow Lite Micro, dense INT8)"][NEW[0]] == "-"
     assert rows["other_quant (TensorFlow Lite Micro, dense INT8)"][NEW[0]] == "-"
 
@@ -130,10 +130,10 @@ def test_the_figure_draws_the_frontier_and_the_tflm_star(tmp_path: Path, monkeyp
     fig = mcu_figure(_data(tmp_path, RESULTS, [TFLM]), tmp_path / "figures")
     assert fig is not None and fig.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "star" in fig.caption and "frontier" not in seen["titles"]
-    lines = seen["lines"]["cifar10 resnet.tflite"]
+    lines = seen["lines"]["cifar10 resnet"]
     assert lines["TFLM: resnet_quant"] == ([110.0], [76.5], "*")  # kB: 110,000 B
     assert lines["frontier"][:2] == ([60.0, 100.0], [77.25, 80.0])  # int8 (100 kB, 75 %) is beaten
-    assert set(seen["titles"]) == {"cifar10 resnet.tflite", "mnist mlp-50"}
+    assert set(seen["titles"]) == {"cifar10 resnet", "mnist mlp-50"}
     # No tflm.csv: no star.
     mcu_figure(_data(tmp_path / "none", RESULTS), tmp_path / "figures2")
-    assert not any(label.startswith("TFLM") for label in seen["lines"]["cifar10 resnet.tflite"])
+    assert not any(label.startswith("TFLM") for label in seen["lines"]["cifar10 resnet"])
