@@ -89,6 +89,19 @@ class TfModel:
     metadata: dict[str, bytes] = field(default_factory=dict)
 
 
+def same_pads(size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int], same: bool,
+              dilation: tuple[int, int] = (1, 1)) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """ONNX-order pads (top, left, bottom, right) and the output size, as TFLite's ComputePaddingHeightWidth."""
+    out, pads = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilation, strict=True):
+        k = (k - 1) * d + 1
+        o = -(-n // s) if same else (n - k + s) // s
+        total = max((o - 1) * s + k - n, 0) if same else 0
+        out.append(o)
+        pads.append((total // 2, total - total // 2))
+    return (pads[0][0], pads[1][0], pads[0][1], pads[1][1]), (out[0], out[1])
+
+
 class _Corrupt(Exception):
     """An offset or length pointing outside the file: reported as a corrupt file with what it was."""
 

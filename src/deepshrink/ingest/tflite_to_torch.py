@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from deepshrink.errors import UserError
 from deepshrink.ingest.onnx_to_torch import OnnxNet, Step, sequential
-from deepshrink.ingest.tflite_file import TfModel, TfOperator, read_tflite_file
+from deepshrink.ingest.tflite_file import TfModel, TfOperator, read_tflite_file, same_pads
 
 REFERENCE = "deepshrink.ingest.tflite_to_torch:from_tflite"  # what a converted model's manifest names
 OPERATORS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
@@ -28,19 +28,6 @@ OPERATORS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
 _ACTIVATIONS = {"NONE": None, "RELU": nn.ReLU, "RELU6": nn.ReLU6, "RELU_N1_TO_1": lambda: nn.Hardtanh(-1.0, 1.0)}
-
-
-def same_pads(size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int], same: bool,
-              dilation: tuple[int, int] = (1, 1)) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
-    """ONNX-order pads (top, left, bottom, right) and the output size, as TFLite's ComputePaddingHeightWidth."""
-    out, pads = [], []
-    for n, k, s, d in zip(size, kernel, strides, dilation, strict=True):
-        k = (k - 1) * d + 1
-        o = -(-n // s) if same else (n - k + s) // s
-        total = max((o - 1) * s + k - n, 0) if same else 0
-        out.append(o)
-        pads.append((total // 2, total - total // 2))
-    return (pads[0][0], pads[1][0], pads[0][1], pads[1][1]), (out[0], out[1])
 
 
 class _PadSymbolic(torch.autograd.Function):

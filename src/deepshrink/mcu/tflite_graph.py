@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from deepshrink.errors import UserError
-from deepshrink.ingest.tflite_file import TfModel, TfOperator, TfTensor
+from deepshrink.ingest.tflite_file import TfModel, TfOperator, TfTensor, same_pads
 from deepshrink.mcu.fixed import INT8, activation_range
 from deepshrink.mcu.graph import Graph, Node, QTensor
 from deepshrink.registry import Registry
@@ -107,14 +107,7 @@ def _pads(r: _Reader, op: TfOperator, size: tuple[int, int], kernel: tuple[int, 
     """ONNX-order pads (top, left, bottom, right) and the output size, as TFLite's ComputePaddingHeightWidth."""
     if any(int(op.options.get(k, 1)) != 1 for k in ("dilation_h_factor", "dilation_w_factor")):
         raise UserError(f"{r.source}: {op.op} (operator {op.index}) with dilation is not supported")
-    same = op.options.get("padding", "SAME") == "SAME"
-    out, pads = [], []
-    for n, k, s in zip(size, kernel, strides, strict=True):
-        o = -(-n // s) if same else (n - k + s) // s
-        total = max((o - 1) * s + k - n, 0) if same else 0
-        out.append(o)
-        pads.append((total // 2, total - total // 2))
-    return (pads[0][0], pads[1][0], pads[0][1], pads[1][1]), (out[0], out[1])
+    return same_pads(size, kernel, strides, op.options.get("padding", "SAME") == "SAME")
 
 
 def _strides(op: TfOperator) -> tuple[int, int]:

@@ -52,6 +52,7 @@ class BroughtModel:
     weights: Path | None = None
     dataset: str | None = None
     normalize: str | None = None
+    normalize_key: str = "--normalize"  # where `normalize` came from, for messages (a recipe: its model_args key)
     graph: bool = False  # an .onnx kept as its own graph (`on_graph`: INT8 PTQ the only step), not converted
 
 
@@ -62,15 +63,15 @@ def on_graph(configs: list[Any]) -> bool:
         (cfg.precision, cfg.method, cfg.bits) == ("int8", "ptq", 8)
 
 
-def _norm(text: str | None) -> Norm | None:
-    return parse_normalize(text) if text else None
+def _norm(text: str | None, key: str = "--normalize") -> Norm | None:
+    return parse_normalize(text, key) if text else None
 
 
 def _variant(model: nn.Module, ref: str, args: dict[str, Any], data: DataSplits, norm: Norm | None,
-             seed: int = 0, name: str = "") -> tuple[Variant, DataSplits]:
+             seed: int = 0, name: str = "", key: str = "--normalize") -> tuple[Variant, DataSplits]:
     """A baseline Variant of an already trained module, and the data normalized as it was trained; `name`: its
     short name when the reference does not say it (an ONNX file's stem, not the converter's function)."""
-    mean, std = for_channels(norm, data.input_shape[0]) if norm else (data.mean, data.std)
+    mean, std = for_channels(norm, data.input_shape[0], key) if norm else (data.mean, data.std)
     data = renormalize(data, (mean, std))
     check_output(model, ref, data.input_shape, data.num_classes)
     manifest = Manifest(model=ref, dataset=data.name, input_shape=list(data.input_shape), num_classes=data.num_classes,
@@ -114,7 +115,8 @@ def brought_variant(src: BroughtModel, data_dir: Path | None = None, seed: int =
         state = read_state_dict(src.weights)  # a refused file is said before any data is looked for
         data = _data(src, f"--model {src.model}", data_dir, data)
         model = load_weights(create_model(src.model, data, **src.model_args), src.weights, state)
-        return _variant(model, canonical(src.model), src.model_args, data, _norm(src.normalize), seed)
+        return _variant(model, canonical(src.model), src.model_args, data, _norm(src.normalize, src.normalize_key),
+                        seed, key=src.normalize_key)
     assert src.path is not None
     if src.path.suffix in (".onnx", ".tflite"):
         return _onnx(src, data_dir, seed, data)
@@ -124,28 +126,27 @@ def brought_variant(src: BroughtModel, data_dir: Path | None = None, seed: int =
 def file_baseline(model: str, data: DataSplits, args: dict[str, Any], seed: int = 0) -> tuple[Variant, DataSplits]:
     """A study's trained model file (`models = ["PATH.tflite"]`) as its baseline on `data`, with the
     preprocessing its `[model_args."PATH"] normalize` names."""
-    src = BroughtModel(path=Path(model), dataset=data.name, normalize=args.get("normalize"))
-    try:
-        return brought_variant(src, seed=seed, data=data)
-    except UserError as e:  # the compress path's messages name its flag; a recipe names the key
-        raise UserError(str(e).replace("--normalize", f'[model_args."{model}"] normalize')) from None
+    src = BroughtModel(path=Path(model), dataset=data.name, normalize=args.get("normalize"),
+                       normalize_key=f'[model_args."{model}"] normalize')
+    return brought_variant(src, seed=seed, data=data)
 
 
 def _onnx(src: BroughtModel, data_dir: Path | None, seed: int, data: DataSplits | None) -> tuple[Variant, DataSplits]:
     assert src.path is not None
     if data is None:
         _dataset(src, str(src.path))  # a missing or bad name is said before the file is converted
-    given = _norm(src.normalize)
+    given = _norm(src.normalize, src.normalize_key)
     model, ref, norm = _convert(src.path, src.graph, given)
     if ref == TFLITE_REFERENCE and norm is None:
         raise UserError(f"{src.path}: the file does not say how its input is normalized (no normalization in its "
-                        "metadata): pass --normalize (raw for 0-255 pixel values, mean=0,std=1 for 0-1, or the mean "
-                        "and std it was trained with)")
+                        f"metadata): pass {src.normalize_key} (raw for 0-255 pixel values, mean=0,std=1 for 0-1, or "
+                        "the mean and std it was trained with)")
     data = _data(src, str(src.path), data_dir, data)
     stated = given is None and norm is not None  # the file's own metadata said it
     if stated and norm is not None:  # checked here so that a wrong count names the file, not --normalize
         norm = for_channels(norm, data.input_shape[0], f"{src.path}: its metadata's input normalization")
-    variant, data = _variant(model, ref, {"path": str(src.path.resolve())}, data, norm, seed, src.path.stem)
+    variant, data = _variant(model, ref, {"path": str(src.path.resolve())}, data, norm, seed, src.path.stem,
+                             src.normalize_key)
     if stated:
         variant.manifest.train["normalize"] = "the file's metadata (TFLite NormalizationOptions)"
     return variant, data
@@ -189,7 +190,7 @@ def _checkpoint(src: BroughtModel, data_dir: Path | None, seed: int,
     model, manifest = load_checkpoint(src.path)
     if data is None:
         data = load_dataset(src.dataset or manifest.dataset, data_dir, allow_empty_classes=ALLOW_EMPTY)
-    norm = _norm(src.normalize) or (manifest.mean, manifest.std)
-    manifest.mean, manifest.std = for_channels(norm, data.input_shape[0])
+    norm = _norm(src.normalize, src.normalize_key) or (manifest.mean, manifest.std)
+    manifest.mean, manifest.std = for_channels(norm, data.input_shape[0], src.normalize_key)
     data = renormalize(data, (manifest.mean, manifest.std))
     return Variant(variant_id(manifest.dataset, manifest.display, manifest.pipeline), model, manifest, seed=seed), data
