@@ -136,6 +136,39 @@ def test_structured_template_draws_inner_layers_only_where_a_residual_ties_some(
     assert parse_step(found[1][1][0]).layers == "inner"
 
 
+class _FoldedResidual(nn.Module):
+    """A residual block without batch norm (folded into the weights, as in a converted Keras model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.inner, self.outer = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), \
+            nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.stem(x))
+        return self.fc(torch.relu(s + self.outer(torch.relu(self.inner(s)))).mean((2, 3)))
+
+
+def test_a_folded_graph_refits_its_inner_cuts_and_searches_mcu_metrics_by_channels() -> None:
+    """No batch norm: the sq template's inner cut refits the reading layer. A graph is not built in place on
+    the microcontroller, so its flash / RAM / instruction searches draw channel cuts + INT8, not .dsz files."""
+    info = model_info(_FoldedResidual(), torch.rand(1, 3, 8, 8))
+    assert info.inner == ("inner",) and info.folded and not info.in_place
+    steps = TEMPLATES["sq"](_Fixed({"layers": "inner"}), info, SearchSpace())
+    cfg = parse_step(steps[0])
+    assert cfg.layers == "inner" and cfg.reconstruct and cfg.renorm and cfg.importance == "output"
+    assert SearchSpace().default_templates(info, ("flash",)) == ("sq",)
+    from deepshrink.search.study import seeds
+
+    # its seed is the template's own inner cut (steps left to the template: refitted), not the BN model's
+    assert seeds("cifar10", "converted", info, SearchSpace(), ("sq",)) == [
+        ("inner convs halved", (), {"template": "sq", "sq.ratio": 0.5, "sq.layers": "inner"})]
+    assert "dc" in SearchSpace().default_templates(info, ("bytes",))  # a desktop file: any template
+    stack = model_info(nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.rand(1, 4))
+    assert stack.in_place and not stack.folded and "dc" in SearchSpace().default_templates(stack, ("flash",))
+
+
 def test_bytes_objective_floors_each_layer_and_keeps_hand_tuned_fractions_inside() -> None:
     """The floor is the sparsity a layer reaches within FLOOR_DROP points without retraining; a bytes
     search starts each layer's range there, a time search does not; a seed below a floor lowers it."""
@@ -490,3 +523,23 @@ def test_a_pipeline_drawn_twice_is_chosen_once() -> None:
     rows = [row(8, 0.85, 25.0), row(9, 0.85, 25.0), row(10, 0.6, 9.0), row(11, 0.85, 25.0), row(12, 0.5, 4.0)]
     picked, fits = _choose(rows, budget)
     assert not fits and [r["number"] for r in picked] == [12, 10, 8]  # the closest three distinct pipelines
+
+
+def test_a_search_hands_the_model_its_own_normalization(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A converted .tflite takes the raw pixel values (its manifest says so): the search's data must be those, as
+    `deepshrink compress` and a study give it (else its MCU build's pixel entry and the data disagree)."""
+    from deepshrink.checkpoint import Manifest
+    from deepshrink.data.normalize import RAW_STD
+    from deepshrink.search import parallel
+
+    from conftest import make_splits
+
+    splits = make_splits(n_train=8, n_val=4, n_test=4, shape=(3, 4, 4), name="cifar10")
+    monkeypatch.setattr(parallel, "load_dataset", lambda *a, **k: splits)
+    raw = Manifest(model="m", dataset="cifar10", input_shape=[3, 4, 4], num_classes=10, mean=[0.0] * 3,
+                   std=[RAW_STD] * 3)
+    got = parallel.model_data("cifar10", None, raw)
+    assert got.train_x.max() > 200 and torch.equal(got.train_x, got.train_x.round())
+    own = Manifest(model="m", dataset="cifar10", input_shape=[3, 4, 4], num_classes=10, mean=splits.mean,
+                   std=splits.std)
+    assert parallel.model_data("cifar10", None, own) is splits

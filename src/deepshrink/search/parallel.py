@@ -28,8 +28,9 @@ from typing import Any, Protocol
 import torch
 
 from deepshrink import quiet
-from deepshrink.checkpoint import load_checkpoint
-from deepshrink.data import load_dataset
+from deepshrink.checkpoint import Manifest, load_checkpoint
+from deepshrink.data import DataSplits, load_dataset
+from deepshrink.data.normalize import renormalize
 from deepshrink.errors import UserError
 from deepshrink.progress import Progress
 from deepshrink.provenance import all_cores, cpu_model
@@ -103,10 +104,17 @@ def _env(setup: Setup) -> Env:
     return _ENV[setup]
 
 
+def model_data(dataset: str, data_dir: Path | None, manifest: Manifest) -> DataSplits:
+    """The data normalized as the checkpoint's model takes it (a converted .tflite: the raw pixel values), the
+    way `deepshrink compress` and a study hand it over; the dataset's own statistics otherwise."""
+    data = load_dataset(dataset, data_dir, allow_empty_classes=True)
+    return renormalize(data, (manifest.mean, manifest.std))
+
+
 def _build(setup: Setup) -> Env:
     checkpoint, out = Path(setup.checkpoint), Path(setup.out)
-    data = load_dataset(setup.dataset, Path(setup.data_dir) if setup.data_dir else None, allow_empty_classes=True)
     model, manifest = load_checkpoint(checkpoint)
+    data = model_data(setup.dataset, Path(setup.data_dir) if setup.data_dir else None, manifest)
     base = Variant(variant_id(manifest.dataset, manifest.display, []), model, manifest, seed=setup.seed)
     ctx = StepContext(data=data, device=setup.device, seed=setup.seed, progress=Progress(enabled=False),
                       cache_dir=out / "cache" / "steps")

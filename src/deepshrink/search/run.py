@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 
 from deepshrink import provenance
 from deepshrink.checkpoint import load_checkpoint, read_manifest
-from deepshrink.data import DataSplits, load_dataset
+from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.export.exporters.int8 import SMALLEST
 from deepshrink.measure.latency import LatencyConfig, measure_latency
@@ -24,7 +24,7 @@ from deepshrink.report import render_report
 from deepshrink.search.budget import CLOSEST, TIMED_METRICS, Budget
 from deepshrink.search.finals import finalists, race
 from deepshrink.search.foresee import armed, complete, foresee
-from deepshrink.search.parallel import Evaluator, Job, Setup, check_executor, evaluator
+from deepshrink.search.parallel import Evaluator, Job, Setup, check_executor, evaluator, model_data
 from deepshrink.search.sensitivity import layer_caps, layer_curves, layer_floors
 from deepshrink.search.space import PER_LAYER, TEMPLATES, SearchSpace, model_info, with_deploy
 from deepshrink.search.study import Draw, check_resumable, enqueue_seeds, open_study, seeds, stretched, trials_done
@@ -67,7 +67,7 @@ def run_search(checkpoint: Path, budget: Budget, out: Path, opts: SearchOptions 
         raise UserError(f"--trials {opts.trials}: must be >= 1")
     check_executor(opts.executor, opts.jobs, opts.address)
     manifest = read_manifest(checkpoint)
-    data = load_dataset(dataset or manifest.dataset, data_dir, allow_empty_classes=True)
+    data = model_data(dataset or manifest.dataset, data_dir, manifest)
     out.mkdir(parents=True, exist_ok=True)
     # What a worker process builds its own Env from (device and threads are set per executor).
     setup = Setup(str(checkpoint.resolve()), dataset or manifest.dataset, str(data_dir.resolve()) if data_dir else None,

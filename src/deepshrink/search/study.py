@@ -135,7 +135,9 @@ def seeds(dataset: str, model: str, info: ModelInfo, space: SearchSpace,
     if "sq" in templates and info.inner and not any(p["template"] == "sq" for _, _, p in out):
         # A residual graph's inner convs halved, the stream kept whole: resnet8 in INT8 ran 3.9x FP32 at batch 256
         # and 2.8x at batch 1 (OpenVINO, AMD EPYC, where INT8 alone gave 2.9x and 2.3x), 0.05 pt below it on test.
-        out.append(("inner convs halved", INNER_HALVED, {"template": "sq", "sq.ratio": 0.5, "sq.layers": "inner"}))
+        # Batch norm folded away (info.folded): the template's own steps, which refit the layers reading the cut.
+        out.append(("inner convs halved", () if info.folded else INNER_HALVED,
+                    {"template": "sq", "sq.ratio": 0.5, "sq.layers": "inner"}))
     return out
 
 

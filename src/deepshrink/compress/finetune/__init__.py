@@ -5,10 +5,12 @@ compression itself cost, apart from what the adaptation gained."""
 
 import copy
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from deepshrink.compress.distill.loss import distill_objective, frozen_teacher
 from deepshrink.compress.registry import register_step
+from deepshrink.compress.renorm import batch_norm_restored
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.train import fit
@@ -17,13 +19,15 @@ from deepshrink.variant import StepContext, Variant
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """`finetune:epochs=10[,lr=0.01,alpha=0.5,temperature=2]`: lr 0 = the tuned training LR; alpha > 0 also
-    matches the model as it came (Hinton's loss, as prune.structured's retraining does)."""
+    """`finetune:epochs=10[,lr=0.01,alpha=0.5,temperature=2,renorm=1]`: lr 0 = the tuned training LR; alpha > 0
+    also matches the model as it came (Hinton's loss, as prune.structured's retraining does); renorm trains with
+    batch norm put back after each convolution and folds it in again (compress/renorm.py)."""
 
     epochs: int = 10
     lr: float = 0.0
     alpha: float = 0.0
     temperature: float = 2.0
+    renorm: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -44,7 +48,9 @@ def apply_finetune(v: Variant, cfg: FinetuneConfig, ctx: StepContext) -> Variant
     run = dataclasses.replace(base, epochs=cfg.epochs, lr=cfg.lr or base.lr)
     teacher = copy.deepcopy(model).eval() if cfg.alpha > 0 else None
     objective = distill_objective(frozen_teacher(teacher), cfg.temperature, cfg.alpha) if teacher else None
-    log = fit(model, ctx.data, run, objective=objective, progress=ctx.progress, label="finetune", device=ctx.device)
+    with batch_norm_restored(model, ctx.data.train_x) if cfg.renorm else nullcontext():
+        log = fit(model, ctx.data, run, objective=objective, progress=ctx.progress, label="finetune",
+                  device=ctx.device)
     model.cpu()
     return Variant(v.id, model, copy.deepcopy(v.manifest), v.deployment, log=log,
                    train_seconds=v.train_seconds + log.seconds, epochs=v.epochs + run.epochs, seed=v.seed,

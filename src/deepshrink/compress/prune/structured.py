@@ -3,12 +3,14 @@ Torch-Pruning's dependency graph), then the smaller dense model is retrained."""
 
 import copy
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from deepshrink.compress.distill.loss import distill_objective, frozen_teacher
 from deepshrink.compress.prune.layers import RETRAIN_LR_FACTOR, check_fraction, parse_layers, resolve_layers
+from deepshrink.compress.prune.reconstruct import prune_refitting
 from deepshrink.compress.prune.units import (
     IMPORTANCES,
     LAYER_KINDS,
@@ -19,6 +21,7 @@ from deepshrink.compress.prune.units import (
     untied_layers,
 )
 from deepshrink.compress.registry import register_step
+from deepshrink.compress.renorm import batch_norm_restored
 from deepshrink.config import default_train
 from deepshrink.errors import UserError
 from deepshrink.models import weight_of, weighted_layers
@@ -33,7 +36,10 @@ INNER = "inner"
 class PruneStructuredConfig:
     """`prune.structured:ratio=0.8,importance=l1,layers=fc,epochs=10[,alpha=0.5,temperature=2,round_to=8]`
     (layers: fc/conv/all, inner (the layers whose units no other layer's are tied to: a residual block's
-    inner convolutions), or a list). epochs/lr/alpha left unset follow the graph (`retraining`)."""
+    inner convolutions), or a list). epochs/lr/alpha left unset follow the graph (`retraining`).
+    reconstruct: after each layer's cut, the layer reading its units is refitted by least squares
+    (reconstruct.py); importance=output ranks units by what they give that layer. renorm: the retraining runs
+    with batch norm put back after each convolution, folded in again after it (compress/renorm.py)."""
 
     ratio: float = 0.5
     importance: str = "l1"
@@ -45,6 +51,8 @@ class PruneStructuredConfig:
     alpha: float = -1.0  # -1: 0 for a plain stack, 0.5 for a coupled graph
     temperature: float = 2.0
     round_to: int = 1  # the units each layer keeps: the nearest multiple of this (SIMD blocks of channels)
+    reconstruct: bool = False
+    renorm: bool = False
 
     def __post_init__(self) -> None:
         check_fraction(self.ratio, "prune.structured.ratio")
@@ -115,15 +123,18 @@ def apply_prune_structured(v: Variant, cfg: PruneStructuredConfig, ctx: StepCont
     coupled = not expressible(model)
     run, alpha = retraining(cfg, coupled, v, ctx.seed)
     teacher = copy.deepcopy(model).eval() if alpha > 0 and run.epochs else None
-    if coupled:  # residuals, depthwise pairs, batch norm: coupled channels go as one group
+    if cfg.reconstruct:  # one layer at a time, its reader refitted: needs one reader per pruned layer
+        prune_refitting(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1])
+    elif coupled:  # residuals, depthwise pairs, batch norm: coupled channels go as one group
         prune_coupled(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1])
     else:  # a plain stack: each layer's own units, scored on the unpruned model
         prune_units(model, ratios, cfg.importance, ctx.data, ctx.data.train_x[:1], "prune.structured.ratio")
     log = v.log
     if run.epochs:
         objective = distill_objective(frozen_teacher(teacher), cfg.temperature, alpha) if teacher else None
-        log = fit(model, ctx.data, run, objective=objective,
-                  progress=ctx.progress, label="retrain structured", device=ctx.device)
+        with batch_norm_restored(model, ctx.data.train_x) if cfg.renorm else nullcontext():
+            log = fit(model, ctx.data, run, objective=objective,
+                      progress=ctx.progress, label="retrain structured", device=ctx.device)
     model.cpu()
     info = {**v.info, "pruned_widths": widths(model)}
     return Variant(v.id, model, copy.deepcopy(v.manifest), v.deployment, log=log,

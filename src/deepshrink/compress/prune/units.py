@@ -150,8 +150,13 @@ def prune_coupled(model: nn.Module, ratios: dict[str, float], importance: str, d
     scored by the group's summed importance, so the pruned model stays consistent."""
     import torch_pruning as tp
 
-    imp = {"l1": lambda: tp.importance.MagnitudeImportance(p=1), "l2": lambda: tp.importance.MagnitudeImportance(p=2),
-           "taylor": lambda: tp.importance.GroupTaylorImportance()}[importance]()
+    group_scores = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
+                    "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+                    "taylor": lambda: tp.importance.GroupTaylorImportance()}
+    if importance not in group_scores:
+        raise UserError(f"importance={importance}: scores one layer's units; tied groups of channels take "
+                        f"{'/'.join(group_scores)} (or prune with reconstruct=1, layers=inner)")
+    imp = group_scores[importance]()
     device = next(model.parameters()).device
     modules = {n: model.get_submodule(n) for n in ratios}
     ignored = [m for n, m in weighted_layers(model) if n not in ratios]
