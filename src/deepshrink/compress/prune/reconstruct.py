@@ -11,14 +11,13 @@ refitted, 68.1 %; chosen by the energy they give the consumer's output (`importa
 """
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepshrink.compress.prune.units import IMPORTANCES, units_to_remove
+from deepshrink.compress.prune.units import IMPORTANCES, out_channel_pruner, units_to_remove
 from deepshrink.data import DataSplits
 from deepshrink.errors import UserError
 from deepshrink.models import WEIGHTED, weight_of
@@ -28,24 +27,22 @@ _BATCH = 128
 _RIDGE = 1e-4  # of the Gram matrix's mean diagonal: keeps the solve defined when a kept input is constant
 
 
-def _out_fn(mod: nn.Module) -> Callable[..., Any]:
+def _graph(model: nn.Module, example: Tensor) -> Any:
     import torch_pruning as tp
 
-    return tp.prune_conv_out_channels if isinstance(mod, nn.Conv2d) else tp.prune_linear_out_channels
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
 
 
-def consumers(model: nn.Module, layers: list[str], example: Tensor) -> dict[str, str]:
+def consumers(model: nn.Module, layers: list[str], example: Tensor, graph: Any = None) -> dict[str, str]:
     """The one Conv2d (groups=1) or Linear that reads each layer's units, found in Torch-Pruning's dependency
-    graph: its input channels go with the layer's outputs. Several readers, or a depthwise one, cannot be
-    refitted one layer at a time: exit 2 naming the layer."""
-    import torch_pruning as tp
-
+    graph (built from `example` unless given): its input channels go with the layer's outputs. Several readers,
+    or a depthwise one, cannot be refitted one layer at a time: exit 2 naming the layer."""
+    graph = _graph(model, example) if graph is None else graph
     names = {m: n for n, m in model.named_modules()}
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     out = {}
     for layer in layers:
         mod = model.get_submodule(layer)
-        group = graph.get_pruning_group(mod, _out_fn(mod), idxs=[0])
+        group = graph.get_pruning_group(mod, out_channel_pruner(mod), idxs=[0])
         readers = [item.dep.target.module for item in group if isinstance(item.dep.target.module, WEIGHTED)
                    and graph.is_in_channel_pruning_fn(item.dep.handler)]
         readers = list(dict.fromkeys(readers))
@@ -63,7 +60,8 @@ def _calibration(data: DataSplits | None, device: torch.device) -> Tensor:
 
 
 def _io(model: nn.Module, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The input and output a submodule sees on the images `x`, in eval mode."""
+    """The input and output a submodule sees on the images `x`, in the model's current mode (prune_refitting
+    puts it in eval mode)."""
     got: list[tuple[Tensor, Tensor]] = []
     hook = model.get_submodule(name).register_forward_hook(lambda m, i, o: got.append((i[0], o)))
     try:
@@ -116,21 +114,19 @@ def prune_refitting(model: nn.Module, ratios: dict[str, float], importance: str,
                     example: Tensor, key: str = "prune.structured.ratio") -> None:
     """Remove each layer's least important units in place, in model order, refitting its consumer after each
     layer (scores from the unpruned model, as `units.prune_units`)."""
-    import torch_pruning as tp
-
     model.eval()
     device = next(model.parameters()).device
     x = _calibration(data, device)
-    readers = consumers(model, list(ratios), example.to(device))
+    graph = _graph(model, example.to(device))
+    readers = consumers(model, list(ratios), example, graph)
     original = copy.deepcopy(model)
     scores = IMPORTANCES.get(importance)(model, list(ratios), data)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example.to(device), verbose=False)
     for layer, ratio in ratios.items():
         removed = units_to_remove(scores[layer], ratio, layer, key)
         if not removed:
             continue
         mod = model.get_submodule(layer)
-        graph.get_pruning_group(mod, _out_fn(mod), idxs=removed).prune()
+        graph.get_pruning_group(mod, out_channel_pruner(mod), idxs=removed).prune()
         refit(original, model, readers[layer], x)
 
 

@@ -7,6 +7,7 @@ manifest's shapes (`models.shrink_to`).
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,13 @@ def taylor_importance(model: nn.Module, layers: list[str], data: DataSplits | No
     return scores
 
 
+def out_channel_pruner(mod: nn.Module) -> Callable[..., Any]:
+    """Torch-Pruning's function removing a Conv2d's filters or a Linear's neurons."""
+    import torch_pruning as tp
+
+    return tp.prune_conv_out_channels if isinstance(mod, nn.Conv2d) else tp.prune_linear_out_channels
+
+
 def candidate_layers(model: nn.Module, kind: str) -> list[str]:
     """Prunable layers of a kind in model order; the last Linear is excluded (its units are classes)."""
     weighted = weighted_layers(model)
@@ -86,8 +94,7 @@ def untied_layers(model: nn.Module, example: Tensor) -> list[str]:
     out = []
     for name in candidate_layers(model, "all"):
         mod = model.get_submodule(name)
-        fn = tp.prune_conv_out_channels if isinstance(mod, nn.Conv2d) else tp.prune_linear_out_channels
-        group = graph.get_pruning_group(mod, fn, idxs=[0])
+        group = graph.get_pruning_group(mod, out_channel_pruner(mod), idxs=[0])
         tied = [item.dep.target.module for item in group if item.dep.target.module is not mod
                 and isinstance(item.dep.target.module, WEIGHTED) and graph.is_out_channel_pruning_fn(item.dep.handler)]
         if not tied:
@@ -137,8 +144,7 @@ def prune_units(model: nn.Module, ratios: dict[str, float], importance: str, dat
         if not removed[n]:
             continue
         mod = model.get_submodule(n)
-        fn = tp.prune_conv_out_channels if isinstance(mod, nn.Conv2d) else tp.prune_linear_out_channels
-        group = graph.get_pruning_group(mod, fn, idxs=removed[n])
+        group = graph.get_pruning_group(mod, out_channel_pruner(mod), idxs=removed[n])
         group.prune()
     return kept
 
