@@ -51,6 +51,15 @@ def _conv(n: Net, x: int, hwc: tuple[int, int, int], depthwise: bool) -> tuple[i
     same = bool(rng.integers(2)) or k > h or k > w
     mult = int(rng.choice([1, 2])) if depthwise else 1
     out_c = c * mult if depthwise else int(rng.integers(2, 9))
+    return conv(n, x, hwc, k, stride, same, out_c, depthwise=depthwise)
+
+
+def conv(n: Net, x: int, hwc: tuple[int, int, int], k: int, stride: int, same: bool, out_c: int,
+         depthwise: bool = False, act: str | None = None) -> tuple[int, tuple[int, int, int]]:
+    """A k x k convolution (or depthwise, out_c a multiple of C) of random weights; `act` the fused
+    activation (random when None)."""
+    h, w, c = hwc
+    rng = n.rng
     oh = -(-h // stride) if same else (h - k) // stride + 1
     ow = -(-w // stride) if same else (w - k) // stride + 1
     wshape = (1, k, k, out_c) if depthwise else (out_c, k, k, c)
@@ -59,10 +68,10 @@ def _conv(n: Net, x: int, hwc: tuple[int, int, int], depthwise: bool) -> tuple[i
                   dim=3 if depthwise else 0)
     bias_scale = (np.float64(n.scale(x)) * ws).astype(np.float32)
     b = n.tensor((out_c,), "int32", scale=bias_scale, data=rng.integers(-3000, 3000, out_c).astype(np.int32))
-    act = str(rng.choice(["NONE", "RELU", "RELU6"]))
+    act = str(rng.choice(["NONE", "RELU", "RELU6"])) if act is None else act
     y = n.act((1, oh, ow, out_c), relu=act != "NONE" and bool(rng.integers(2)))
     opts = {**CONV_OPTS, "padding": "SAME" if same else "VALID", "stride_h": stride, "stride_w": stride,
-            "fused_activation_function": act, **({"depth_multiplier": mult} if depthwise else {})}
+            "fused_activation_function": act, **({"depth_multiplier": out_c // c} if depthwise else {})}
     return n.op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", (x, wt, b), y, opts), (oh, ow, out_c)
 
 
@@ -79,7 +88,7 @@ def _pool(n: Net, x: int, hwc: tuple[int, int, int], kind: str) -> tuple[int, tu
     return n.op(kind, (x,), y, opts), (oh, ow, c)
 
 
-def _residual(n: Net, x: int, hwc: tuple[int, int, int]) -> tuple[int, tuple[int, int, int]]:
+def residual(n: Net, x: int, hwc: tuple[int, int, int]) -> tuple[int, tuple[int, int, int]]:
     """x + conv(x) (a 3x3 stride-1 SAME convolution keeping the channels), as ResNet's blocks."""
     h, w, c = hwc
     ws = n.rng.uniform(0.002, 0.02, c).astype(np.float32)
@@ -105,13 +114,13 @@ def random_tflite(seed: int) -> TfModel:
         if pick in ("max", "avg") and min(hwc[:2]) >= 2:
             x, hwc = _pool(n, x, hwc, "MAX_POOL_2D" if pick == "max" else "AVERAGE_POOL_2D")
         elif pick == "add":
-            x, hwc = _residual(n, x, hwc)
+            x, hwc = residual(n, x, hwc)
         else:
             x, hwc = _conv(n, x, hwc, depthwise=pick == "dw")
-    return _head(n, x, hwc, seed)
+    return head(n, x, hwc, seed)
 
 
-def _head(n: Net, x: int, hwc: tuple[int, int, int], seed: int) -> TfModel:
+def head(n: Net, x: int, hwc: tuple[int, int, int], seed: int) -> TfModel:
     size = hwc[0] * hwc[1] * hwc[2]
     t = n.tensors[x]
     shape = n.tensor((2,), "int32", data=np.array([1, size], np.int32))

@@ -176,7 +176,13 @@ def _lower_conv(s: State, i: int, node: Node) -> None:
                     wide=True)
     _describe_conv(s, node, layout, s.tensor(node.output))
     perm = layout.kind == "dense" and not chw and cg % 4 == 0  # kernels.c.j2, ds_widen4
-    if perm:
+    rb = _row_buffer(w, a, x.shape[0]) if layout.kind == "dense" and not chw and not pool else None
+    if rb:  # the row buffer holds each pixel column's kh rows side by side: weights in (kx, ky, c) order
+        padded = np.zeros((o, kw, kh, rb[2]), np.int8)
+        padded[..., :cg] = w.transpose(0, 3, 2, 1)
+        packed, kp = pack_rows(padded.reshape(o, -1))
+        packed = (packed,)
+    elif perm:
         packed = tuple(pack_rows(rows[j * (o // g) : (j + 1) * (o // g)])[0] for j in range(g))
     four = layout.kind in ("sparse12", "sparse10") and pk == ps == 2 and not chw and 3 * 2 * kp <= 4095
     weights, sparse, fns = _conv_weights(s, layout, np.concatenate(packed), (bias, mult, y), rows, kp, four)
@@ -185,21 +191,65 @@ def _lower_conv(s: State, i: int, node: Node) -> None:
               "pl": a["pads"][1], "groups": g, "kp": kp, "pool_k": pk, "pool_s": ps, "out_h": oh, "out_w": ow,
               "in_zp": x.zp, "chw": int(chw), "perm": int(perm), "slice": slice_, "ncols": ncols, "rowlen": rowlen,
               **fused_add(s, node), **sparse}
-    two = layout.kind == "dense" and not pool  # ds_conv takes two output columns at a time (ds_dots16x2)
-    col = s.scratch(i, 2 * (pk * rowlen if chw else kp * (4 if four else 2 if two else 1)), "col", "int16_t",
-                    "im2col " + ("rows" if chw else "columns" if four or two else "column") + ": int16")
-    pairs = s.scratch(i, 4 * kp if two else 4, "pairs", "int16_t", "two columns interleaved: int16")
-    acc = s.scratch(i, 4 * max(pk * pk, 1 + two) * (-(-(o // g) // 4) * 4), "acc", "int32_t",
-                    "accumulators: int32")
     note = "; ".join(filter(None, [f"max pool {pk}x{pk} fused" if pool else "",
                                    "addition fused, in place" if "add" in a else "",
                                    layout.note if layout.kind != "dense" else ""]))
-    s.call("ds_conv", "ds_conv_t", fields, [(s.buf(node.inputs[0]), "const int8_t *"), (s.buf(node.output), "int8_t *"),
-                                            (col, "int16_t *"), (pairs, "int16_t *"),
-                                            (acc, "int32_t *")], note=note, fns=fns)
+    if rb:
+        fields = {**fields, "rb_cols": (conv_w - 1) * a["strides"][1] + kw, "rb_c": rb[2]}
+    _call_conv(s, i, node, fields, note, fns, rb[:2] if rb else (0, 0), two=layout.kind == "dense" and not pool,
+               four=four)
     s.prog.kernels.add("conv")
     s.prog.macs += o * cg * kh * kw * (oh * ow * pk * pk if pool else conv_h * conv_w)
     s.layout[node.output] = "hwc"
+
+
+def _row_buffer(w: np.ndarray, a: dict, in_c: int) -> tuple[int, int, int] | None:
+    """(off, unroll, channels) of a dense convolution that ds_conv_rb takes (no groups; its rows in groups of
+    4; each pixel's channels padded to a multiple of 4, their weights 0, at most a third more; whole loop
+    iterations of `unroll` blocks of 4 values; LDR's immediate offsets over three columns), else None. off:
+    bytes from one output column's values to the next's in the row buffer."""
+    o, _, kh, kw = w.shape
+    c = -(-in_c // 4) * 4
+    nblk = kh * kw * c // 4
+    unroll = next((u for u in (6, 4, 3) if nblk % u == 0), 0)
+    off = 2 * a["strides"][1] * kh * c
+    # Padding a pixel's channels costs multiplies: 3 -> 4 (an RGB input) pays, 1 -> 4 (a spectrogram) does not.
+    if a["group"] != 1 or o % 4 or 3 * c > 4 * in_c or not unroll or 2 * off + 8 * unroll > 4095:
+        return None
+    return off, unroll, c
+
+
+def _call_conv(s: State, i: int, node: Node, f: Fields, note: str, fns: tuple[str, str], rb: tuple[int, int],
+               two: bool, four: bool) -> None:
+    """The layer's call and scratch buffers: ds_conv_rb with the column kernels for rb = (off, unroll) and
+    its row buffer, or ds_conv (im2col columns; `two`: two output columns at a time, ds_dots16x2; `four`: a
+    pooling window's)."""
+    io = [(s.buf(node.inputs[0]), "const int8_t *"), (s.buf(node.output), "int8_t *")]
+    kp, o = _int(f, "kp"), _int(f, "out_c")
+    off, unroll = rb
+    if off:
+        buf = s.scratch(i, 2 * _int(f, "kh") * _int(f, "rb_cols") * _int(f, "rb_c"), "rows", "int16_t",
+                        "input rows, widened: int16")
+        acc = s.scratch(i, 4 * 3 * o, "acc", "int32_t", "accumulators of three columns: int32")
+        cols = s.use("convrbpair", f"ds_conv_cols_o{off}_u{unroll}", off=off, u=unroll)
+        s.call("ds_conv_rb", "ds_conv_t", f, [*io, (buf, "int16_t *"), (acc, "int32_t *")], note=note,
+               fns=(f"{cols}_2", f"{cols}_3"))
+        return
+    pk, chw = _int(f, "pool_k"), bool(_int(f, "chw"))
+    col = s.scratch(i, 2 * (pk * _int(f, "rowlen") if chw else kp * (4 if four else 2 if two else 1)), "col",
+                    "int16_t", "im2col " + ("rows" if chw else "columns" if four or two else "column") + ": int16")
+    pairs = s.scratch(i, 4 * kp if two else 4, "pairs", "int16_t", "two columns interleaved: int16")
+    acc = s.scratch(i, 4 * max(pk * pk, 1 + two) * (-(-(o // _int(f, "groups")) // 4) * 4), "acc", "int32_t",
+                    "accumulators: int32")
+    s.call("ds_conv", "ds_conv_t", f, [*io, (col, "int16_t *"), (pairs, "int16_t *"), (acc, "int32_t *")],
+           note=note, fns=fns)
+    s.prog.kernels.add("convim")
+
+
+def _int(f: Fields, key: str) -> int:
+    v = f[key]
+    assert isinstance(v, int | np.integer), key
+    return int(v)
 
 
 def _columns(w: np.ndarray, chw: bool) -> tuple[np.ndarray, int]:
