@@ -229,13 +229,16 @@ def mcu(
                                                        "energy estimate (default: NUCLEO-L4R5ZI at 120 MHz, MLPerf "
                                                        "Tiny's measured power).")] = default(api.mcu,
                                                                                         "energy_nj_per_cycle"),
+    optimize: Annotated[str, typer.Option("--optimize", help="speed: convolution kernels specialized per layer "
+                                          "shape (fastest); size: one generic kernel (smallest flash, a few "
+                                          "percent more cycles).")] = default(api.mcu, "optimize"),
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Turn an INT8 artifact or a full-integer .tflite model into C99 for a microcontroller (model.h +
     model.c), build it for this host and the target, run it in an emulator, and measure flash, RAM,
     instructions, estimated cycles and energy, and accuracy."""
     built = api.mcu(artifact, target, out, dataset, data_dir, images, clock_mhz, not no_time, prefix, quiet, arith,
-                    energy_nj_per_cycle)
+                    energy_nj_per_cycle, optimize)
     row, c = built.row, console()
     acc = f" {row['accuracy_pct']:.2f}%" if row.get("accuracy_pct") is not None else ""
     if "mcu_tflm_identical_pct" in row:

@@ -4,6 +4,7 @@ pairs and a column alone), and their outputs equal TensorFlow Lite Micro's on th
 (the DSP kernels) and on the Cortex-M0+ (the portable ones) byte for byte; in ONNX Runtime's float
 arithmetic (deepshrink's own models) they equal ONNX Runtime's."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +57,17 @@ def test_the_row_buffer_equals_tflm(model: tuple[Path, np.ndarray], tmp_path: Pa
     assert np.array_equal(host_outputs(path, x, tmp_path / "c"), tflm_outputs(path, x))
 
 
-@pytest.mark.parametrize("core", ["cortex-m4", "cortex-m0plus"])
-def test_each_core_equals_the_host(model: tuple[Path, np.ndarray], tmp_path: Path, core: str) -> None:
+@pytest.mark.parametrize(("core", "optimize"), [("cortex-m4", "speed"), ("cortex-m4", "size"),
+                                                ("cortex-m0plus", "speed")])
+def test_each_core_equals_the_host(model: tuple[Path, np.ndarray], tmp_path: Path, core: str, optimize: str) -> None:
     if toolchain.cross_compiler() is None:
         pytest.skip(f"{toolchain.CROSS} not found: {toolchain.INSTALL_HINT}")
     path, x = model
     expected = host_outputs(path, x[:4], tmp_path / "host")
-    g = read_tflite_graph(read_tflite_file(path))
+    g = replace(read_tflite_graph(read_tflite_file(path)), optimize=optimize)
     write_c(g, tmp_path / core, pixel_table(g), "rowbuf", "ds")
+    body = (tmp_path / core / "model.c").read_text()
+    assert ("ds_conv_cols2(" in body) == (optimize == "size") and ("_u6_3(" in body) == (optimize == "speed")
     elf, _ = toolchain.build_target(tmp_path / core, tmp_path / core / "fw", core)
     fw = Firmware.load(elf, core=core)
     for i in range(len(expected)):

@@ -223,6 +223,8 @@ def test_a_missing_file_and_a_bad_clock_are_refused(tmp_path: Path, monkeypatch:
     for clock in ("0", "-80.0"):
         with pytest.raises(UserError, match="measure.mcu_clock_mhz: must be > 0"):
             _validate(recipe_text(model, tmp_path / "d.npz", measure=f"mcu_clock_mhz = {clock}"))
+    with pytest.raises(UserError, match="measure.mcu_optimize: expected speed or size, not 'fast'"):
+        _validate(recipe_text(model, tmp_path / "d.npz", measure='mcu_optimize = "fast"'))
     recipe = tmp_path / "r.toml"
     recipe.write_text(recipe_text(missing, tmp_path / "d.npz"))
     line = cli_error(monkeypatch, capsys, "study", str(recipe), "--out", str(tmp_path / "run"), "--quiet")

@@ -62,6 +62,7 @@ class Graph:
     source: str
     offset: int = 128  # ONNX Runtime's activation value = ours + offset (uint8: 128)
     arith: str = "float"  # requantization: "float" (ONNX Runtime's float32) or "fixed" (TFLite's, mcu/fixed.py)
+    optimize: str = "speed"  # "size": no kernels specialized per layer shape (lower_weighted.py, ds_conv_rb)
     input_layout: str = "chw"  # how the caller stores an image input: C x H x W (ONNX) or H x W x C (TFLite)
 
 

@@ -31,6 +31,7 @@ from deepshrink.mcu.measure import EvalData, HostLibrary, integer_logits, load_e
 from deepshrink.mcu.names import check_prefix
 from deepshrink.mcu.program import Program
 from deepshrink.mcu.source import IntegerModel, calibrated_here, load_integer_model
+from deepshrink.mcu.toolchain import OPTIMIZE
 from deepshrink.measure.latency import LatencyConfig, measure_latency
 from deepshrink.progress import Progress, null_progress
 from deepshrink.results import LATENCY_COLUMNS, LATENCY_KEY, RESULTS_COLUMNS, RESULTS_KEY, read_rows, upsert
@@ -57,6 +58,7 @@ class McuOptions:
     prefix: str = "ds"  # of every exported C symbol and macro: NAME_infer, NAME_ARENA_BYTES (names.check_prefix)
     arith: str = ""  # requantization: "float" (ONNX Runtime's) or "fixed" (TFLite's); "": fixed where no FPU
     energy_nj_per_cycle: float = ENERGY_NJ_PER_CYCLE
+    optimize: str = "speed"  # "size": the smallest code (kernels.c.j2's generic pair kernel, none specialized)
 
     def __post_init__(self) -> None:
         if self.target not in toolchain.TARGET_NAMES:
@@ -68,6 +70,8 @@ class McuOptions:
         check_prefix(self.prefix)
         if self.arith not in ("", "float", "fixed"):
             raise UserError(f"--arith {self.arith!r}: expected float or fixed")
+        if self.optimize not in OPTIMIZE:
+            raise UserError(f"--optimize {self.optimize!r}: expected {' or '.join(OPTIMIZE)}")
         if not self.energy_nj_per_cycle > 0:
             raise UserError(f"--energy-nj-per-cycle {self.energy_nj_per_cycle}: must be > 0")
 
@@ -96,7 +100,7 @@ def _normalized(data: EvalData, manifest: Manifest | None) -> EvalData:
 
 
 def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | None,
-             data: EvalData | None = None, prefix: str = "ds", arith: str = "float") -> Built:
+             data: EvalData | None = None, prefix: str = "ds", arith: str = "float", optimize: str = "speed") -> Built:
     """Read the artifact and write model.h, model.c and model.int8.onnx into `out` (nothing, on an error)."""
     if calibrated_here(artifact) and data is None:  # calibrated on training images here: the data comes first
         manifest = read_manifest(manifest_beside(artifact))
@@ -106,8 +110,7 @@ def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | No
     if not name:
         raise UserError(f"{artifact}: no manifest beside it names its dataset; pass --dataset")
     graph = read_graph(src.model, str(artifact))
-    if arith == "fixed":
-        graph = replace(graph, arith="fixed")
+    graph = replace(graph, arith=arith if arith == "fixed" else graph.arith, optimize=optimize)
     data = data or _normalized(load_eval_data(name, data_dir), src.manifest)
     if tuple(data.pixels.shape[1:]) != tuple(graph.image_shape if len(graph.image_shape) == 3 else ()) and \
             int(np.prod(data.pixels.shape[1:])) != graph.input.size:
@@ -186,6 +189,7 @@ def target_row(graph: Graph, prog: Program, out: Path, opts: McuOptions, xq: np.
             "mcu_energy_source": ENERGY_SOURCE.format(
                 nj=opts.energy_nj_per_cycle, where=ENERGY_DEFAULT_WHERE if opts.energy_nj_per_cycle ==
                 ENERGY_NJ_PER_CYCLE else "--energy-nj-per-cycle"), "mcu_arith": graph.arith,
+            "mcu_optimize": graph.optimize,
             "mcu_emulated_images": n, "mcu_emulated_identical": identical,
             "mcu_compiler": toolchain.compiler_version(toolchain.CROSS),
             "mcu_target_warnings": toolchain.warning_count(warnings),
@@ -228,7 +232,7 @@ def build_mcu(artifact: Path, out: Path, dataset: str | None = None, data_dir: P
     `data`: the test set already in memory (a study's), else `dataset` is loaded."""
     opts = options or McuOptions()
     progress = progress or null_progress()
-    b = generate(artifact, out, dataset, data_dir, data, opts.prefix, opts.arithmetic)
+    b = generate(artifact, out, dataset, data_dir, data, opts.prefix, opts.arithmetic, opts.optimize)
     notes = list(b.src.notes)
     m = b.src.manifest
     row: dict[str, Any] = {

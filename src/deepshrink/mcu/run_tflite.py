@@ -9,6 +9,7 @@ arithmetic, built for the host and the target, measured.
 """
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def _host(g: Graph, path: Path, out: Path, x: np.ndarray, labels: np.ndarray | N
 def build_tflite(path: Path, out: Path, dataset: str | None, data_dir: Path | None, opts: McuOptions,
                  progress: Progress) -> dict[str, Any]:
     """Generate, build and measure a .tflite model; writes model.h, model.c, firmware.elf and results.csv."""
-    g = read_tflite_graph(read_tflite_file(path))
+    g = replace(read_tflite_graph(read_tflite_file(path)), optimize=opts.optimize)
     if opts.arith == "float":
         raise UserError(f"{path}: --arith float: a TFLite model computes TFLite's fixed-point arithmetic")
     n = max(opts.images, REFERENCE_INPUTS) if dataset is None else 0
@@ -102,7 +103,7 @@ def build_tflite(path: Path, out: Path, dataset: str | None, data_dir: Path | No
         "precision": "int8", "size_bytes": path.stat().st_size, "size_kb": path.stat().st_size / 1000.0,
         "artifact": str(path.resolve()), "status": "ok", "macs": prog.macs, "mcu_target": opts.target,
         "mcu_arena_bytes": arena, "mcu_kernels": " ".join(sorted(prog.kernels - {"base", "argmax"})),
-        "mcu_arith": g.arith, "mcu_inputs": what}
+        "mcu_arith": g.arith, "mcu_optimize": g.optimize, "mcu_inputs": what}
     facts, outputs = _host(g, path, out, x, labels, opts.prefix)
     row.update(facts)
     notes = []

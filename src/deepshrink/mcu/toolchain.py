@@ -11,6 +11,7 @@ from pathlib import Path
 from deepshrink.errors import UserError
 from deepshrink.mcu.templates import render
 
+OPTIMIZE = ("speed", "size")  # deepshrink mcu --optimize: kernels specialized per layer shape, or not
 WARNINGS = ("-std=c99", "-Wall", "-Wextra", "-Wpedantic")
 # Loops GCC would turn into memcpy/memset calls stay loops: the image links no C library.
 FIRMWARE = ("-Os", "-ffunction-sections", "-fdata-sections", "-fno-tree-loop-distribute-patterns",

@@ -17,7 +17,7 @@ from deepshrink.data import check_name
 from deepshrink.data.normalize import parse_normalize
 from deepshrink.errors import UserError, malformed
 from deepshrink.export.choice import DEFAULT_MARGIN, check_margin
-from deepshrink.mcu.toolchain import TARGETS
+from deepshrink.mcu.toolchain import OPTIMIZE, TARGETS
 from deepshrink.measure.latency import RUNTIMES, LatencyConfig
 from deepshrink.models import check_model_name, is_trained_file
 from deepshrink.train import TrainConfig
@@ -67,6 +67,7 @@ class MeasureSpec(LatencyConfig):
     sram_kb: int = 0  # on-chip budget for the energy estimate; 0 = the default
     mcu: str = ""  # a microcontroller target (SPEC §12): every INT8 and compact variant built and emulated
     mcu_clock_mhz: float = 80.0  # the clock its estimated milliseconds assume
+    mcu_optimize: str = "speed"  # or "size": the smallest code (`deepshrink mcu --optimize`)
     # Timing-based choices (deployed runtime, ONNX Runtime graph, INT8 mode) keep their incumbent unless a
     # challenger is faster beyond the noise and by this fraction (export/choice.py): what ships must not flip.
     choice_margin: float = DEFAULT_MARGIN
@@ -307,6 +308,8 @@ def _check_measure(m: MeasureSpec, source: str) -> None:
         raise UserError(f"{source}: measure.mcu: unknown target {m.mcu!r} (known: {', '.join(TARGETS)})")
     if not m.mcu_clock_mhz > 0:
         raise UserError(f"{source}: measure.mcu_clock_mhz: must be > 0")
+    if m.mcu_optimize not in OPTIMIZE:
+        raise UserError(f"{source}: measure.mcu_optimize: expected {' or '.join(OPTIMIZE)}, not {m.mcu_optimize!r}")
 
 
 def _pipelines(raw: Any, source: str) -> tuple[PipelineSpec, ...]:

@@ -159,7 +159,8 @@ class _Group:
                 m = measure_variant(v, data, out, baseline=(base.id, base_acc), sram_budget=self.sram,
                                     choice_margin=self.margin)
                 if self.recipe.measure.mcu:
-                    measure_mcu(m, data, out, self.recipe.measure.mcu, self.recipe.measure.mcu_clock_mhz)
+                    measure_mcu(m, data, out, self.recipe.measure.mcu, self.recipe.measure.mcu_clock_mhz,
+                                self.recipe.measure.mcu_optimize)
                 measured.append((w, m, seconds))
             except Exception as e:  # a failed variant is a result too; the study goes on
                 self.fail(w, e)

@@ -107,7 +107,8 @@ def _measure(v: Variant, data: DataSplits, out: Path, baseline: tuple[str, float
 MCU_SUFFIXES = {".dsparse", ".dsq", ".dsz"}
 
 
-def measure_mcu(m: Measured, data: DataSplits, out: Path, target: str, clock_mhz: float = 80.0) -> None:
+def measure_mcu(m: Measured, data: DataSplits, out: Path, target: str, clock_mhz: float = 80.0,
+                optimize: str = "speed") -> None:
     """Build an INT8 or compact variant for the microcontroller, emulate it, and add the figures to its row
     (`mcu_*`; the C's accuracy as mcu_accuracy_pct). A model the target cannot run keeps its row: the reason
     goes to notes."""
@@ -118,7 +119,7 @@ def measure_mcu(m: Measured, data: DataSplits, out: Path, target: str, clock_mhz
     try:
         with quiet.busy():
             row = build_mcu(art.path, out / "artifacts" / m.row["variant"] / "mcu", data=eval_data(data),
-                            options=McuOptions(target=target, latency=None, clock_mhz=clock_mhz))
+                            options=McuOptions(target=target, latency=None, clock_mhz=clock_mhz, optimize=optimize))
     except UserError as e:
         m.row["notes"] = "; ".join(filter(None, [m.row.get("notes"), f"mcu: not built ({e})"]))
         return
