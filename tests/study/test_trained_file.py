@@ -118,10 +118,11 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     model.write_bytes(write_tflite(pixel_classifier()))
     recipe = root / "r.toml"
     recipe.write_text(recipe_text(model, write_data(root / "data.npz"),
-                                  measure='mcu = "cortex-m4"\nmcu_clock_mhz = 40.0'))
+                                  measure='mcu = "cortex-m4"\nmcu_clock_mhz = 40.0\nmcu_optimize = "size"'))
     clocks: list[float] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(unit, "measure_mcu", lambda m, data, out, target, clock=80.0: clocks.append(clock))
+        mp.setattr(unit, "measure_mcu", lambda m, data, out, target, clock=80.0, optimize="speed":
+                   clocks.append(clock) if optimize == "size" else None)
         run_study(str(recipe), root / "run", None, "cpu", quiet=True)
     yield recipe, root / "run", clocks
 
@@ -143,7 +144,7 @@ def test_the_file_is_the_baseline_and_pipelines_start_from_it(study: tuple[Path,
     assert ft["epochs"] == "1" and float(ft["train_seconds"]) > 0.0 and float(ft["accuracy_pct"]) >= 95.0
     manifest = read_manifest(out / base["checkpoint"])
     assert manifest.model == TFLITE_REFERENCE and manifest.mean == [0.0] * 3 and manifest.std == [RAW_STD] * 3
-    assert clocks == [40.0, 40.0]  # each INT8 variant measured at the recipe's clock
+    assert clocks == [40.0, 40.0]  # each INT8 variant measured at the recipe's clock and mcu_optimize
 
 
 def test_a_second_run_resumes_without_recomputing(study: tuple[Path, Path, list[float]], tmp_path: Path,
