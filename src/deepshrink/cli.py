@@ -230,8 +230,8 @@ def mcu(
                                                        "Tiny's measured power).")] = default(api.mcu,
                                                                                         "energy_nj_per_cycle"),
     optimize: Annotated[str, typer.Option("--optimize", help="speed: convolution kernels specialized per layer "
-                                          "shape (fastest); size: one generic kernel (smallest flash, a few "
-                                          "percent more cycles).")] = default(api.mcu, "optimize"),
+                                          "shape (fastest); size: one generic kernel (smallest flash; ~10 % "
+                                          "more cycles on MLPerf Tiny's ResNet-8).")] = default(api.mcu, "optimize"),
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Turn an INT8 artifact or a full-integer .tflite model into C99 for a microcontroller (model.h +

@@ -110,7 +110,9 @@ def generate(artifact: Path, out: Path, dataset: str | None, data_dir: Path | No
     if not name:
         raise UserError(f"{artifact}: no manifest beside it names its dataset; pass --dataset")
     graph = read_graph(src.model, str(artifact))
-    graph = replace(graph, arith=arith if arith == "fixed" else graph.arith, optimize=optimize)
+    if arith == "fixed":
+        graph = replace(graph, arith="fixed")
+    graph = replace(graph, optimize=optimize)
     data = data or _normalized(load_eval_data(name, data_dir), src.manifest)
     if tuple(data.pixels.shape[1:]) != tuple(graph.image_shape if len(graph.image_shape) == 3 else ()) and \
             int(np.prod(data.pixels.shape[1:])) != graph.input.size:
